@@ -1,0 +1,1 @@
+"""The embedded DeepSeek-V4 runtime (imported as `agentkit.runtime`)."""

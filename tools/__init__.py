@@ -1,0 +1,1 @@
+"""Typed tools and sandboxes (imported as `agentkit.tools`)."""

@@ -1,0 +1,63 @@
+"""The contract every sandbox backend fulfils.
+
+Tools only ever talk to this protocol, so a tool written once runs unchanged in Docker, under
+bubblewrap, or (opt-in, unsafe) directly on the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class ExecResult:
+    """Outcome of one command. Output is always returned, even partial output of a killed command."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    timed_out: bool = False
+    truncated: bool = False
+
+
+class SandboxError(RuntimeError):
+    """A sandbox could not do what was asked (dead container, engine gone, escape refused)."""
+
+
+@runtime_checkable
+class Sandbox(Protocol):
+    """An isolated place to run commands and keep files; `workspace` is its writable root."""
+
+    workspace: str
+
+    async def exec(
+        self,
+        cmd: str | list[str],
+        *,
+        timeout: float | None = None,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        stdin: str | bytes | None = None,
+    ) -> ExecResult: ...
+
+    async def read_file(self, path: str) -> bytes: ...
+
+    async def write_file(self, path: str, data: str | bytes) -> None: ...
+
+    async def upload(self, local: Path, remote: str) -> None: ...
+
+    async def download(self, remote: str, local: Path) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def __aenter__(self) -> Sandbox: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
