@@ -37,7 +37,7 @@ class Sandbox(Protocol):
         self,
         cmd: str | list[str],
         *,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (the protocol: a per-command limit)
         cwd: str | None = None,
         env: dict[str, str] | None = None,
         stdin: str | bytes | None = None,

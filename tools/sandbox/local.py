@@ -1,0 +1,123 @@
+"""`LocalSandbox`: commands run directly on the host, in a private temp directory. NOT isolation.
+
+It exists for development and for machines with neither Docker nor bubblewrap, and is only ever chosen
+when asked for by name. It keeps the same semantics as the real backends (process group per exec, group
+killed on timeout, partial output, output cap) so code written against it behaves the same elsewhere.
+The file API is confined to the workspace; `exec` is not confined at all.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+import anyio
+
+from . import _proc
+from ._files import copy_tree_in, copy_tree_out, resolve_in
+from .base import ExecResult, SandboxError
+
+
+class LocalSandbox:
+    """A host temp dir plus host subprocesses; the workspace is deleted on close."""
+
+    def __init__(
+        self,
+        *,
+        default_timeout: float = _proc.DEFAULT_TIMEOUT_S,
+        output_limit: int = _proc.DEFAULT_OUTPUT_LIMIT,
+        env: dict[str, str] | None = None,
+        workspace_parent: str | None = None,
+    ) -> None:
+        self.workspace = os.path.realpath(tempfile.mkdtemp(prefix="agentkit-local-", dir=workspace_parent))
+        self.default_timeout = default_timeout
+        self.output_limit = output_limit
+        self._env = {
+            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "HOME": self.workspace,
+            "LANG": "C.UTF-8",
+            "TMPDIR": self.workspace,
+            **(env or {}),
+        }
+        self._groups: set[int] = set()
+        self._closed = False
+
+    def _check(self) -> None:
+        if self._closed:
+            raise SandboxError("sandbox is closed")
+
+    def _host(self, path: str) -> str:
+        return resolve_in(self.workspace, path, self.workspace)
+
+    async def exec(
+        self,
+        cmd: str | list[str],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (the protocol: a per-command limit)
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        stdin: str | bytes | None = None,
+    ) -> ExecResult:
+        self._check()
+        workdir = self._host(cwd) if cwd is not None else self.workspace
+        if not await anyio.Path(workdir).is_dir():
+            raise SandboxError(f"cwd {cwd!r} is not a directory in the sandbox")
+        return await _proc.run_process(
+            _proc.shell_argv(cmd, shutil.which("bash") or "/bin/sh"),
+            timeout_s=self.default_timeout if timeout is None else timeout,
+            cwd=workdir,
+            env={**self._env, **(env or {})},
+            stdin=_proc.stdin_bytes(stdin),
+            output_limit=self.output_limit,
+            memory_hint="host's memory (LocalSandbox sets no memory limit)",
+            started=self._groups,
+        )
+
+    async def read_file(self, path: str) -> bytes:
+        self._check()
+        host = self._host(path)
+        try:
+            return await anyio.Path(host).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+            raise SandboxError(f"cannot read {path!r}: {e.strerror}") from e
+
+    async def write_file(self, path: str, data: str | bytes) -> None:
+        self._check()
+        host = anyio.Path(self._host(path))
+        raw = data.encode("utf-8") if isinstance(data, str) else data
+        try:
+            await host.parent.mkdir(parents=True, exist_ok=True)
+            await host.write_bytes(raw)
+        except (IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError) as e:
+            raise SandboxError(f"cannot write {path!r}: {e.strerror}") from e
+
+    async def upload(self, local: Path, remote: str) -> None:
+        self._check()
+        await anyio.to_thread.run_sync(copy_tree_in, Path(local), self._host(remote))
+
+    async def download(self, remote: str, local: Path) -> None:
+        self._check()
+        await anyio.to_thread.run_sync(copy_tree_out, self._host(remote), Path(local))
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for pgid in self._groups:
+            _proc._killpg(pgid)
+        await anyio.to_thread.run_sync(lambda: shutil.rmtree(self.workspace, ignore_errors=True))
+
+    async def __aenter__(self) -> LocalSandbox:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.close()
