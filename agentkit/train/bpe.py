@@ -16,6 +16,7 @@ plus a `tokenizer_config.json`, so `tokenizers`, `transformers` and the runtime 
 from __future__ import annotations
 
 import heapq
+import itertools
 import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -66,7 +67,11 @@ class TokenizerError(ValueError):
 @lru_cache(maxsize=1)
 def bytes_to_unicode() -> dict[int, str]:
     """The GPT-2 byte -> printable character table that byte-level BPE files store their symbols in."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     table = {b: chr(b) for b in printable}
     extra = 0
     for b in range(256):
@@ -238,7 +243,9 @@ class BPETokenizer:
             {"type": "Split", "pattern": {"Regex": p}, "behavior": "Isolated", "invert": False}
             for p in SPLIT_PATTERNS
         ]
-        splits.append({"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False})
+        splits.append(
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
+        )
         return {
             "version": "1.0",
             "truncation": None,
@@ -247,7 +254,12 @@ class BPETokenizer:
             "normalizer": {"type": "Sequence", "normalizers": []},
             "pre_tokenizer": {"type": "Sequence", "pretokenizers": splits},
             "post_processor": None,
-            "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+            "decoder": {
+                "type": "ByteLevel",
+                "add_prefix_space": True,
+                "trim_offsets": True,
+                "use_regex": True,
+            },
             "model": {
                 "type": "BPE",
                 "dropout": None,
@@ -263,7 +275,7 @@ class BPETokenizer:
         }
 
     def save(self, directory: str | Path) -> Path:
-        """Write tokenizer.json + tokenizer_config.json (V4's flags) into `directory`; return the json path."""
+        """Write tokenizer.json + tokenizer_config.json (V4's flags) into `directory`; return the json."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         path = d / "tokenizer.json"
@@ -280,7 +292,8 @@ class BPETokenizer:
             "tokenizer_class": "PreTrainedTokenizerFast",
             "clean_up_tokenization_spaces": False,
         }
-        (d / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False, indent=1), encoding="utf-8")
+        config_text = json.dumps(config, ensure_ascii=False, indent=1)
+        (d / "tokenizer_config.json").write_text(config_text, encoding="utf-8")
         return path
 
     @classmethod
@@ -356,7 +369,7 @@ def train_bpe(
     pair_counts: Counter[tuple[int, int]] = Counter()
     where: dict[tuple[int, int], set[int]] = {}
     for idx, (seq, f) in enumerate(zip(words, freqs, strict=True)):
-        for pair in zip(seq, seq[1:], strict=False):
+        for pair in itertools.pairwise(seq):
             pair_counts[pair] += f
             where.setdefault(pair, set()).add(idx)
     heap = [(-c, pair) for pair, c in pair_counts.items()]
@@ -395,10 +408,10 @@ def train_bpe(
                     i += 1
             if not changed:
                 continue
-            for p in zip(seq, seq[1:], strict=False):
+            for p in itertools.pairwise(seq):
                 pair_counts[p] -= f
                 touched.add(p)
-            for p in zip(out, out[1:], strict=False):
+            for p in itertools.pairwise(out):
                 pair_counts[p] += f
                 touched.add(p)
                 where.setdefault(p, set()).add(idx)

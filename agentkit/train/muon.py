@@ -87,7 +87,7 @@ class Muon(torch.optim.Optimizer):
                     raise ValueError(f"Muon only takes matrices; got a parameter of shape {tuple(p.shape)}")
 
     @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[no-untyped-def, override]
+    def step(self, closure=None):  # type: ignore[no-untyped-def]
         loss = None
         if closure is not None:
             with torch.enable_grad():
