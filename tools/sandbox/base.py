@@ -27,6 +27,10 @@ class SandboxError(RuntimeError):
     """A sandbox could not do what was asked (dead container, engine gone, escape refused)."""
 
 
+class SandboxUnavailable(SandboxError):
+    """No backend of the kind asked for can run on this machine (no engine, no bwrap, no image)."""
+
+
 @runtime_checkable
 class Sandbox(Protocol):
     """An isolated place to run commands and keep files; `workspace` is its writable root."""
