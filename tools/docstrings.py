@@ -47,7 +47,6 @@ _GOOGLE_ITEM = re.compile(r"^\*{0,2}(\w+)\s*(?:\(([^)]*)\))?\s*:\s*(.*)$")
 
 # NumPy style: a header line followed by a line of dashes of at least 3.
 _NUMPY_UNDERLINE = re.compile(r"^\s*-{3,}\s*$")
-_NUMPY_ITEM = re.compile(r"^\*{0,2}(\w+)\s*(?::\s*(.*))?$")
 
 # reST style: `:param name:`, `:param type name:`, `:returns:`, `:raises X:`, `:type name:`.
 _REST_FIELD = re.compile(r"^:(\w+)(?:\s+([^:]*?))?\s*:\s*(.*)$")
@@ -147,8 +146,7 @@ def _parse_numpy(lines: list[str]) -> ParsedDocstring:
         elif section == "returns":
             returns.append(line)
         elif section == "params":
-            item = _NUMPY_ITEM.match(line.strip())
-            if line.strip() and _indent(line) == 0 and item:
+            if line.strip() and _indent(line) == 0:
                 # `a, b : int` documents several parameters at once.
                 for name in re.split(r"\s*,\s*", line.split(":", 1)[0].strip()):
                     params[name.lstrip("*")] = []

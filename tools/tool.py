@@ -165,7 +165,7 @@ class Tool:
         if not callable(function):
             raise ToolDefinitionError(f"@tool needs a function, got {type(function).__name__}")
         self.function = function
-        self.name: str = name or str(getattr(function, "__name__", ""))
+        self.name: str = name if name is not None else str(getattr(function, "__name__", ""))
         if not _NAME_RE.match(self.name):
             raise ToolDefinitionError(
                 f"tool name {self.name!r} must be 1-64 characters of letters, digits, '_' or '-'"
@@ -232,7 +232,7 @@ class Tool:
             if p.name in docs and docs[p.name] and not _has_description(annotation):
                 extra["description"] = docs[p.name]
             if isinstance(p.default, FieldInfo):
-                info = FieldInfo.merge_field_infos(p.default, **extra)
+                info = FieldInfo.merge_field_infos(p.default, Field(**extra))
             elif p.default is inspect.Parameter.empty:
                 info = Field(**extra)
             else:
