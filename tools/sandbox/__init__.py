@@ -4,7 +4,24 @@
 than silently running on the host; `LocalSandbox` (no isolation) is used only when asked for by name.
 """
 
-from .base import ExecResult, Sandbox, SandboxError
+from .base import ExecResult, Sandbox, SandboxError, SandboxUnavailable
+from .bubblewrap import BwrapConfig, BwrapSandbox
+from .docker import DEFAULT_IMAGE, DockerConfig, DockerSandbox
 from .local import LocalSandbox
+from .pool import SandboxPool
+from .select import open_sandbox
 
-__all__ = ["ExecResult", "LocalSandbox", "Sandbox", "SandboxError"]
+__all__ = [
+    "DEFAULT_IMAGE",
+    "BwrapConfig",
+    "BwrapSandbox",
+    "DockerConfig",
+    "DockerSandbox",
+    "ExecResult",
+    "LocalSandbox",
+    "Sandbox",
+    "SandboxError",
+    "SandboxPool",
+    "SandboxUnavailable",
+    "open_sandbox",
+]

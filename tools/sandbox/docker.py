@@ -36,7 +36,7 @@ class DockerConfig:
     """Everything that decides what a container looks like; one pool serves one config."""
 
     image: str = DEFAULT_IMAGE
-    memory: str = "512m"
+    memory: str = "1g"
     cpus: float = 1.0
     pids: int = 256
     network: bool = False

@@ -1,0 +1,79 @@
+"""`open_sandbox()`: the safest backend this machine offers, or a clear refusal.
+
+The chain is Docker (an engine answers and the image is there), then bubblewrap (and it can create
+namespaces here). It never falls through to the host: `LocalSandbox` runs only when named, because
+running an agent's commands unconfined must be a decision, not an accident of the environment.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from .base import Sandbox, SandboxUnavailable
+from .bubblewrap import BwrapConfig, BwrapSandbox
+from .docker import DockerConfig, DockerSandbox
+from .local import LocalSandbox
+
+Backend = Literal["auto", "docker", "bwrap", "local"]
+_BACKENDS = ("auto", "docker", "bwrap", "local")
+_DOCKER_FIELDS = set(DockerConfig.__dataclass_fields__) | {"client", "memory_mb"}
+_BWRAP_FIELDS = set(BwrapConfig.__dataclass_fields__)
+_LOCAL_FIELDS = {"default_timeout", "output_limit", "env", "workspace_parent"}
+
+
+def _check_options(backend: str, options: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise TypeError(f"{backend} sandbox does not take option(s) {unknown}; it takes {sorted(allowed)}")
+
+
+def _docker(options: dict[str, Any]) -> DockerSandbox:
+    _check_options("docker", options, _DOCKER_FIELDS)
+    opts = dict(options)
+    if "memory_mb" in opts:
+        opts["memory"] = f"{int(opts.pop('memory_mb'))}m"
+    return DockerSandbox(**opts)
+
+
+def _bwrap(options: dict[str, Any]) -> BwrapSandbox:
+    _check_options("bwrap", options, _BWRAP_FIELDS)
+    return BwrapSandbox(**options)
+
+
+async def open_sandbox(backend: Backend = "auto", **options: Any) -> Sandbox:
+    """Start and return a sandbox; close it (or `async with` it) when done.
+
+    `async with await open_sandbox() as sb:` works: entering a started sandbox does not restart it.
+    With "auto", options must suit the backend that gets picked (memory_mb, pids, network, env,
+    default_timeout and output_limit suit both).
+    """
+    if backend not in _BACKENDS:
+        raise ValueError(f"unknown sandbox backend {backend!r}; choose one of {_BACKENDS}")
+    if backend == "local":
+        _check_options("local", options, _LOCAL_FIELDS)
+        return LocalSandbox(**options)
+    if backend == "docker":
+        return await _docker(options).start()
+    if backend == "bwrap":
+        return await _bwrap(options).start()
+    reasons: list[str] = []
+    bwrap_opts = {k: v for k, v in options.items() if k not in _BWRAP_FIELDS}
+    docker_opts = {k: v for k, v in options.items() if k not in _DOCKER_FIELDS}
+    # a typo must fail loudly, not silently decide which backend runs
+    _check_options("auto", options, _DOCKER_FIELDS | _BWRAP_FIELDS)
+    try:
+        if not docker_opts:
+            return await _docker(options).start()
+        reasons.append(f"docker: does not take option(s) {sorted(docker_opts)}")
+    except SandboxUnavailable as e:
+        reasons.append(f"docker: {e}")
+    try:
+        if not bwrap_opts:
+            return await _bwrap(options).start()
+        reasons.append(f"bwrap: does not take option(s) {sorted(bwrap_opts)}")
+    except SandboxUnavailable as e:
+        reasons.append(f"bwrap: {e}")
+    raise SandboxUnavailable(
+        "no isolated sandbox backend works here; " + "; ".join(reasons)
+        + ". Install Docker or bubblewrap, or ask for backend='local' to run unconfined on the host."
+    )  # fmt: skip
