@@ -1,0 +1,98 @@
+"""Model backends behind one protocol, selected by a string.
+
+`resolve("completions:http://127.0.0.1:8000#deepseek-v4")`, `resolve("chat:<base_url>#<model>")`,
+`resolve("deepseek:deepseek-v4-flash")`, `resolve("embedded:tiny")`, or pass any object that already
+speaks the `Model` protocol (e.g. a `ScriptedModel`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentkit.models.base import (
+    Chunk,
+    ContentChunk,
+    Finish,
+    Model,
+    ModelAuthError,
+    ModelError,
+    ModelHTTPError,
+    ModelRequest,
+    ModelResponseError,
+    RawText,
+    ReasoningChunk,
+    ThinkingMode,
+    ToolCallChunk,
+)
+from agentkit.models.scripted import ScriptedModel
+
+KINDS = ("scripted", "completions", "chat", "deepseek", "embedded")
+
+
+def _split_url_model(kind: str, rest: str) -> tuple[str, str]:
+    url, sep, model = rest.rpartition("#")
+    if not sep or not url or not model:
+        raise ValueError(f"model spec must look like '{kind}:<base_url>#<model>', got '{kind}:{rest}'")
+    return url, model
+
+
+def resolve(spec: str | Model, **kwargs: Any) -> Model:
+    """Turn a model string into a backend; keyword arguments go to the backend's constructor."""
+    if not isinstance(spec, str):
+        if isinstance(spec, Model):
+            return spec
+        raise TypeError(f"expected a model spec string or a Model, got {type(spec).__name__}")
+    kind, sep, rest = spec.partition(":")
+    if kind == "scripted":
+        import json
+        from pathlib import Path
+
+        if not rest:
+            return ScriptedModel(kwargs.pop("outputs", []), **kwargs)
+        outputs = json.loads(Path(rest).read_text(encoding="utf-8"))
+        if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
+            raise ValueError(f"scripted:{rest} must hold a JSON list of completion strings")
+        return ScriptedModel(outputs, **kwargs)
+    if not sep or not rest:
+        raise ValueError(f"model spec {spec!r} must be '<kind>:<target>' with kind one of {KINDS}")
+    if kind == "completions":
+        from agentkit.models.completions import CompletionsModel
+
+        url, model = _split_url_model(kind, rest)
+        return CompletionsModel(url, model, **kwargs)
+    if kind == "chat":
+        from agentkit.models.chat import ChatModel
+
+        url, model = _split_url_model(kind, rest)
+        return ChatModel(url, model, flavor="openai", **kwargs)
+    if kind == "deepseek":
+        from agentkit.models.chat import DEEPSEEK_BASE_URL, ChatModel
+
+        kwargs.setdefault("api_key_env", "DEEPSEEK_API_KEY")
+        base = kwargs.pop("base_url", DEEPSEEK_BASE_URL)
+        return ChatModel(base, rest, flavor="deepseek", **kwargs)
+    if kind == "embedded":
+        from agentkit.models.embedded import EmbeddedModel
+
+        return EmbeddedModel(rest, **kwargs)
+    raise ValueError(f"unknown model kind {kind!r} in {spec!r}; expected one of {KINDS}")
+
+
+__all__ = [
+    "KINDS",
+    "Chunk",
+    "ContentChunk",
+    "Finish",
+    "Model",
+    "ModelAuthError",
+    "ModelError",
+    "ModelHTTPError",
+    "ModelRequest",
+    "ModelResponseError",
+    "RawText",
+    "ReasoningChunk",
+    "ScriptedModel",
+    "ThinkingMode",
+    "ToolCallChunk",
+    "resolve",
+]

@@ -1,0 +1,311 @@
+"""`Agent`: a model, typed tools, instructions and limits; `run`, `stream`, `run_sync`.
+
+An agent is configuration only. Everything a run changes lives in a `RunState` (plain data), so one
+agent can serve many concurrent runs, and a paused or finished run can be saved, loaded in another
+process and resumed with the same agent definition.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import anyio
+from pydantic import TypeAdapter, ValidationError
+
+from agentkit import events as ev
+from agentkit.dsml import encode as dsml_encode
+from agentkit.limits import Limits, Usage
+from agentkit.loop import Approver, Emit, Loop, extract_json, stream_parser_class
+from agentkit.messages import Message, SystemMessage, ToolCall, Transcript, UserMessage, message_to_dict
+from agentkit.models import Model, resolve
+from agentkit.models.base import check_thinking, encoder_mode
+from agentkit.session import RunState
+
+DepsT = TypeVar("DepsT")
+OutputT = TypeVar("OutputT")
+
+FINISHED = ("completed", "output_invalid")
+
+
+class RunError(RuntimeError):
+    """A run could not start or continue (wrong state, missing approval decisions)."""
+
+
+@dataclass(slots=True)
+class RunResult(Generic[OutputT]):
+    """What a run produced. `status` is "completed", "paused" (approvals pending), "limit:<name>",
+    "output_invalid" (structured output failed validation after its retries) or "cancelled"."""
+
+    status: str
+    text: str | None
+    output: OutputT | None
+    usage: Usage
+    state: RunState
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "completed"
+
+    @property
+    def transcript(self) -> Transcript:
+        return self.state.transcript
+
+    @property
+    def messages(self) -> list[Message]:
+        return self.state.messages
+
+    @property
+    def pending_approvals(self) -> list[ToolCall]:
+        return self.state.pending_calls
+
+
+async def _ignore(_: ev.Event) -> None:
+    return None
+
+
+class Agent(Generic[DepsT, OutputT]):
+    def __init__(
+        self,
+        model: str | Model,
+        tools: Sequence[Any] = (),
+        *,
+        instructions: str = "",
+        thinking: str = "high",
+        limits: Limits | None = None,
+        sandbox: Any = None,
+        output_type: type[OutputT] | None = None,
+        deps: DepsT | None = None,
+        approver: Approver | None = None,
+    ) -> None:
+        from agentkit.tools.tool import Tool, tool
+
+        self.model: Model = resolve(model)
+        self.thinking = check_thinking(thinking)
+        self.instructions = instructions
+        self.limits = limits or Limits()
+        self.sandbox = sandbox
+        self.deps = deps
+        self.approver = approver
+        self.tools: dict[str, Tool] = {}
+        for t in tools:
+            obj = t if isinstance(t, Tool) else tool(t)
+            if obj.name in self.tools:
+                raise ValueError(f"two tools are named {obj.name!r}; tool names must be unique")
+            self.tools[obj.name] = obj
+        self.tool_schemas = [t.openai_schema() for t in self.tools.values()]
+        self.output_type = output_type
+        self.output_adapter: TypeAdapter[Any] | None = None
+        self.output_schema: dict[str, Any] | None = None
+        if output_type is not None and output_type is not str:
+            self.output_adapter = TypeAdapter(output_type)
+            self.output_schema = self.output_adapter.json_schema()
+        self._parser_cls = stream_parser_class()
+
+    # -- pieces the loop asks for -----------------------------------------------------------------
+
+    def stream_parser(self, mode: str) -> Any:
+        return self._parser_cls(mode, strict=False)
+
+    def validate_output(self, text: str) -> str | None:
+        assert self.output_adapter is not None
+        try:
+            self.output_adapter.validate_json(extract_json(text))
+        except ValidationError as exc:
+            return str(exc)
+        return None
+
+    def parse_output(self, text: str | None) -> Any:
+        if text is None:
+            return None
+        if self.output_adapter is None:
+            return text
+        try:
+            return self.output_adapter.validate_json(extract_json(text))
+        except ValidationError:
+            return None
+
+    def initial_messages(self, task: str) -> list[Message]:
+        system = SystemMessage(self.instructions, self.tool_schemas or None, self.output_schema)
+        return [system, UserMessage(task)]
+
+    def new_state(self, task: str) -> RunState:
+        if not isinstance(task, str):
+            raise TypeError(f"task must be a string, got {type(task).__name__}")
+        st = RunState(thinking=self.thinking)
+        st.messages = self.initial_messages(task)
+        mode, effort = encoder_mode(self.thinking)
+        st.transcript.append(
+            dsml_encode.encode_messages(
+                [message_to_dict(m) for m in st.messages], mode, drop_thinking=False, reasoning_effort=effort
+            )
+        )
+        return st
+
+    # -- running ----------------------------------------------------------------------------------
+
+    def _prepare(
+        self, task: str | None, state: RunState | None, approvals: dict[str, bool | str] | None
+    ) -> RunState:
+        if state is None:
+            if task is None:
+                raise RunError("give a task, or a state to resume")
+            return self.new_state(task)
+        if state.thinking != self.thinking:
+            raise RunError(
+                f"state was made with thinking={state.thinking!r}, this agent uses {self.thinking!r}"
+            )
+        if state.status == "paused":
+            if task is not None:
+                raise RunError("the run is paused on approvals; resume it with approvals=..., not a new task")
+            missing = [c.id for c in state.pending_calls if c.id not in (approvals or {})]
+            if missing:
+                raise RunError(f"approval decisions missing for pending calls {missing}")
+            return state
+        if task is not None:
+            if state.status == "running":
+                raise RunError("the run has not finished; resume it without a new task first")
+            state.note = task if state.note is None else state.note + "\n\n" + task
+        state.final_requested = None
+        state.output_retries_used = 0
+        state.baseline = {
+            "step": float(state.step),
+            **{k: float(v) for k, v in state.usage.to_dict().items()},
+        }
+        state.baseline.pop("context_tokens", None)
+        state.status = "running"
+        return state
+
+    async def _open_sandbox(self) -> tuple[Any, bool]:
+        """(sandbox, owned): a string or factory opens one for this run, which the run then closes."""
+        spec = self.sandbox
+        if spec is None:
+            return None, False
+        if isinstance(spec, str):
+            from agentkit.tools.sandbox import open_sandbox
+
+            sb = open_sandbox(backend=spec)
+        elif callable(spec) and not hasattr(spec, "exec"):
+            sb = spec()
+        else:
+            return spec, False
+        if inspect.isawaitable(sb):
+            sb = await sb
+        if hasattr(sb, "__aenter__") and not hasattr(sb, "exec"):
+            raise RunError("the sandbox factory must return a sandbox (or an awaitable of one)")
+        return sb, True
+
+    async def _execute(
+        self,
+        task: str | None,
+        state: RunState | None,
+        approvals: dict[str, bool | str] | None,
+        emit: Emit,
+    ) -> RunResult[OutputT]:
+        from agentkit.tools.context import RunContext
+
+        st = self._prepare(task, state, approvals)
+        sandbox, owned = await self._open_sandbox()
+        ctx: RunContext[Any] = RunContext(deps=self.deps, sandbox=sandbox, run_id=st.run_id)
+        loop = Loop(self, st, emit, ctx)
+        try:
+            if st.status == "paused":
+                st.status = "running"
+                await loop.resolve_pending(approvals or {})
+            await loop.run()
+        except anyio.get_cancelled_exc_class():
+            st.status = "cancelled"
+            ctx.cancellation.cancel("the run was cancelled")
+            raise
+        except BaseException:
+            st.status = "error" if st.status == "running" else st.status
+            ctx.cancellation.cancel("the run failed")
+            raise
+        finally:
+            st.elapsed_s = loop.elapsed()
+            if owned and sandbox is not None:
+                with anyio.CancelScope(shield=True):
+                    await sandbox.close()
+        result: RunResult[OutputT] = RunResult(
+            st.status,
+            st.output,
+            self.parse_output(st.output) if st.status in FINISHED else None,
+            st.usage,
+            st,
+        )
+        await emit(ev.RunEnd(st.status, st.output, result))
+        return result
+
+    async def run(
+        self,
+        task: str | None = None,
+        *,
+        state: RunState | str | None = None,
+        approvals: dict[str, bool | str] | None = None,
+    ) -> RunResult[OutputT]:
+        """Run a new task, resume a paused run (`state=..., approvals={call_id: True/False/"reason"}`),
+        or continue a finished one with a follow-up task (`state=..., task=...`)."""
+        if isinstance(state, str):
+            state = RunState.from_json(state)
+        return await self._execute(task, state, approvals, _ignore)
+
+    async def stream(
+        self,
+        task: str | None = None,
+        *,
+        state: RunState | str | None = None,
+        approvals: dict[str, bool | str] | None = None,
+    ) -> AsyncIterator[ev.Event]:
+        """Events as they happen; the last one is `RunEnd` carrying the `RunResult`.
+
+        Iterate it to the end, or close it (`aclosing`) to cancel the run, tools included.
+        """
+        if isinstance(state, str):
+            state = RunState.from_json(state)
+        send, recv = anyio.create_memory_object_stream[ev.Event](0)
+
+        async def produce() -> None:
+            async with send:
+                await self._execute(task, state, approvals, send.send)
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(produce)
+                try:
+                    async with recv:
+                        async for event in recv:
+                            yield event
+                finally:
+                    tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+
+    def run_sync(
+        self,
+        task: str | None = None,
+        *,
+        state: RunState | str | None = None,
+        approvals: dict[str, bool | str] | None = None,
+        backend: str = "asyncio",
+    ) -> RunResult[OutputT]:
+        call = functools.partial(self.run, task, state=state, approvals=approvals)
+        return anyio.run(call, backend=backend)
+
+
+def on_events(callback: Callable[[ev.Event], Awaitable[None] | None]) -> Emit:
+    """Adapt a sync or async callback into the emit function the loop calls (for custom runners)."""
+
+    async def emit(event: ev.Event) -> None:
+        out = callback(event)
+        if inspect.isawaitable(out):
+            await out
+
+    return emit
+
+
+__all__ = ["Agent", "RunError", "RunResult", "on_events"]

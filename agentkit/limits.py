@@ -1,0 +1,123 @@
+"""Run limits and usage accounting.
+
+A limit never raises out of a run: when one trips the loop asks the model once for a final answer
+without tools and then ends with status ``limit:<name>``, so a user always gets the best answer the
+budget allowed plus a clear reason why the run stopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Pricing:
+    """USD per million tokens; cached prompt tokens are billed at their own rate (prefix-cache hits)."""
+
+    input_per_mtok: float = 0.0
+    cached_input_per_mtok: float = 0.0
+    output_per_mtok: float = 0.0
+
+    def cost(self, prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> float:
+        uncached = max(prompt_tokens - cached_tokens, 0)
+        return (
+            uncached * self.input_per_mtok
+            + cached_tokens * self.cached_input_per_mtok
+            + completion_tokens * self.output_per_mtok
+        ) / 1e6
+
+
+@dataclass(slots=True)
+class Usage:
+    """Totals over a run. `prefilled_tokens` counts tokens a backend actually had to process as prompt
+    (after any cache hit), which is how session resume proves it re-used the saved KV state."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    prefilled_tokens: int = 0
+    completion_tokens: int = 0
+    tool_calls: int = 0
+    cost_usd: float = 0.0
+    context_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def copy(self) -> Usage:
+        return Usage(**asdict(self))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Usage:
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown usage fields: {sorted(unknown)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Budgets for one run; None means unlimited.
+
+    `context_budget_tokens` is not a stop condition: when the live context grows past
+    `compact_at` x budget, whole old turns are dropped until it is under `compact_to` x budget. The
+    gap between the two keeps compaction rare, so a remote prefix cache stays valid for long stretches.
+    """
+
+    max_steps: int | None = 50
+    max_tool_calls: int | None = None
+    max_generated_tokens: int | None = None
+    max_total_tokens: int | None = None
+    max_wall_time_s: float | None = None
+    max_cost_usd: float | None = None
+    max_tokens_per_step: int | None = None
+    context_budget_tokens: int | None = None
+    compact_at: float = 0.9
+    compact_to: float = 0.5
+    output_retries: int = 1
+    identical_failure_threshold: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "max_tool_calls", "max_generated_tokens", "max_total_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"Limits.{name} must be >= 0, got {value}")
+        if not 0.0 < self.compact_to < self.compact_at <= 1.0:
+            raise ValueError(
+                f"need 0 < compact_to < compact_at <= 1, got compact_to={self.compact_to}, "
+                f"compact_at={self.compact_at}"
+            )
+        if self.output_retries < 0:
+            raise ValueError("Limits.output_retries must be >= 0")
+
+    def tripped(self, usage: Usage, steps: int, elapsed_s: float) -> str | None:
+        """Name of the first exhausted budget, checked between steps."""
+        if self.max_steps is not None and steps >= self.max_steps:
+            return "max_steps"
+        if self.max_tool_calls is not None and usage.tool_calls >= self.max_tool_calls:
+            return "max_tool_calls"
+        if self.max_generated_tokens is not None and usage.completion_tokens >= self.max_generated_tokens:
+            return "max_generated_tokens"
+        if self.max_total_tokens is not None and usage.total_tokens >= self.max_total_tokens:
+            return "max_total_tokens"
+        if self.max_wall_time_s is not None and elapsed_s >= self.max_wall_time_s:
+            return "max_wall_time_s"
+        if self.max_cost_usd is not None and usage.cost_usd >= self.max_cost_usd:
+            return "max_cost_usd"
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Limits:
+        return cls(**data)
+
+
+__all__ = ["Limits", "Pricing", "Usage"]
