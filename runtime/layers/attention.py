@@ -1,0 +1,230 @@
+"""V4 attention (spec §4): shared-KV MQA over a 128-token window + CSA (indexer top-k) or HCA entries.
+
+Projections, norms and RoPE run on all tokens of a batch at once; the window/compressor/indexer logic runs per
+sequence, because sequences of a batch sit at different positions and complete blocks at different tokens.
+Queries are processed in blocks so that the window part costs O(n * (block + W)) instead of O(n^2).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from agentkit.runtime.config import ModelConfig
+from agentkit.runtime.layers.compressor import Compressor
+from agentkit.runtime.layers.lowp import Linear, StorageFormat, fp4_roundtrip, fp8_kv_roundtrip, hadamard
+from agentkit.runtime.layers.norms import RMSNorm, rms_unweighted
+from agentkit.runtime.layers.rope import apply_rope, rope_frequencies
+from agentkit.runtime.state import LayerState
+from torch import nn
+
+QUERY_BLOCK = 256
+
+
+@dataclass
+class SeqSlice:
+    """Where one sequence's chunk sits in the flat token batch, and the state it extends."""
+
+    start: int
+    end: int
+    pos: int
+    state: LayerState
+
+
+class Indexer(nn.Module):
+    """Lightning Indexer (spec §4.6): its own ratio-4 compressor at index_head_dim, scores, top-k."""
+
+    def __init__(
+        self, config: ModelConfig, fmt: StorageFormat, dtype: torch.dtype, norm_dtype: torch.dtype
+    ) -> None:
+        super().__init__()
+        self.cfg = config
+        self.n_heads, self.head_dim = config.index_n_heads, config.index_head_dim
+        self.wq_b = Linear(config.q_lora_rank, self.n_heads * self.head_dim, fmt, dtype)
+        self.weights_proj = Linear(config.dim, self.n_heads, "float", dtype)
+        self.compressor = Compressor(config.dim, self.head_dim, 4, config.norm_eps, dtype, norm_dtype)
+
+    def rotate_quant(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.hadamard:
+            x = hadamard(x)
+        if self.cfg.sim_fp4_indexer:
+            x = fp4_roundtrip(x)
+        return x
+
+    def queries(
+        self, qr: torch.Tensor, x: torch.Tensor, positions: torch.Tensor, freqs: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        q = self.wq_b(qr).view(qr.shape[0], self.n_heads, self.head_dim)
+        q = self.rotate_quant(apply_rope(q, positions, freqs))
+        w = self.weights_proj(x).float() * (self.head_dim**-0.5 * self.n_heads**-0.5)
+        return q, w
+
+
+class Attention(nn.Module):
+    def __init__(
+        self, config: ModelConfig, layer: int, fmt: StorageFormat, dtype: torch.dtype, norm_dtype: torch.dtype
+    ) -> None:
+        super().__init__()
+        self.cfg = config
+        self.ratio = config.ratio(layer)
+        h, d = config.n_heads, config.head_dim
+        self.n_heads, self.head_dim, self.rope_dim = h, d, config.rope_head_dim
+        self.window = config.window_size
+        self.wq_a = Linear(config.dim, config.q_lora_rank, fmt, dtype)
+        self.q_norm = RMSNorm(config.q_lora_rank, config.norm_eps, norm_dtype)
+        self.wq_b = Linear(config.q_lora_rank, h * d, fmt, dtype)
+        self.wkv = Linear(config.dim, d, fmt, dtype)
+        self.kv_norm = RMSNorm(d, config.norm_eps, norm_dtype)
+        self.o_groups, self.o_rank = config.o_groups, config.o_lora_rank
+        self.wo_a = Linear(h * d // config.o_groups, config.o_groups * config.o_lora_rank, fmt, dtype)
+        self.wo_b = Linear(config.o_groups * config.o_lora_rank, config.dim, fmt, dtype)
+        self.attn_sink = nn.Parameter(torch.zeros(h, dtype=torch.float32))
+        self.compressor: Compressor | None = None
+        self.indexer: Indexer | None = None
+        if self.ratio:
+            self.compressor = Compressor(config.dim, d, self.ratio, config.norm_eps, dtype, norm_dtype)
+        if self.ratio == 4:
+            self.indexer = Indexer(config, fmt, dtype, norm_dtype)
+        self.freqs: torch.Tensor
+        self.register_buffer("freqs", rope_frequencies(config, self.ratio > 0), persistent=False)
+
+    # --- per-entry post-processing of pooled compressor output (spec §4.5) ---
+    def _main_entries(self, pooled: torch.Tensor, first: int, dtype: torch.dtype) -> torch.Tensor:
+        assert self.compressor is not None
+        e = self.compressor.norm(pooled.to(dtype))
+        pos = (torch.arange(pooled.shape[0], device=pooled.device) + first) * self.ratio
+        e = apply_rope(e, pos, self.freqs)
+        return fp8_kv_roundtrip(e, self.rope_dim) if self.cfg.sim_fp8_kv else e
+
+    def _index_entries(self, pooled: torch.Tensor, first: int, dtype: torch.dtype) -> torch.Tensor:
+        assert self.indexer is not None
+        e = self.indexer.compressor.norm(pooled.to(dtype))
+        pos = (torch.arange(pooled.shape[0], device=pooled.device) + first) * 4
+        return self.indexer.rotate_quant(apply_rope(e, pos, self.freqs))
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, seqs: list[SeqSlice]) -> torch.Tensor:
+        """x [T, D]: normalized sub-layer input of all chunks; updates every sequence's LayerState."""
+        t = x.shape[0]
+        h, d = self.n_heads, self.head_dim
+        qr = self.q_norm(self.wq_a(x))
+        q = rms_unweighted(self.wq_b(qr).view(t, h, d), self.cfg.norm_eps)
+        q = apply_rope(q, positions, self.freqs)
+        k = apply_rope(self.kv_norm(self.wkv(x)), positions, self.freqs)
+        if self.cfg.sim_fp8_kv:
+            k = fp8_kv_roundtrip(k, self.rope_dim)
+        ckv = csc = ikv = isc = iq = iw = None
+        if self.compressor is not None:
+            ckv, csc = self.compressor.project(x, positions)
+        if self.indexer is not None:
+            ikv, isc = self.indexer.compressor.project(x, positions)
+            iq, iw = self.indexer.queries(qr, x, positions, self.freqs)
+        outs = []
+        for s in seqs:
+            a, b, p, ls = s.start, s.end, s.pos, s.state
+            n = b - a
+            w_old = min(p, self.window - 1)
+            slots = torch.arange(p - w_old, p, device=x.device) % self.window
+            keys_win = torch.cat((ls.window[slots].to(k.dtype), k[a:b]), 0)
+            comp = idx_keys = None
+            if self.compressor is not None:
+                assert ckv is not None and csc is not None
+                assert ls.comp is not None and ls.comp_tail_kv is not None and ls.comp_tail_score is not None
+                pooled, first, ls_tail_kv, ls_tail_sc = self.compressor.pool(
+                    ls.comp_tail_kv, ls.comp_tail_score, ckv[a:b], csc[a:b], p
+                )
+                new = self._main_entries(pooled, first, k.dtype)
+                comp = torch.cat((ls.comp[: p // self.ratio].to(k.dtype), new), 0)
+            if self.indexer is not None:
+                assert ikv is not None and isc is not None
+                assert ls.idx is not None and ls.idx_tail_kv is not None and ls.idx_tail_score is not None
+                ipooled, ifirst, li_tail_kv, li_tail_sc = self.indexer.compressor.pool(
+                    ls.idx_tail_kv, ls.idx_tail_score, ikv[a:b], isc[a:b], p
+                )
+                idx_keys = torch.cat(
+                    (ls.idx[: p // 4].to(k.dtype), self._index_entries(ipooled, ifirst, k.dtype)), 0
+                )
+            o = self._core(
+                q[a:b],
+                keys_win,
+                w_old,
+                p,
+                comp,
+                idx_keys,
+                None if iq is None else iq[a:b],
+                None if iw is None else iw[a:b],
+            )
+            outs.append(o)
+            # --- commit the new state (detached: a training graph never leaks into stored state) ---
+            with torch.no_grad():
+                keep = min(n, self.window)
+                wslots = torch.arange(p + n - keep, p + n, device=x.device) % self.window
+                ls.window = ls.window.clone()
+                ls.window[wslots] = k[b - keep : b].detach().to(ls.window.dtype)
+                if comp is not None:
+                    ls.comp = comp.detach().to(ls.window.dtype)
+                    ls.comp_tail_kv, ls.comp_tail_score = ls_tail_kv, ls_tail_sc
+                if idx_keys is not None:
+                    ls.idx = idx_keys.detach().to(ls.window.dtype)
+                    ls.idx_tail_kv, ls.idx_tail_score = li_tail_kv, li_tail_sc
+        o = torch.cat(outs, 0) if len(outs) > 1 else outs[0]
+        o = apply_rope(o, positions, self.freqs, inverse=True)
+        g = self.o_groups
+        wa = self.wo_a.dense(o.dtype).view(g, self.o_rank, -1)
+        u = torch.einsum("tgi,gri->tgr", o.reshape(t, g, -1), wa).reshape(t, g * self.o_rank)
+        return self.wo_b(u)
+
+    def _core(
+        self,
+        q: torch.Tensor,
+        keys_win: torch.Tensor,
+        w_old: int,
+        pos: int,
+        comp: torch.Tensor | None,
+        idx_keys: torch.Tensor | None,
+        iq: torch.Tensor | None,
+        iw: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """One sequence: queries at pos..pos+n-1 over window keys (+ visible/selected compressed entries)."""
+        n = q.shape[0]
+        dev = q.device
+        scale = 1.0 / math.sqrt(self.head_dim)
+        sink = self.attn_sink.float().view(1, -1, 1)
+        out = []
+        for i0 in range(0, n, QUERY_BLOCK):
+            i1 = min(n, i0 + QUERY_BLOCK)
+            qpos = torch.arange(pos + i0, pos + i1, device=dev)
+            lo = max(0, i0 + w_old - self.window + 1)
+            hi = i1 + w_old
+            kw = keys_win[lo:hi]
+            kpos = torch.arange(lo, hi, device=dev) + (pos - w_old)
+            mask = (kpos[None] <= qpos[:, None]) & (kpos[None] > qpos[:, None] - self.window)
+            keys = kw
+            if comp is not None and comp.shape[0]:
+                visible = torch.arange(comp.shape[0], device=dev)[None] < ((qpos + 1) // self.ratio)[:, None]
+                if idx_keys is not None:
+                    assert iq is not None and iw is not None
+                    visible = visible & self._select(iq[i0:i1], iw[i0:i1], idx_keys, visible)
+                keys = torch.cat((kw, comp), 0)
+                mask = torch.cat((mask, visible), 1)
+            logits = torch.einsum("qhd,kd->qhk", q[i0:i1].float(), keys.float()) * scale
+            logits = logits.masked_fill(~mask[:, None, :], float("-inf"))
+            full = torch.cat((logits, sink.expand(i1 - i0, -1, 1)), dim=-1)
+            probs = torch.softmax(full, dim=-1)[..., :-1]
+            out.append(torch.einsum("qhk,kd->qhd", probs.to(keys.dtype), keys))
+        return torch.cat(out, 0) if len(out) > 1 else out[0]
+
+    def _select(
+        self, iq: torch.Tensor, iw: torch.Tensor, idx_keys: torch.Tensor, visible: torch.Tensor
+    ) -> torch.Tensor:
+        """Top-k compressed entries per query by indexer score; ties go to the lower index (stable)."""
+        with torch.no_grad():
+            scores = torch.einsum("qhd,kd->qhk", iq.float(), idx_keys.float())
+            scores = (F.relu(scores) * iw.float().unsqueeze(-1)).sum(dim=1)
+            scores = scores.masked_fill(~visible, float("-inf"))
+            k = min(self.cfg.index_topk, idx_keys.shape[0])
+            order = torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :k]
+            sel = torch.zeros_like(visible)
+            sel.scatter_(1, order, True)
+        return sel

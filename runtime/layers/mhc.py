@@ -1,0 +1,55 @@
+"""Manifold-constrained hyper-connections (spec §6): stream mixer with Sinkhorn, head collapse."""
+
+from __future__ import annotations
+
+import torch
+from agentkit.runtime.layers.norms import rms_unweighted
+
+
+def hc_pre(
+    x: torch.Tensor,
+    fn: torch.Tensor,
+    base: torch.Tensor,
+    scale: torch.Tensor,
+    *,
+    sinkhorn_iters: int,
+    hc_eps: float,
+    norm_eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Streams x [T, n, D] -> (sub-layer input [T, D], post [T, n], comb [T, n, n]); mixing in fp32."""
+    t, n, d = x.shape
+    flat = rms_unweighted(x.reshape(t, n * d).float(), norm_eps)
+    m = flat @ fn.float().t()  # [T, (2+n)*n]
+    base = base.float()
+    pre = torch.sigmoid(m[:, :n] * scale[0] + base[:n]) + hc_eps
+    post = 2 * torch.sigmoid(m[:, n : 2 * n] * scale[1] + base[n : 2 * n])
+    comb = (m[:, 2 * n :] * scale[2] + base[2 * n :]).view(t, n, n)
+    comb = torch.softmax(comb, dim=-1) + hc_eps
+    comb = comb / (comb.sum(dim=-2, keepdim=True) + hc_eps)
+    for _ in range(sinkhorn_iters - 1):
+        comb = comb / (comb.sum(dim=-1, keepdim=True) + hc_eps)
+        comb = comb / (comb.sum(dim=-2, keepdim=True) + hc_eps)
+    collapsed = (pre.unsqueeze(-1) * x.float()).sum(dim=1).to(x.dtype)
+    return collapsed, post, comb
+
+
+def hc_post(y: torch.Tensor, x: torch.Tensor, post: torch.Tensor, comb: torch.Tensor) -> torch.Tensor:
+    """X'_k = post_k * y + sum_j comb[j, k] X_j (sum over the first index), cast back to the stream dtype."""
+    mixed = torch.einsum("tjk,tjd->tkd", comb, x.float())
+    return (post.unsqueeze(-1) * y.float().unsqueeze(1) + mixed).to(x.dtype)
+
+
+def hc_head(
+    x: torch.Tensor,
+    fn: torch.Tensor,
+    base: torch.Tensor,
+    scale: torch.Tensor,
+    *,
+    hc_eps: float,
+    norm_eps: float,
+) -> torch.Tensor:
+    """Final collapse of the streams before the output norm: sigmoid weights, no Sinkhorn, no post."""
+    t, n, d = x.shape
+    flat = rms_unweighted(x.reshape(t, n * d).float(), norm_eps)
+    pre = torch.sigmoid((flat @ fn.float().t()) * scale.float() + base.float()) + hc_eps
+    return (pre.unsqueeze(-1) * x.float()).sum(dim=1).to(x.dtype)

@@ -1,0 +1,95 @@
+"""Mixture of experts (spec §7): sqrt(softplus) gate, selection-only bias, hash routing, clamped SwiGLU."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from agentkit.runtime.config import ModelConfig
+from agentkit.runtime.layers.lowp import Linear, StorageFormat
+from torch import nn
+
+
+class Expert(nn.Module):
+    """SwiGLU with the V4 clamp: gate clamped above at L, up clamped to [-L, L]."""
+
+    def __init__(self, dim: int, inter: int, fmt: StorageFormat, dtype: torch.dtype, limit: float) -> None:
+        super().__init__()
+        self.limit = limit
+        self.w1 = Linear(dim, inter, fmt, dtype)
+        self.w2 = Linear(inter, dim, fmt, dtype)
+        self.w3 = Linear(dim, inter, fmt, dtype)
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        a = self.w1(x).float().clamp(max=self.limit)
+        b = self.w3(x).float().clamp(-self.limit, self.limit)
+        h = F.silu(a) * b
+        if weight is not None:
+            h = h * weight.unsqueeze(
+                -1
+            )  # routing weight before the down projection, in fp32 (reference order)
+        return self.w2(h.to(x.dtype))
+
+
+class Gate(nn.Module):
+    """Router. `bias` (non-hash layers) shifts selection only; `tid2eid` (hash layers) fixes it per token."""
+
+    def __init__(self, config: ModelConfig, hash_layer: bool, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.topk = config.n_activated_experts
+        self.route_scale = config.route_scale
+        self.hash_layer = hash_layer
+        self.weight = nn.Parameter(torch.empty(config.n_routed_experts, config.dim, dtype=dtype))
+        self.bias: torch.Tensor | None
+        self.tid2eid: torch.Tensor | None
+        if hash_layer:
+            self.register_buffer("tid2eid", torch.zeros(config.vocab_size, self.topk, dtype=torch.int64))
+            self.bias = None
+        else:
+            self.bias = nn.Parameter(
+                torch.zeros(config.n_routed_experts, dtype=torch.float32), requires_grad=False
+            )
+            self.tid2eid = None
+
+    def forward(self, x: torch.Tensor, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (weights [T, k] fp32, expert indices [T, k])."""
+        scores = torch.sqrt(F.softplus(x.float() @ self.weight.float().t()))
+        if self.tid2eid is not None:
+            idx = self.tid2eid[token_ids].long()
+        else:
+            assert self.bias is not None
+            idx = torch.topk(scores.detach() + self.bias.float(), self.topk, dim=-1).indices
+        w = scores.gather(1, idx)
+        return w / w.sum(dim=-1, keepdim=True) * self.route_scale, idx
+
+
+class MoE(nn.Module):
+    def __init__(
+        self,
+        config: ModelConfig,
+        layer: int,
+        fmt: StorageFormat,
+        expert_fmt: StorageFormat,
+        dtype: torch.dtype,
+        gate_dtype: torch.dtype,
+    ) -> None:
+        super().__init__()
+        self.n_experts = config.n_routed_experts
+        self.gate = Gate(config, config.is_hash_layer(layer), gate_dtype)
+        lim = config.swiglu_limit
+        self.experts = nn.ModuleList(
+            Expert(config.dim, config.moe_inter_dim, expert_fmt, dtype, lim) for _ in range(self.n_experts)
+        )
+        self.shared_experts = Expert(config.dim, config.moe_inter_dim, fmt, dtype, lim)
+
+    def forward(self, x: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        weights, idx = self.gate(x, token_ids)
+        out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        counts = torch.bincount(idx.flatten(), minlength=self.n_experts).tolist()
+        for e, c in enumerate(counts):
+            if c == 0:
+                continue
+            tok, slot = torch.where(idx == e)
+            y = self.experts[e](x[tok], weights[tok, slot])
+            out = out.index_add(0, tok, y.float())
+        out = out + self.shared_experts(x).float()
+        return out.to(x.dtype)

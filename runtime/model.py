@@ -1,0 +1,352 @@
+"""The DeepSeek-V4 transformer (spec §2-§8) with explicit per-sequence state.
+
+Parameter names equal the HF checkpoint tensor names of spec §9.1, so loading is a direct name match. There is
+one forward implementation: prefill is extend from position 0, decode is extend by one token, an agent
+turn is extend by a few thousand tokens on a long prefix, and the training forward is extend from fresh states
+with autograd on (states are written detached and then dropped). That is what makes them the same function.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from agentkit.runtime.config import ModelConfig
+from agentkit.runtime.layers.attention import Attention, SeqSlice
+from agentkit.runtime.layers.lowp import Linear, StorageFormat
+from agentkit.runtime.layers.mhc import hc_head, hc_post, hc_pre
+from agentkit.runtime.layers.moe import Gate, MoE
+from agentkit.runtime.layers.norms import RMSNorm
+from agentkit.runtime.state import LayerState, SequenceState, StateError, config_key
+from torch import nn
+
+
+class ModelInputError(ValueError):
+    """Token ids, chunk lengths or positions that the model cannot process."""
+
+
+@dataclass
+class ForwardOutput:
+    logits: torch.Tensor
+    """[B, S, V] fp32 next-token logits at every position."""
+    mtp_logits: torch.Tensor | None
+    """[B, S-1, V] fp32: the MTP block's prediction of token p+2 from position p (None if not requested)."""
+    loss: torch.Tensor | None
+    """Mean next-token cross-entropy over labels != -100 (plus `mtp_weight` x the MTP loss when requested)."""
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.cfg = config
+        q = config.weight_format == "quantized"
+        fmt: StorageFormat = "fp8" if q and config.dtype == "fp8" else "float"
+        efmt: StorageFormat = "float"
+        if q and config.expert_dtype is not None:
+            efmt = config.expert_dtype
+        wdtype = torch.bfloat16 if q else dtype
+        ndtype = torch.bfloat16 if q else dtype
+        hc = (2 + config.hc_mult) * config.hc_mult
+        flat = config.hc_mult * config.dim
+        self.hc_attn_fn = nn.Parameter(torch.zeros(hc, flat, dtype=torch.float32))
+        self.hc_attn_base = nn.Parameter(torch.zeros(hc, dtype=torch.float32))
+        self.hc_attn_scale = nn.Parameter(torch.ones(3, dtype=torch.float32))
+        self.hc_ffn_fn = nn.Parameter(torch.zeros(hc, flat, dtype=torch.float32))
+        self.hc_ffn_base = nn.Parameter(torch.zeros(hc, dtype=torch.float32))
+        self.hc_ffn_scale = nn.Parameter(torch.ones(3, dtype=torch.float32))
+        self.attn_norm = RMSNorm(config.dim, config.norm_eps, ndtype)
+        self.ffn_norm = RMSNorm(config.dim, config.norm_eps, ndtype)
+        self.attn = Attention(config, layer, fmt, wdtype, ndtype)
+        self.ffn = MoE(config, layer, fmt, efmt, wdtype, wdtype)
+
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, token_ids: torch.Tensor, seqs: list[SeqSlice]
+    ) -> torch.Tensor:
+        c = self.cfg
+        kw = {"sinkhorn_iters": c.hc_sinkhorn_iters, "hc_eps": c.hc_eps, "norm_eps": c.norm_eps}
+        u, post, comb = hc_pre(x, self.hc_attn_fn, self.hc_attn_base, self.hc_attn_scale, **kw)
+        x = hc_post(self.attn(self.attn_norm(u), positions, seqs), x, post, comb)
+        u, post, comb = hc_pre(x, self.hc_ffn_fn, self.hc_ffn_base, self.hc_ffn_scale, **kw)
+        return hc_post(self.ffn(self.ffn_norm(u), token_ids), x, post, comb)
+
+
+class MTPBlock(Block):
+    """Multi-token prediction block (spec §8): window-only, non-hash, own input mixing and head."""
+
+    def __init__(self, config: ModelConfig, layer: int, dtype: torch.dtype) -> None:
+        super().__init__(config, layer, dtype)
+        q = config.weight_format == "quantized"
+        fmt: StorageFormat = "fp8" if q and config.dtype == "fp8" else "float"
+        wdtype = torch.bfloat16 if q else dtype
+        self.e_proj = Linear(config.dim, config.dim, fmt, wdtype)
+        self.h_proj = Linear(config.dim, config.dim, fmt, wdtype)
+        self.enorm = RMSNorm(config.dim, config.norm_eps, wdtype)
+        self.hnorm = RMSNorm(config.dim, config.norm_eps, wdtype)
+        self.norm = RMSNorm(config.dim, config.norm_eps, wdtype)
+        self.hc_head_fn = nn.Parameter(
+            torch.zeros(config.hc_mult, config.hc_mult * config.dim, dtype=torch.float32)
+        )
+        self.hc_head_base = nn.Parameter(torch.zeros(config.hc_mult, dtype=torch.float32))
+        self.hc_head_scale = nn.Parameter(torch.ones(1, dtype=torch.float32))
+
+
+class V4Model(nn.Module):
+    """DeepSeek-V4 model. `dtype` = activation/compute dtype (and parameter dtype of float weights)."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ):
+        super().__init__()
+        self.config = config
+        self.dtype = dtype
+        q = config.weight_format == "quantized"
+        wdtype = torch.bfloat16 if q else dtype
+        with torch.device(device or "cpu"):
+            self.embed = nn.Embedding(config.vocab_size, config.dim, dtype=wdtype)
+            self.layers = nn.ModuleList(Block(config, i, dtype) for i in range(config.n_layers))
+            self.norm = RMSNorm(config.dim, config.norm_eps, wdtype)
+            self.head = Linear(config.dim, config.vocab_size, "float", wdtype)
+            self.hc_head_fn = nn.Parameter(
+                torch.zeros(config.hc_mult, config.hc_mult * config.dim, dtype=torch.float32)
+            )
+            self.hc_head_base = nn.Parameter(torch.zeros(config.hc_mult, dtype=torch.float32))
+            self.hc_head_scale = nn.Parameter(torch.ones(1, dtype=torch.float32))
+            self.mtp = nn.ModuleList(
+                MTPBlock(config, config.n_layers + i, dtype) for i in range(config.n_mtp_layers)
+            )
+
+    @property
+    def device(self) -> torch.device:
+        return self.hc_head_fn.device
+
+    # ------------------------------------------------------------------ initialization
+    @torch.no_grad()
+    def init_random_(self, seed: int = 0, std: float | None = None) -> V4Model:
+        """Random weights of a sensible scale (linear ~ N(0, 1/in)), quantized where storage is quantized.
+
+        Every parameter gets a non-trivial value (sinks, ape, mHC bases, gate bias, tid2eid included) so tests
+        that compare implementations exercise every term.
+        """
+        g = torch.Generator().manual_seed(seed)
+        cfg = self.config
+
+        def rnd(*shape: int, s: float = 1.0) -> torch.Tensor:
+            return torch.randn(*shape, generator=g) * s
+
+        for mod in self.modules():
+            if isinstance(mod, Linear):
+                s = std if std is not None else 1.0 / math.sqrt(mod.in_features)
+                mod.set_dense(rnd(mod.out_features, mod.in_features, s=s).to(self.device))
+            elif isinstance(mod, RMSNorm):
+                mod.weight.copy_(1.0 + rnd(*mod.weight.shape, s=0.1))
+            elif isinstance(mod, nn.Embedding):
+                mod.weight.copy_(rnd(*mod.weight.shape))
+            elif isinstance(mod, Gate):
+                mod.weight.copy_(rnd(*mod.weight.shape, s=1.0 / math.sqrt(cfg.dim)))
+        for name, p in self.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf.endswith("_fn"):
+                p.copy_(rnd(*p.shape, s=0.5 / math.sqrt(p.shape[1])))
+            elif leaf.endswith("_base"):
+                p.copy_(rnd(*p.shape, s=0.5))
+            elif leaf.endswith("_scale") and p.dtype == torch.float32:
+                p.copy_(1.0 + rnd(*p.shape, s=0.1))
+            elif leaf == "attn_sink":
+                p.copy_(rnd(*p.shape))
+            elif leaf == "ape":
+                p.copy_(rnd(*p.shape, s=0.5))
+            elif leaf == "bias":
+                p.copy_(rnd(*p.shape, s=0.1))
+        for name, b in self.named_buffers():
+            if name.endswith("tid2eid"):
+                b.copy_(
+                    torch.stack(
+                        [
+                            torch.randperm(cfg.n_routed_experts, generator=g)[: cfg.n_activated_experts]
+                            for _ in range(cfg.vocab_size)
+                        ]
+                    )
+                )
+        return self
+
+    # ------------------------------------------------------------------ state
+    def new_state(self) -> SequenceState:
+        return SequenceState.fresh(self.config, self.device, self.dtype)
+
+    def _check(self, states: Sequence[SequenceState], chunks: Sequence[torch.Tensor]) -> None:
+        if len(states) != len(chunks) or not states:
+            raise ModelInputError(
+                f"need one chunk per state, got {len(states)} states and {len(chunks)} chunks"
+            )
+        key = config_key(self.config)
+        if len({id(s) for s in states}) != len(states):
+            raise ModelInputError("the same state appears twice in one batch")
+        for s, c in zip(states, chunks, strict=True):
+            if s.config_key != key or len(s.layers) != self.config.n_layers:
+                raise StateError("state was made for a model with a different configuration")
+            if c.dim() != 1 or c.numel() == 0:
+                raise ModelInputError(
+                    f"each chunk must be a non-empty 1-D list of token ids, got shape {tuple(c.shape)}"
+                )
+            if c.dtype.is_floating_point:
+                raise ModelInputError("token ids must be integers")
+            lo, hi = int(c.min()), int(c.max())
+            if lo < 0 or hi >= self.config.vocab_size:
+                raise ModelInputError(
+                    f"token id out of range [0, {self.config.vocab_size}): min {lo}, max {hi}"
+                )
+            if s.pos + c.numel() > self.config.max_seq_len:
+                raise ModelInputError(
+                    f"sequence would reach {s.pos + c.numel()} tokens > max_seq_len={self.config.max_seq_len}"
+                )
+
+    # ------------------------------------------------------------------ forward
+    def _streams(self, states: Sequence[SequenceState], chunks: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Run the main stack on the chunks (advancing the states); returns the final streams [T, hc, D]."""
+        dev = self.device
+        ids = torch.cat([c.to(dev) for c in chunks])
+        positions = torch.cat(
+            [torch.arange(s.pos, s.pos + c.numel(), device=dev) for s, c in zip(states, chunks, strict=True)]
+        )
+        bounds = [0]
+        for c in chunks:
+            bounds.append(bounds[-1] + c.numel())
+        x = self.embed(ids).to(self.dtype)
+        x = x.unsqueeze(1).expand(-1, self.config.hc_mult, -1).contiguous()
+        for li, block in enumerate(self.layers):
+            seqs = [SeqSlice(bounds[i], bounds[i + 1], s.pos, s.layers[li]) for i, s in enumerate(states)]
+            x = block(x, positions, ids, seqs)
+        for s, c in zip(states, chunks, strict=True):
+            s.pos += c.numel()
+        return x
+
+    def _logits(
+        self, x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, scale: torch.Tensor, norm: RMSNorm
+    ) -> torch.Tensor:
+        c = self.config
+        u = norm(hc_head(x, fn, base, scale, hc_eps=c.hc_eps, norm_eps=c.norm_eps))
+        return F.linear(u.float(), self.head.dense(torch.float32))
+
+    def extend(
+        self,
+        states: SequenceState | Sequence[SequenceState],
+        tokens: Sequence[int] | torch.Tensor | Sequence[Sequence[int] | torch.Tensor],
+        *,
+        last_only: bool = False,
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """Append tokens to sequence state(s); fp32 logits per new position ([n, V]; [V] if last_only).
+
+        One state + one token list -> one tensor; a list of states + a list of token lists -> a list
+        (batched: the weights are read once for all sequences, whatever their positions and chunk lengths).
+        Inputs are validated before any state is touched.
+        """
+        single = isinstance(states, SequenceState)
+        if isinstance(states, SequenceState):
+            st = [states]
+            chunks = [_as_ids(tokens)]  # type: ignore[arg-type]
+        else:
+            st = list(states)
+            if isinstance(tokens, torch.Tensor) and tokens.dim() == 1:
+                raise ModelInputError("a batch of states needs a list of token lists")
+            chunks = [_as_ids(t) for t in tokens]  # type: ignore[arg-type]
+        self._check(st, chunks)
+        with torch.inference_mode():
+            x = self._streams(st, chunks)
+            if last_only:
+                ends = torch.tensor([0] + [c.numel() for c in chunks], device=x.device).cumsum(0)[1:] - 1
+                x = x[ends]
+            logits = self._logits(x, self.hc_head_fn, self.hc_head_base, self.hc_head_scale, self.norm)
+        out = list(logits.unbind(0)) if last_only else list(logits.split([c.numel() for c in chunks]))
+        return out[0] if single else out
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        *,
+        mtp: bool = False,
+        mtp_weight: float = 0.3,
+    ) -> ForwardOutput:
+        """Full-sequence (training) forward over [B, S] from position 0; autograd flows through everything
+        except the indexer's top-k and the expert choice (both discrete, as in the reference).
+
+        `labels` [B, S] are the next tokens per position (-100 = ignore), i.e. usually input_ids shifted left.
+        """
+        if input_ids.dim() != 2:
+            raise ModelInputError(f"input_ids must be [B, S], got shape {tuple(input_ids.shape)}")
+        b, s = input_ids.shape
+        states = [self.new_state() for _ in range(b)]
+        chunks = list(input_ids.unbind(0))
+        self._check(states, chunks)
+        x = self._streams(states, chunks)
+        logits = self._logits(x, self.hc_head_fn, self.hc_head_base, self.hc_head_scale, self.norm).view(
+            b, s, -1
+        )
+        mtp_logits = None
+        if mtp:
+            if not self.mtp:
+                raise ModelInputError("this model has no MTP block")
+            mtp_logits = self._mtp_forward(x.view(b, s, *x.shape[1:]), input_ids)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.reshape(b * s, -1), labels.reshape(-1), ignore_index=-100)
+            if mtp_logits is not None and s > 1:
+                # MTP at position p predicts token p+2 = labels[p+1].
+                mtp_loss = F.cross_entropy(
+                    mtp_logits.reshape(b * (s - 1), -1), labels[:, 1:].reshape(-1), ignore_index=-100
+                )
+                loss = loss + mtp_weight * mtp_loss
+        return ForwardOutput(logits=logits, mtp_logits=mtp_logits, loss=loss)
+
+    def _mtp_forward(self, streams: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """MTP block on main streams at p with token p+1's embedding (spec §8; zero embedding at p = 0)."""
+        b, s = input_ids.shape
+        blk = self.mtp[0]
+        assert isinstance(blk, MTPBlock)
+        n = s - 1
+        if n <= 0:
+            return torch.zeros(b, 0, self.config.vocab_size, device=self.device)
+        h = streams[:, :n]  # [B, n, hc, D]
+        nxt = input_ids[:, 1:]
+        e = self.embed(nxt).to(self.dtype)
+        e[:, 0] = 0
+        e = blk.enorm(e)
+        xin = blk.e_proj(e).unsqueeze(2) + blk.h_proj(blk.hnorm(h))
+        xin = xin.reshape(b * n, self.config.hc_mult, -1)
+        dev = self.device
+        positions = torch.arange(n, device=dev).repeat(b)
+        seqs = [
+            SeqSlice(
+                i * n,
+                (i + 1) * n,
+                0,
+                LayerState(
+                    ratio=0,
+                    window=torch.zeros(
+                        self.config.window_size, self.config.head_dim, dtype=self.dtype, device=dev
+                    ),
+                ),
+            )
+            for i in range(b)
+        ]
+        y = blk(xin, positions, nxt.reshape(-1), seqs)
+        logits = self._logits(y, blk.hc_head_fn, blk.hc_head_base, blk.hc_head_scale, blk.norm)
+        return logits.view(b, n, -1)
+
+
+def _as_ids(t: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    if isinstance(t, torch.Tensor):
+        return t.reshape(-1) if t.dim() == 0 else t
+    try:
+        return torch.tensor(list(t), dtype=torch.long)
+    except (TypeError, ValueError) as e:
+        raise ModelInputError(f"token ids must be integers: {e}") from e
+
+
+__all__ = ["Block", "ForwardOutput", "MTPBlock", "ModelInputError", "V4Model"]

@@ -1,0 +1,270 @@
+"""Per-sequence decoding state as explicit data (spec §5.4), its snapshots and its byte format.
+
+A `SequenceState` holds, for every main-stack layer, exactly what is needed to continue a sequence
+bit-compatibly: the 128-slot window ring (slot = position mod W), the compressed KV entries, the indexer
+keys (CSA) and the compressor tail state in the reference layout (fp32 projections of the partial block;
+CSA also keeps the last complete block, whose A-halves the next entry pools). A fresh state starts with
+value 0 / logit -inf in every tail row, never with a previous request's leftovers (spec §5.7).
+
+Serialization is a safetensors blob with a format version and a SHA-256 over the tensor bytes, so a state
+survives a restart and a damaged blob is rejected with `StateFormatError` instead of decoding garbage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import torch
+from agentkit.runtime.config import ModelConfig
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+FORMAT_NAME = "agentkit.v4.sequence_state"
+FORMAT_VERSION = 1
+
+
+class StateError(ValueError):
+    """A state does not fit the model or the request (wrong shapes, position out of range)."""
+
+
+class StateFormatError(StateError):
+    """A serialized state is corrupt, truncated, of another format or of an unsupported version."""
+
+
+def _overlap(ratio: int) -> int:
+    return 2 if ratio == 4 else 1
+
+
+@dataclass
+class LayerState:
+    """One layer's state; only the first pos // ratio rows of the compressed arrays are valid."""
+
+    ratio: int
+    window: torch.Tensor
+    comp: torch.Tensor | None = None
+    comp_tail_kv: torch.Tensor | None = None
+    comp_tail_score: torch.Tensor | None = None
+    idx: torch.Tensor | None = None
+    idx_tail_kv: torch.Tensor | None = None
+    idx_tail_score: torch.Tensor | None = None
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.__dict__.items() if isinstance(v, torch.Tensor)}
+
+
+def fresh_tail(
+    ratio: int, width: int, device: torch.device | str | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empty compressor tail: [c*r, c*width] fp32 values 0 and logits -inf (c = 2 in overlap mode)."""
+    c = _overlap(ratio)
+    kv = torch.zeros(c * ratio, c * width, dtype=torch.float32, device=device)
+    return kv, torch.full_like(kv, float("-inf"))
+
+
+@dataclass
+class SequenceState:
+    """Everything a sequence needs to be extended from position `pos` (= number of tokens processed)."""
+
+    pos: int
+    layers: list[LayerState]
+    dtype: torch.dtype
+    config_key: str = ""
+    meta: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def fresh(
+        cls, config: ModelConfig, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+    ) -> SequenceState:
+        layers: list[LayerState] = []
+        for i in range(config.n_layers):
+            r = config.ratio(i)
+            ls = LayerState(
+                ratio=r, window=torch.zeros(config.window_size, config.head_dim, dtype=dtype, device=device)
+            )
+            if r:
+                ls.comp = torch.zeros(0, config.head_dim, dtype=dtype, device=device)
+                ls.comp_tail_kv, ls.comp_tail_score = fresh_tail(r, config.head_dim, device)
+            if r == 4:
+                ls.idx = torch.zeros(0, config.index_head_dim, dtype=dtype, device=device)
+                ls.idx_tail_kv, ls.idx_tail_score = fresh_tail(r, config.index_head_dim, device)
+            layers.append(ls)
+        return cls(pos=0, layers=layers, dtype=dtype, config_key=config_key(config))
+
+    @property
+    def device(self) -> torch.device:
+        return self.layers[0].window.device
+
+    def _trimmed(self, ls: LayerState, name: str, t: torch.Tensor) -> torch.Tensor:
+        if name in ("comp", "idx"):
+            return t[: self.pos // ls.ratio]
+        return t
+
+    def snapshot(self) -> SequenceState:
+        """An independent copy (later extends of either side do not affect the other)."""
+        layers = [
+            LayerState(
+                ratio=ls.ratio, **{k: self._trimmed(ls, k, v).clone() for k, v in ls.tensors().items()}
+            )
+            for ls in self.layers
+        ]
+        return SequenceState(self.pos, layers, self.dtype, self.config_key, dict(self.meta))
+
+    def restore(self, snap: SequenceState) -> None:
+        """Make this state equal to `snap` (which stays untouched and reusable)."""
+        if snap.config_key != self.config_key or len(snap.layers) != len(self.layers):
+            raise StateError("snapshot belongs to a model with a different configuration")
+        copy = snap.snapshot()
+        self.pos, self.layers, self.dtype, self.meta = copy.pos, copy.layers, copy.dtype, copy.meta
+
+    def to(self, device: torch.device | str) -> SequenceState:
+        for ls in self.layers:
+            for k, v in ls.tensors().items():
+                setattr(ls, k, v.to(device))
+        return self
+
+    def nbytes(self) -> int:
+        return sum(
+            self._trimmed(ls, k, v).numel() * v.element_size()
+            for ls in self.layers
+            for k, v in ls.tensors().items()
+        )
+
+    # --- serialization ---
+    def to_bytes(self) -> bytes:
+        tensors: dict[str, torch.Tensor] = {}
+        for i, ls in enumerate(self.layers):
+            for k, v in ls.tensors().items():
+                tensors[f"layers.{i}.{k}"] = self._trimmed(ls, k, v).detach().contiguous().cpu()
+        meta = {
+            "format": FORMAT_NAME,
+            "version": str(FORMAT_VERSION),
+            "pos": str(self.pos),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "ratios": json.dumps([ls.ratio for ls in self.layers]),
+            "config_key": self.config_key,
+            "user_meta": json.dumps(self.meta),
+            "sha256": _digest(tensors),
+        }
+        return st_save(tensors, metadata=meta)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, device: torch.device | str | None = None) -> SequenceState:
+        meta = _read_metadata(blob)
+        if meta.get("format") != FORMAT_NAME:
+            raise StateFormatError(f"not a sequence state blob (format={meta.get('format')!r})")
+        if meta.get("version") != str(FORMAT_VERSION):
+            raise StateFormatError(f"unsupported sequence state version {meta.get('version')!r}")
+        try:
+            tensors = st_load(blob)
+        except Exception as e:
+            raise StateFormatError(f"corrupt sequence state blob: {e}") from e
+        if _digest(tensors) != meta.get("sha256"):
+            raise StateFormatError("sequence state checksum mismatch (blob corrupted)")
+        try:
+            ratios = json.loads(meta["ratios"])
+            pos = int(meta["pos"])
+            dtype = getattr(torch, meta["dtype"])
+            layers: list[LayerState] = []
+            for i, r in enumerate(ratios):
+                fields = {
+                    k.split(".", 2)[2]: v.to(device)
+                    for k, v in tensors.items()
+                    if k.startswith(f"layers.{i}.")
+                }
+                layers.append(LayerState(ratio=int(r), **fields))
+            user_meta = json.loads(meta.get("user_meta", "{}"))
+        except (KeyError, ValueError, TypeError, AttributeError) as e:
+            raise StateFormatError(f"inconsistent sequence state metadata: {e}") from e
+        return cls(pos=pos, layers=layers, dtype=dtype, config_key=meta["config_key"], meta=user_meta)
+
+
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k]
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _read_metadata(blob: bytes) -> dict[str, str]:
+    if len(blob) < 8:
+        raise StateFormatError(f"sequence state blob too short ({len(blob)} bytes)")
+    n = int.from_bytes(blob[:8], "little")
+    if n <= 0 or 8 + n > len(blob):
+        raise StateFormatError("sequence state blob truncated (header length beyond end)")
+    try:
+        header = json.loads(blob[8 : 8 + n])
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StateFormatError(f"sequence state header is not valid JSON: {e}") from e
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(meta, dict):
+        raise StateFormatError("sequence state header has no metadata")
+    return meta
+
+
+def config_key(config: ModelConfig) -> str:
+    """Identifies the state layout a config implies (dims and ratios), not its weights."""
+    parts = [
+        config.head_dim,
+        config.index_head_dim,
+        config.window_size,
+        config.n_layers,
+        *config.compress_ratios,
+    ]
+    return hashlib.sha256(",".join(map(str, parts)).encode()).hexdigest()[:16]
+
+
+# --- KV accounting (spec §5.6) ---
+def kv_bytes_per_token(config: ModelConfig, layout: str = "bf16") -> float:
+    """Bytes of compressed KV + indexer keys added per token over the main stack (windows/tails excluded).
+
+    `bf16`: the reference cache (2 bytes per value). `fp8`: the serving layout (main entry = e4m3
+    non-RoPE dims + bf16 RoPE dims + one E8M0 scale per 64 values padded to 8 bytes; indexer key = MXFP4,
+    half a byte per value + one E8M0 scale per 32).
+    """
+    d, di, rd = config.head_dim, config.index_head_dim, config.rope_head_dim
+    if layout == "bf16":
+        main, index = 2.0 * d, 2.0 * di
+    elif layout == "fp8":
+        n_scales = -(-(d - rd) // 64)
+        main = (d - rd) + 2.0 * rd + -(-n_scales // 8) * 8
+        index = di / 2 + di / 32
+    else:
+        raise ValueError(f"unknown KV layout {layout!r}; use 'bf16' or 'fp8'")
+    total = 0.0
+    for i in range(config.n_layers):
+        r = config.ratio(i)
+        if r:
+            total += main / r
+        if r == 4:
+            total += index / r
+    return total
+
+
+def fixed_state_bytes(config: ModelConfig, dtype_bytes: int = 2) -> int:
+    """Per-sequence bytes that do not grow with length: window rings + fp32 compressor tails."""
+    total = 0
+    for i in range(config.n_layers):
+        r = config.ratio(i)
+        total += config.window_size * config.head_dim * dtype_bytes
+        if r:
+            c = _overlap(r)
+            total += 2 * (c * r) * (c * config.head_dim) * 4
+        if r == 4:
+            total += 2 * 8 * 2 * config.index_head_dim * 4
+    return total
+
+
+__all__ = [
+    "LayerState",
+    "SequenceState",
+    "StateError",
+    "StateFormatError",
+    "config_key",
+    "fixed_state_bytes",
+    "fresh_tail",
+    "kv_bytes_per_token",
+]
