@@ -10,8 +10,9 @@ whole group *inside* the container with a second exec (killing the client side k
 from __future__ import annotations
 
 import contextlib
-import re
+import os
 import select
+import signal
 import socket
 import struct
 import threading
@@ -29,13 +30,17 @@ from .base import SandboxError
 _DRAIN_AFTER_KILL_S = 2.0
 _POLL_S = 0.1
 
-# `sh` stays the group leader and records the group; the command's status becomes sh's status.
-# (dash's kill takes no `--`, hence `kill -KILL -<pgid>`.)
-_WRAPPER = 'echo $$ >"$0"; "$@"; rc=$?; rm -f "$0"; exit $rc'
-_KILLER = 'pg=$(cat "$0" 2>/dev/null) && kill -KILL "-$pg" 2>/dev/null; rm -f "$0"; exit 0'
-
-
-_SETSID_NOISE = re.compile(rb"setsid: child \d+ did not exit normally[^\n]*\n?")
+# The exec's own process is a small `sh` supervisor that stays *outside* the command's group: the
+# command runs under `setsid` (not forking: a background child is no group leader), so its pid is its
+# process group id. The supervisor records it, waits, then kills whatever the command left in its
+# group, so an exec ends completely on every backend (a daemon must `setsid` itself to outlive it).
+# stdin goes through fd 3: an asynchronous list gets /dev/null as stdin, even with `<&0` (dash).
+# Only builtins after the fork: this must still work when the command used up the pids limit.
+_WRAPPER = (
+    'p=$1; shift; exec 3<&0; setsid "$@" <&3 3<&- & c=$!; exec 3<&-; echo "$c" >"$p"; '
+    'wait "$c"; rc=$?; kill -KILL "-$c" 2>/dev/null; exit $rc'
+)
+_KILLER = 'read pg <"$0" && kill -KILL "-$pg" 2>/dev/null; exit 0'
 
 
 @dataclass(slots=True)
@@ -154,10 +159,45 @@ def _assert_running(api: Any, cid: str) -> None:
         raise SandboxError(f"sandbox container {cid[:12]} stopped{why}; open a new sandbox")
 
 
-def _kill_group(api: Any, cid: str, user: str, pidfile: str) -> None:
+def _host_kill(api: Any, cid: str, exec_id: str) -> bool:
+    """Kill the exec's process group from the host, when the engine is local and we may signal.
+
+    Needed because a command that used up the pids limit leaves no room for a killer exec: the
+    engine's answer is "resource temporarily unavailable". `kill(-pgid)` from outside needs no fork,
+    and is atomic against a fork bomb racing it. The exec's host pid is the supervisor `sh`; its
+    child is the command's session and group leader. The pid's cgroup must name the container, so a
+    remote engine's pid numbers can never hit a local process.
+    """
+    errors: tuple[type[BaseException], ...] = (OSError, ValueError, *_docker_errors())
+    try:
+        pid = int(api.exec_inspect(exec_id).get("Pid") or 0)
+        if pid <= 0:
+            return False
+        with open(f"/proc/{pid}/cgroup") as f:
+            if cid not in f.read():
+                return False
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            leaders = [int(x) for x in f.read().split()]
+    except errors:
+        return False
+    killed = False
+    for pgid in leaders:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+            killed = True
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            return False
+    return killed
+
+
+def _kill_group(api: Any, cid: str, user: str, pidfile: str, exec_id: str) -> None:
+    if _host_kill(api, cid, exec_id):
+        return
     with contextlib.suppress(SandboxError, *_docker_errors()):
         _, sock = _start(api, cid, ["/bin/sh", "-c", _KILLER, pidfile], user=user, workdir="/",
-                               env={}, stdin=False)  # fmt: skip
+                         env={}, stdin=False)  # fmt: skip
         reader = _Reader(sock, CappedBuffer(4096), CappedBuffer(4096))
         reader.run_until(time.monotonic() + 10)
         sock.close()
@@ -178,7 +218,7 @@ def run_blocking(
 ) -> RawResult:
     """The whole exec, in a worker thread. `cancel` (set by the event loop) ends it early, killing."""
     pidfile = f"/tmp/.agentkit-exec-{uuid.uuid4().hex}.pid"
-    wrapped = ["setsid", "-w", "/bin/sh", "-c", _WRAPPER, pidfile, *argv]
+    wrapped = ["/bin/sh", "-c", _WRAPPER, "agentkit-exec", pidfile, *argv]
     exec_id, sock = _start(api, cid, wrapped, user=user, workdir=workdir, env=env, stdin=stdin is not None)
     out, err = CappedBuffer(output_limit), CappedBuffer(output_limit)
     reader = _Reader(sock, out, err)
@@ -190,7 +230,7 @@ def run_blocking(
         eof = reader.run_until(time.monotonic() + timeout_s)
         if not eof:
             timed_out = not cancel.is_set()
-            _kill_group(api, cid, user, pidfile)
+            _kill_group(api, cid, user, pidfile, exec_id)
             reader.stop = threading.Event()
             reader.run_until(time.monotonic() + _DRAIN_AFTER_KILL_S)
     finally:
@@ -199,10 +239,6 @@ def run_blocking(
     if cancel.is_set():
         raise SandboxError("exec cancelled")
     code = TIMEOUT_EXIT_CODE if timed_out else _exit_code(api, cid, exec_id)
-    if timed_out:  # setsid -w reports the group kill we just did; that is not the command's output
-        err.data = bytearray(
-            re.sub(rb"setsid: child \d+ did not exit normally[^\n]*\n?", b"", bytes(err.data))
-        )
     if code == -1 or (code == 137 and not timed_out):
         _assert_running(api, cid)  # a dead container explains a missing status or a SIGKILL
     return RawResult(code, bytes(out.data), bytes(err.data), timed_out, bool(out.dropped or err.dropped))

@@ -22,10 +22,8 @@ from .base import ExecResult, SandboxError
 
 #: Exit code reported for a command killed by its timeout (the GNU `timeout` convention), on every backend.
 TIMEOUT_EXIT_CODE = 124
-#: Once the main process is gone, how long to keep reading pipes that a leftover background child holds.
-_DRAIN_AFTER_EXIT_S = 1.0
-#: After a kill, how long to wait for the pipes to close (a child that escaped the group may hold them).
-_DRAIN_AFTER_KILL_S = 2.0
+#: After the group kill, how long to wait for pipes to close (a child that escaped the group may hold them).
+_DRAIN_S = 2.0
 DEFAULT_OUTPUT_LIMIT = 1 << 20
 DEFAULT_TIMEOUT_S = 600.0
 
@@ -137,11 +135,12 @@ async def run_process(
                 tg.start_soon(_feed_stdin, proc, stdin)
             with anyio.move_on_after(timeout_s) as scope:
                 await proc.wait()
-            if scope.cancelled_caught:
-                timed_out = True
-                _killpg(pgid)
-            # a background child may still hold the pipes open; read what it has said, then let go
-            with anyio.move_on_after(_DRAIN_AFTER_KILL_S if timed_out else _DRAIN_AFTER_EXIT_S):
+            timed_out = scope.cancelled_caught
+            # the exec is over: whatever it left in its group goes too (same rule on every backend;
+            # a daemon that should outlive its exec must setsid itself)
+            _killpg(pgid)
+            with anyio.move_on_after(_DRAIN_S):
+                await proc.wait()
                 await out_done.wait()
                 await err_done.wait()
             tg.cancel_scope.cancel()
@@ -149,7 +148,7 @@ async def run_process(
         with anyio.CancelScope(shield=True):
             if timed_out or proc.returncode is None:
                 _killpg(pgid)
-                with anyio.move_on_after(_DRAIN_AFTER_KILL_S):
+                with anyio.move_on_after(_DRAIN_S):
                     await proc.wait()
             for s in (proc.stdin, proc.stdout, proc.stderr):
                 if s is not None:

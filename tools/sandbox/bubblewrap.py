@@ -178,6 +178,8 @@ class BwrapSandbox:
             bw += ["--ro-bind", extra, extra]
         bw += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
         bw += ["--bind", os.path.join(root, "workspace"), WORKSPACE, "--chdir", cwd]
+        # bwrap builds / as a tmpfs; freeze it so only /workspace and /tmp take writes
+        bw += ["--remount-ro", "/"]
         bw += ["--clearenv"]
         for k, v in env.items():
             bw += ["--setenv", k, v]
