@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import re
 import threading
@@ -43,6 +44,7 @@ class Item(BaseModel):
     qty: int = 1
 
 
+@functools.cache
 def _echo_tool(annotation: Any) -> Any:
     def echo(v: Any) -> Any:
         return {"v": v.model_dump() if isinstance(v, BaseModel) else v}
@@ -448,3 +450,22 @@ def test_outcome_helpers_for_the_loop() -> None:
     assert unknown.error_kind == "unknown_tool" and "Available tools: open, search." in unknown.content
     denied = ToolOutcome.denied("shell", "user said no")
     assert denied.error_kind == "denied" and denied.content.endswith(": user said no")
+
+
+async def test_sync_tool_timeout_abandons_the_thread() -> None:
+    release = threading.Event()
+
+    @tool(timeout=0.05)
+    def blocking() -> str:
+        release.wait(10)
+        return "late"
+
+    out = await blocking.invoke({})
+    release.set()
+    assert (out.error_kind, out.attempts) == ("timeout", 1)
+
+
+async def test_number_for_a_text_parameter_gets_a_dsml_hint() -> None:
+    out = await _echo_tool(str).invoke({"v": 3.11})
+    assert out.error_kind == "validation"
+    assert 'send text parameters as raw text with string="true"' in out.content

@@ -11,6 +11,8 @@ import pytest
 from agentkit.tools.context import RunContext
 from agentkit.tools.docstrings import parse_docstring
 from agentkit.tools.tool import Tool, ToolDefinitionError, tool
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel, Field
 
 # --- docstring styles ------------------------------------------------------------------------------
@@ -319,3 +321,47 @@ def test_policy_flags_are_exposed() -> None:
     assert t.name == "_noop"
     d = tool(_noop)
     assert (d.timeout, d.retries, d.sequential, d.requires_approval) == (None, 0, False, False)
+
+
+# --- docstring round trip (property) -----------------------------------------------------------------
+
+_IDENT = st.from_regex(r"[a-z][a-z0-9_]{0,11}", fullmatch=True)
+_WORDS = st.lists(st.from_regex(r"[A-Za-z][a-z0-9]{0,7}[.,;]?", fullmatch=True), min_size=1, max_size=12)
+
+
+def _render(style: str, summary: str, params: dict[str, list[str]]) -> str:
+    """Write a docstring in `style`, wrapping each description after its 4th word."""
+    out = [summary, ""]
+    if style == "google":
+        out.append("Args:")
+        for name, words in params.items():
+            out.append(f"    {name} (int): {' '.join(words[:4])}")
+            if words[4:]:
+                out.append(f"        {' '.join(words[4:])}")
+    elif style == "numpy":
+        out += ["Parameters", "----------"]
+        for name, words in params.items():
+            out += [f"{name} : int", f"    {' '.join(words[:4])}"]
+            if words[4:]:
+                out.append(f"    {' '.join(words[4:])}")
+    else:
+        for name, words in params.items():
+            out.append(f":param {name}: {' '.join(words[:4])}")
+            if words[4:]:
+                out.append(f"    {' '.join(words[4:])}")
+            out.append(f":type {name}: int")
+    out += ["", "Returns:" if style == "google" else ":returns: x" if style == "rest" else "", ""]
+    return "\n".join(out)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.sampled_from(["google", "numpy", "rest"]),
+    _WORDS,
+    st.dictionaries(_IDENT.filter(lambda s: s not in {"self", "cls"}), _WORDS, max_size=4),
+)
+def test_docstring_round_trip(style: str, summary_words: list[str], params: dict[str, list[str]]) -> None:
+    summary = " ".join(summary_words)
+    parsed = parse_docstring(_render(style, summary, params))
+    assert parsed.description == summary
+    assert parsed.params == {name: " ".join(words) for name, words in params.items()}

@@ -168,7 +168,8 @@ class Tool:
         self.name: str = name if name is not None else str(getattr(function, "__name__", ""))
         if not _NAME_RE.match(self.name):
             raise ToolDefinitionError(
-                f"tool name {self.name!r} must be 1-64 characters of letters, digits, '_' or '-'"
+                f"tool name {self.name!r} must be 1-64 characters of letters, digits, '_' or '-' "
+                "(pass name=... to @tool)"
             )
         if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
             raise ToolDefinitionError(f"timeout must be a positive number of seconds, got {timeout!r}")
@@ -341,7 +342,10 @@ class Tool:
             elif err["type"] == "extra_forbidden" and len(loc) == 1:
                 lines.append(f"- `{path}`: unexpected argument (this tool accepts: {accepted})")
             else:
-                lines.append(f"- `{path}`: {err['msg']} (got {_short_repr(err.get('input'))})")
+                hint = ""
+                if err["type"] == "string_type" and isinstance(err.get("input"), int | float | bool):
+                    hint = '; send text parameters as raw text with string="true"'
+                lines.append(f"- `{path}`: {err['msg']} (got {_short_repr(err.get('input'))}){hint}")
         lines.append(f"Call `{self.name}` again with corrected arguments.")
         return "\n".join(lines)
 
