@@ -28,8 +28,6 @@ from agentkit.session import RunState
 DepsT = TypeVar("DepsT")
 OutputT = TypeVar("OutputT")
 
-FINISHED = ("completed", "output_invalid")
-
 
 class RunError(RuntimeError):
     """A run could not start or continue (wrong state, missing approval decisions)."""
@@ -232,7 +230,7 @@ class Agent(Generic[DepsT, OutputT]):
         result: RunResult[OutputT] = RunResult(
             st.status,
             st.output,
-            self.parse_output(st.output) if st.status in FINISHED else None,
+            None if st.status == "output_invalid" else self.parse_output(st.output),
             st.usage,
             st,
         )
