@@ -22,14 +22,18 @@ from agentkit.tools.builtin import (
     write_file,
 )
 from agentkit.tools.context import RunContext
+from agentkit.tools.sandbox import open_sandbox
 from agentkit.tools.sandbox.base import Sandbox
 from agentkit.tools.sandbox.docker import DockerSandbox
-from agentkit.tools.sandbox.local import LocalSandbox
 from agentkit.tools.tool import ToolOutcome
 
 pytestmark = pytest.mark.anyio
 
-BACKENDS = ["local", pytest.param("docker", marks=pytest.mark.docker)]
+BACKENDS = [
+    "local",
+    pytest.param("docker", marks=pytest.mark.docker),
+    pytest.param("bwrap", marks=pytest.mark.bwrap),
+]
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +43,7 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="module", params=BACKENDS)
 async def sandbox(request: pytest.FixtureRequest, anyio_backend: str) -> AsyncIterator[Sandbox]:
-    box: Any = LocalSandbox() if request.param == "local" else DockerSandbox()
-    async with box as sb:
+    async with await open_sandbox(backend=request.param) as sb:
         yield sb
 
 
@@ -125,10 +128,10 @@ async def test_read_errors_are_clear(ctx: RunContext[None], sandbox: Sandbox) ->
     out = await call(read_file, ctx, path=f"{d}/blob.bin")
     assert out.error_kind == "error" and "binary file" in out.content
     out = await call(read_file, ctx, path="../../etc/passwd")
-    if isinstance(sandbox, LocalSandbox):  # the host's file: the workspace confinement must refuse it
-        assert out.error_kind == "error" and "outside the sandbox workspace" in out.content
-    else:  # inside a container, /etc/passwd is the container's own
+    if isinstance(sandbox, DockerSandbox):  # inside a container, /etc/passwd is the container's own
         assert "agentkit sandbox" in out.content
+    else:  # a host directory workspace (local, bwrap): the file API's confinement must refuse it
+        assert out.error_kind == "error" and "outside the sandbox workspace" in out.content
 
 
 async def test_edit_file_exact_unique_replacement(ctx: RunContext[None], sandbox: Sandbox) -> None:
