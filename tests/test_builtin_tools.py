@@ -26,6 +26,8 @@ from agentkit.tools.sandbox import open_sandbox
 from agentkit.tools.sandbox.base import Sandbox
 from agentkit.tools.sandbox.docker import DockerSandbox
 from agentkit.tools.tool import ToolOutcome
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 pytestmark = pytest.mark.anyio
 
@@ -208,3 +210,30 @@ async def test_grep(ctx: RunContext[None], sandbox: Sandbox) -> None:
 async def test_tools_without_a_sandbox_fail_clearly() -> None:
     out = await read_file.invoke({"path": "x"}, RunContext())
     assert out.is_error and "needs a sandbox" in out.content
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    text=st.text(alphabet="ab \n", max_size=30),
+    old=st.text(alphabet="ab \n", min_size=1, max_size=3),
+    new=st.text(alphabet="abc\n", max_size=3),
+    replace_all=st.booleans(),
+)
+async def test_edit_file_contract(text: str, old: str, new: str, replace_all: bool) -> None:
+    """Exactly one match (or replace_all with >= 1) edits like str.replace; anything else changes nothing."""
+    async with await open_sandbox(backend="local") as sb:
+        await sb.write_file("f.txt", text)
+        out = await edit_file.invoke(
+            {"path": "f.txt", "old_string": old, "new_string": new, "replace_all": replace_all},
+            RunContext(sandbox=sb),
+        )
+        after = (await sb.read_file("f.txt")).decode()
+    count = text.count(old)
+    if old == new:
+        assert out.error_kind == "error" and after == text
+    elif count == 1 or (replace_all and count > 1):
+        assert not out.is_error, out.content
+        assert after == text.replace(old, new, -1 if replace_all else 1)
+    else:
+        assert out.error_kind == "error" and after == text
+        assert ("not found" in out.content) if count == 0 else (f"occurs {count} times" in out.content)
