@@ -121,23 +121,23 @@ def render_segments(messages: Sequence[Mapping[str, Any]], trained: Sequence[boo
         raise ValueError("need one trained flag per message")
     full = encode_messages(list(messages), THINKING_MODE)
     segments: list[Segment] = []
-    prev = ""
-    pending = ""
+    done = ""
     for i, msg in enumerate(messages):
-        cur = encode_messages(list(messages[: i + 1]), THINKING_MODE)
-        if not cur.startswith(prev):
-            raise GenerationError(f"rendering is not append-only at message {i} ({msg.get('role')})")
-        piece = cur[len(prev) :]
-        if msg.get("role") == "assistant":
-            if pending:
-                segments.append(Segment(pending, False))
-                pending = ""
-            segments.append(Segment(piece, bool(trained[i])))
-        else:
-            pending += piece
-        prev = cur
-    if pending:
-        segments.append(Segment(pending, False))
+        if msg.get("role") != "assistant":
+            continue
+        # Tool results of one block merge into one user turn, so only assistant boundaries are stable.
+        before = encode_messages(list(messages[:i]), THINKING_MODE)
+        after = encode_messages(list(messages[: i + 1]), THINKING_MODE)
+        if not before.startswith(done) or not after.startswith(before):
+            raise GenerationError(f"rendering is not append-only at message {i}")
+        if len(before) > len(done):
+            segments.append(Segment(before[len(done) :], False))
+        segments.append(Segment(after[len(before) :], bool(trained[i])))
+        done = after
+    if not full.startswith(done):
+        raise GenerationError("rendering is not append-only at the end")
+    if len(full) > len(done):
+        segments.append(Segment(full[len(done) :], False))
     if "".join(s.text for s in segments) != full:
         raise GenerationError("segments do not add up to the full rendering")
     return segments

@@ -58,9 +58,10 @@ def _pick(rng: random.Random, options: list[str]) -> str:
     return options[rng.randrange(len(options))]
 
 
-def _last_line(text: str) -> str:
+def _stdout_value(text: str) -> str:
+    """The printed value in a shell/python tool result (its first line; the status line comes last)."""
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1].strip() if lines else ""
+    return lines[0].strip() if lines else ""
 
 
 # ---- arithmetic through the calculator ----------------------------------------------------------
@@ -274,7 +275,7 @@ def csv_family(rng: random.Random, p: Pools) -> Draft:
 
     def script() -> Script:
         results = yield Step(f"I will {what} in {name} with {tool}.", [call])
-        value = _last_line(results[0])
+        value = _stdout_value(results[0])
         yield Final(f"The output is {value}.", value)
 
     return Draft("csv", task, answer, ["python", "shell", "read_file"], script, files)

@@ -1,0 +1,214 @@
+"""Training loop for the tiny V4-architecture agent model.
+
+Loss is next-token cross-entropy on assistant tokens only, plus the MTP block's loss on the token after
+(weight `mtp_weight`), as V4 trains its MTP module. Muon updates the matrices and AdamW the rest (see
+`muon.py`); both follow one warmup + cosine schedule. On CUDA the forward runs under bf16 autocast with
+fp32 master weights; on CPU it runs in fp32. Everything random (init, batch order) derives from one seed,
+and on CPU two runs with the same seed give identical losses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from agentkit.runtime.config import ModelConfig
+from agentkit.runtime.layers.norms import RMSNorm
+from agentkit.runtime.model import V4Model
+from agentkit.train.data import IGNORE, Packed
+from agentkit.train.muon import build_optimizers
+
+
+def tiny_config(vocab_size: int, **overrides: Any) -> ModelConfig:
+    """`agentkit-tiny`: every V4 feature at small size (about 15M params with a 6k vocabulary).
+
+    CSA (ratio 4, with indexer) and HCA (ratio 128) layers, the 128-token window, hash routing in the
+    first layer, 4 mHC streams and one MTP block; plain float weights (bf16 in the checkpoint).
+    """
+    base: dict[str, Any] = {
+        "vocab_size": vocab_size,
+        "n_hash_layers": 1,
+        "max_seq_len": 65536,
+    }
+    return ModelConfig.preset("tiny", **{**base, **overrides})
+
+
+def micro_config(vocab_size: int, **overrides: Any) -> ModelConfig:
+    """The smallest config with the same structure, for CPU tests."""
+    base: dict[str, Any] = {"vocab_size": vocab_size, "max_seq_len": 65536}
+    return ModelConfig.preset("tiny-test", **{**base, **overrides})
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 2e-3
+    adamw_lr: float | None = None
+    warmup: int = 50
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    mtp_weight: float = 0.3
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    log_every: int = 10
+    max_seconds: float | None = None
+    """Stop early (with a consistent checkpoint) once this much wall time is spent; None = run all steps."""
+
+
+@dataclass
+class History:
+    records: list[dict[str, float]] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, out_dir: str | Path, title: str = "agentkit-tiny training") -> tuple[Path, Path | None]:
+        """Write loss.json and, when matplotlib is present, loss.png next to it."""
+        d = Path(out_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        jpath = d / "loss.json"
+        jpath.write_text(
+            json.dumps({"config": self.config, "records": self.records}, indent=1), encoding="utf-8"
+        )
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return jpath, None
+        steps = [r["step"] for r in self.records]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.plot(steps, [r["loss"] for r in self.records], label="next-token (assistant tokens)")
+        ax.plot(steps, [r["mtp_loss"] for r in self.records], label="MTP (token after next)", alpha=0.7)
+        ax.set_xlabel("step")
+        ax.set_ylabel("cross-entropy (nats)")
+        ax.set_yscale("log")
+        ax.set_title(title)
+        ax.legend()
+        ax.grid(True, alpha=0.3)
+        ppath = d / "loss.png"
+        fig.tight_layout()
+        fig.savefig(ppath, dpi=120)
+        plt.close(fig)
+        return jpath, ppath
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then cosine from 1 down to `min_lr_ratio` (a multiplier of the base rates)."""
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def masked_losses(
+    out_logits: torch.Tensor, mtp_logits: torch.Tensor | None, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(next-token loss, MTP loss) averaged over trained positions only."""
+    v = out_logits.shape[-1]
+    main = F.cross_entropy(out_logits.reshape(-1, v).float(), labels.reshape(-1), ignore_index=IGNORE)
+    mtp = None
+    if mtp_logits is not None and labels.shape[1] > 1:
+        # MTP at position p predicts token p+2, which is labels[p+1].
+        mtp = F.cross_entropy(
+            mtp_logits.reshape(-1, v).float(), labels[:, 1:].reshape(-1), ignore_index=IGNORE
+        )
+    return main, mtp
+
+
+def build_model(model_config: ModelConfig, seed: int, device: torch.device) -> V4Model:
+    torch.manual_seed(seed)
+    model = V4Model(model_config, dtype=torch.float32, device="cpu")
+    model.init_random_(seed=seed)
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, RMSNorm):
+                mod.weight.fill_(1.0)
+        model.embed.weight.mul_(0.5)
+    return model.to(device)
+
+
+def train(
+    model_config: ModelConfig,
+    data: Packed,
+    cfg: TrainConfig,
+    *,
+    on_log: Callable[[dict[str, float]], None] | None = None,
+    model: V4Model | None = None,
+) -> tuple[V4Model, History]:
+    """Train from scratch (or continue `model`) on packed rows; returns the model and its loss history."""
+    if len(data) == 0:
+        raise ValueError("no training rows")
+    if data.trained_tokens == 0:
+        raise ValueError("the training rows contain no trained (assistant) tokens")
+    device = pick_device(cfg.device)
+    if model is None:
+        model = build_model(model_config, cfg.seed, device)
+    model.train()
+    muon, adamw = build_optimizers(model, lr=cfg.lr, weight_decay=cfg.weight_decay, adamw_lr=cfg.adamw_lr)
+    opts: list[torch.optim.Optimizer] = [o for o in (muon, adamw) if o is not None]
+    base_lrs = [[g["lr"] for g in o.param_groups] for o in opts]
+    gen = torch.Generator().manual_seed(cfg.seed)
+    order = torch.randperm(len(data), generator=gen)
+    cursor = 0
+    hist = History(config={"train": asdict(cfg), "model": model_config.to_hf_dict()})
+    use_amp = device.type == "cuda"
+    t0 = time.perf_counter()
+    seen_tokens = 0
+    for step in range(cfg.steps):
+        if cursor + cfg.batch_size > len(order):
+            order = torch.randperm(len(data), generator=gen)
+            cursor = 0
+        idx = order[cursor : cursor + cfg.batch_size]
+        cursor += cfg.batch_size
+        inputs = data.inputs[idx].to(device, non_blocking=True)
+        labels = data.labels[idx].to(device, non_blocking=True)
+        mult = lr_at(step, cfg)
+        for o, lrs in zip(opts, base_lrs, strict=True):
+            for g, lr in zip(o.param_groups, lrs, strict=True):
+                g["lr"] = lr * mult
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
+            out = model(inputs, mtp=cfg.mtp_weight > 0)
+        main, mtp = masked_losses(out.logits, out.mtp_logits, labels)
+        loss = main + cfg.mtp_weight * mtp if mtp is not None else main
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        for o in opts:
+            o.step()
+        seen_tokens += int(inputs.numel())
+        last = step == cfg.steps - 1
+        over = cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds
+        if step % cfg.log_every == 0 or last or over:
+            rec = {
+                "step": float(step),
+                "loss": float(main.detach()),
+                "mtp_loss": float(mtp.detach()) if mtp is not None else float("nan"),
+                "lr_mult": mult,
+                "grad_norm": float(gnorm),
+                "tokens": float(seen_tokens),
+                "seconds": time.perf_counter() - t0,
+            }
+            hist.records.append(rec)
+            if on_log is not None:
+                on_log(rec)
+        if over:
+            break
+    model.eval()
+    return model, hist
