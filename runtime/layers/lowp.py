@@ -82,10 +82,11 @@ def hadamard(x: torch.Tensor) -> torch.Tensor:
     key = (n, str(x.device))
     h = _HADAMARD.get(key)
     if h is None:
-        h = torch.ones(1, 1, dtype=torch.float32)
-        while h.shape[0] < n:
-            h = torch.cat((torch.cat((h, h), 1), torch.cat((h, -h), 1)), 0)
-        h = (h / math.sqrt(n)).to(x.device)
+        with torch.inference_mode(False):  # a cached inference tensor could not be used under autograd later
+            h = torch.ones(1, 1, dtype=torch.float32)
+            while h.shape[0] < n:
+                h = torch.cat((torch.cat((h, h), 1), torch.cat((h, -h), 1)), 0)
+            h = (h / math.sqrt(n)).to(x.device)
         _HADAMARD[key] = h
     return (x.float() @ h).to(x.dtype)
 
