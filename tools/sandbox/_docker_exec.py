@@ -149,14 +149,22 @@ def _exit_code(api: Any, cid: str, exec_id: str) -> int:
     return -1
 
 
-def _assert_running(api: Any, cid: str) -> None:
-    try:
-        state = api.inspect_container(cid)["State"]
-    except _docker_errors() as e:
-        raise SandboxError(f"sandbox container {cid[:12]} is gone: {_explain(e)}") from e
-    if not state.get("Running"):
-        why = " (killed for memory)" if state.get("OOMKilled") else ""
-        raise SandboxError(f"sandbox container {cid[:12]} stopped{why}; open a new sandbox")
+def _assert_running(api: Any, cid: str, settle_s: float = 0.0) -> None:
+    """Raise if the container is gone or going. A container being removed still reports "running"
+    for a moment after its processes were killed, so a suspicious exit may look again for `settle_s`.
+    """
+    deadline = time.monotonic() + settle_s
+    while True:
+        try:
+            state = api.inspect_container(cid)["State"]
+        except _docker_errors() as e:
+            raise SandboxError(f"sandbox container {cid[:12]} is gone: {_explain(e)}") from e
+        if not state.get("Running") or state.get("Status") in ("removing", "exited", "dead"):
+            why = " (killed for memory)" if state.get("OOMKilled") else ""
+            raise SandboxError(f"sandbox container {cid[:12]} stopped{why}; open a new sandbox")
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.1)
 
 
 def _host_kill(api: Any, cid: str, exec_id: str) -> bool:
@@ -240,7 +248,7 @@ def run_blocking(
         raise SandboxError("exec cancelled")
     code = TIMEOUT_EXIT_CODE if timed_out else _exit_code(api, cid, exec_id)
     if code == -1 or (code == 137 and not timed_out):
-        _assert_running(api, cid)  # a dead container explains a missing status or a SIGKILL
+        _assert_running(api, cid, settle_s=0.5)  # a dying container explains a missing status or a SIGKILL
     return RawResult(code, bytes(out.data), bytes(err.data), timed_out, bool(out.dropped or err.dropped))
 
 
