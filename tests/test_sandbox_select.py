@@ -1,0 +1,89 @@
+"""The selection chain: Docker, then bubblewrap, then a refusal; the host only when asked by name.
+
+Unavailability is produced for real, not mocked: an engine address nobody listens on, and a PATH
+without bwrap.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from agentkit.tools.sandbox import (
+    BwrapSandbox,
+    DockerSandbox,
+    LocalSandbox,
+    SandboxError,
+    SandboxUnavailable,
+    open_sandbox,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def no_docker(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/agentkit-test/docker.sock")
+
+
+@pytest.fixture
+def no_bwrap(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: neither bwrap nor prlimit
+
+
+@pytest.mark.docker
+async def test_auto_prefers_docker() -> None:
+    async with await open_sandbox() as sb:
+        assert isinstance(sb, DockerSandbox)
+        assert (await sb.exec("echo ok")).stdout == "ok\n"
+
+
+@pytest.mark.bwrap
+async def test_auto_falls_back_to_bwrap_without_engine(no_docker: None) -> None:
+    async with await open_sandbox("auto", pids=100, memory_mb=512) as sb:
+        assert isinstance(sb, BwrapSandbox)
+        assert sb.config.pids == 100 and sb.config.memory_mb == 512
+        assert (await sb.exec("echo ok")).stdout == "ok\n"
+
+
+@pytest.mark.bwrap
+async def test_auto_keeps_docker_only_options_on_docker() -> None:
+    # a docker-only option pins the choice to docker: it must not be silently dropped for bwrap
+    with pytest.raises(SandboxUnavailable, match=r"docker: sandbox image .* is not present"):
+        await open_sandbox("auto", image="agentkit-no-such-image:never")
+
+
+async def test_auto_refuses_when_nothing_isolates(no_docker: None, no_bwrap: None) -> None:
+    with pytest.raises(SandboxUnavailable) as info:
+        await open_sandbox()
+    msg = str(info.value)
+    assert "docker:" in msg and "bwrap:" in msg and "backend='local'" in msg
+
+
+async def test_named_backends_fail_loudly(no_docker: None, no_bwrap: None) -> None:
+    with pytest.raises(SandboxUnavailable, match="no Docker engine"):
+        await open_sandbox("docker")
+    with pytest.raises(SandboxUnavailable, match="bwrap"):
+        await open_sandbox("bwrap")
+
+
+async def test_local_only_by_name(no_docker: None, no_bwrap: None) -> None:
+    async with await open_sandbox("local") as sb:
+        assert isinstance(sb, LocalSandbox)
+
+
+async def test_bad_requests_are_typed() -> None:
+    with pytest.raises(ValueError, match="unknown sandbox backend"):
+        await open_sandbox("podman")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="memroy"):
+        await open_sandbox("auto", memroy=5)
+    with pytest.raises(TypeError, match="image"):
+        await open_sandbox("bwrap", image="x")
+    with pytest.raises(TypeError, match="pids"):
+        await open_sandbox("local", pids=3)
+    assert issubclass(SandboxUnavailable, SandboxError)
