@@ -377,11 +377,23 @@ class Loop:
         )
         turn = Turn()
         step = st.step
+        try:
+            await self._generate(request, turn, step)
+        except BaseExceptionGroup as group:
+            # A task group wraps even a single failure; callers should see the ModelError itself.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+        await self.flush()
+        return turn
+
+    async def _generate(self, request: ModelRequest, turn: Turn, step: int) -> None:
+        agent = self.agent
         text_parser: Any = None
         content_parser: Any = None
         chat_calls: dict[int, list[Any]] = {}  # index -> [id, name, [arg parts], started]
         async with anyio.create_task_group() as tg:
-            disp = Dispatcher(self, tg, step, allow_tools)
+            disp = Dispatcher(self, tg, step, request.allow_tools)
 
             async def on_parse(events: list[Any], offset: int) -> None:
                 for e in events:
@@ -466,8 +478,6 @@ class Loop:
                 raise ModelError(f"model {agent.model.name!r} ended its stream without a Finish")
             if not turn.calls and any("DSML" in r for r in turn.reasoning):
                 await self.heal_from_reasoning(turn, disp)
-        await self.flush()
-        return turn
 
     async def close_call(self, turn: Turn, disp: Dispatcher, index: int, call: ToolCall) -> None:
         turn.calls.append(call)
