@@ -41,8 +41,6 @@ FP8_MAX = 448.0
 FP4_MAX = 6.0
 # e2m1 magnitude codes 0..7; bit 3 is the sign.
 FP4_VALUES: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
-# Midpoints between neighbouring magnitudes, used for round-to-nearest-even onto the e2m1 grid.
-_FP4_BOUNDS: tuple[float, ...] = (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0)
 # Same floors as the reference's activation quantizers: an all-zero block still gets a finite scale.
 _FP8_AMAX_FLOOR = 1e-4
 _FP4_AMAX_FLOOR = FP4_MAX * 2.0**-126
@@ -233,13 +231,17 @@ def dequant_fp4(
 
 
 def _round_e2m1_codes(x: torch.Tensor) -> torch.Tensor:
-    """Round fp32 values scaled into [-6, 6] to e2m1 codes, nearest with ties to even (the hardware cast)."""
+    """Round fp32 values scaled into [-6, 6] to e2m1 codes, nearest with ties to even (the hardware cast).
+
+    The e2m1 grid has spacing 0.5 below 2, 1 in [2, 4) and 2 in [4, 6]; within each range the code is an offset
+    plus the rounded grid index, and torch.round's half-to-even on that index picks the even code at every tie.
+    """
     a = x.abs()
-    bounds = torch.tensor(_FP4_BOUNDS, dtype=torch.float32, device=x.device)
-    code = torch.bucketize(a, bounds)  # a == bound -> the lower code
-    tie = (code < len(_FP4_BOUNDS)) & (a == bounds[code.clamp(max=len(_FP4_BOUNDS) - 1)])
-    code = torch.where(tie & (code % 2 == 1), code + 1, code)
-    return (code | (torch.signbit(x).long() << 3)).to(torch.uint8)
+    code = torch.where(
+        a < 2.0, torch.round(a * 2.0), torch.where(a < 4.0, torch.round(a) + 2.0, torch.round(a * 0.5) + 4.0)
+    )
+    code = code.to(torch.uint8)
+    return code | (torch.signbit(x).to(torch.uint8) << 3)
 
 
 def quant_fp4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
