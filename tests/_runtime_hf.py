@@ -103,7 +103,12 @@ def _ours_to_hf_name(name: str) -> list[tuple[str, slice | None]]:
     if rest in sub:
         return [(p + sub[rest], None)]
     _, _, e, w, _ = rest.split(".")  # ffn.experts.{e}.w{1,2,3}.weight
-    return [(p + ("mlp.experts.down_proj" if w == "w2" else "mlp.experts.gate_up_proj"), slice(int(e), int(e) + 1))]
+    return [
+        (
+            p + ("mlp.experts.down_proj" if w == "w2" else "mlp.experts.gate_up_proj"),
+            slice(int(e), int(e) + 1),
+        )
+    ]
 
 
 @torch.no_grad()

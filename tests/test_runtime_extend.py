@@ -144,8 +144,15 @@ def test_training_forward_is_extend_and_trains() -> None:
     out.loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     # gradients reach every continuous part of the main path and the MTP block
-    for name in ("embed.weight", "layers.1.attn.compressor.wgate.weight", "layers.2.attn.compressor.ape",
-                 "layers.0.hc_attn_fn", "layers.3.attn.attn_sink", "mtp.0.e_proj.weight", "head.weight"):
+    for name in (
+        "embed.weight",
+        "layers.1.attn.compressor.wgate.weight",
+        "layers.2.attn.compressor.ape",
+        "layers.0.hc_attn_fn",
+        "layers.3.attn.attn_sink",
+        "mtp.0.e_proj.weight",
+        "head.weight",
+    ):
         g = grads[name]
         assert g is not None and g.abs().sum() > 0, name
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -193,7 +200,16 @@ def test_quantized_storage_equals_float_model_on_dequantized_weights() -> None:
                 mod.weight.copy_(qmod.dense(torch.float32))
         for name, t in fm.state_dict().items():
             if not name.endswith(".weight") or name.rsplit(".", 2)[-2] not in {
-                "wq_a", "wq_b", "wkv", "wo_a", "wo_b", "w1", "w2", "w3", "e_proj", "h_proj"
+                "wq_a",
+                "wq_b",
+                "wkv",
+                "wo_a",
+                "wo_b",
+                "w1",
+                "w2",
+                "w3",
+                "e_proj",
+                "h_proj",
             }:
                 t.copy_(qsd[name])
     assert qm.layers[0].attn.wq_a.weight.dtype == torch.float8_e4m3fn

@@ -42,7 +42,9 @@ CASES = [
 
 
 @pytest.mark.parametrize(("ratios", "n_hash", "topk", "seq", "seed"), CASES)
-def test_logits_match_transformers(ratios: tuple[int, ...], n_hash: int, topk: int, seq: int, seed: int) -> None:
+def test_logits_match_transformers(
+    ratios: tuple[int, ...], n_hash: int, topk: int, seq: int, seed: int
+) -> None:
     cfg = ModelConfig.preset(
         "tiny-test",
         compress_ratios=ratios,
@@ -61,7 +63,9 @@ def test_logits_match_transformers(ratios: tuple[int, ...], n_hash: int, topk: i
     ours = model.extend(model.new_state(), ids[0])
     assert isinstance(ours, torch.Tensor)
     rel = (ours - ref).abs().amax(-1) / ref.abs().amax(-1)
-    assert rel.max().item() <= 1e-4, f"first bad position {int((rel > 1e-4).nonzero()[0])}, max rel {rel.max():.3g}"
+    assert rel.max().item() <= 1e-4, (
+        f"first bad position {int((rel > 1e-4).nonzero()[0])}, max rel {rel.max():.3g}"
+    )
     # the case must actually exercise top-k selection beyond the candidate count
     if 4 in ratios[: cfg.n_layers]:
         assert seq // 4 > topk
