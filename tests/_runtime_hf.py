@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-
 from agentkit.runtime.config import ModelConfig
 from agentkit.runtime.model import V4Model
 

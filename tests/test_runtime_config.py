@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from agentkit.runtime.config import ConfigError, ModelConfig
 
 # The published V4-Flash `inference/config.json` (reference key names; spec §1.1), as data.

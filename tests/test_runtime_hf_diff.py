@@ -9,9 +9,9 @@ Known semantic differences (spec §16), and why they do not show here:
 * HF computes indexer scores in fp32 (reference: bf16) -> we run fp32 too.
 * HF applies the routing weight after the expert down-projection (reference: before, in fp32) -> equal up to
   rounding because the projection is linear.
-* HF's sliding cache keeps 127 past tokens + the current one, ours 128 ring slots -> the same 128 visible keys.
-* Top-k ties: when indexer scores tie exactly at the k-th place (e.g. every head's ReLU is 0), the two pick
-  different entries. With 16 indexer heads and these fixed seeds no exact tie occurs; the test asserts that.
+* HF's sliding cache keeps 127 past tokens + the current one, ours 128 ring slots -> same visible keys.
+* Top-k ties: when indexer scores tie exactly at the k-th place (e.g. every ReLU is 0), the two pick
+  different entries. With 16 indexer heads and these seeds no exact tie occurs (one would fail the test).
 * HF has no MTP block, so the MTP block is not compared.
 """
 
@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
+from _runtime_hf import hf_from_ours
 from agentkit.runtime.config import ModelConfig
 from agentkit.runtime.model import V4Model
-from _runtime_hf import hf_from_ours
 
 
 @pytest.fixture(autouse=True)
