@@ -469,3 +469,19 @@ async def test_number_for_a_text_parameter_gets_a_dsml_hint() -> None:
     out = await _echo_tool(str).invoke({"v": 3.11})
     assert out.error_kind == "validation"
     assert 'send text parameters as raw text with string="true"' in out.content
+
+
+async def test_none_arguments_mean_no_arguments() -> None:
+    @tool
+    async def ping() -> str:
+        return "pong"
+
+    assert (await ping.invoke(None)).content == "pong"  # type: ignore[arg-type]
+    assert (await _echo_tool(int).invoke(None)).content.endswith(
+        "Call `echo` again with corrected arguments."
+    )  # type: ignore[arg-type]
+
+
+def test_run_context_rejects_a_useless_output_budget() -> None:
+    with pytest.raises(ValueError, match="max_output_chars"):
+        RunContext(max_output_chars=10)

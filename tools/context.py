@@ -16,7 +16,10 @@ from typing import Any, Generic, TypeVar
 import anyio
 from agentkit.tools.sandbox.base import Sandbox, SandboxError
 
-__all__ = ["Cancellation", "NoSandboxError", "RunContext"]
+__all__ = ["MIN_OUTPUT_CHARS", "Cancellation", "NoSandboxError", "RunContext"]
+
+# Smallest output budget that still fits a truncation note plus some head and tail.
+MIN_OUTPUT_CHARS = 200
 
 DepsT = TypeVar("DepsT")
 
@@ -88,6 +91,10 @@ class RunContext(Generic[DepsT]):
     retry: int = 0
     max_output_chars: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.max_output_chars is not None and self.max_output_chars < MIN_OUTPUT_CHARS:
+            raise ValueError(f"max_output_chars must be >= {MIN_OUTPUT_CHARS}, got {self.max_output_chars}")
 
     @property
     def cancelled(self) -> bool:

@@ -26,7 +26,7 @@ from typing import Any, Literal, get_args, get_origin, overload
 
 import anyio
 import pydantic_core
-from agentkit.tools.context import RunContext
+from agentkit.tools.context import MIN_OUTPUT_CHARS, RunContext
 from agentkit.tools.docstrings import parse_docstring
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
@@ -44,7 +44,6 @@ __all__ = [
 ]
 
 DEFAULT_MAX_OUTPUT_CHARS = 20_000
-MIN_OUTPUT_CHARS = 200
 # What OpenAI-compatible servers accept as a function name; DSML itself is looser, but a name that
 # round-trips through every backend is worth the restriction.
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -296,6 +295,8 @@ class Tool:
             raise ValueError(str(exc)) from None
 
     def _validate(self, arguments: Any) -> BaseModel:
+        if arguments is None:  # some parsers hand over None for a call without parameters
+            arguments = {}
         if not isinstance(arguments, dict):
             raise _ArgumentsInvalid(
                 f"Invalid arguments for tool `{self.name}`: expected named arguments (an object), "
