@@ -26,27 +26,33 @@ from pathlib import Path
 
 import regex
 
-BOS = "<｜begin▁of▁sentence｜>"
-EOS = "<｜end▁of▁sentence｜>"
+from agentkit.dsml.tokens import (
+    ASSISTANT,
+    BOS,
+    DSML,
+    EOS,
+    LATEST_REMINDER,
+    TASK_TOKENS,
+    THINK_END,
+    THINK_START,
+    USER,
+)
+
 PAD = "<｜▁pad▁｜>"
 
-# Added tokens after BOS/EOS/pad, in V4 id order (spec §11). Only the flag matters across tokenizers:
-# like V4, the chat-template tokens are not "special", so skip_special_tokens keeps them.
+# Added tokens after BOS/EOS/pad, in V4 id order (spec §11); the chat-format strings come from the one
+# place that defines them. Only the flag matters across tokenizers: like V4, the chat-template tokens
+# are not "special", so skip_special_tokens keeps them.
 V4_ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
     ("<｜System｜>", False),
-    ("<｜User｜>", False),
-    ("<｜Assistant｜>", False),
+    (USER, False),
+    (ASSISTANT, False),
     ("<|EOT|>", True),
-    ("<think>", False),
-    ("</think>", False),
-    ("｜DSML｜", False),
-    ("<｜latest_reminder｜>", False),
-    ("<｜action｜>", False),
-    ("<｜query｜>", False),
-    ("<｜authority｜>", False),
-    ("<｜domain｜>", False),
-    ("<｜title｜>", False),
-    ("<｜read_url｜>", False),
+    (THINK_START, False),
+    (THINK_END, False),
+    (DSML, False),
+    (LATEST_REMINDER, False),
+    *((t, False) for t in TASK_TOKENS.values()),
     ("<｜image｜>", False),
 )
 

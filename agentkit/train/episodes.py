@@ -255,6 +255,9 @@ async def generate_async(
     concurrency: int = 8,
 ) -> list[Episode]:
     """Episodes `start .. start+n-1` of (seed, split); the same arguments always give the same list."""
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; known: {sorted(FAMILIES)}")
+    pools(split)  # refuses an unknown split before any work starts
     if tools is None:
         from agentkit.train.toolbox import all_tools
 
@@ -277,9 +280,16 @@ async def generate_async(
             segments=render_segments(messages, trained),
         )
 
-    async with anyio.create_task_group() as tg:
-        for k in range(n):
-            tg.start_soon(build, k)
+    try:
+        async with anyio.create_task_group() as tg:
+            for k in range(n):
+                tg.start_soon(build, k)
+    except BaseExceptionGroup as eg:
+        # Surface the first real failure as itself, not wrapped in a group.
+        first = eg.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from eg
     return [e for e in out if e is not None]
 
 
