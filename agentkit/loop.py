@@ -413,9 +413,8 @@ class Loop:
                         call = ToolCall(f"call_{step}_{idx}", e.call.name, dict(e.call.arguments))
                         await self.close_call(turn, disp, idx, call)
                     elif isinstance(e, dsml_models.ToolCallTorn):
-                        await self.emit(
-                            ev.ErrorEvent(step, "torn_call", f"output ended inside a call: {e.torn}")
-                        )
+                        turn.parse_error = f"the output ended inside the call to {e.torn.name!r}"
+                        await self.emit(ev.ErrorEvent(step, "torn_call", turn.parse_error))
                     elif isinstance(e, dsml_models.ParseWarning):
                         await self.emit(ev.ErrorEvent(step, "parse_warning", e.message))
                     elif isinstance(e, dsml_models.ParseError):

@@ -205,13 +205,19 @@ async def test_parallel_calls_run_concurrently() -> None:
 @pytest.mark.anyio
 async def test_sequential_tool_is_a_barrier() -> None:
     log: list[str] = []
+    pair: set[int] = set()
+    both = anyio.Event()
 
     @tool
     async def work(n: int) -> int:
-        """Concurrent work."""
+        """Concurrent work; calls 1 and 2 can only finish together."""
         log.append(f"start {n}")
-        await anyio.lowlevel.checkpoint()
-        await anyio.lowlevel.checkpoint()
+        if n in (1, 2):
+            pair.add(n)
+            if len(pair) == 2:
+                both.set()
+            with anyio.fail_after(30):  # deadlock guard only
+                await both.wait()
         log.append(f"end {n}")
         return n
 
@@ -230,6 +236,7 @@ async def test_sequential_tool_is_a_barrier() -> None:
     assert log.index("end 1") < i_commit and log.index("end 2") < i_commit
     assert log.index("start 4") > i_commit_end
     assert log.index("start 2") < log.index("end 1")  # the non-sequential ones did overlap
+    assert log.count("start commit 3") == 1
 
 
 @pytest.mark.anyio
@@ -334,14 +341,13 @@ async def test_repeated_identical_failures_are_flagged_and_budget_enforced() -> 
 
 @pytest.mark.anyio
 async def test_malformed_block_is_fed_back_not_returned() -> None:
-    bad = (
-        'x</think>\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke nam="add">\n'
-        "</｜DSML｜tool_calls><｜end▁of▁sentence｜>"
-    )
-    model = ScriptedModel([bad, out("", "fine")])
+    torn = 'x</think>\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name="add">\n<｜DSML｜parameter name="a" string="false">1'
+    nameless = 'y</think>\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke nam="add">\n</｜DSML｜tool_calls>'
+    model = ScriptedModel([torn, nameless, out("", "fine")])
     result = await Agent(model, [add]).run("go")
-    assert result.output == "fine"
-    assert "could not be parsed" in model.prompts[1].suffix
+    assert result.output == "fine" and result.usage.tool_calls == 1
+    assert "could not be parsed (the output ended inside the call to 'add')" in model.prompts[1].suffix
+    assert "Unknown tool ``" in model.prompts[2].suffix
 
 
 # ------------------------------------------------------------------------------------------ limits
