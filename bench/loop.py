@@ -16,18 +16,19 @@ LangGraph 2.0 ms, pydantic-ai 3.8-4.4 ms, OpenAI Agents SDK 3.9-6.9 ms.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 from typing import Any
 
 import anyio
+from agentkit.tools.tool import tool
 
 from agentkit.agent import Agent
 from agentkit.dsml import render_assistant_turn
 from agentkit.events import Event, StepStart
 from agentkit.limits import Limits
 from agentkit.models import ScriptedModel
-from agentkit.tools.tool import tool
 
 
 @tool
@@ -61,7 +62,7 @@ async def one_run(steps: int, chunk: int | None) -> tuple[float, list[float]]:
     total = time.perf_counter() - t0
     result: Any = getattr(last, "result", None)
     assert result is not None and result.ok, result
-    per_step = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    per_step = [b - a for a, b in itertools.pairwise(stamps)]
     return total, per_step
 
 

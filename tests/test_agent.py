@@ -341,7 +341,10 @@ async def test_repeated_identical_failures_are_flagged_and_budget_enforced() -> 
 
 @pytest.mark.anyio
 async def test_malformed_block_is_fed_back_not_returned() -> None:
-    torn = 'x</think>\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name="add">\n<｜DSML｜parameter name="a" string="false">1'
+    torn = (
+        'x</think>\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name="add">\n'
+        '<｜DSML｜parameter name="a" string="false">1'
+    )
     nameless = 'y</think>\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke nam="add">\n</｜DSML｜tool_calls>'
     model = ScriptedModel([torn, nameless, out("", "fine")])
     result = await Agent(model, [add]).run("go")
