@@ -175,6 +175,47 @@ class V4Model(nn.Module):
                 )
         return self
 
+    # ------------------------------------------------------------------ weights
+    @torch.no_grad()
+    def load_weights(self, tensors: dict[str, torch.Tensor], *, strict: bool = True) -> None:
+        """Load checkpoint tensors by name. Same-width 1-byte dtypes (uint8 / e8m0 / e4m3 / int8) are
+        reinterpreted, never numerically cast: a cast of E8M0 bytes would silently change the scales."""
+        own = self.state_dict(keep_vars=True)
+        missing = sorted(set(own) - set(tensors))
+        unknown = sorted(set(tensors) - set(own))
+        if strict and (missing or unknown):
+            raise ModelInputError(
+                f"weights do not match the model: missing {missing[:5]}, unknown {unknown[:5]}"
+            )
+        for name, src in tensors.items():
+            if name not in own:
+                continue
+            dst = own[name]
+            if tuple(dst.shape) != tuple(src.shape):
+                raise ModelInputError(f"{name}: shape {tuple(src.shape)} != model {tuple(dst.shape)}")
+            if src.dtype != dst.dtype and src.element_size() == dst.element_size() == 1:
+                src = src.view(dst.dtype)
+            dst.copy_(src)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+        **config_overrides: object,
+    ) -> V4Model:
+        """Build a model from a V4 checkpoint directory (real layout; see agentkit.runtime.checkpoint)."""
+        from agentkit.runtime.checkpoint import load_checkpoint
+
+        config, tensors = load_checkpoint(path, device=device or "cpu")
+        if config_overrides:
+            config = config.with_(**config_overrides)
+        model = cls(config, dtype=dtype, device=device)
+        model.load_weights(tensors)
+        return model
+
     # ------------------------------------------------------------------ state
     def new_state(self) -> SequenceState:
         return SequenceState.fresh(self.config, self.device, self.dtype)
