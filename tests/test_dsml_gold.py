@@ -35,7 +35,7 @@ def test_case_1_parse_spans() -> None:
     prompt = encode_messages(_load(1), "thinking")
     start = prompt.find(MARKER) + len(MARKER)
     end = prompt.find(USER, start)
-    for strict in (True,):
+    for strict in (True, False):
         first = parse_completion(prompt[start:end], "thinking", strict=strict)
         assert first.reasoning_content == (
             "The user wants to know the weather in Beijing. I should use the get_weather tool."

@@ -31,6 +31,7 @@ from .models import (
     TornCall,
 )
 from .parse import parse_completion
+from .stream import StreamParser, merge_deltas
 from .tokens import (
     ASSISTANT,
     BOS,
@@ -69,6 +70,7 @@ __all__ = [
     "ParseError",
     "ParseWarning",
     "ReasoningDelta",
+    "StreamParser",
     "ThinkingMode",
     "ToolCall",
     "ToolCallEnd",
@@ -76,6 +78,7 @@ __all__ = [
     "ToolCallTorn",
     "TornCall",
     "encode_messages",
+    "merge_deltas",
     "parse_completion",
     "render_assistant_prefix",
     "render_assistant_turn",
