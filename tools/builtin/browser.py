@@ -236,7 +236,7 @@ class Browser:
             url = page.url
             await page.goto("about:blank")
             raise ToolError(f"the page ended up at {url}, which is outside the allow-list; it was closed")
-        snap = await page.evaluate(_SNAPSHOT_JS)
+        snap = await _evaluate_settled(page, _SNAPSHOT_JS)
         header = f"Page: {snap['title'] or '(untitled)'}\nURL: {snap['url']}"
         body = "\n".join(snap["lines"]) or "(no visible text)"
         return f"{header}\n\n{body}"
@@ -358,6 +358,19 @@ async def _settle(page: Any) -> None:
     """Wait for the DOM of whatever navigation a click or submit started; never fail on it."""
     with contextlib.suppress(Exception):  # a page that never settles is still worth reading as it is
         await page.wait_for_load_state("domcontentloaded")
+
+
+async def _evaluate_settled(page: Any, script: str, attempts: int = 3) -> Any:
+    """Evaluate once the page holds still: a navigation started by the last action can replace the
+    document mid-evaluation ("execution context was destroyed"); then wait for it and read again."""
+    for attempt in range(attempts):
+        try:
+            return await page.evaluate(script)
+        except Exception as exc:
+            if attempt == attempts - 1 or "context" not in str(exc).lower():
+                raise ToolError(f"could not read the page: {_first_line(exc)}") from exc
+            await _settle(page)
+    raise AssertionError("unreachable")
 
 
 def _first_line(exc: BaseException) -> str:
