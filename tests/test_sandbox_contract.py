@@ -65,6 +65,15 @@ async def test_cwd_is_workspace_relative(sb: Sandbox) -> None:
     assert r.stdout.strip() == os.path.join(sb.workspace, "sub/dir")
     home = await sb.exec("pwd")
     assert home.stdout.strip() == sb.workspace
+    with pytest.raises(SandboxError, match="not a directory"):
+        await sb.exec("pwd", cwd="no/such/dir")
+
+
+async def test_missing_program_is_a_result_not_an_error(sb: Sandbox) -> None:
+    for cmd in (["agentkit-no-such-program", "x"], "agentkit-no-such-program x"):
+        r = await sb.exec(cmd)
+        assert r.exit_code == 127
+        assert "agentkit-no-such-program" in r.stderr
 
 
 async def test_large_stdin_while_output_flows(sb: Sandbox) -> None:

@@ -101,6 +101,7 @@ async def run_process(
     group: int | None = None,
     memory_hint: str = "memory limit",
     started: set[int] | None = None,
+    missing_is_result: bool = False,
 ) -> ExecResult:
     """Run `argv` in a new session; on timeout or cancellation kill its whole process group.
 
@@ -121,7 +122,11 @@ async def run_process(
             extra_groups=[] if user is not None else None,
         )
     except (FileNotFoundError, PermissionError, NotADirectoryError) as e:
-        raise SandboxError(f"cannot start {argv[0]!r}: {e}") from e
+        if not missing_is_result:
+            raise SandboxError(f"cannot start {argv[0]!r}: {e}") from e
+        # a missing program is the command's failure, reported as a shell would (127 / 126)
+        code = 127 if isinstance(e, FileNotFoundError) else 126
+        return ExecResult(exit_code=code, stdout="", stderr=f"{argv[0]}: {e.strerror}\n")
     pgid = proc.pid  # start_new_session: the child is the leader of a fresh session and group
     if started is not None:
         started.add(pgid)

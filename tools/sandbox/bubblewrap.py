@@ -188,8 +188,12 @@ class BwrapSandbox:
     def _inner_cwd(self, cwd: str | None) -> str:
         if cwd is None:
             return WORKSPACE
-        resolve_in(self.host_workspace, cwd, WORKSPACE)  # refuses escapes with a clear message
-        return os.path.normpath(os.path.join(WORKSPACE, cwd))
+        inner = os.path.normpath(os.path.join(WORKSPACE, cwd))
+        if inner == "/tmp" or inner.startswith("/tmp/"):
+            return inner  # fresh per exec: only /tmp itself exists, and bwrap says so if not
+        if not os.path.isdir(resolve_in(self.host_workspace, cwd, WORKSPACE)):
+            raise SandboxError(f"cwd {cwd!r} is not a directory in the sandbox")
+        return inner
 
     async def exec(
         self,
@@ -223,6 +227,9 @@ class BwrapSandbox:
             memory_hint=f"sandbox memory limit ({self.config.memory_mb} MiB)",
             started=self._groups,
         )
+        if result.exit_code == 1 and result.stderr.startswith("bwrap: execvp "):
+            # a missing program is the command's failure, reported as a shell would: 127
+            return replace(result, exit_code=127, stderr=result.stderr.removeprefix("bwrap: execvp "))
         if result.exit_code == 1 and result.stderr.startswith("bwrap: "):
             raise SandboxError(f"bubblewrap refused to start the command: {result.stderr.strip()}")
         if result.exit_code != 0 and any(m in result.stderr for m in _OOM_MARKERS):

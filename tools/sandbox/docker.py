@@ -221,11 +221,16 @@ class DockerSandbox:
             stdin=_proc.stdin_bytes(stdin),
             output_limit=self.config.output_limit,
         )
+        if raw.exit_code == 126 and b"OCI runtime exec failed" in raw.stdout and b"chdir" in raw.stdout:
+            raise SandboxError(f"cwd {cwd!r} is not a directory in the sandbox")
+        stderr = raw.stderr
+        if raw.exit_code == 127 and stderr.startswith(b"setsid: failed to execute "):
+            stderr = stderr.removeprefix(b"setsid: failed to execute ")  # same words as other backends
         note = _proc.killed_note(raw.exit_code, raw.timed_out, f"sandbox memory limit ({self.config.memory})")
         return ExecResult(
             exit_code=raw.exit_code,
             stdout=raw.stdout.decode("utf-8", errors="replace"),
-            stderr=raw.stderr.decode("utf-8", errors="replace") + note,
+            stderr=stderr.decode("utf-8", errors="replace") + note,
             timed_out=raw.timed_out,
             truncated=raw.truncated,
         )

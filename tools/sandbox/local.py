@@ -74,6 +74,7 @@ class LocalSandbox:
             output_limit=self.output_limit,
             memory_hint="host's memory (LocalSandbox sets no memory limit)",
             started=self._groups,
+            missing_is_result=True,
         )
 
     async def read_file(self, path: str) -> bytes:
