@@ -1,0 +1,228 @@
+"""Token generation on top of `V4Model.extend`: sampling, stop conditions, streaming, batched decoding.
+
+Tokenizer-agnostic on purpose: text-level stop strings need only a `decode(ids) -> str` callable, so this
+module does not depend on any tokenizer's internals. Defaults follow V4's `generation_config.json` (spec §11):
+temperature 1.0, top-p 1.0, EOS id 1. The end of a DSML tool-call block is a stop string by default, so an
+agent gets control back as soon as the model has finished writing its calls.
+
+State contract: the prompt is appended to the given state; every sampled token except the last one is fed back
+through the model. With `feed_last=True` (default) the last one is fed too, so afterwards `state.pos` equals
+prompt + generated tokens and the next turn extends with just its new suffix. With `feed_last=False` the last
+token is returned in `GenerationResult.pending` and must lead the next extend (one forward pass saved).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from agentkit.runtime.model import V4Model
+from agentkit.runtime.state import SequenceState
+
+DSML_TOOL_CALLS_END = "</｜DSML｜tool_calls>"
+EOS_TOKEN_ID = 1
+
+FinishReason = Literal["stop_token", "stop_sequence", "stop_string", "length"]
+
+
+class GenerationError(ValueError):
+    """Invalid sampling parameters or generation request."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    """0 = greedy (argmax)."""
+    top_p: float = 1.0
+    top_k: int = 0
+    """0 = no top-k filter."""
+    seed: int | None = None
+    max_tokens: int = 256
+    stop_token_ids: tuple[int, ...] = (EOS_TOKEN_ID,)
+    stop_sequences: tuple[tuple[int, ...], ...] = ()
+    """Token-id sequences that end generation (e.g. a tokenized DSML closing tag)."""
+    stop_strings: tuple[str, ...] = (DSML_TOOL_CALLS_END,)
+    """Text-level stops; only checked when a `decode` callable is given."""
+    feed_last: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:
+            raise GenerationError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise GenerationError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise GenerationError(f"top_k must be >= 0, got {self.top_k}")
+        if self.max_tokens < 1:
+            raise GenerationError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if any(len(s) == 0 for s in self.stop_sequences) or any(s == "" for s in self.stop_strings):
+            raise GenerationError("empty stop sequence/string")
+
+
+GREEDY = SamplingParams(temperature=0.0)
+
+
+@dataclass
+class GenerationResult:
+    token_ids: list[int] = field(default_factory=list)
+    """Generated tokens, including the stop token / the tokens of a stop sequence or string."""
+    finish_reason: FinishReason = "length"
+    stop: int | str | tuple[int, ...] | None = None
+    pending: list[int] = field(default_factory=list)
+    """Tokens generated but not yet in the state (only with feed_last=False)."""
+
+
+def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
+    """One token id from fp32 logits [V]. Sampling runs on CPU so a seed gives the same ids on any device."""
+    lg = logits.detach().float().cpu()
+    if params.temperature == 0 or params.top_k == 1:
+        return int(lg.argmax())
+    lg = lg / params.temperature
+    if 0 < params.top_k < lg.numel():
+        kth = torch.topk(lg, params.top_k).values[-1]
+        lg = lg.masked_fill(lg < kth, float("-inf"))
+    probs = torch.softmax(lg, dim=-1)
+    if params.top_p < 1:
+        sp, si = torch.sort(probs, descending=True)
+        cum = sp.cumsum(0)
+        drop = (cum - sp) >= params.top_p  # keep the smallest prefix whose mass reaches top_p
+        sp = sp.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter_(0, si, sp)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+class _Seq:
+    def __init__(self, params: SamplingParams, decode: Callable[[list[int]], str] | None) -> None:
+        self.params = params
+        self.decode = decode
+        self.result = GenerationResult()
+        self.gen = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
+        self.done = False
+        longest = max((len(s) for s in params.stop_strings), default=0)
+        self.text_window = 4 * longest + 16
+
+    def push(self, tok: int) -> None:
+        r, p = self.result, self.params
+        r.token_ids.append(tok)
+        if tok in p.stop_token_ids:
+            r.finish_reason, r.stop = "stop_token", tok
+        elif any(len(s) <= len(r.token_ids) and tuple(r.token_ids[-len(s) :]) == s for s in p.stop_sequences):
+            r.finish_reason = "stop_sequence"
+            r.stop = next(s for s in p.stop_sequences if tuple(r.token_ids[-len(s) :]) == s)
+        elif self.decode is not None and p.stop_strings:
+            tail = self.decode(r.token_ids[-self.text_window :])
+            hit = next((s for s in p.stop_strings if s in tail), None)
+            if hit is not None:
+                r.finish_reason, r.stop = "stop_string", hit
+        if r.finish_reason != "length" or len(r.token_ids) >= p.max_tokens:
+            self.done = True
+
+
+def _loop(
+    model: V4Model,
+    states: Sequence[SequenceState],
+    prompts: Sequence[Sequence[int] | torch.Tensor],
+    seqs: Sequence[_Seq],
+) -> Iterator[tuple[int, int]]:
+    """Yields (sequence index, token id) as tokens are chosen; all sequences advance in one batched extend."""
+    if not (len(states) == len(prompts) == len(seqs)) or not states:
+        raise GenerationError("need one prompt and one SamplingParams per state")
+    if any(len(p) == 0 for p in prompts):
+        raise GenerationError("prompt must not be empty (the next token needs the logits of a last token)")
+    limit = model.config.max_seq_len
+    logits = model.extend(list(states), list(prompts), last_only=True)
+    assert isinstance(logits, list)
+    active = list(range(len(states)))
+    while active:
+        going: list[int] = []
+        finishing: list[int] = []
+        for i, lg in zip(active, logits, strict=True):
+            seq = seqs[i]
+            tok = sample(lg, seq.params, seq.gen)
+            seq.push(tok)
+            yield i, tok
+            room = states[i].pos < limit
+            if not seq.done and room:
+                going.append(i)
+            elif seq.done and seq.params.feed_last and room:
+                finishing.append(i)
+            else:  # finished without feeding, or the sequence is at max_seq_len
+                seq.done = True
+                seq.result.pending = [tok]
+        run = going + finishing
+        if not run:
+            break
+        out = model.extend(
+            [states[i] for i in run], [[seqs[i].result.token_ids[-1]] for i in run], last_only=True
+        )
+        assert isinstance(out, list)
+        logits, active = out[: len(going)], going
+
+
+class TokenStream:
+    """Iterate to receive token ids as they are generated; `.result` is complete once exhausted."""
+
+    def __init__(
+        self,
+        model: V4Model,
+        state: SequenceState,
+        prompt: Sequence[int] | torch.Tensor,
+        params: SamplingParams = SamplingParams(),
+        decode: Callable[[list[int]], str] | None = None,
+    ) -> None:
+        self._seq = _Seq(params, decode)
+        self._it = (tok for _, tok in _loop(model, [state], [prompt], [self._seq]))
+
+    @property
+    def result(self) -> GenerationResult:
+        return self._seq.result
+
+    def __iter__(self) -> Iterator[int]:
+        return self._it
+
+
+def generate(
+    model: V4Model,
+    state: SequenceState,
+    prompt: Sequence[int] | torch.Tensor,
+    params: SamplingParams = SamplingParams(),
+    decode: Callable[[list[int]], str] | None = None,
+    on_token: Callable[[int], None] | None = None,
+) -> GenerationResult:
+    stream = TokenStream(model, state, prompt, params, decode)
+    for tok in stream:
+        if on_token is not None:
+            on_token(tok)
+    return stream.result
+
+
+def generate_batch(
+    model: V4Model,
+    states: Sequence[SequenceState],
+    prompts: Sequence[Sequence[int] | torch.Tensor],
+    params: SamplingParams | Sequence[SamplingParams] = SamplingParams(),
+    decode: Callable[[list[int]], str] | None = None,
+    on_token: Callable[[int, int], None] | None = None,
+) -> list[GenerationResult]:
+    """Generate for several sequences at once (decode steps batched); `on_token(seq_index, token_id)`."""
+    plist = [params] * len(states) if isinstance(params, SamplingParams) else list(params)
+    seqs = [_Seq(p, decode) for p in plist]
+    for i, tok in _loop(model, states, prompts, seqs):
+        if on_token is not None:
+            on_token(i, tok)
+    return [s.result for s in seqs]
+
+
+__all__ = [
+    "DSML_TOOL_CALLS_END",
+    "EOS_TOKEN_ID",
+    "GREEDY",
+    "GenerationError",
+    "GenerationResult",
+    "SamplingParams",
+    "TokenStream",
+    "generate",
+    "generate_batch",
+    "sample",
+]
