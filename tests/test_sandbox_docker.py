@@ -131,13 +131,18 @@ async def test_ttl_ends_the_container_by_itself(client: Any) -> None:
 
 async def test_removed_container_gives_typed_error_not_hang(client: Any) -> None:
     async with DockerSandbox() as sb:
-        client.containers.get(sb.container_id).remove(force=True)
+        volume = client.api.inspect_container(sb.container_id)["Mounts"][0]["Name"]
+        client.containers.get(sb.container_id).remove(force=True)  # volumes left behind, on purpose
         with anyio.fail_after(30), pytest.raises(SandboxError, match=r"gone|not running"):
             await sb.exec("echo hi")
         with anyio.fail_after(30), pytest.raises(SandboxError):
             await sb.read_file("x")
         with anyio.fail_after(30), pytest.raises(SandboxError):
             await sb.write_file("x", "y")
+    client.volumes.get(volume)  # control: the orphaned workspace volume is there...
+    assert volume in await anyio.to_thread.run_sync(reap_stale, client)  # ...and the reaper knows it
+    with pytest.raises(docker.errors.NotFound):
+        client.volumes.get(volume)
 
 
 async def test_container_dying_during_exec_gives_typed_error(client: Any) -> None:

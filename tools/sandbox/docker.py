@@ -82,7 +82,10 @@ def create_container(client: Any, cfg: DockerConfig, session: str, pool: str | N
     uid, gid = _uid_gid(cfg.user)
     ws_opts = f"size={cfg.workspace_size},uid={uid},gid={gid},mode=0755"
     tmpfs_volume = DriverConfig("local", {"type": "tmpfs", "device": "tmpfs", "o": ws_opts})
-    workspace = Mount(WORKSPACE, None, type="volume", driver_config=tmpfs_volume)
+    labels = make_labels(session, cfg.ttl, pool)
+    # the volume carries the labels too: a container removed without its volumes (by hand, or by
+    # the engine's auto-remove) leaves a volume the reaper can still recognise as ours
+    workspace = Mount(WORKSPACE, None, type="volume", driver_config=tmpfs_volume, labels=labels)
     try:
         container = client.containers.create(
             cfg.image,
@@ -102,7 +105,7 @@ def create_container(client: Any, cfg: DockerConfig, session: str, pool: str | N
             read_only=cfg.read_only,
             tmpfs={"/tmp": f"rw,exec,nosuid,nodev,size={cfg.tmp_size},mode=1777"},
             mounts=[workspace],
-            labels=make_labels(session, cfg.ttl, pool),
+            labels=labels,
             auto_remove=True,
             detach=True,
         )

@@ -83,9 +83,11 @@ def is_stale(labels: dict[str, str], now: float | None = None) -> bool:
 
 
 def reap_stale(client: Any) -> list[str]:
-    """Remove (force, with volumes) every labelled container whose owner is gone or whose TTL passed.
+    """Remove (force, with volumes) every labelled container whose owner is gone or whose TTL passed,
+    and every labelled volume no container uses any more.
 
-    Returns the ids removed. Safe to run from many processes at once: removal races are ignored.
+    Returns the ids removed. Safe to run from many processes at once: removal races are ignored, and
+    the engine refuses to remove a volume that is in use.
     """
     import docker.errors
 
@@ -96,6 +98,11 @@ def reap_stale(client: Any) -> list[str]:
         with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
             c.remove(force=True, v=True)
             removed.append(c.id)
+    # volumes whose container is gone (removed without `v=True`, or auto-removed by the engine)
+    for v in client.volumes.list(filters={"label": f"{LABEL}=1", "dangling": True}):
+        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+            v.remove()
+            removed.append(v.id)
     return removed
 
 
