@@ -36,6 +36,9 @@ CHROMIUM_ARGS = (
     "--disable-sync",
 )
 REF_ATTR = "data-agentkit-ref"
+# Bound on a whole browser action: Playwright's own per-step timeout does not cover `evaluate`, and a
+# page spinning in JavaScript must not hang the agent.
+TOOL_TIMEOUT_S = 60.0
 
 # Walks the visible DOM once: text in reading order, one line per block, headings marked with '#',
 # and each interactive element numbered (the number is stored on the element for click/type).
@@ -251,7 +254,7 @@ class Browser:
 
     # -- tools --------------------------------------------------------------------------------------
 
-    @tool(name="browser_open", sequential=True)
+    @tool(name="browser_open", sequential=True, timeout=TOOL_TIMEOUT_S)
     async def open(self, url: str) -> str:
         """Open a URL in the browser and return the page as text with numbered links and fields.
 
@@ -266,12 +269,12 @@ class Browser:
             raise ToolError(f"could not open {url}: {_first_line(exc)}") from exc
         return await self._snapshot(page)
 
-    @tool(name="browser_text", sequential=True)
+    @tool(name="browser_text", sequential=True, timeout=TOOL_TIMEOUT_S)
     async def page_text(self) -> str:
         """Return the current page as readable text, with numbered links, buttons and form fields."""
         return await self._snapshot(await self._page())
 
-    @tool(name="browser_find", sequential=True)
+    @tool(name="browser_find", sequential=True, timeout=TOOL_TIMEOUT_S)
     async def find(self, text: str) -> str:
         """Find the lines of the current page that contain some text (case-insensitive).
 
@@ -285,7 +288,7 @@ class Browser:
             return f"{text!r} does not occur on the current page."
         return f"{len(hits)} line(s) contain {text!r}:\n" + "\n".join(hits)
 
-    @tool(name="browser_click", sequential=True)
+    @tool(name="browser_click", sequential=True, timeout=TOOL_TIMEOUT_S)
     async def click(self, ref: int) -> str:
         """Click a link or button by its number from the page text; returns the resulting page.
 
@@ -300,7 +303,7 @@ class Browser:
             raise ToolError(f"could not click [{ref}]: {_first_line(exc)}") from exc
         return await self._snapshot(await self._page())
 
-    @tool(name="browser_type", sequential=True)
+    @tool(name="browser_type", sequential=True, timeout=TOOL_TIMEOUT_S)
     async def type(self, ref: int, text: str, submit: bool = False) -> str:
         """Type text into a form field (replacing what it held); optionally press Enter to submit.
 
@@ -325,7 +328,7 @@ class Browser:
             return await self._snapshot(await self._page())
         return f"Typed into [{ref}]. Call browser_click on the form's button, or type with submit=true."
 
-    @tool(name="browser_back", sequential=True)
+    @tool(name="browser_back", sequential=True, timeout=TOOL_TIMEOUT_S)
     async def back(self) -> str:
         """Go back to the previous page and return it as text."""
         page = await self._page()
@@ -333,7 +336,7 @@ class Browser:
             raise ToolError("there is no previous page")
         return await self._snapshot(page)
 
-    @tool(name="browser_screenshot", sequential=True)
+    @tool(name="browser_screenshot", sequential=True, timeout=TOOL_TIMEOUT_S)
     async def screenshot(self, full_page: bool = False) -> str:
         """Save a PNG screenshot of the current page and say where it is.
 
