@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _runtime_hf import hf_from_ours
 from agentkit.runtime.config import ModelConfig
+from agentkit.runtime.hf_compat import hf_from_ours
 from agentkit.runtime.model import V4Model
 
 

@@ -1,16 +1,27 @@
-"""Build a Hugging Face DeepseekV4 model equal to an agentkit V4Model (test helper, not a test module)."""
+"""HF transformers' DeepseekV4 holding the same weights as a V4Model (differential tests, benchmarks).
+
+The name map below is the one place that knows how HF's module tree corresponds to the checkpoint names.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from agentkit.runtime.config import ModelConfig
 from agentkit.runtime.model import V4Model
 
 
-def hf_config(cfg: ModelConfig):  # type: ignore[no-untyped-def]
+def hf_config(cfg: ModelConfig) -> Any:
     from transformers.models.deepseek_v4 import DeepseekV4Config
 
+    legacy: dict[str, Any] = {  # folded in by HF's __post_init__; not declared fields
+        "compress_ratios": list(cfg.compress_ratios[: cfg.n_layers]),
+        "num_hash_layers": cfg.n_hash_layers,
+        "qk_rope_head_dim": cfg.rope_head_dim,
+    }
     return DeepseekV4Config(
+        **legacy,
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.dim,
         moe_intermediate_size=cfg.moe_inter_dim,
@@ -18,14 +29,11 @@ def hf_config(cfg: ModelConfig):  # type: ignore[no-untyped-def]
         num_attention_heads=cfg.n_heads,
         num_key_value_heads=1,
         head_dim=cfg.head_dim,
-        qk_rope_head_dim=cfg.rope_head_dim,
         q_lora_rank=cfg.q_lora_rank,
         num_experts_per_tok=cfg.n_activated_experts,
         n_routed_experts=cfg.n_routed_experts,
         n_shared_experts=1,
         routed_scaling_factor=cfg.route_scale,
-        compress_ratios=list(cfg.compress_ratios[: cfg.n_layers]),
-        num_hash_layers=cfg.n_hash_layers,
         rope_theta=cfg.rope_theta,
         compress_rope_theta=cfg.compress_rope_theta,
         rope_parameters={
@@ -111,12 +119,15 @@ def _ours_to_hf_name(name: str) -> list[tuple[str, slice | None]]:
 
 
 @torch.no_grad()
-def hf_from_ours(model: V4Model):  # type: ignore[no-untyped-def]
-    """A DeepseekV4ForCausalLM in fp32 holding exactly `model`'s main-stack weights (MTP is not in HF)."""
+def hf_from_ours(model: V4Model) -> Any:
+    """A DeepseekV4ForCausalLM (model's dtype, float weights only) holding `model`'s main-stack weights.
+
+    HF has no MTP block, so MTP weights are not mapped.
+    """
     from transformers.models.deepseek_v4 import DeepseekV4ForCausalLM
 
     cfg = model.config
-    hf = DeepseekV4ForCausalLM(hf_config(cfg)).float().eval()
+    hf = DeepseekV4ForCausalLM(hf_config(cfg)).to(model.dtype).eval()
     hf_params = dict(hf.named_parameters()) | dict(hf.named_buffers())
     inter = cfg.moe_inter_dim
     seen: set[str] = set()
