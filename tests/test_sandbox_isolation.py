@@ -74,6 +74,17 @@ async def test_network_is_unreachable(sb: Sandbox, host_server: int) -> None:
     assert ifaces.stdout.split() == ["lo"]
 
 
+async def test_no_new_namespaces_or_privileges_inside(sb: Sandbox) -> None:
+    # a fresh user namespace is the usual first step of a kernel exploit; neither backend allows one
+    r = await sb.exec(
+        "unshare -U -r id -u; echo rc=$?; unshare -n true; echo rc=$?; grep CapEff /proc/self/status"
+    )
+    assert "rc=1\nrc=1\n" in r.stdout
+    assert r.stdout.split()[-1] == "0000000000000000"
+    ids = await sb.exec("id -u")
+    assert ids.stdout.strip() != "0"
+
+
 async def test_writes_outside_workspace_fail(sb: Sandbox) -> None:
     marker = f"agentkit-escape-{uuid.uuid4().hex}"
     ok = await sb.exec(f"echo hi > {marker} && cat {marker}")

@@ -44,8 +44,11 @@ async def test_auto_prefers_docker() -> None:
 
 
 @pytest.mark.bwrap
-async def test_auto_falls_back_to_bwrap_without_engine(no_docker: None) -> None:
+async def test_auto_falls_back_to_bwrap_without_engine(
+    no_docker: None, caplog: pytest.LogCaptureFixture
+) -> None:
     async with await open_sandbox("auto", pids=100, memory_mb=512) as sb:
+        assert "Docker unavailable, using bubblewrap" in caplog.text  # the downgrade is never silent
         assert isinstance(sb, BwrapSandbox)
         assert sb.config.pids == 100 and sb.config.memory_mb == 512
         assert (await sb.exec("echo ok")).stdout == "ok\n"

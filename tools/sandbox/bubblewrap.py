@@ -13,6 +13,7 @@ session cannot starve another, and sessions cannot read each other's files even 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 import shutil
@@ -70,6 +71,16 @@ def find_bwrap() -> str:
         why = run.stderr.decode(errors="replace").strip()
         raise SandboxUnavailable(f"bwrap cannot create namespaces here: {why}")
     return exe
+
+
+@functools.cache
+def _supports(exe: str, flag: str) -> bool:
+    """Newer bwrap flags are used when this bwrap knows them (0.8 added --disable-userns)."""
+    try:
+        text = subprocess.run([exe, "--help"], capture_output=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return flag.encode() in text
 
 
 def _drop_root_kwargs(uid: int | None = None) -> dict[str, Any]:
@@ -159,6 +170,8 @@ class BwrapSandbox:
             "--",
         ]
         bw = [self._bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session"]
+        if _supports(self._bwrap, "--disable-userns"):
+            bw.append("--disable-userns")  # no nested user namespaces: less kernel to attack from inside
         if cfg.network:
             bw.append("--share-net")
         bw += ["--uid", str(INNER_UID), "--gid", str(INNER_UID), "--hostname", "sandbox"]

@@ -7,12 +7,15 @@ running an agent's commands unconfined must be a decision, not an accident of th
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
 from .base import Sandbox, SandboxUnavailable
 from .bubblewrap import BwrapConfig, BwrapSandbox
 from .docker import DockerConfig, DockerSandbox
 from .local import LocalSandbox
+
+log = logging.getLogger("agentkit.sandbox")
 
 Backend = Literal["auto", "docker", "bwrap", "local"]
 _BACKENDS = ("auto", "docker", "bwrap", "local")
@@ -69,7 +72,9 @@ async def open_sandbox(backend: Backend = "auto", **options: Any) -> Sandbox:
         reasons.append(f"docker: {e}")
     try:
         if not bwrap_opts:
-            return await _bwrap(options).start()
+            sb = await _bwrap(options).start()
+            log.warning("sandbox: Docker unavailable, using bubblewrap instead (%s)", reasons[-1])
+            return sb
         reasons.append(f"bwrap: does not take option(s) {sorted(bwrap_opts)}")
     except SandboxUnavailable as e:
         reasons.append(f"bwrap: {e}")
