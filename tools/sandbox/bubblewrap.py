@@ -8,6 +8,8 @@ Limits are rlimits set by `prlimit` around bwrap: address space (memory), CPU se
 processes. RLIMIT_NPROC counts per *host* uid and does not apply to root, so when we run as root each
 session gets its own unused host uid: the process limit then is per session, a fork bomb in one
 session cannot starve another, and sessions cannot read each other's files even in principle.
+Run as an ordinary user, all of that user's processes share one count, so the limit becomes the
+processes the user already has plus `pids`.
 """
 
 from __future__ import annotations
