@@ -14,6 +14,7 @@ from agentkit.tools.sandbox import (
     DockerSandbox,
     LocalSandbox,
     SandboxError,
+    SandboxPool,
     SandboxUnavailable,
     open_sandbox,
 )
@@ -90,3 +91,17 @@ async def test_bad_requests_are_typed() -> None:
     with pytest.raises(TypeError, match="pids"):
         await open_sandbox("local", pids=3)
     assert issubclass(SandboxUnavailable, SandboxError)
+
+
+@pytest.mark.docker
+async def test_pool_feeds_open_sandbox() -> None:
+    async with SandboxPool(size=1, pids=99) as pool:
+        await pool.wait_ready()
+        async with await open_sandbox(pool=pool) as sb:
+            assert isinstance(sb, DockerSandbox) and sb.config.pids == 99
+            assert pool.stats["warm"] == 1
+            assert (await sb.exec("echo ok")).stdout == "ok\n"
+        with pytest.raises(ValueError, match="holds Docker"):
+            await open_sandbox("bwrap", pool=pool)
+        with pytest.raises(TypeError, match="configure the pool"):
+            await open_sandbox(pool=pool, pids=5)

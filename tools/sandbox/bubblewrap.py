@@ -58,12 +58,27 @@ class BwrapConfig:
 
 
 def find_bwrap() -> str:
-    """The bwrap binary, after proving it can actually build a sandbox here (namespaces allowed)."""
+    """The bwrap binary, after proving it can actually build a sandbox here (namespaces allowed).
+
+    A successful probe is remembered per (bwrap, prlimit) location, so only the first sandbox of a
+    process pays for it; a failure is not, so installing bwrap needs no restart.
+    """
     exe = shutil.which("bwrap")
     if exe is None:
         raise SandboxUnavailable("bubblewrap (`bwrap`) is not installed")
-    if shutil.which("prlimit") is None:
+    limiter = shutil.which("prlimit")
+    if limiter is None:
         raise SandboxUnavailable("`prlimit` (util-linux) is not installed; bwrap limits need it")
+    if (exe, limiter) not in _probed:
+        _probe(exe)
+        _probed.add((exe, limiter))
+    return exe
+
+
+_probed: set[tuple[str, str]] = set()
+
+
+def _probe(exe: str) -> None:
     probe = [exe, "--unshare-all", "--unshare-user", "--ro-bind", "/", "/", "--", "true"]
     try:
         run = subprocess.run(probe, capture_output=True, timeout=30, check=False, **_drop_root_kwargs())
@@ -72,7 +87,6 @@ def find_bwrap() -> str:
     if run.returncode != 0:
         why = run.stderr.decode(errors="replace").strip()
         raise SandboxUnavailable(f"bwrap cannot create namespaces here: {why}")
-    return exe
 
 
 @functools.cache

@@ -14,6 +14,7 @@ from .base import Sandbox, SandboxUnavailable
 from .bubblewrap import BwrapConfig, BwrapSandbox
 from .docker import DockerConfig, DockerSandbox
 from .local import LocalSandbox
+from .pool import SandboxPool
 
 log = logging.getLogger("agentkit.sandbox")
 
@@ -43,8 +44,13 @@ def _bwrap(options: dict[str, Any]) -> BwrapSandbox:
     return BwrapSandbox(**options)
 
 
-async def open_sandbox(backend: Backend = "auto", **options: Any) -> Sandbox:
+async def open_sandbox(
+    backend: Backend = "auto", *, pool: SandboxPool | None = None, **options: Any
+) -> Sandbox:
     """Start and return a sandbox; close it (or `async with` it) when done.
+
+    With `pool` (an open SandboxPool), a Docker sandbox comes from it in milliseconds; the pool's
+    config then decides the container's shape, so no other options are accepted alongside it.
 
     `async with await open_sandbox() as sb:` works: entering a started sandbox does not restart it.
     With "auto", options must suit the backend that gets picked (memory_mb, pids, network, env,
@@ -52,6 +58,12 @@ async def open_sandbox(backend: Backend = "auto", **options: Any) -> Sandbox:
     """
     if backend not in _BACKENDS:
         raise ValueError(f"unknown sandbox backend {backend!r}; choose one of {_BACKENDS}")
+    if pool is not None:
+        if backend not in ("auto", "docker"):
+            raise ValueError(f"a SandboxPool holds Docker sandboxes; backend {backend!r} cannot use one")
+        if options:
+            raise TypeError(f"options {sorted(options)} conflict with pool: configure the pool instead")
+        return await pool.acquire()
     if backend == "local":
         _check_options("local", options, _LOCAL_FIELDS)
         return LocalSandbox(**options)
