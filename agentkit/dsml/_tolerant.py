@@ -70,7 +70,7 @@ class _TolerantStates(_Base):
                 self._warn("completion repeats <think>; dropped", pos)
                 self._at_start = False
                 return self._goto(self._state, pos + len(THINK_START))
-            if not final and THINK_START.startswith(buf[pos:]):
+            if not final and len(buf) - pos < len(THINK_START) and THINK_START.startswith(buf[pos:]):
                 return False
             self._at_start = False
         if not reasoning and self._after_block:
@@ -178,7 +178,11 @@ class _TolerantStates(_Base):
             if not self._in_reasoning_block:
                 self._warn("stray </think> in the tool call block dropped", j)
             return self._goto(self._t_block, j + len(THINK_END))
-        if not final and (EOS.startswith(buf[j:]) or THINK_END.startswith(buf[j:])):
+        if (
+            not final
+            and len(buf) - j < len(EOS)
+            and (EOS.startswith(buf[j:]) or THINK_END.startswith(buf[j:]))
+        ):
             return False
         m = match_tag(buf, j, final)
         if m is PARTIAL:

@@ -209,7 +209,7 @@ class StreamParser(_TolerantStates):
         buf, pos = self._buf, self._pos
         lead = ' name="'
         if not buf.startswith(lead, pos):
-            if not final and lead.startswith(buf[pos:]):
+            if not final and len(buf) - pos < len(lead) and lead.startswith(buf[pos:]):
                 return False
             return self._fail('parameter must start with name="', pos)
         close = buf.find(PARAM_CLOSE, max(pos, self._scan - len(PARAM_CLOSE)))
