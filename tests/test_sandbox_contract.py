@@ -100,6 +100,26 @@ async def test_write_read_roundtrip(sb: Sandbox, parts: list[str], data: bytes) 
     await sb.exec(["rm", "-rf", "rt"])
 
 
+async def test_links_and_concurrent_execs(sb: Sandbox) -> None:
+    await sb.write_file("real.txt", "through the link")
+    await sb.exec("ln -s real.txt link.txt")
+    assert await sb.read_file("link.txt") == b"through the link"
+    results = await _gather(sb, [f"echo {i} > par-{i}.txt && cat par-{i}.txt" for i in range(6)])
+    assert [r.stdout for r in results] == [f"{i}\n" for i in range(6)]
+
+
+async def _gather(sb: Sandbox, cmds: list[str]) -> list[ExecResult]:
+    out: list[ExecResult | None] = [None] * len(cmds)
+
+    async def one(i: int) -> None:
+        out[i] = await sb.exec(cmds[i])
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(cmds)):
+            tg.start_soon(one, i)
+    return [r for r in out if r is not None]
+
+
 async def test_text_written_is_utf8(sb: Sandbox) -> None:
     await sb.write_file("t.txt", "naïve ☃\n")
     assert await sb.read_file("t.txt") == "naïve ☃\n".encode()

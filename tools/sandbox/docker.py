@@ -244,8 +244,11 @@ class DockerSandbox:
     async def read_file(self, path: str) -> bytes:
         inner = self._inner(path)
         if self._in_workspace(inner):
-            return await anyio.to_thread.run_sync(self._get_file, inner)
-        # /tmp and friends are tmpfs inside the container, invisible to the archive API: ask cat
+            data = await anyio.to_thread.run_sync(self._get_file, inner)
+            if data is not None:
+                return data
+        # /tmp and friends are tmpfs inside the container, invisible to the archive API, and the
+        # archive API hands out a symlink as a link: `cat` sees what the command would see
         raw = await self._exec_raw(["cat", "--", inner], timeout=60, cwd=None, env=None, stdin=None,
                                    output_limit=_READ_LIMIT)  # fmt: skip
         if raw.exit_code != 0:
@@ -341,7 +344,8 @@ class DockerSandbox:
                 raise SandboxError(f"no such file in sandbox: {inner}") from e
             raise SandboxError(f"copy out of sandbox failed: {_docker_exec._explain(e)}") from e
 
-    def _get_file(self, inner: str) -> bytes:
+    def _get_file(self, inner: str) -> bytes | None:
+        """The file's bytes; None for a symlink (the caller reads through it in the container)."""
         stream, _ = self._archive(inner)
         with tempfile.TemporaryFile() as spool:
             for chunk in stream:
@@ -349,6 +353,8 @@ class DockerSandbox:
             spool.seek(0)
             with tarfile.open(fileobj=spool, mode="r") as tf:
                 first = tf.next()
+                if first is not None and first.issym():
+                    return None
                 if first is None or not first.isfile():
                     raise SandboxError(f"{inner} is not a regular file")
                 f = tf.extractfile(first)
