@@ -104,6 +104,44 @@ def test_reaper_removes_containers_of_a_killed_process(client: Any) -> None:
     assert not any(_exists(client, c) for c in ids)
 
 
+def test_next_startup_reaps_a_killed_owner(client: Any) -> None:
+    """The real path: nobody calls the reaper; the next process to open a sandbox does, once."""
+    opener = textwrap.dedent(
+        """
+        import anyio, sys
+        from agentkit.tools.sandbox import DockerSandbox
+        async def main():
+            box = await DockerSandbox().start()
+            print(box.container_id, flush=True)
+            if sys.argv[1] == "hang":
+                await anyio.sleep(3600)
+            await box.close()
+        anyio.run(main)
+        """
+    )
+    victim = subprocess.Popen([sys.executable, "-c", opener, "hang"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert victim.stdout is not None
+        orphan = victim.stdout.readline().strip()
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+    assert _exists(client, orphan)
+    subprocess.run([sys.executable, "-c", opener, "exit"], check=True, capture_output=True, timeout=120)
+    assert not _exists(client, orphan)
+
+
+async def test_cancelled_start_leaves_no_container(client: Any) -> None:
+    sb = DockerSandbox(client=client)  # client given: the cancel lands during the create itself
+    with anyio.move_on_after(0.01) as scope:
+        await sb.start()
+    assert scope.cancelled_caught
+    leftovers = client.containers.list(all=True, filters={"label": f"{LABEL}.session={sb.session}"})
+    assert leftovers == []
+    with pytest.raises(SandboxError, match="closed"):
+        await sb.exec("true")
+
+
 def test_staleness_rules() -> None:
     now = time.time()
     fresh = make_labels("s", ttl=600)

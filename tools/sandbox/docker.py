@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from . import _docker_exec, _proc
 from .base import ExecResult, SandboxError, SandboxUnavailable
@@ -167,9 +168,18 @@ class DockerSandbox:
         if self._container is None:
             if self._client is None:
                 self._client = await anyio.to_thread.run_sync(docker_client)
-            self._container = await anyio.to_thread.run_sync(
-                create_container, self._client, self.config, self.session
-            )
+            # shielded: a create abandoned half-way would leave a running container nobody owns
+            # until its TTL (its owner, this process, is alive, so the reaper would spare it)
+            with anyio.CancelScope(shield=True):
+                self._container = await anyio.to_thread.run_sync(
+                    create_container, self._client, self.config, self.session
+                )
+            try:
+                await anyio.lowlevel.checkpoint_if_cancelled()
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self.close()
+                raise
         return self
 
     def _live(self) -> Any:
