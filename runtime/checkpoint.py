@@ -17,7 +17,7 @@ import json
 import math
 import zlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,10 +60,13 @@ __all__ = [
     "TensorSpec",
     "dtype_census",
     "load_checkpoint",
+    "load_model",
     "random_tensors",
     "save_checkpoint",
     "save_random_checkpoint",
+    "shipped_checkpoint",
     "tensor_specs",
+    "validate_checkpoint",
 ]
 
 CONFIG_NAME = "config.json"
@@ -453,6 +456,7 @@ def save_checkpoint(
     path: str | Path,
     *,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    float_dtype: torch.dtype = torch.bfloat16,
 ) -> Path:
     """Write a trained model's tensors in the V4 layout for `config`.
 
@@ -460,8 +464,19 @@ def save_checkpoint(
     quantized here (unless its `.scale` is given too), and floats are cast to the spec's float dtype (fp32 ->
     bf16 for norms, for example). Missing, unknown, misshapen or non-finite tensors raise `CheckpointError`
     before anything is written.
+
+    `float_dtype=torch.float32` keeps full precision in a float-format checkpoint (the bf16 tensors of the
+    layout are stored as fp32; the loader accepts that widening for float-format configs only), so a
+    training run can save and resume exactly.
     """
     specs = tensor_specs(config)
+    if float_dtype != torch.bfloat16:
+        if float_dtype != torch.float32 or config.weight_format != "float":
+            raise CheckpointError(
+                f"float_dtype={float_dtype} needs a float-format config and float32 "
+                f"(quantized checkpoints keep the real bf16 layout)"
+            )
+        specs = [replace(s, dtype=torch.float32) if s.dtype == torch.bfloat16 else s for s in specs]
     by_name = {s.name: s for s in specs}
     unknown = sorted(set(tensors) - set(by_name))
     if unknown:
@@ -654,7 +669,8 @@ def validate_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, str]]:
         raise CheckpointError(f"{root}: {len(missing)} tensors missing: {_few(missing)}")
     for s in specs:
         e = stored[s.name]
-        if e.dtype != s.st_dtype or e.shape != s.shape:
+        widened = config.weight_format == "float" and s.dtype == torch.bfloat16 and e.dtype == "F32"
+        if (e.dtype != s.st_dtype and not widened) or e.shape != s.shape:
             raise CheckpointError(
                 f"{root / weight_map[s.name]}: tensor {s.name} is {e.dtype} {list(e.shape)}, "
                 f"expected {s.st_dtype} {list(s.shape)}"
@@ -682,3 +698,46 @@ def load_checkpoint(
         except (SafetensorError, OSError, RuntimeError) as e:
             raise CheckpointError(f"{root / fname}: cannot load: {e}") from e
     return config, out
+
+
+def shipped_checkpoint(name: str) -> Path | None:
+    """The package-data checkpoint for a preset (`agentkit/runtime/weights/<name>/`), if one ships."""
+    d = Path(__file__).resolve().parent / "weights" / name
+    return d if (d / CONFIG_NAME).is_file() else None
+
+
+def load_model(
+    source: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    random_seed: int | None = None,
+) -> Any:
+    """A ready `V4Model` from a checkpoint directory or a preset name.
+
+    A preset name loads its shipped checkpoint when the package has one; otherwise, only if `random_seed` is
+    given, a model with random weights in the preset's storage format (benchmarks, tests). Nothing random
+    is ever returned silently.
+    """
+    from .model import V4Model
+
+    p = Path(source)
+    if p.is_dir():
+        return V4Model.from_checkpoint(str(p), dtype=dtype, device=device)
+    name = str(source)
+    shipped = shipped_checkpoint(name)
+    if shipped is not None:
+        return V4Model.from_checkpoint(str(shipped), dtype=dtype, device=device)
+    try:
+        config = ModelConfig.preset(name)
+    except ConfigError:
+        raise CheckpointError(f"{source!r} is neither a checkpoint directory nor a preset name") from None
+    if random_seed is None:
+        raise CheckpointError(f"no shipped weights for preset {name!r}; pass random_seed= for random weights")
+    model = V4Model(config, dtype=dtype, device=device)
+    if config.weight_format == "quantized":
+        dev = torch.device(device or "cpu")
+        model.load_weights(dict(random_tensors(config, random_seed, device=dev)))
+    else:
+        model.init_random_(random_seed)
+    return model
