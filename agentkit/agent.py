@@ -11,6 +11,7 @@ import functools
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import anyio
@@ -23,7 +24,7 @@ from agentkit.loop import Approver, Emit, Loop, extract_json, stream_parser_clas
 from agentkit.messages import Message, SystemMessage, ToolCall, Transcript, UserMessage, message_to_dict
 from agentkit.models import Model, resolve
 from agentkit.models.base import check_thinking, encoder_mode
-from agentkit.session import RunState
+from agentkit.session import RunState, load_session, save_session
 
 DepsT = TypeVar("DepsT")
 OutputT = TypeVar("OutputT")
@@ -142,6 +143,23 @@ class Agent(Generic[DepsT, OutputT]):
             )
         )
         return st
+
+    # -- sessions ---------------------------------------------------------------------------------
+
+    def save_session(self, path: str | Path, run: RunResult[Any] | RunState) -> Path:
+        """Save a run (finished or paused); with the embedded backend its KV state goes along."""
+        state = run.state if isinstance(run, RunResult) else run
+        export = getattr(self.model, "export_state", None)
+        kv = export(state.run_id) if export is not None else None
+        return save_session(path, state, kv=kv)
+
+    def load_session(self, path: str | Path) -> RunState:
+        """Load a saved run; a KV snapshot is handed to a backend that can use it (others re-prefill)."""
+        state, kv = load_session(path)
+        importer = getattr(self.model, "import_state", None)
+        if kv is not None and importer is not None:
+            importer(state.run_id, kv, state.transcript)
+        return state
 
     # -- running ----------------------------------------------------------------------------------
 

@@ -1,0 +1,204 @@
+"""The embedded runtime backend: token-exact transcript, suffix-only extends, and a saved session that
+resumes in a new process with its KV state, re-prefilling nothing of the old part.
+
+The model is the runtime's tiny-test preset with seeded random weights; its output is forced token by
+token through a logits processor, so it writes real canonical DSML (a tool call, then an answer).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agentkit.tools.tool import tool
+
+from agentkit.agent import Agent
+from agentkit.dsml import (
+    ASSISTANT,
+    THINK_START,
+    USER,
+    encode_messages,
+    render_assistant_turn,
+)
+from agentkit.messages import message_to_dict
+from agentkit.models.embedded import EmbeddedModel
+from agentkit.train.bpe import BPETokenizer
+
+# Shared by this process and the resuming one: the same seeded weights, the same byte-level tokenizer.
+SETUP = textwrap.dedent(
+    """
+    import torch
+    from agentkit.dsml import ASSISTANT, BOS, DSML, EOS, THINK_END, THINK_START, USER
+    from agentkit.runtime.config import ModelConfig
+    from agentkit.runtime.model import V4Model
+    from agentkit.train.bpe import BPETokenizer
+
+    def build():
+        added = {BOS: 0, EOS: 1}
+        # DSML boilerplate as single tokens keeps forced outputs short (the CPU decodes token by token)
+        boiler = ["\\n\\n<｜DSML｜tool_calls>\\n", '<｜DSML｜invoke name="', '">\\n',
+                  '<｜DSML｜parameter name="', '" string="false">', '" string="true">',
+                  "</｜DSML｜parameter>", "</｜DSML｜invoke>", "</｜DSML｜tool_calls>"]
+        for i, t in enumerate([USER, ASSISTANT, THINK_START, THINK_END, DSML, *boiler]):
+            added[t] = 259 + i
+        tok = BPETokenizer(merges=[], added=added)
+        cfg = ModelConfig.preset("tiny-test", vocab_size=tok.vocab_size)
+        torch.manual_seed(0)
+        model = V4Model(cfg).init_random_(0)
+        return model, tok
+
+    def forcer(tok, outputs):
+        queue = [tok.encode(o) for o in outputs]
+        current = []
+
+        def force(generated, logits):
+            if not generated:
+                current[:] = queue.pop(0)
+            out = torch.full_like(logits, float("-inf"))
+            out[current[len(generated)]] = 0.0
+            return out
+
+        return force
+    """
+)
+
+
+def _setup() -> Any:
+    ns: dict[str, Any] = {}
+    exec(SETUP, ns)
+    return ns
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+def turn(reasoning: str, content: str, calls: list[tuple[str, dict[str, Any]]] = ()) -> str:  # type: ignore[assignment]
+    msg = {
+        "reasoning_content": reasoning,
+        "content": content,
+        "tool_calls": [
+            {"type": "function", "function": {"name": n, "arguments": json.dumps(a)}} for n, a in calls
+        ],
+    }
+    return render_assistant_turn(msg, "thinking")
+
+
+RESUME = textwrap.dedent(
+    """
+    import json, sys
+    from agentkit.agent import Agent
+    from agentkit.models.embedded import EmbeddedModel
+    from agentkit.tools.tool import tool
+    from setup_mod import build, forcer
+
+    @tool
+    def add(a: int, b: int) -> int:
+        \"\"\"Add two integers.\"\"\"
+        return a + b
+
+    model, tok = build()
+    final = sys.argv[2]
+    backend = EmbeddedModel(model=model, tokenizer=tok, logits_processor=forcer(tok, [final]))
+    agent = Agent(backend, [add], instructions="You add numbers.")
+    state = agent.load_session(sys.argv[1])
+    before = state.usage.prefilled_tokens
+    result = agent.run_sync("And 1+1?", state=state)
+    print(json.dumps({
+        "status": result.status,
+        "output": result.output,
+        "prefilled": result.usage.prefilled_tokens - before,
+        "prompt_tokens": result.usage.prompt_tokens,
+        "ids": [i for s in result.transcript.segments for i in s.token_ids],
+        "text": result.transcript.text,
+    }))
+    """
+)
+
+
+def test_embedded_run_extends_only_suffixes_and_resumes_without_prefill(tmp_path: Path) -> None:
+    ns = _setup()
+    model, tok = ns["build"]()
+    first = turn("r", "", [("add", {"a": 20, "b": 22})])
+    second = turn("s", "42")
+    backend = EmbeddedModel(model=model, tokenizer=tok, logits_processor=ns["forcer"](tok, [first, second]))
+    agent = Agent(backend, [add], instructions="You add numbers.")
+    result = agent.run_sync("What is 20+22?")
+    assert result.ok and result.output == "42"
+    tr = result.transcript
+    # token-exact: every segment carries ids; together they are the tokenization of the text
+    ids = [i for s in tr.segments for i in (s.token_ids or [])]
+    assert all(s.token_ids is not None for s in tr.segments)
+    assert ids == tok.encode(tr.text)
+    assert tr.text == encode_messages(
+        [message_to_dict(m) for m in result.messages], "thinking", drop_thinking=False
+    )
+    # step 2 prefilled only the results turn; the model's own tokens were already in the state
+    suffix = f"{USER}<tool_result>42</tool_result>{ASSISTANT}{THINK_START}"
+    u = result.usage
+    first_prompt = len(
+        tok.encode(encode_messages([message_to_dict(m) for m in result.messages[:2]], "thinking"))
+    )
+    assert u.requests == 2
+    assert u.prefilled_tokens == first_prompt + len(tok.encode(suffix))
+    assert u.cached_prompt_tokens == u.prompt_tokens - u.prefilled_tokens
+
+    path = agent.save_session(tmp_path / "run.json", result)
+    assert (tmp_path / "run.json.kv").stat().st_size > 0
+    (tmp_path / "setup_mod.py").write_text(SETUP)
+    (tmp_path / "resume.py").write_text(RESUME)
+    final = turn("t", "2")
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "resume.py"), str(path), final],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    done = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert done["status"] == "completed" and done["output"] == "2"
+    new_part = f"{USER}And 1+1?{ASSISTANT}{THINK_START}"
+    # the old part (everything saved) was re-prefilled 0 times: only the new user turn was
+    assert done["prefilled"] == len(tok.encode(new_part))
+    assert done["text"] == tr.text + new_part + final
+    assert done["ids"] == tok.encode(done["text"])
+
+
+def test_resume_refuses_a_foreign_kv_state(tmp_path: Path) -> None:
+    ns = _setup()
+    model, tok = ns["build"]()
+    a = EmbeddedModel(model=model, tokenizer=tok, logits_processor=ns["forcer"](tok, [turn("x", "one")]))
+    agent = Agent(a, [], instructions="s")
+    r1 = agent.run_sync("first")
+    p1 = agent.save_session(tmp_path / "a.json", r1)
+    b = EmbeddedModel(model=model, tokenizer=tok, logits_processor=ns["forcer"](tok, [turn("y", "two")]))
+    other = Agent(b, [], instructions="s").run_sync("a different first message")
+    # splice run 2's transcript with run 1's KV: the ids digest must not match
+    from agentkit.models import ModelError
+    from agentkit.session import kv_path, load_session
+
+    state, _ = load_session(p1)
+    with pytest.raises(ModelError, match="does not belong"):
+        b.import_state(state.run_id, kv_path(p1).read_bytes(), other.transcript)
+    with pytest.raises(ModelError, match="cannot import"):
+        b.import_state(state.run_id, b"garbage", state.transcript)
+
+
+def test_embedded_backend_needs_a_v4_tokenizer() -> None:
+    ns = _setup()
+    model, _ = ns["build"]()
+    plain = BPETokenizer(merges=[], added={})
+    from agentkit.models import ModelError
+
+    with pytest.raises(ModelError, match="not a V4 tokenizer"):
+        EmbeddedModel(model=model, tokenizer=plain)
+    with pytest.raises(ModelError, match="no tokenizer"):
+        EmbeddedModel("tiny-test")
