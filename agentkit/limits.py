@@ -65,6 +65,10 @@ class Usage:
 class Limits:
     """Budgets for one run; None means unlimited.
 
+    A tool whose calls failed `max_tool_failures` + its own `retries` times in a row is not run again in
+    this run (the model is told so); the same failing call repeated `identical_failure_threshold` times
+    gets a note telling the model to change course.
+
     `context_budget_tokens` is not a stop condition: when the live context grows past
     `compact_at` x budget, whole old turns are dropped until it is under `compact_to` x budget. The
     gap between the two keeps compaction rare, so a remote prefix cache stays valid for long stretches.
@@ -82,6 +86,7 @@ class Limits:
     compact_to: float = 0.5
     output_retries: int = 1
     identical_failure_threshold: int = 2
+    max_tool_failures: int = 3
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "max_tool_calls", "max_generated_tokens", "max_total_tokens"):

@@ -242,7 +242,7 @@ class Loop:
 
             out = ToolOutcome.unknown_tool(call.name, agent.tools)
             content, is_error, kind = out.content, True, out.error_kind
-        elif st.tool_failures.get(call.name, 0) > tool.retries + agent.limits.identical_failure_threshold:
+        elif st.tool_failures.get(call.name, 0) >= tool.retries + agent.limits.max_tool_failures:
             count = st.tool_failures[call.name]
             content, is_error, kind = BUDGET_NOTE.format(name=call.name, count=count), True, "retry_budget"
         else:

@@ -218,3 +218,57 @@ async def test_cancel_run_with_docker_sandbox_leaves_no_container(anyio_backend:
         tg.cancel_scope.cancel()
     assert results == []  # the tools never completed
     assert _containers_of(seen["session"]) == []
+
+
+CTRL_C_SRC = textwrap.dedent(
+    """
+    import json, sys
+    from agentkit.agent import Agent
+    from agentkit.dsml import render_assistant_turn
+    from agentkit.models import ScriptedModel
+    from agentkit.tools.context import RunContext
+    from agentkit.tools.tool import tool
+
+    @tool
+    async def nap(ctx: RunContext[None]) -> str:
+        \"\"\"Sleep inside the sandbox.\"\"\"
+        sb = ctx.require_sandbox()
+        print("SESSION", sb.session, flush=True)
+        await sb.exec("sleep 120")
+        return "woke"
+
+    call = {"type": "function", "function": {"name": "nap", "arguments": "{}"}}
+    block = render_assistant_turn({"reasoning_content": "", "content": "", "tool_calls": [call]}, "thinking")
+    agent = Agent(ScriptedModel([block, block]), [nap], sandbox="docker")
+    try:
+        agent.run_sync("sleep")
+    except KeyboardInterrupt:
+        print("INTERRUPTED", flush=True)
+        sys.exit(130)
+    """
+)
+
+
+@pytest.mark.docker
+def test_ctrl_c_closes_the_sandbox(tmp_path: Path) -> None:
+    import signal
+
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(CTRL_C_SRC)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("SESSION "), line + proc.stderr.read() if proc.stderr else line
+        session = line.split()[1]
+        assert _containers_of(session)
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "INTERRUPTED" in rest, err[-2000:]
+    assert proc.returncode == 130
+    assert _containers_of(session) == []
