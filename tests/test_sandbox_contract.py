@@ -189,6 +189,31 @@ async def test_cancelling_an_exec_kills_its_group(tmp_path: Path) -> None:
         assert await box.read_file("ticks") == before
 
 
+@pytest.mark.parametrize("backend", ["bwrap", "local"])
+async def test_close_kills_running_execs_and_forgets_finished_ones(backend: str) -> None:
+    box = await open_sandbox(backend)  # type: ignore[arg-type]
+    await box.exec("true")
+    assert box._groups == set()  # type: ignore[attr-defined]  # finished groups are not kept
+    done = anyio.Event()
+    errors: list[SandboxError] = []
+
+    async def long() -> None:
+        try:
+            await box.exec("sleep 60")
+        except SandboxError as e:
+            errors.append(e)
+        done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(long)
+        while not box._groups:  # type: ignore[attr-defined]  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+        await box.close()
+        with anyio.fail_after(30):
+            await done.wait()
+    assert len(errors) == 1 and "closed while the command ran" in str(errors[0])
+
+
 @given(chunks=st.lists(st.binary(max_size=50), max_size=20), limit=st.integers(0, 200))
 def test_capped_buffer_keeps_prefix_and_counts_rest(chunks: list[bytes], limit: int) -> None:
     buf = CappedBuffer(limit)

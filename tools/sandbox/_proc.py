@@ -105,7 +105,7 @@ async def run_process(
 ) -> ExecResult:
     """Run `argv` in a new session; on timeout or cancellation kill its whole process group.
 
-    `started` collects the group ids so the owning sandbox can kill leftovers when it closes.
+    `started` holds the group ids of running execs, so closing the sandbox can kill them.
     """
     out, err = CappedBuffer(output_limit), CappedBuffer(output_limit)
     try:
@@ -159,6 +159,9 @@ async def run_process(
                 if s is not None:
                     with contextlib.suppress(Exception):
                         await s.aclose()
+            if started is not None:
+                # only running execs stay listed: a finished group's id may belong to a stranger later
+                started.discard(pgid)
     code = TIMEOUT_EXIT_CODE if timed_out else normalise_exit(proc.returncode)
     stderr = err.text() + killed_note(code, timed_out, memory_hint)
     return ExecResult(

@@ -256,6 +256,8 @@ class BwrapSandbox:
             memory_hint=f"sandbox memory limit ({self.config.memory_mb} MiB)",
             started=self._groups,
         )
+        if self._closed:
+            raise SandboxError("sandbox was closed while the command ran")
         if result.exit_code == 1 and result.stderr.startswith("bwrap: execvp "):
             # a missing program is the command's failure, reported as a shell would: 127
             return replace(result, exit_code=127, stderr=result.stderr.removeprefix("bwrap: execvp "))

@@ -65,7 +65,7 @@ class LocalSandbox:
         workdir = self._host(cwd) if cwd is not None else self.workspace
         if not await anyio.Path(workdir).is_dir():
             raise SandboxError(f"cwd {cwd!r} is not a directory in the sandbox")
-        return await _proc.run_process(
+        result = await _proc.run_process(
             _proc.shell_argv(cmd, shutil.which("bash") or "/bin/sh"),
             timeout_s=self.default_timeout if timeout is None else timeout,
             cwd=workdir,
@@ -76,6 +76,9 @@ class LocalSandbox:
             started=self._groups,
             missing_is_result=True,
         )
+        if self._closed:
+            raise SandboxError("sandbox was closed while the command ran")
+        return result
 
     async def read_file(self, path: str) -> bytes:
         self._check()
