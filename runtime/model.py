@@ -237,7 +237,7 @@ class V4Model(nn.Module):
                 )
             if c.dtype.is_floating_point:
                 raise ModelInputError("token ids must be integers")
-            lo, hi = int(c.min()), int(c.max())
+            lo, hi = torch.stack((c.min(), c.max())).tolist()
             if lo < 0 or hi >= self.config.vocab_size:
                 raise ModelInputError(
                     f"token id out of range [0, {self.config.vocab_size}): min {lo}, max {hi}"

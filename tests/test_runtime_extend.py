@@ -162,7 +162,7 @@ def test_training_forward_is_extend_and_trains() -> None:
         assert loss is not None
         loss.backward()
         opt.step()
-    assert float(loss) < first
+    assert float(loss.detach()) < first
 
 
 def test_bad_inputs_raise_typed_errors_and_leave_state_untouched() -> None:

@@ -33,6 +33,26 @@ class SeqSlice:
     state: LayerState
 
 
+def _append(buf: torch.Tensor, count: int, rows: torch.Tensor) -> torch.Tensor:
+    """Write rows at [count, count + len) of an append-only buffer, doubling its capacity when full, so a
+    decode step costs O(new rows) instead of a copy of every entry so far."""
+    need = count + rows.shape[0]
+    if need > buf.shape[0]:
+        grown = buf.new_zeros(max(need, 2 * buf.shape[0], 16), buf.shape[1])
+        grown[:count] = buf[:count]
+        buf = grown
+    with torch.no_grad():
+        buf[count:need] = rows.detach().to(buf.dtype)
+    return buf
+
+
+def _with_new(buf: torch.Tensor, total: int, new: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """All entries so far; under autograd the new rows are the graph-connected ones, not the stored copy."""
+    if new.requires_grad:
+        return torch.cat((buf[: total - new.shape[0]].to(dtype), new), 0)
+    return buf[:total].to(dtype)
+
+
 class Indexer(nn.Module):
     """Lightning Indexer (spec §4.6): its own ratio-4 compressor at index_head_dim, scores, top-k."""
 
@@ -135,16 +155,17 @@ class Attention(nn.Module):
                     ls.comp_tail_kv, ls.comp_tail_score, ckv[a:b], csc[a:b], p
                 )
                 new = self._main_entries(pooled, first, k.dtype)
-                comp = torch.cat((ls.comp[: p // self.ratio].to(k.dtype), new), 0)
+                ls.comp = _append(ls.comp, p // self.ratio, new)
+                comp = _with_new(ls.comp, (p + n) // self.ratio, new, k.dtype)
             if self.indexer is not None:
                 assert ikv is not None and isc is not None
                 assert ls.idx is not None and ls.idx_tail_kv is not None and ls.idx_tail_score is not None
                 ipooled, ifirst, li_tail_kv, li_tail_sc = self.indexer.compressor.pool(
                     ls.idx_tail_kv, ls.idx_tail_score, ikv[a:b], isc[a:b], p
                 )
-                idx_keys = torch.cat(
-                    (ls.idx[: p // 4].to(k.dtype), self._index_entries(ipooled, ifirst, k.dtype)), 0
-                )
+                inew = self._index_entries(ipooled, ifirst, k.dtype)
+                ls.idx = _append(ls.idx, p // 4, inew)
+                idx_keys = _with_new(ls.idx, (p + n) // 4, inew, k.dtype)
             o = self._core(
                 q[a:b],
                 keys_win,
@@ -160,13 +181,10 @@ class Attention(nn.Module):
             with torch.no_grad():
                 keep = min(n, self.window)
                 wslots = torch.arange(p + n - keep, p + n, device=x.device) % self.window
-                ls.window = ls.window.clone()
                 ls.window[wslots] = k[b - keep : b].detach().to(ls.window.dtype)
                 if comp is not None:
-                    ls.comp = comp.detach().to(ls.window.dtype)
                     ls.comp_tail_kv, ls.comp_tail_score = ls_tail_kv, ls_tail_sc
                 if idx_keys is not None:
-                    ls.idx = idx_keys.detach().to(ls.window.dtype)
                     ls.idx_tail_kv, ls.idx_tail_score = li_tail_kv, li_tail_sc
         o = torch.cat(outs, 0) if len(outs) > 1 else outs[0]
         o = apply_rope(o, positions, self.freqs, inverse=True)

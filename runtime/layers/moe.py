@@ -84,12 +84,17 @@ class MoE(nn.Module):
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
         weights, idx = self.gate(x, token_ids)
         out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-        counts = torch.bincount(idx.flatten(), minlength=self.n_experts).tolist()
-        for e, c in enumerate(counts):
-            if c == 0:
-                continue
-            tok, slot = torch.where(idx == e)
-            y = self.experts[e](x[tok], weights[tok, slot])
+        # Group (token, slot) pairs by expert with one device->host copy (a decode step has only T*k pairs).
+        flat = idx.flatten()
+        order = torch.argsort(flat, stable=True)
+        experts, counts = torch.unique_consecutive(flat[order], return_counts=True)
+        k = idx.shape[1]
+        start = 0
+        for e, c in torch.stack((experts, counts)).t().tolist():
+            pairs = order[start : start + c]
+            start += c
+            tok = pairs // k
+            y = self.experts[e](x[tok], weights.flatten()[pairs])
             out = out.index_add(0, tok, y.float())
         out = out + self.shared_experts(x).float()
         return out.to(x.dtype)
