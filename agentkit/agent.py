@@ -37,7 +37,8 @@ class RunError(RuntimeError):
 @dataclass(slots=True)
 class RunResult(Generic[OutputT]):
     """What a run produced. `status` is "completed", "paused" (approvals pending), "limit:<name>",
-    "output_invalid" (structured output failed validation after its retries) or "cancelled"."""
+    "output_invalid" (structured output failed validation after its retries), "truncated" (the final
+    turn hit `Limits.max_tokens_per_step`), "cancelled" or "error"."""
 
     status: str
     text: str | None

@@ -159,13 +159,14 @@ class Dispatcher:
         agent = self.loop.agent
         tool = agent.tools.get(call.name)
         limit = agent.limits.max_tool_calls
-        if limit is not None and self.loop.run_usage("tool_calls") + self._started() >= limit:
+        if limit is not None and self.loop.run_usage("tool_calls") >= limit:
             self.loop.store(index, call, "Not run: the run's tool-call limit was reached.", True, "limit")
             return
         if tool is not None and tool.requires_approval and agent.approver is None:
             st.pending.append(index)
             self.loop.emit_soon(ev.ApprovalRequired(self.step, call))
             return
+        st.usage.tool_calls += 1
         done = anyio.Event()
         waits = list(self._done) if tool is not None and tool.sequential else []
         if self._last_sequential is not None:
@@ -174,9 +175,6 @@ class Dispatcher:
         if tool is not None and tool.sequential:
             self._last_sequential = done
         self.tg.start_soon(self._run, index, call, waits, done)
-
-    def _started(self) -> int:
-        return len(self._done)
 
     async def _run(self, index: int, call: ToolCall, waits: list[anyio.Event], done: anyio.Event) -> None:
         try:
@@ -236,7 +234,6 @@ class Loop:
         st = self.state
         agent = self.agent
         tool = agent.tools.get(call.name)
-        st.usage.tool_calls += 1
         if tool is None:
             from agentkit.tools.tool import ToolOutcome
 
@@ -550,6 +547,7 @@ class Loop:
                 call = st.block[index]
                 decision = approvals[call.id]
                 if decision is True:
+                    st.usage.tool_calls += 1
                     tg.start_soon(self.execute, index, call, step)
                 else:
                     reason = decision if isinstance(decision, str) else ""
@@ -592,6 +590,14 @@ class Loop:
                 return
             if turn.calls:
                 continue
+            if turn.finish.reason == "length":
+                # The turn was cut by the per-step token budget: not an answer, and saying so beats
+                # returning half a sentence as if the model had finished.
+                st.status, st.output = "truncated", msg.content
+                await self.emit(
+                    ev.ErrorEvent(st.step, "truncated", "the model's turn hit max_tokens_per_step")
+                )
+                return
             if turn.parse_error is not None and st.output_retries_used < limits.output_retries:
                 st.output_retries_used += 1
                 self.add_note(MALFORMED_NOTE.format(reason=turn.parse_error))

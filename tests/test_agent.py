@@ -488,3 +488,43 @@ async def test_compaction_drops_whole_old_turns() -> None:
             assert m.reasoning_content and m.reasoning_content.startswith("reason")
     assert "reason 0" not in result.transcript.text and "reason 11" in result.transcript.text
     assert result.transcript.text == encoded(msgs, "high")
+
+
+@pytest.mark.anyio
+async def test_truncated_final_turn_is_reported() -> None:
+    model = ScriptedModel([out("a long thought", "an answer that goes on and on and on")])
+    result = await Agent(model, [], limits=Limits(max_tokens_per_step=5)).run("x")
+    assert result.status == "truncated" and not result.ok
+    assert model.prompts[0].prompt is not None
+
+
+@pytest.mark.anyio
+async def test_closing_the_stream_cancels_running_tools() -> None:
+    from contextlib import aclosing
+
+    started = anyio.Event()
+    finished: list[str] = []
+    cancelled: list[str] = []
+
+    @tool
+    async def wait_forever() -> str:
+        """Never returns on its own."""
+        started.set()
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            cancelled.append("yes")
+            raise
+        finished.append("no")
+        return "x"
+
+    model = ScriptedModel([out("", "", [("wait_forever", {})]), out("", "never")])
+    seen: list[str] = []
+    async with aclosing(Agent(model, [wait_forever]).stream("go")) as events:
+        async for e in events:
+            seen.append(e.kind)
+            if isinstance(e, ev.ToolCallEnd):
+                await started.wait()
+                break
+    assert cancelled == ["yes"] and finished == []
+    assert "run_end" not in seen

@@ -299,3 +299,15 @@ async def test_chat_thinking_off_sends_no_reasoning(server: Server) -> None:
     req = server.requests[1]
     assert req["thinking"] == {"type": "disabled"} and "reasoning_effort" not in req
     assert all("reasoning_content" not in m for m in req["messages"])
+
+
+@pytest.mark.anyio
+async def test_chat_heals_dsml_written_inside_reasoning(server: Server) -> None:
+    block = canonical("", "", [("add", {"a": 1, "b": 2})]).split("</think>", 1)[1].strip()
+    server.replies = [chat_events("I will call it. " + block, "", []), chat_events("", "3", [])]
+    model = resolve(f"chat:{server.url}#dsv4", backoff_s=0.01)
+    result = await Agent(model, [add]).run("x")
+    assert result.output == "3"
+    assistant = server.requests[1]["messages"][2]
+    assert assistant["reasoning_content"] == "I will call it."
+    assert json.loads(assistant["tool_calls"][0]["function"]["arguments"]) == {"a": 1, "b": 2}
