@@ -112,6 +112,9 @@ def main() -> None:
     ap.add_argument("--decode", type=int, default=32, help="decode steps (batch 1)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave default)")
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
+    ap.add_argument(
+        "--materialize", action="store_true", help="also run with dequantized copies of FP8/FP4 weights kept"
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -130,6 +133,11 @@ def main() -> None:
     pre, dec, sbytes = run_ours(model, prompt, args.decode, args.device)
     bound = bw / decode_bytes(model, sbytes)
     rows.append(("agentkit", pre, dec))
+    if args.materialize and args.quantized:
+        extra = model.materialize_weights()
+        mpre, mdec, _ = run_ours(model, prompt, args.decode, args.device)
+        rows.append((f"agentkit, dequantized copies (+{extra / 2**30:.1f} GiB)", mpre, mdec))
+        model.materialize_weights(False)
     if not args.no_hf and not args.quantized:
         hpre, hdec = run_hf(model, prompt, args.decode, args.device)
         rows.append(("transformers", hpre, hdec))

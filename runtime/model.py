@@ -216,6 +216,18 @@ class V4Model(nn.Module):
         model.load_weights(tensors)
         return model
 
+    def materialize_weights(self, enable: bool = True) -> int:
+        """Keep dequantized copies of every FP8/FP4 weight (in the compute dtype), or drop them.
+
+        Quantized weights are otherwise dequantized at every use, which keeps memory at checkpoint size but
+        makes batch-1 decode pay a dequantization per weight per step. Returns the extra bytes held.
+        """
+        total = 0
+        for mod in self.modules():
+            if isinstance(mod, Linear):
+                total += mod.materialize(self.dtype if enable else None)
+        return total
+
     # ------------------------------------------------------------------ state
     def new_state(self) -> SequenceState:
         return SequenceState.fresh(self.config, self.device, self.dtype)

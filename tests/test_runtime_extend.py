@@ -218,6 +218,11 @@ def test_quantized_storage_equals_float_model_on_dequantized_weights() -> None:
     b = fm.extend(fm.new_state(), ids)
     assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
     assert rel_err(a, b).max() <= 1e-5
+    extra = qm.materialize_weights()  # dequantized copies: same function, more memory
+    assert extra > 0
+    c = qm.extend(qm.new_state(), ids)
+    assert isinstance(c, torch.Tensor) and torch.equal(a, c)
+    assert qm.materialize_weights(False) == 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU: CUDA bf16 path")

@@ -124,8 +124,23 @@ class Linear(nn.Module):
             )
             self.scale = self.scale.view(quant.E8M0_DTYPE)
 
+    _materialized: torch.Tensor | None = None
+
+    def materialize(self, dtype: torch.dtype | None) -> int:
+        """Keep (dtype) or drop (None) a dequantized copy: trades resident memory for per-use dequantization.
+        Returns the bytes the copy takes."""
+        self._materialized = None
+        if dtype is None or self.fmt == "float":
+            return 0
+        with torch.no_grad():
+            self._materialized = self.dense(dtype)
+        return self._materialized.numel() * self._materialized.element_size()
+
     def dense(self, dtype: torch.dtype) -> torch.Tensor:
         """The logical [out, in] weight in `dtype`."""
+        m = self._materialized
+        if m is not None and m.dtype == dtype:
+            return m
         if self.fmt == "float":
             return self.weight.to(dtype)
         if self.fmt == "fp8":
@@ -134,6 +149,7 @@ class Linear(nn.Module):
 
     def set_dense(self, w: torch.Tensor) -> None:
         """Store a float weight, quantizing it if this layer is quantized (used by random initialization)."""
+        self._materialized = None
         with torch.no_grad():
             if self.fmt == "float":
                 self.weight.copy_(w)
