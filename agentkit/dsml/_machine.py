@@ -81,6 +81,10 @@ class _Base:
         self._stray_warned = False
         self._variant_warned = False
         self._in_value = False
+        self._wait: Callable[[str], bool] | None = None
+        self._wait_overlap = 0
+        self._wait_tail = ""
+        self._parked: list[str] = []
         self._state: Callable[[bool], bool]
 
     # ------------------------------------------------------------------------------------ plumbing
@@ -107,6 +111,17 @@ class _Base:
         self._pos = pos
         self._scan = pos
         return True
+
+    def _wait_for(self, may_progress: Callable[[str], bool], overlap: int) -> bool:
+        """Park the state: until `may_progress(window)` holds for new text, chunks are only collected.
+
+        Appending every chunk to a buffer that is waiting for a far-away terminator (a huge header, a
+        long whitespace run) would copy the buffer once per chunk, i.e. quadratic time.
+        """
+        self._wait = may_progress
+        self._wait_overlap = overlap
+        self._wait_tail = self._buf[len(self._buf) - overlap :] if overlap else ""
+        return False
 
     def _fail(self, reason: str, at: int) -> bool:
         self._error = ParseError(reason, self._abs(at))

@@ -27,6 +27,14 @@ _BLOCK_NAMES = ("tool_calls", "function_calls")
 _CDATA_OPEN, _CDATA_CLOSE = "<![CDATA[", "]]>"
 
 
+def _has_lt(window: str) -> bool:
+    return "<" in window
+
+
+def _not_blank(window: str) -> bool:
+    return not window.isspace()
+
+
 def unwrap_cdata(value: str) -> str | None:
     """The text of a value made only of CDATA sections (and whitespace around), else None."""
     body = value.strip()
@@ -108,6 +116,8 @@ class _TolerantStates(_Base):
         self._emit_text(seg[:keep], reasoning)
         self._pos = pos + keep
         self._scan = until
+        if not final and until == len(buf) and keep < len(seg):
+            return self._wait_for(_not_blank, 0)  # only whitespace is held
         return False
 
     def _t_special_in_text(self, special: str, at: int, reasoning: bool) -> bool:
@@ -201,7 +211,7 @@ class _TolerantStates(_Base):
         k = self._buf.find("<", j + 1)
         if k == -1:
             if not final:
-                return False
+                return self._wait_for(_has_lt, 0)
             k = len(self._buf)
         self._warn("stray text inside the tool call block ignored", j)
         return self._goto(self._t_block, k)

@@ -19,7 +19,7 @@ does not parse (kept as text). DSML markup never reaches `content` in tolerant m
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from ._machine import held_suffix
 from ._tolerant import _TolerantStates
@@ -52,6 +52,10 @@ __all__ = ["StreamParser", "held_suffix", "merge_deltas"]
 _STR_PREFIX = '" string="'
 _HEADER_MARKS = ('" string="true">', '" string="false">')
 _PARAM_END_MARKS = (PARAM_CLOSE, "<" + PARAM_CLOSE, "<\n" + PARAM_CLOSE)
+
+
+def _contains(*needles: str) -> Callable[[str], bool]:
+    return lambda window: any(n in window for n in needles)
 
 
 def merge_deltas(events: Iterable[Event]) -> list[Event]:
@@ -98,13 +102,51 @@ class StreamParser(_TolerantStates):
         if not isinstance(text, str):
             raise TypeError(f"feed() takes str, got {type(text).__name__}")
         if self._error is None and text:
-            self._buf += text
-            self._run(final=False)
+            if self._wait is not None:
+                window = self._wait_tail + text
+                if not self._wait(window):
+                    self._parked.append(text)
+                    if self._wait_overlap:
+                        self._wait_tail = window[len(window) - self._wait_overlap :]
+                    return self._take()
+                self._unpark()
+                self._buf += text
+                self._run(final=False)
+            elif self._buf or not self._fast_path(text):
+                self._buf += text
+                self._run(final=False)
         return self._take()
+
+    def _unpark(self) -> None:
+        self._wait = None
+        if self._parked:
+            self._buf += "".join(self._parked)
+            self._parked = []
+
+    def _fast_path(self, text: str) -> bool:
+        """A token-sized chunk that cannot touch a marker goes straight out (nothing is held back)."""
+        state = self._state
+        if state in (self._s_reasoning, self._s_content):
+            if "<" in text or "\n" in text or "｜" in text:
+                return False
+            (self._reason if state == self._s_reasoning else self._say)(text)
+        elif state in (self._t_reasoning, self._t_content):
+            if "<" in text or text[-1].isspace() or self._at_start or self._after_block:
+                return False
+            self._emit_text(text, state == self._t_reasoning)
+        elif state == self._t_value or state == self._s_param_value:
+            if "<" in text or (state == self._s_param_value and "/" in text):
+                return False
+            self._value(text)
+        else:
+            return False
+        self._base += len(text)
+        return True
 
     def close(self) -> list[Event]:
         if not self._closed:
             self._closed = True
+            self._unpark()
             if self._error is None:
                 self._run(final=True)
             if self._error is None:
@@ -192,7 +234,7 @@ class StreamParser(_TolerantStates):
     def _s_header(self, final: bool) -> bool:
         hit, which, _ = self._scan_text((PARAM_OPEN, INVOKE_CLOSE), final)
         if which is None and not final:
-            return False
+            return self._wait_for(_contains(PARAM_OPEN, INVOKE_CLOSE), len(PARAM_OPEN))
         name = invoke_name(self._buf[self._pos : hit])
         if name is None:
             return self._fail('invoke header must be name="…"> followed by a newline', self._pos)
@@ -231,7 +273,7 @@ class StreamParser(_TolerantStates):
         if close != -1 or final:
             return self._fail('parameter must be name="…" string="true|false">…', pos)
         self._scan = len(buf)
-        return False
+        return self._wait_for(_contains(*_HEADER_MARKS, PARAM_CLOSE), len(_HEADER_MARKS[1]))
 
     def _s_param_value(self, final: bool) -> bool:
         _, which, until = self._scan_text(_PARAM_END_MARKS, final)
