@@ -3,7 +3,25 @@
 from __future__ import annotations
 
 import torch
+from agentkit.runtime.kernels import mhc as kernels
 from agentkit.runtime.layers.norms import rms_unweighted
+
+
+def split_sinkhorn(
+    m: torch.Tensor, scale: torch.Tensor, base: torch.Tensor, hc: int, iters: int, hc_eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reference: mixes m [T, (2+n)*n] -> pre [T, n], post [T, n], doubly-stochastic comb [T, n, n] (fp32)."""
+    t = m.shape[0]
+    base = base.float()
+    pre = torch.sigmoid(m[:, :hc] * scale[0] + base[:hc]) + hc_eps
+    post = 2 * torch.sigmoid(m[:, hc : 2 * hc] * scale[1] + base[hc : 2 * hc])
+    comb = (m[:, 2 * hc :] * scale[2] + base[2 * hc :]).view(t, hc, hc)
+    comb = torch.softmax(comb, dim=-1) + hc_eps
+    comb = comb / (comb.sum(dim=-2, keepdim=True) + hc_eps)
+    for _ in range(iters - 1):
+        comb = comb / (comb.sum(dim=-1, keepdim=True) + hc_eps)
+        comb = comb / (comb.sum(dim=-2, keepdim=True) + hc_eps)
+    return pre, post, comb
 
 
 def hc_pre(
@@ -20,15 +38,10 @@ def hc_pre(
     t, n, d = x.shape
     flat = rms_unweighted(x.reshape(t, n * d).float(), norm_eps)
     m = flat @ fn.float().t()  # [T, (2+n)*n]
-    base = base.float()
-    pre = torch.sigmoid(m[:, :n] * scale[0] + base[:n]) + hc_eps
-    post = 2 * torch.sigmoid(m[:, n : 2 * n] * scale[1] + base[n : 2 * n])
-    comb = (m[:, 2 * n :] * scale[2] + base[2 * n :]).view(t, n, n)
-    comb = torch.softmax(comb, dim=-1) + hc_eps
-    comb = comb / (comb.sum(dim=-2, keepdim=True) + hc_eps)
-    for _ in range(sinkhorn_iters - 1):
-        comb = comb / (comb.sum(dim=-1, keepdim=True) + hc_eps)
-        comb = comb / (comb.sum(dim=-2, keepdim=True) + hc_eps)
+    if kernels.supported(m, n):
+        pre, post, comb = kernels.hc_split_sinkhorn(m, scale, base, n, sinkhorn_iters, hc_eps)
+    else:
+        pre, post, comb = split_sinkhorn(m, scale.float(), base, n, sinkhorn_iters, hc_eps)
     collapsed = (pre.unsqueeze(-1) * x.float()).sum(dim=1).to(x.dtype)
     return collapsed, post, comb
 

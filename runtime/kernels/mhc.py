@@ -1,0 +1,66 @@
+"""Triton kernel for the mHC mixer weights (the reference's `hc_split_sinkhorn`, spec §6.1 steps 3-5).
+
+One program per token computes pre/post and the Sinkhorn-normalized combination matrix in registers: the
+PyTorch reference (`agentkit.runtime.layers.mhc.hc_pre`) launches ~80 tiny kernels per call for the 20
+Sinkhorn rounds, which dominates batch-1 decode on a GPU. Forward only (no autograd); selected for CUDA
+inference, compared against the reference by tests (on CPU through TRITON_INTERPRET=1).
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+
+    HAVE_TRITON = True
+except ImportError:  # pragma: no cover - triton is a dependency on Linux x86-64
+    HAVE_TRITON = False
+
+
+if HAVE_TRITON:
+
+    @triton.jit
+    def _hc_split_sinkhorn(  # type: ignore[no-untyped-def]
+        m_ptr, scale_ptr, base_ptr, pre_ptr, post_ptr, comb_ptr, iters, hc_eps, HC: tl.constexpr
+    ):
+        t = tl.program_id(0)
+        j = tl.arange(0, HC)
+        row = m_ptr + t * (2 * HC + HC * HC)
+        s0 = tl.load(scale_ptr)
+        s1 = tl.load(scale_ptr + 1)
+        s2 = tl.load(scale_ptr + 2)
+        pre = tl.sigmoid(tl.load(row + j) * s0 + tl.load(base_ptr + j)) + hc_eps
+        post = 2.0 * tl.sigmoid(tl.load(row + HC + j) * s1 + tl.load(base_ptr + HC + j))
+        jj = j[:, None] * HC + j[None, :]
+        c = tl.load(row + 2 * HC + jj) * s2 + tl.load(base_ptr + 2 * HC + jj)
+        c = tl.exp(c - tl.max(c, axis=1)[:, None])
+        c = c / tl.sum(c, axis=1)[:, None] + hc_eps
+        c = c / (tl.sum(c, axis=0)[None, :] + hc_eps)
+        for _ in range(iters - 1):
+            c = c / (tl.sum(c, axis=1)[:, None] + hc_eps)
+            c = c / (tl.sum(c, axis=0)[None, :] + hc_eps)
+        tl.store(pre_ptr + t * HC + j, pre)
+        tl.store(post_ptr + t * HC + j, post)
+        tl.store(comb_ptr + t * HC * HC + jj, c)
+
+
+def supported(mixes: torch.Tensor, hc: int) -> bool:
+    return HAVE_TRITON and mixes.is_cuda and hc & (hc - 1) == 0 and not torch.is_grad_enabled()
+
+
+def hc_split_sinkhorn(
+    mixes: torch.Tensor, scale: torch.Tensor, base: torch.Tensor, hc: int, iters: int, hc_eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """mixes [T, (2+hc)*hc] fp32 -> (pre [T, hc], post [T, hc], comb [T, hc, hc]), all fp32."""
+    t = mixes.shape[0]
+    m = mixes.float().contiguous()
+    pre = torch.empty(t, hc, dtype=torch.float32, device=m.device)
+    post = torch.empty_like(pre)
+    comb = torch.empty(t, hc, hc, dtype=torch.float32, device=m.device)
+    if t:
+        _hc_split_sinkhorn[(t,)](
+            m, scale.float().contiguous(), base.float().contiguous(), pre, post, comb, iters, hc_eps, HC=hc
+        )
+    return pre, post, comb
