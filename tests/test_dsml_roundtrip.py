@@ -7,14 +7,19 @@ encode_messages renders for the longer conversation.
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
-from dsml_strategies import agent_conversations, expected_calls
-from hypothesis import HealthCheck, given, settings
+from dsml_strategies import agent_conversations, assistant_turns, expected_calls
+from hypothesis import HealthCheck, assume, given, settings
+from lxml import etree
 
 from agentkit.dsml import (
     ASSISTANT,
     THINK_START,
+    TOOL_CALLS_CLOSE,
+    TOOL_CALLS_OPEN,
     USER,
     StreamParser,
     encode_messages,
@@ -24,7 +29,9 @@ from agentkit.dsml import (
     render_tool_results,
 )
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]
+)
 MARKER = ASSISTANT + THINK_START
 
 
@@ -93,3 +100,41 @@ def test_render_helpers_append_exactly_what_encode_renders(conv: list[dict[str, 
         i = j
         assert transcript == encode_messages(conv[:i], "thinking")
     assert transcript == encode_messages(conv, "thinking")
+
+
+_XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff\r]")
+
+
+def _as_xml(block: str) -> str:
+    """A canonical DSML block rewritten as XML with CDATA values, by plain string replacement."""
+    D = "｜DSML｜"
+    out = block.replace('string="true">', 'string="true"><![CDATA[').replace(
+        'string="false">', 'string="false"><![CDATA['
+    )
+    out = out.replace(f"</{D}parameter>", "]]></parameter>")
+    return out.replace(f"</{D}", "</").replace(f"<{D}", "<")
+
+
+@SETTINGS
+@given(assistant_turns())
+def test_lxml_reads_the_same_structure(turn: dict[str, Any]) -> None:
+    """An independent structural parser (libxml2 via lxml) agrees with ours on canonical blocks.
+
+    Only values XML can carry take part (no control characters, no `]]>`, no CR: XML normalises it).
+    """
+    span = render_assistant_turn(turn, "thinking")
+    assume(not _XML_ILLEGAL.search(span) and "]]>" not in span)
+    msg = parse_completion(span, "thinking")
+    if not turn["tool_calls"]:
+        assert msg.tool_calls == []
+        return
+    block = span[span.index(TOOL_CALLS_OPEN) : span.index(TOOL_CALLS_CLOSE) + len(TOOL_CALLS_CLOSE)]
+    root = etree.fromstring(_as_xml(block).encode(), etree.XMLParser(resolve_entities=False, huge_tree=True))
+    from_xml = []
+    for invoke in root.iterchildren("invoke"):
+        args: dict[str, Any] = {}
+        for param in invoke.iterchildren("parameter"):
+            text = param.text or ""
+            args[param.get("name")] = text if param.get("string") == "true" else json.loads(text)
+        from_xml.append((invoke.get("name"), args))
+    assert from_xml == [(c.name, c.arguments) for c in msg.tool_calls]
