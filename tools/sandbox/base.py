@@ -14,7 +14,14 @@ from typing import Protocol, runtime_checkable
 
 @dataclass(frozen=True, slots=True)
 class ExecResult:
-    """Outcome of one command. Output is always returned, even partial output of a killed command."""
+    """Outcome of one command. Output is always returned, even partial output of a killed command.
+
+    The same numbers on every backend, so a tool can branch on them without knowing where it ran:
+    `exit_code` is 124 with `timed_out` for a command stopped by its timeout, 128+n for one ended by
+    signal n (137: SIGKILL, usually the memory limit, which `stderr` then says), 127 for a program that
+    does not exist. `truncated` means at least one stream passed the backend's output cap; the rest was
+    read and dropped, never left to block the command.
+    """
 
     exit_code: int
     stdout: str
@@ -33,7 +40,14 @@ class SandboxUnavailable(SandboxError):
 
 @runtime_checkable
 class Sandbox(Protocol):
-    """An isolated place to run commands and keep files; `workspace` is its writable root."""
+    """An isolated place to run commands and keep files; `workspace` is its writable root.
+
+    `exec` runs a string through bash (a list runs as an argv, unquoted) in its own process group;
+    when it ends, by exit or timeout, whatever it left in that group is killed too, so nothing from
+    one tool call lingers into the next (a daemon must `setsid` itself, and only Docker keeps it).
+    Relative paths and `cwd` are under `workspace`. A missing cwd, a closed or dead sandbox, or a
+    path the file API will not follow out of the workspace raise SandboxError.
+    """
 
     workspace: str
 
