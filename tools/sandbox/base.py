@@ -44,7 +44,8 @@ class Sandbox(Protocol):
 
     `exec` runs a string through bash (a list runs as an argv, unquoted) in its own process group;
     when it ends, by exit or timeout, whatever it left in that group is killed too, so nothing from
-    one tool call lingers into the next (a daemon must `setsid` itself, and only Docker keeps it).
+    one tool call lingers into the next (a daemon must `setsid` itself; under bubblewrap nothing
+    outlives its exec, since each exec is its own namespace).
     Relative paths and `cwd` are under `workspace`. A missing cwd, a closed or dead sandbox, or a
     path the file API will not follow out of the workspace raise SandboxError.
     """
