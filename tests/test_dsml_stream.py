@@ -11,6 +11,7 @@ import itertools
 import json
 from pathlib import Path
 
+import pytest
 from dsml_strategies import agent_conversations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,6 +20,7 @@ from agentkit.dsml import (
     ContentDelta,
     DSMLParseError,
     ParameterDelta,
+    ParseError,
     ReasoningDelta,
     StreamParser,
     ToolCallEnd,
@@ -124,3 +126,29 @@ def test_hold_back_only_a_possible_marker_prefix() -> None:
     # A `<` that cannot start a marker is released at once.
     p = StreamParser("chat")
     assert merge_deltas(p.feed("a < b")) == [ContentDelta("a < b")]
+
+
+def test_parser_lifecycle_errors_are_clear() -> None:
+    p = StreamParser("chat")
+    with pytest.raises(ValueError, match="before close"):
+        p.result()
+    with pytest.raises(TypeError, match="str"):
+        p.feed(b"x")  # type: ignore[arg-type]
+    p.close()
+    with pytest.raises(ValueError, match="after close"):
+        p.feed("x")
+    assert p.close() == []  # idempotent
+    with pytest.raises(ValueError, match="thinking_mode"):
+        StreamParser("fast")
+    with pytest.raises(DSMLParseError, match="thinking_mode"):
+        parse_completion("x", "fast", strict=False)
+
+
+def test_after_an_error_the_strict_stream_goes_quiet() -> None:
+    p = StreamParser("chat", strict=True)
+    events = p.feed("a<think>b")
+    assert events[-1] == ParseError("special token '<think>' inside content", 1)
+    assert p.feed("more") == []
+    assert p.close() == []
+    with pytest.raises(DSMLParseError):
+        p.result()

@@ -17,6 +17,8 @@ def parse_completion(text: str, thinking_mode: str, *, strict: bool = True) -> A
     """
     if not isinstance(text, str):
         raise DSMLParseError(f"completion must be str, got {type(text).__name__}", 0)
+    if thinking_mode not in ("chat", "thinking"):
+        raise DSMLParseError(f"thinking_mode must be 'chat' or 'thinking', got {thinking_mode!r}", 0)
     if strict:
         return parse_strict(text, thinking_mode)
     from .stream import StreamParser
