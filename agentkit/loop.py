@@ -26,7 +26,7 @@ import anyio
 from agentkit import events as ev
 from agentkit.dsml import encode as dsml_encode
 from agentkit.dsml import models as dsml_models
-from agentkit.dsml.tokens import EOS
+from agentkit.dsml.tokens import EOS, TOOL_RESULT_CLOSE, TOOL_RESULT_OPEN, USER
 from agentkit.limits import Usage
 from agentkit.messages import (
     AssistantMessage,
@@ -295,13 +295,28 @@ class Loop:
             return False
         if note is not None:
             st.messages.append(UserMessage(note))
+        prefix = dsml_encode.render_assistant_prefix(self.mode)
         if results:
-            text = dsml_encode.render_tool_results(results)
-            if note is not None:
-                text += "\n\n" + note
+            # Tool output goes in as separate untrusted segments (plain text to a tokenizer); the
+            # pieces must add up to the codec's own rendering of the turn, byte for byte.
+            pieces: list[tuple[str, bool]] = [(USER, True)]
+            for i, content in enumerate(results):
+                opening = ("\n\n" if i else "") + TOOL_RESULT_OPEN
+                pieces += [(opening, True), (content, False), (TOOL_RESULT_CLOSE, True)]
+            pieces.append(((("\n\n" + note) if note is not None else "") + prefix, True))
+            expected = dsml_encode.render_tool_results(results)
+            if "".join(p for p, _ in pieces[:-1]) != expected:
+                raise RuntimeError("tool-result rendering drifted from the DSML codec")
+            merged: list[tuple[str, bool]] = []
+            for text, trusted in pieces:
+                if merged and merged[-1][1] and trusted:
+                    merged[-1] = (merged[-1][0] + text, True)
+                else:
+                    merged.append((text, trusted))
+            for text, trusted in merged:
+                st.transcript.append(text, trusted=trusted)
         else:
-            text = dsml_encode.render_user_turn(note or "")
-        st.transcript.append(text + dsml_encode.render_assistant_prefix(self.mode))
+            st.transcript.append(dsml_encode.render_user_turn(note or "") + prefix)
         st.block = []
         st.block_results = {}
         st.pending = []

@@ -129,11 +129,16 @@ def message_from_dict(data: dict[str, Any]) -> Message:
 @dataclass(slots=True)
 class Segment:
     """One appended piece. `token_ids` is set for text that came out of the model as tokens (kept
-    verbatim, never re-tokenized) or once a backend has tokenized framework-written text."""
+    verbatim, never re-tokenized) or once a backend has tokenized framework-written text.
+
+    `trusted` is False for text from outside (tool output): a tokenizer must encode it as plain text,
+    so a tool that prints `<｜Assistant｜>` cannot forge a turn boundary.
+    """
 
     text: str
     generated: bool
     token_ids: list[int] | None = None
+    trusted: bool = True
 
 
 class Transcript:
@@ -148,10 +153,12 @@ class Transcript:
         self._parts: list[str] = []
         self._cache: str | None = ""
 
-    def append(self, text: str, *, generated: bool = False, token_ids: list[int] | None = None) -> None:
+    def append(
+        self, text: str, *, generated: bool = False, token_ids: list[int] | None = None, trusted: bool = True
+    ) -> None:
         if not text and not token_ids:
             return
-        self.segments.append(Segment(text, generated, token_ids))
+        self.segments.append(Segment(text, generated, token_ids, trusted))
         self.n_chars += len(text)
         self._parts.append(text)
         self._cache = None
@@ -169,14 +176,17 @@ class Transcript:
     def to_dict(self) -> dict[str, Any]:
         return {
             "epoch": self.epoch,
-            "segments": [[s.text, s.generated, s.token_ids] for s in self.segments],
+            "segments": [[s.text, s.generated, s.token_ids, s.trusted] for s in self.segments],
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Transcript:
         tr = cls(int(data.get("epoch", 0)))
-        for text, generated, ids in data["segments"]:
-            tr.append(text, generated=bool(generated), token_ids=list(ids) if ids is not None else None)
+        for text, generated, ids, *rest in data["segments"]:
+            ids_list = list(ids) if ids is not None else None
+            tr.append(
+                text, generated=bool(generated), token_ids=ids_list, trusted=bool(rest[0]) if rest else True
+            )
         return tr
 
 

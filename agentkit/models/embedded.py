@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib
+import inspect
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,9 +29,26 @@ KV_FORMAT = "agentkit-embedded-kv/1"
 
 
 class Tokenizer(Protocol):
+    """What the backend needs: `encode` (with `allow_special=`, like the runtime's tokenizer, or an
+    `encode_ordinary` for plain text) and `decode`."""
+
     def encode(self, text: str) -> list[int]: ...
 
     def decode(self, ids: Sequence[int]) -> str: ...
+
+
+def text_encoder(tok: Any) -> Callable[[str, bool], list[int]]:
+    """encode(text, trusted): special tokens are recognised only in trusted (framework-written) text."""
+    try:
+        params = inspect.signature(tok.encode).parameters
+    except (TypeError, ValueError):
+        params = {}  # type: ignore[assignment]
+    if "allow_special" in params:
+        return lambda text, trusted: list(tok.encode(text, allow_special=trusted))
+    plain = getattr(tok, "encode_ordinary", None)
+    if plain is not None:
+        return lambda text, trusted: list(tok.encode(text) if trusted else plain(text))
+    return lambda text, trusted: list(tok.encode(text))
 
 
 @dataclass(slots=True)
@@ -49,20 +66,13 @@ def _digest(ids: list[int]) -> str:
 
 
 def load_tokenizer(directory: str | Path) -> Tokenizer:
-    """A checkpoint directory's tokenizer: the runtime's loader when it exists, else byte-level BPE."""
-    d = Path(directory)
-    if not (d / "tokenizer.json").exists():
-        raise ModelError(f"no tokenizer.json in {d}; pass tokenizer=... to the embedded backend")
-    try:
-        rt_tok = importlib.import_module("agentkit.runtime.tokenizer")
-    except ImportError:
-        rt_tok = None
-    loader = getattr(rt_tok, "load_tokenizer", None)
-    if loader is not None:
-        return loader(d)
-    from agentkit.train.bpe import BPETokenizer
+    """The tokenizer stored with a checkpoint (tokenizer.json or *.tiktoken), via the runtime's loader."""
+    from agentkit.runtime.tokenizer import Tokenizer as RuntimeTokenizer
 
-    return BPETokenizer.load(d)
+    try:
+        return RuntimeTokenizer.from_file(directory)
+    except Exception as exc:
+        raise ModelError(f"cannot load a tokenizer from {directory}: {exc}") from exc
 
 
 class EmbeddedModel:
@@ -79,18 +89,20 @@ class EmbeddedModel:
         seed: int = 0,
         max_tokens: int = 1024,
         device: str | None = None,
+        random_seed: int | None = None,
         pricing: Pricing | None = None,
         logits_processor: Callable[[list[int], Any], Any] | None = None,
     ) -> None:
-        """`logits_processor(generated_ids, logits) -> logits` can constrain decoding (grammar, bans,
-        or forcing an exact output in tests)."""
+        """`target`: a checkpoint directory or a preset name (its shipped checkpoint; random weights
+        only when `random_seed` is given). `logits_processor(generated_ids, logits) -> logits` can
+        constrain decoding (grammar, bans, or forcing an exact output in tests)."""
         self.logits_processor = logits_processor
         if model is None:
             if not target:
                 raise ValueError("embedded backend needs a preset name, a checkpoint directory or model=...")
-            model = self._build(target, device)
-            if tokenizer is None and Path(target).is_dir():
-                tokenizer = load_tokenizer(target)
+            model, tok_dir = self._build(target, device, random_seed)
+            if tokenizer is None and tok_dir is not None:
+                tokenizer = load_tokenizer(tok_dir)
         if tokenizer is None:
             raise ModelError(
                 f"the embedded backend {target!r} has no tokenizer; pass tokenizer=... "
@@ -98,6 +110,7 @@ class EmbeddedModel:
             )
         self.model = model
         self.tokenizer = tokenizer
+        self._encode = text_encoder(tokenizer)
         self.name = f"embedded:{target or type(model).__name__}"
         from agentkit.runtime.generate import SamplingParams
 
@@ -105,28 +118,22 @@ class EmbeddedModel:
         self.seed = seed
         self.default_max_tokens = max_tokens
         self.pricing = pricing
-        eos = tokenizer.encode(EOS)
+        eos = self._encode(EOS, True)
         if len(eos) != 1:
-            raise ModelError(
-                f"tokenizer does not map {EOS!r} to one token (got {eos}); not a V4 tokenizer?"
-            )
+            raise ModelError(f"tokenizer does not map {EOS!r} to one token (got {eos}); not a V4 tokenizer?")
         self.eos_id = eos[0]
         self._sessions: dict[str, _Session] = {}
 
     @staticmethod
-    def _build(target: str, device: str | None) -> Any:
-        from agentkit.runtime.config import ModelConfig
-        from agentkit.runtime.model import V4Model
+    def _build(target: str, device: str | None, random_seed: int | None) -> tuple[Any, Path | None]:
+        from agentkit.runtime.checkpoint import load_model, shipped_checkpoint
 
-        if Path(target).is_dir():
-            return V4Model.from_checkpoint(target, device=device)
         try:
-            config = ModelConfig.preset(target)
+            model = load_model(target, device=device, random_seed=random_seed)
         except Exception as exc:
-            raise ValueError(
-                f"{target!r} is neither a checkpoint directory nor a runtime preset: {exc}"
-            ) from exc
-        return V4Model(config, device=device).init_random_(0)
+            raise ModelError(f"cannot load the embedded model {target!r}: {exc}") from exc
+        path = Path(target)
+        return model, path if path.is_dir() else shipped_checkpoint(target)
 
     # -- state management -------------------------------------------------------------------------
 
@@ -142,7 +149,7 @@ class EmbeddedModel:
         those ids on the segment, so the transcript carries exact ids from then on)."""
         for seg in transcript.segments[sess.segments :]:
             if seg.token_ids is None:
-                seg.token_ids = self.tokenizer.encode(seg.text)
+                seg.token_ids = self._encode(seg.text, seg.trusted)
             sess.ids.extend(seg.token_ids)
         sess.segments = len(transcript.segments)
 
@@ -208,6 +215,8 @@ class EmbeddedModel:
         gen = torch.Generator().manual_seed(self.seed + prompt_tokens)
         limit = request.max_tokens or self.default_max_tokens
         out: list[int] = []
+        make_decoder = getattr(self.tokenizer, "stream_decoder", None)
+        decoder = make_decoder() if make_decoder is not None else None
         emitted = ""
         ids_sent = 0
         reason = "length"
@@ -216,11 +225,17 @@ class EmbeddedModel:
                 logits = self.logits_processor(out, logits)
             tok = sample(logits, self.sampling, gen)
             out.append(tok)
-            text = self.tokenizer.decode(out)
             done = tok == self.eos_id
-            if done or not text.endswith("\ufffd"):  # hold back a partial UTF-8 character
-                yield RawText(text[len(emitted) :], tuple(out[ids_sent:]))
-                emitted, ids_sent = text, len(out)
+            # text is handed out only in whole characters; ids ride along with the text they complete
+            if decoder is not None:
+                piece = decoder.push(tok)
+            else:
+                text = self.tokenizer.decode(out)
+                piece = "" if text.endswith("\ufffd") and not done else text[len(emitted) :]
+                emitted += piece
+            if piece:
+                yield RawText(piece, tuple(out[ids_sent:]))
+                ids_sent = len(out)
             if done:
                 reason = "stop"
                 break
@@ -231,7 +246,8 @@ class EmbeddedModel:
             # turn would have to feed it anyway; this only moves that work earlier).
             await anyio.to_thread.run_sync(functools.partial(self._extend, sess, [out[-1]]))
         if ids_sent < len(out):
-            yield RawText(self.tokenizer.decode(out)[len(emitted) :], tuple(out[ids_sent:]))
+            rest = decoder.flush() if decoder is not None else self.tokenizer.decode(out)[len(emitted) :]
+            yield RawText(rest, tuple(out[ids_sent:]))
         yield Finish(reason, prompt_tokens, prompt_tokens - prefilled, prefilled, len(out))
 
     async def aclose(self) -> None:
