@@ -99,9 +99,12 @@ def _check_finite(w: torch.Tensor) -> None:
         raise QuantError("cannot quantize a tensor with NaN or infinite values")
 
 
-def _row_chunk(rows: int, cols: int, multiple: int) -> int:
-    """Rows per chunk: a multiple of the scale block height so chunks never split a tile."""
-    per = max(1, _CHUNK_ELEMS // max(cols, 1))
+def _row_chunk(rows: int, cols: int, multiple: int, device: torch.device | None = None) -> int:
+    """Rows per chunk: a multiple of the scale block height so chunks never split a tile.
+
+    GPUs get 16x larger chunks: their memory is larger and every chunk is a kernel launch."""
+    limit = _CHUNK_ELEMS * (16 if device is not None and device.type == "cuda" else 1)
+    per = max(1, limit // max(cols, 1))
     per = max(multiple, per // multiple * multiple)
     return min(per, max(rows, 1))
 
@@ -131,6 +134,8 @@ def dequant_fp8(
         raise QuantError(
             f"FP8 scale shape {tuple(scale.shape)} does not match weight {tuple(weight.shape)}: want {want}"
         )
+    if dtype in _EXACT_DTYPES:
+        return _dequant_fp8_in_place(weight, scale, dtype)
     s = e8m0_to_float(scale).to(weight.device).reshape(-1, want[-2], want[-1])
     w3 = _as_3d(weight, "FP8 weight")
     out = torch.empty(w3.shape, dtype=dtype, device=weight.device)
@@ -150,6 +155,33 @@ def dequant_fp8(
                 blk[:, full_in:].mul_(s_rows[:, n_ib - 1 : n_ib])
             out[b, r0:r1] = blk
     return out.reshape(weight.shape)
+
+
+# Output dtypes with fp32's exponent range: an e4m3/e2m1 value times an E8M0 power of two is computed (in fp32
+# registers) and rounded once, exactly as an fp32 detour would, so the product can be formed in place.
+_EXACT_DTYPES = (torch.bfloat16, torch.float32)
+
+
+def _dequant_fp8_in_place(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Cast to `dtype`, then scale each 128x128 tile in place: no temporary beyond the output itself."""
+    out = weight.to(dtype)
+    out_f, in_f = weight.shape[-2], weight.shape[-1]
+    ob, ib = fp8_scale_shape(out_f, in_f)
+    o = out.view(-1, out_f, in_f)
+    s = e8m0_to_float(scale).to(device=weight.device, dtype=dtype).reshape(-1, ob, ib)
+    n, blk = o.shape[0], FP8_BLOCK
+    fo, fi = out_f // blk * blk, in_f // blk * blk
+    if fo and fi:
+        o[:, :fo, :fi].view(n, fo // blk, blk, fi // blk, blk).mul_(
+            s[:, : fo // blk, None, : fi // blk, None]
+        )
+    if fo < out_f and fi:  # ragged last row of tiles
+        o[:, fo:, :fi].view(n, out_f - fo, fi // blk, blk).mul_(s[:, -1, None, : fi // blk, None])
+    if fi < in_f and fo:  # ragged last column of tiles
+        o[:, :fo, fi:].view(n, fo // blk, blk, in_f - fi).mul_(s[:, : fo // blk, -1, None, None])
+    if fo < out_f and fi < in_f:
+        o[:, fo:, fi:].mul_(s[:, -1, -1, None, None])
+    return out
 
 
 def quant_fp8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,9 +220,12 @@ def quant_fp8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # ------------------------------------------------------------------------------------------------ FP4
 
 
-def _fp4_lut(device: torch.device) -> torch.Tensor:
-    mags = torch.tensor(FP4_VALUES, dtype=torch.float32, device=device)
-    return torch.cat([mags, -mags])
+def _fp4_pair_lut(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """[256, 2]: the two e2m1 values of every byte (low nibble, high nibble), exact in any float dtype."""
+    mags = torch.tensor(FP4_VALUES, dtype=torch.float32)
+    codes = torch.cat([mags, -mags])
+    b = torch.arange(256)
+    return torch.stack([codes[b & 0xF], codes[b >> 4]], dim=-1).to(device=device, dtype=dtype)
 
 
 def dequant_fp4(
@@ -214,17 +249,18 @@ def dequant_fp4(
         raise QuantError(
             f"FP4 scale shape {tuple(scale.shape)} does not match packed {tuple(packed.shape)}: want {want}"
         )
-    s = e8m0_to_float(scale).to(packed.device).reshape(-1, out_f, in_f // FP4_BLOCK)
+    exact = dtype in _EXACT_DTYPES
+    work = dtype if exact else torch.float32
+    s = e8m0_to_float(scale).to(device=packed.device, dtype=work).reshape(-1, out_f, in_f // FP4_BLOCK)
     p3 = packed.view(torch.uint8).reshape(-1, out_f, in_f // 2)
-    lut = _fp4_lut(packed.device)
+    lut = _fp4_pair_lut(packed.device, work)
     out = torch.empty((p3.shape[0], out_f, in_f), dtype=dtype, device=packed.device)
-    step = _row_chunk(out_f, in_f, 1)
+    step = _row_chunk(out_f, in_f, 1, packed.device)
     for b in range(p3.shape[0]):
         for r0 in range(0, out_f, step):
             r1 = min(r0 + step, out_f)
-            bytes_ = p3[b, r0:r1]
-            codes = torch.stack([bytes_ & 0xF, bytes_ >> 4], dim=-1).reshape(r1 - r0, in_f).long()
-            vals = lut[codes].view(r1 - r0, in_f // FP4_BLOCK, FP4_BLOCK)
+            # one lookup per byte gives both of its values, low nibble first
+            vals = lut[p3[b, r0:r1].to(torch.int32)].view(r1 - r0, in_f // FP4_BLOCK, FP4_BLOCK)
             vals.mul_(s[b, r0:r1, :, None])
             out[b, r0:r1] = vals.view(r1 - r0, in_f)
     return out.reshape(*packed.shape[:-1], in_f)
@@ -233,8 +269,8 @@ def dequant_fp4(
 def _round_e2m1_codes(x: torch.Tensor) -> torch.Tensor:
     """Round fp32 values scaled into [-6, 6] to e2m1 codes, nearest with ties to even (the hardware cast).
 
-    The e2m1 grid has spacing 0.5 below 2, 1 in [2, 4) and 2 in [4, 6]; within each range the code is an offset
-    plus the rounded grid index, and torch.round's half-to-even on that index picks the even code at every tie.
+    The e2m1 grid has spacing 0.5 below 2, 1 in [2, 4) and 2 in [4, 6]; within each range the code is an
+    offset plus the rounded grid index, and torch.round's half-to-even picks the even code at every tie.
     """
     a = x.abs()
     code = torch.where(

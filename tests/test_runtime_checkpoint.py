@@ -278,6 +278,19 @@ def test_load_to_cuda(random_ckpt: Path) -> None:
     _, t = load_checkpoint(random_ckpt, device="cuda")
     w = t["layers.1.attn.wq_a.weight"]
     assert w.is_cuda and w.dtype == FP8_DTYPE
+    _, cpu = load_checkpoint(random_ckpt)
+    assert all(torch.equal(as_bytes(t[k].cpu()), as_bytes(v)) for k, v in cpu.items())
+
+
+@pytest.mark.gpu
+def test_random_checkpoint_generated_on_cuda(tmp_path: Path) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no GPU")
+    config = small_quantized()
+    save_random_checkpoint(config, tmp_path / "g", seed=2, device="cuda")
+    _, t = load_checkpoint(tmp_path / "g")
+    w = dequant_fp8(t["layers.1.attn.wq_a.weight"], t["layers.1.attn.wq_a.scale"], dtype=torch.float32)
+    assert 0.7 < float(w.std()) * 192**0.5 < 1.3
 
 
 # ------------------------------------------------------------------------------------------------ errors

@@ -301,3 +301,20 @@ def test_fp32_struct_bits_of_subnormal_scale() -> None:
     # byte 0 is 2^-127, a fp32 subnormal: check the exact bit pattern rather than a float comparison.
     v = e8m0_to_float(torch.tensor([0], dtype=torch.uint8)).item()
     assert struct.pack("<f", v) == struct.pack("<I", 0x00400000)
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no GPU")
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(2, 300, 260, generator=g)
+    for qf, dqf in ((quant_fp8, dequant_fp8), (quant_fp4, dequant_fp4)):
+        w_in = w if qf is quant_fp8 else w[..., :256]
+        q_cpu, s_cpu = qf(w_in)
+        q_gpu, s_gpu = qf(w_in.cuda())
+        assert torch.equal(q_gpu.cpu().view(torch.uint8), q_cpu.view(torch.uint8))
+        assert torch.equal(s_gpu.cpu().view(torch.uint8), s_cpu.view(torch.uint8))
+        for dtype in (torch.bfloat16, torch.float32):
+            d_gpu = dqf(q_gpu, s_gpu, dtype=dtype)
+            assert d_gpu.is_cuda and torch.equal(d_gpu.cpu(), dqf(q_cpu, s_cpu, dtype=dtype))
