@@ -206,6 +206,19 @@ def test_fp4_every_code_every_byte() -> None:
             assert math.copysign(1.0, lo) == math.copysign(1.0, FP4_TABLE[b & 0xF])
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float16])
+def test_fp4_dequant_dtype_exact(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(2)
+    packed = torch.randint(0, 256, (9, 48), generator=g, dtype=torch.uint8)
+    scale = e8m0(*torch.randint(-6, 6, (27,), generator=g).tolist()).reshape(9, 3)
+    d = dequant_fp4(packed, scale, dtype=dtype)
+    assert d.dtype == dtype
+    lo = torch.tensor(FP4_TABLE)[(packed & 0xF).long()]
+    hi = torch.tensor(FP4_TABLE)[(packed >> 4).long()]
+    ref = torch.stack([lo, hi], -1).reshape(9, 96) * e8m0_to_float(scale).repeat_interleave(32, 1)
+    assert torch.equal(d.float(), ref.to(dtype).float())
+
+
 def test_fp4_per32_scale_groups() -> None:
     packed = torch.full((2, 48), 0x22, dtype=torch.uint8)  # every value 1.0; 96 values = 3 groups
     scale = e8m0(0, 1, 2, -1, -2, -3).reshape(2, 3)

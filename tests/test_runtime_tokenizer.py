@@ -386,3 +386,18 @@ def test_bad_files(tmp_path: Path, hf_dir: Path) -> None:
     (tmp_path / "y.tiktoken").write_text("not base64!! 1\n")
     with pytest.raises(TokenizerError, match=r"malformed \.tiktoken"):
         Tokenizer.from_file(tmp_path / "y.tiktoken")
+
+
+def test_loads_the_project_trained_bpe(tmp_path: Path) -> None:
+    """The shipped tiny model's tokenizer comes from agentkit.train.bpe: same ids as that trainer's codec."""
+    from agentkit.train.bpe import train_bpe
+
+    trained = train_bpe(corpus(400, seed=9), 300)
+    trained.save(tmp_path)
+    ours = Tokenizer.from_file(tmp_path)
+    assert ours._fast and ours._rank_to_id is None
+    rng = random.Random(11)
+    specials = [t.content for t in ours.added]
+    for _ in range(1000):
+        s = random_text(rng, specials)
+        assert ours.encode(s, allow_special=True) == trained.encode(s), repr(s)
