@@ -27,6 +27,7 @@ __all__ = [
     "e8m0_from_exponent",
     "e8m0_to_float",
     "fp4_scale_shape",
+    "fp4_to_fp8",
     "fp8_scale_shape",
     "quant_fp4",
     "quant_fp8",
@@ -228,13 +229,8 @@ def _fp4_pair_lut(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return torch.stack([codes[b & 0xF], codes[b >> 4]], dim=-1).to(device=device, dtype=dtype)
 
 
-def dequant_fp4(
-    packed: torch.Tensor, scale: torch.Tensor, *, dtype: torch.dtype = torch.bfloat16
-) -> torch.Tensor:
-    """Packed e2m1 [..., out, in/2] (int8/uint8, element 2k in the low nibble) -> dtype.
-
-    Scales are E8M0 [..., out, in/32].
-    """
+def _check_fp4(packed: torch.Tensor, scale: torch.Tensor) -> tuple[int, int]:
+    """(out, in) of a packed FP4 weight after checking its dtype and its scales' shape."""
     if packed.dtype not in (torch.int8, torch.uint8) and packed.dtype != getattr(
         torch, "float4_e2m1fn_x2", None
     ):
@@ -249,6 +245,17 @@ def dequant_fp4(
         raise QuantError(
             f"FP4 scale shape {tuple(scale.shape)} does not match packed {tuple(packed.shape)}: want {want}"
         )
+    return out_f, in_f
+
+
+def dequant_fp4(
+    packed: torch.Tensor, scale: torch.Tensor, *, dtype: torch.dtype = torch.bfloat16
+) -> torch.Tensor:
+    """Packed e2m1 [..., out, in/2] (int8/uint8, element 2k in the low nibble) -> dtype.
+
+    Scales are E8M0 [..., out, in/32].
+    """
+    out_f, in_f = _check_fp4(packed, scale)
     exact = dtype in _EXACT_DTYPES
     work = dtype if exact else torch.float32
     s = e8m0_to_float(scale).to(device=packed.device, dtype=work).reshape(-1, out_f, in_f // FP4_BLOCK)
@@ -309,4 +316,42 @@ def quant_fp4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (
         packed.view(torch.int8).reshape(*w.shape[:-1], in_f // 2),
         scale.view(E8M0_DTYPE).reshape(*w.shape[:-1], nb),
+    )
+
+
+def fp4_to_fp8(packed: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Re-encode packed FP4 experts (per-32 scales) as e4m3 with 128x128 tile scales (spec §7.3).
+
+    The path for hardware or kernels without FP4: a tile's scale is its largest per-32 scale over 2^6, and
+    each value absorbs the ratio of its own scale to that (a power of two <= 2^6, so |value| <= 6 * 64 = 384
+    stays inside e4m3). Exact unless the scales inside one tile span so widely that the smallest values
+    underflow e4m3, as the reference's `convert.py --expert-dtype fp8` does.
+    """
+    out_f, in_f = _check_fp4(packed, scale)
+    ob, ib = fp8_scale_shape(out_f, in_f)
+    groups = in_f // FP4_BLOCK
+    per_tile = FP8_BLOCK // FP4_BLOCK
+    p3 = packed.view(torch.uint8).reshape(-1, out_f, in_f // 2)
+    k = scale.view(torch.uint8).reshape(-1, out_f, groups).to(torch.int32) - 127
+    # tile exponent = max over the tile's per-32 exponents, minus 6
+    pad = torch.full(
+        (k.shape[0], ob * FP8_BLOCK, ib * per_tile), -(1 << 20), dtype=torch.int32, device=k.device
+    )
+    pad[:, :out_f, :groups] = k
+    kt = (pad.view(-1, ob, FP8_BLOCK, ib, per_tile).amax(dim=(2, 4)) - 6).clamp_(min=-127)
+    lut = _fp4_pair_lut(packed.device, torch.float32)
+    weight = torch.empty((p3.shape[0], out_f, in_f), dtype=FP8_DTYPE, device=packed.device)
+    step = _row_chunk(out_f, in_f, FP8_BLOCK, packed.device)
+    for b in range(p3.shape[0]):
+        for r0 in range(0, out_f, step):
+            r1 = min(r0 + step, out_f)
+            rows = r1 - r0
+            vals = lut[p3[b, r0:r1].to(torch.int32)].view(rows, groups, FP4_BLOCK)
+            tile = kt[b, r0 // FP8_BLOCK : -(-r1 // FP8_BLOCK)].repeat_interleave(FP8_BLOCK, 0)[:rows]
+            tile = tile.repeat_interleave(per_tile, 1)[:, :groups]
+            vals.mul_(_pow2((k[b, r0:r1] - tile).clamp_(min=-127))[..., None])
+            weight[b, r0:r1] = vals.view(rows, in_f).clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return (
+        weight.reshape(*packed.shape[:-1], in_f),
+        e8m0_from_exponent(kt).reshape(*packed.shape[:-2], ob, ib),
     )

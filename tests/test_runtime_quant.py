@@ -331,3 +331,35 @@ def test_cuda_matches_cpu() -> None:
         for dtype in (torch.bfloat16, torch.float32):
             d_gpu = dqf(q_gpu, s_gpu, dtype=dtype)
             assert d_gpu.is_cuda and torch.equal(d_gpu.cpu(), dqf(q_cpu, s_cpu, dtype=dtype))
+
+
+@pytest.mark.parametrize("shape", [(256, 64), (130, 96), (3, 200, 160)])
+def test_fp4_to_fp8_exact_when_tile_scales_are_close(shape: tuple[int, ...]) -> None:
+    g = torch.Generator().manual_seed(3)
+    packed = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8).view(torch.int8)
+    n_scales = math.prod(shape) * 2 // 32
+    exps = torch.randint(-9, 3, (n_scales,), generator=g).tolist()
+    scale = e8m0(*exps).reshape(*shape[:-1], shape[-1] * 2 // 32)
+    w8, s8 = quant.fp4_to_fp8(packed, scale)
+    assert w8.dtype == FP8_DTYPE and s8.dtype == E8M0_DTYPE
+    assert w8.shape == (*shape[:-1], shape[-1] * 2)
+    assert torch.equal(
+        dequant_fp8(w8, s8, dtype=torch.float32), dequant_fp4(packed, scale, dtype=torch.float32)
+    )
+
+
+def test_fp4_to_fp8_tile_scale_rule_and_underflow() -> None:
+    packed = torch.full((128, 64), 0x77, dtype=torch.uint8)  # every value 6.0
+    exps = torch.zeros(128, 4, dtype=torch.int64)
+    exps[0, 0] = 10  # one group 2^10 sets the tile scale to 2^(10 - 6)
+    exps[1, 1] = -20  # far below: 6 * 2^-20 underflows e4m3 at tile scale 2^4
+    scale = e8m0(*exps.flatten().tolist()).reshape(128, 4)
+    w8, s8 = quant.fp4_to_fp8(packed, scale)
+    assert s8.view(torch.uint8).tolist() == [[127 + 4]]
+    d8 = dequant_fp8(w8, s8, dtype=torch.float32)
+    d4 = dequant_fp4(packed, scale, dtype=torch.float32)
+    assert d8[0, 0].item() == 6.0 * 2**10 and d8[5, 5].item() == 6.0
+    assert d8[1, 32].item() == 0.0 and d4[1, 32].item() == 6.0 * 2.0**-20
+    mask = torch.ones_like(d4, dtype=torch.bool)
+    mask[1, 32:64] = False
+    assert torch.equal(d8[mask], d4[mask])
