@@ -80,6 +80,9 @@ class _Base:
         self._at_start = True
         self._stray_warned = False
         self._variant_warned = False
+        self._layout_warned = False
+        self._ws_run = ""
+        self._ws_at = -1
         self._in_value = False
         self._wait: Callable[[str], bool] | None = None
         self._wait_overlap = 0

@@ -151,6 +151,7 @@ class _TolerantStates(_Base):
         self._dialect = tag.delim
         self._explicit = tag.name != "invoke"
         self._variant_warned = False
+        self._layout_warned = False
         if tag.name == "invoke":
             self._warn("invoke without a tool_calls wrapper", tag.start)
         elif tag.name != "tool_calls":
@@ -174,17 +175,26 @@ class _TolerantStates(_Base):
         j = self._pos
         while j < len(buf) and buf[j].isspace():
             j += 1
+        if j > self._pos:
+            if self._ws_at < 0:
+                self._ws_at = self._abs(self._pos)
+            self._ws_run += buf[self._pos : j][:3]
         self._pos = j
         if j >= len(buf):
             return False
+        ws_run, ws_at = self._ws_run, self._ws_at if self._ws_at >= 0 else self._abs(j)
         if buf[j] != "<":
+            self._ws_run, self._ws_at = "", -1
             return self._t_stray(j, final)
         if buf.startswith(EOS, j):
+            self._ws_run, self._ws_at = "", -1
             if self._inv_name is not None:
                 self._tear(j)
-            self._warn("tool call block not closed before the end-of-sentence token", j)
+            if self._explicit:
+                self._warn("tool call block not closed before the end-of-sentence token", j)
             return self._goto(self._t_done, j + len(EOS))
         if buf.startswith(THINK_END, j):
+            self._ws_run, self._ws_at = "", -1
             if not self._in_reasoning_block:
                 self._warn("stray </think> in the tool call block dropped", j)
             return self._goto(self._t_block, j + len(THINK_END))
@@ -198,8 +208,14 @@ class _TolerantStates(_Base):
         if m is PARTIAL:
             return False
         if m is None:
+            self._ws_run, self._ws_at = "", -1
             return self._t_stray(j, final)
         assert isinstance(m, Tag)
+        self._ws_run, self._ws_at = "", -1
+        # Between tags the encoder writes one newline (two after an argument-less header).
+        if ws_run not in ("\n", "\n\n") and not self._layout_warned:
+            self._layout_warned = True
+            self._warn("non-canonical whitespace between DSML tags", ws_at - self._base)
         self._pos = m.end
         return self._t_handle_block_tag(m)
 
