@@ -34,23 +34,13 @@ from .quant import (
     quant_fp4,
     quant_fp8,
 )
-
-SAFETENSORS_DTYPES: dict[torch.dtype, str] = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-    torch.float8_e4m3fn: "F8_E4M3",
-    torch.float8_e5m2: "F8_E5M2",
-}
-if torch.uint8 != E8M0_DTYPE:
-    SAFETENSORS_DTYPES[E8M0_DTYPE] = "F8_E8M0"
+from .safetensors_io import (
+    SAFETENSORS_DTYPES,
+    HeaderEntry,
+    SafetensorsFormatError,
+    read_header,
+    write_streaming,
+)
 
 __all__ = [
     "CONFIG_NAME",
@@ -353,37 +343,11 @@ def random_tensors(
 # --------------------------------------------------------------------------------------- safetensors I/O
 
 
-def _header_for(specs: list[TensorSpec]) -> bytes:
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for s in specs:
-        header[s.name] = {
-            "dtype": s.st_dtype,
-            "shape": list(s.shape),
-            "data_offsets": [offset, offset + s.nbytes],
-        }
-        offset += s.nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    return raw + b" " * (-len(raw) % 8)  # keep the data section 8-byte aligned
-
-
 def _write_shard(path: Path, specs: list[TensorSpec], tensors: Iterator[tuple[str, torch.Tensor]]) -> None:
-    """Stream one safetensors file: header from the specs first, then each tensor's bytes as produced."""
-    header = _header_for(specs)
-    tmp = path.with_name(path.name + ".partial")
-    with tmp.open("wb") as f:
-        f.write(len(header).to_bytes(8, "little"))
-        f.write(header)
-        for spec in specs:
-            name, t = next(tensors)
-            if name != spec.name or tuple(t.shape) != spec.shape or t.dtype != spec.dtype:
-                raise CheckpointError(
-                    f"internal: producing {spec.name} {spec.shape} {spec.dtype}, "
-                    f"got {name} {tuple(t.shape)} {t.dtype}"
-                )
-            data = t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()
-            f.write(data.tobytes() if data.size < (1 << 20) else data.data)
-    tmp.replace(path)
+    try:
+        write_streaming(path, [(s.name, s.dtype, s.shape) for s in specs], tensors)
+    except SafetensorsFormatError as e:
+        raise CheckpointError(f"internal: {e}") from e
 
 
 def _plan_shards(specs: list[TensorSpec], max_shard_bytes: int) -> list[list[TensorSpec]]:
@@ -551,62 +515,12 @@ def _stored_tensors(
 
 # ----------------------------------------------------------------------------------------------- loading
 
-_ST_TO_TORCH = {v: k for k, v in SAFETENSORS_DTYPES.items()}
-_MAX_HEADER = 100 << 20
 
-
-@dataclass(frozen=True)
-class _Entry:
-    dtype: str
-    shape: tuple[int, ...]
-    begin: int
-    end: int
-
-
-def _read_header(file: Path) -> dict[str, _Entry]:
-    """Parse a safetensors header and check it against the file's real size (truncation shows here)."""
+def _read_header(file: Path) -> dict[str, HeaderEntry]:
     try:
-        size = file.stat().st_size
-        with file.open("rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise CheckpointError(f"{file}: truncated ({size} bytes, no safetensors header)")
-            n = int.from_bytes(head, "little")
-            if n > _MAX_HEADER or 8 + n > size:
-                raise CheckpointError(f"{file}: truncated or corrupt (header length {n}, file {size} bytes)")
-            raw = json.loads(f.read(n))
-    except OSError as e:
-        raise CheckpointError(f"{file}: cannot read: {e}") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{file}: corrupt safetensors header: {e}") from e
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{file}: corrupt safetensors header (not a JSON object)")
-    entries: dict[str, _Entry] = {}
-    data_size = size - 8 - n
-    for name, meta in raw.items():
-        if name == "__metadata__":
-            continue
-        try:
-            ent = _Entry(
-                str(meta["dtype"]), tuple(int(x) for x in meta["shape"]), *map(int, meta["data_offsets"])
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(f"{file}: corrupt header entry for {name!r}: {err}") from None
-        dt = _ST_TO_TORCH.get(ent.dtype)
-        if dt is None:
-            raise CheckpointError(f"{file}: tensor {name!r} has unsupported dtype {ent.dtype}")
-        want = math.prod(ent.shape) * torch.empty((), dtype=dt).element_size()
-        if ent.end - ent.begin != want or ent.begin < 0:
-            raise CheckpointError(
-                f"{file}: tensor {name!r} offsets {ent.begin}..{ent.end} do not hold {want} bytes"
-            )
-        if ent.end > data_size:
-            raise CheckpointError(
-                f"{file}: truncated: tensor {name!r} ends at byte {ent.end} of the data section, "
-                f"which has only {data_size} bytes"
-            )
-        entries[name] = ent
-    return entries
+        return read_header(file)
+    except SafetensorsFormatError as e:
+        raise CheckpointError(str(e)) from e
 
 
 def read_config(path: str | Path) -> ModelConfig:
@@ -643,7 +557,7 @@ def validate_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, str]]:
     by_file: dict[str, set[str]] = {}
     for name, fname in weight_map.items():
         by_file.setdefault(fname, set()).add(name)
-    stored: dict[str, _Entry] = {}
+    stored: dict[str, HeaderEntry] = {}
     for fname, names in sorted(by_file.items()):
         file = root / fname
         if not file.is_file():
