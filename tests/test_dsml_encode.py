@@ -10,6 +10,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agentkit.dsml import (
     ASSISTANT,
@@ -27,6 +29,19 @@ from agentkit.dsml import (
 from agentkit.dsml.tokens import REASONING_EFFORT_MAX
 
 D = "｜DSML｜"
+KEYS = [
+    "role",
+    "content",
+    "tools",
+    "tool_calls",
+    "function",
+    "name",
+    "arguments",
+    "id",
+    "tool_call_id",
+    "type",
+]
+KEYS += ["text", "task", "wo_eos", "reasoning_content", "response_format"]
 TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
 
 
@@ -158,3 +173,40 @@ def test_bad_input_is_a_typed_error(msgs: Any, kwargs: dict[str, Any], match: st
         encode_messages(msgs, "chat", **kwargs)
     with pytest.raises(DSMLEncodeError, match="thinking_mode"):
         encode_messages([], "think")
+
+
+junk = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.text(max_size=5),
+        st.sampled_from(["user", "tool", "assistant"]),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(KEYS), inner, max_size=5)
+    ),
+    max_leaves=15,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(junk, max_size=5), st.sampled_from(["chat", "thinking"]), st.booleans())
+def test_any_junk_gives_a_prompt_or_a_typed_error(msgs: list[Any], mode: str, drop: bool) -> None:
+    try:
+        out = encode_messages(msgs, mode, drop_thinking=drop)
+    except DSMLEncodeError as exc:
+        assert str(exc)
+    else:
+        assert isinstance(out, str)
+
+
+def test_deeply_nested_values_are_typed_errors_or_fallbacks() -> None:
+    deep: Any = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(DSMLEncodeError):
+        encode_messages([{"role": "system", "content": "s", "response_format": deep}], "chat")
+    text = "[" * 100_000 + "]" * 100_000
+    prompt = encode_messages([{"role": "assistant", "tool_calls": [call("a", args=text)]}], "chat")
+    assert f'<{D}parameter name="arguments" string="true">[[[' in prompt

@@ -46,7 +46,7 @@ Message = Mapping[str, Any]
 def _json(value: Any, what: str) -> str:
     try:
         return to_json(value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise DSMLEncodeError(f"{what} is not JSON-serializable: {exc}") from exc
 
 
@@ -385,7 +385,7 @@ def encode_messages(
         )
     except DSMLEncodeError:
         raise
-    except (TypeError, AttributeError, KeyError, ValueError) as exc:
+    except (TypeError, AttributeError, KeyError, ValueError, RecursionError) as exc:
         # Shapes the reference would also crash on (e.g. a non-dict content part); name the problem.
         raise DSMLEncodeError(f"malformed message list: {type(exc).__name__}: {exc}") from exc
 
