@@ -87,12 +87,13 @@ def run_hf(model: V4Model, prompt: torch.Tensor, n_decode: int, device: str) -> 
             out["r"] = hf(ids, use_cache=True)
 
         t_pre = _timed(prefill, device)
-        cache = out["r"].cache  # type: ignore[attr-defined]
+        r = out["r"]
+        cache = getattr(r, "cache", None) or getattr(r, "past_key_values", None)  # renamed in 5.2x
         tok = ids[:, -1:]
 
         def decode() -> None:
             for _ in range(n_decode):
-                hf(tok, cache=cache, use_cache=True)
+                hf(tok, past_key_values=cache, use_cache=True)
 
         t_dec = _timed(decode, device)
     return prompt.numel() / t_pre, n_decode / t_dec
