@@ -201,10 +201,12 @@ class Agent(Generic[DepsT, OutputT]):
         spec = self.sandbox
         if spec is None:
             return None, False
+        sb: Any
         if isinstance(spec, str):
             from agentkit.tools.sandbox import open_sandbox
 
-            sb = open_sandbox(backend=spec)
+            backend: Any = spec  # open_sandbox names an unknown backend itself
+            sb = open_sandbox(backend=backend)
         elif callable(spec) and not hasattr(spec, "exec"):
             sb = spec()
         else:

@@ -234,6 +234,7 @@ class Loop:
         st = self.state
         agent = self.agent
         tool = agent.tools.get(call.name)
+        kind: str | None
         if tool is None:
             from agentkit.tools.tool import ToolOutcome
 

@@ -52,7 +52,7 @@ FINAL = render_assistant_turn({"reasoning_content": "done", "content": "finished
 async def one_run(steps: int, chunk: int | None) -> tuple[float, list[float]]:
     outputs = [completion(i) for i in range(steps)] + [FINAL]
     model = ScriptedModel(outputs, chunk_size=chunk, record_prompts=False)
-    agent = Agent(model, [noop], limits=Limits(max_steps=None))
+    agent: Agent[None, str] = Agent(model, [noop], limits=Limits(max_steps=None))
     stamps: list[float] = []
     t0 = time.perf_counter()
     async for event in agent.stream("benchmark"):
