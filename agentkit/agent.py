@@ -19,8 +19,9 @@ from pydantic import TypeAdapter, ValidationError
 
 from agentkit import events as ev
 from agentkit.dsml import encode as dsml_encode
+from agentkit.dsml.stream import StreamParser
 from agentkit.limits import Limits, Usage
-from agentkit.loop import Approver, Emit, Loop, extract_json, stream_parser_class
+from agentkit.loop import Approver, Emit, Loop, extract_json
 from agentkit.messages import Message, SystemMessage, ToolCall, Transcript, UserMessage, message_to_dict
 from agentkit.models import Model, resolve
 from agentkit.models.base import check_thinking, encoder_mode
@@ -103,12 +104,11 @@ class Agent(Generic[DepsT, OutputT]):
         if output_type is not None and output_type is not str:
             self.output_adapter = TypeAdapter(output_type)
             self.output_schema = self.output_adapter.json_schema()
-        self._parser_cls = stream_parser_class()
 
     # -- pieces the loop asks for -----------------------------------------------------------------
 
     def stream_parser(self, mode: str) -> Any:
-        return self._parser_cls(mode, strict=False)
+        return StreamParser(mode, strict=False)
 
     def validate_output(self, text: str) -> str | None:
         assert self.output_adapter is not None

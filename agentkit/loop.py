@@ -90,45 +90,6 @@ def extract_json(text: str) -> str:
     return match.group(1) if match else stripped
 
 
-class BufferedParser:
-    """Stand-in used only while `agentkit.dsml.stream` is unavailable: parses the whole text at close
-    (strict grammar), so calls are dispatched at the end of the turn instead of eagerly."""
-
-    def __init__(self, thinking_mode: str, strict: bool = False) -> None:
-        self.mode = thinking_mode
-        self.parts: list[str] = []
-
-    def feed(self, text: str) -> list[Any]:
-        self.parts.append(text)
-        return []
-
-    def close(self) -> list[Any]:
-        from agentkit.dsml import DSMLParseError, parse_completion
-
-        text = "".join(self.parts)
-        try:
-            msg = parse_completion(text if text.endswith(EOS) else text + EOS, self.mode)
-        except DSMLParseError as exc:
-            return [dsml_models.ParseError(exc.reason, exc.position)]
-        out: list[Any] = []
-        if msg.reasoning_content:
-            out.append(dsml_models.ReasoningDelta(msg.reasoning_content))
-        if msg.content:
-            out.append(dsml_models.ContentDelta(msg.content))
-        for i, call in enumerate(msg.tool_calls):
-            out.append(dsml_models.ToolCallStart(i, call.name))
-            out.append(dsml_models.ToolCallEnd(i, call))
-        return out
-
-
-def stream_parser_class() -> type[Any]:
-    try:
-        from agentkit.dsml.stream import StreamParser
-    except ImportError:  # pragma: no cover - only before the stream parser exists
-        return BufferedParser
-    return StreamParser
-
-
 @dataclass(slots=True)
 class Turn:
     raw: list[str] = field(default_factory=list)
