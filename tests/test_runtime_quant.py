@@ -45,10 +45,11 @@ def test_e8m0_hand_values() -> None:
 
 def test_e8m0_matches_torch_for_every_byte() -> None:
     raw = torch.arange(256, dtype=torch.uint8)
-    ours = e8m0_to_float(raw.view(E8M0_DTYPE))
-    theirs = raw.view(torch.float8_e8m0fnu).float()
+    ours = e8m0_to_float(raw)  # bytes: decoded from the bit pattern
+    theirs = e8m0_to_float(raw.view(torch.float8_e8m0fnu))  # e8m0 dtype: torch's conversion
     assert torch.equal(ours[:255], theirs[:255])
     assert torch.isnan(ours[255]) and torch.isnan(theirs[255])
+    assert ours[:255].tolist() == [2.0 ** (e - 127) for e in range(255)]
 
 
 def test_e8m0_encode_round_trip_and_range() -> None:
