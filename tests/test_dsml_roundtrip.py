@@ -11,9 +11,9 @@ import json
 import re
 from typing import Any
 
-from dsml_strategies import agent_conversations, assistant_turns, expected_calls
 from hypothesis import HealthCheck, assume, given, settings
 from lxml import etree
+from test_dsml_strategies import agent_conversations, assistant_turns, expected_calls
 
 from agentkit.dsml import (
     ASSISTANT,

@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 
 import pytest
-from dsml_strategies import agent_conversations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_dsml_strategies import agent_conversations
 
 from agentkit.dsml import (
     ContentDelta,

@@ -1,4 +1,4 @@
-"""Hypothesis strategies shared by the DSML tests: conversations whose calls must survive a round trip.
+"""Hypothesis strategies shared by the DSML tests (this module holds no tests).
 
 What the format cannot carry is excluded on purpose and nothing else: a string value may not contain
 `/｜DSML｜parameter` (the one sequence that ends a value), content and reasoning may not contain the
