@@ -96,6 +96,9 @@ class Muon(torch.optim.Optimizer):
             lr = group["lr"]
             mu = group["momentum"]
             wd = group["weight_decay"]
+            # Same-shaped matrices (a bank of experts, the per-layer copies) are orthogonalized as one
+            # batch: one set of kernel launches instead of one per matrix.
+            by_shape: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -106,11 +109,17 @@ class Muon(torch.optim.Optimizer):
                 buf = state["momentum_buffer"]
                 buf.mul_(mu).add_(g)
                 u = g.add(buf, alpha=mu) if group["nesterov"] else buf
-                o = newton_schulz(u, fast_steps=group["fast_steps"], settle_steps=group["settle_steps"])
-                scale = UPDATE_RMS * math.sqrt(max(p.size(-2), p.size(-1)))
-                if wd:
-                    p.mul_(1 - lr * wd)
-                p.add_(o.to(p.dtype), alpha=-lr * scale)
+                by_shape.setdefault(tuple(p.shape), []).append((p, u))
+            for shape, items in by_shape.items():
+                stacked = torch.stack([u for _, u in items])
+                ortho = newton_schulz(
+                    stacked, fast_steps=group["fast_steps"], settle_steps=group["settle_steps"]
+                )
+                scale = UPDATE_RMS * math.sqrt(max(shape[-2], shape[-1]))
+                for (p, _), o in zip(items, ortho.unbind(0), strict=True):
+                    if wd:
+                        p.mul_(1 - lr * wd)
+                    p.add_(o.to(p.dtype), alpha=-lr * scale)
         return loss
 
 

@@ -143,20 +143,18 @@ def build_model(model_config: ModelConfig, seed: int, device: torch.device) -> V
     return model.to(device)
 
 
-def train(
+def _train(
     model_config: ModelConfig,
     data: Packed,
     cfg: TrainConfig,
-    *,
-    on_log: Callable[[dict[str, float]], None] | None = None,
-    model: V4Model | None = None,
+    device: torch.device,
+    on_log: Callable[[dict[str, float]], None] | None,
+    model: V4Model | None,
 ) -> tuple[V4Model, History]:
-    """Train from scratch (or continue `model`) on packed rows; returns the model and its loss history."""
     if len(data) == 0:
         raise ValueError("no training rows")
     if data.trained_tokens == 0:
         raise ValueError("the training rows contain no trained (assistant) tokens")
-    device = pick_device(cfg.device)
     if model is None:
         model = build_model(model_config, cfg.seed, device)
     model.train()
@@ -212,3 +210,26 @@ def train(
             break
     model.eval()
     return model, hist
+
+
+def train(
+    model_config: ModelConfig,
+    data: Packed,
+    cfg: TrainConfig,
+    *,
+    on_log: Callable[[dict[str, float]], None] | None = None,
+    model: V4Model | None = None,
+) -> tuple[V4Model, History]:
+    """Train from scratch (or continue `model`) on packed rows; returns the model and its loss history.
+
+    On CPU, deterministic kernels are switched on for the run (and restored after), so the same seed
+    reproduces the same losses bit for bit.
+    """
+    device = pick_device(cfg.device)
+    previous = torch.are_deterministic_algorithms_enabled()
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    try:
+        return _train(model_config, data, cfg, device, on_log, model)
+    finally:
+        torch.use_deterministic_algorithms(previous)
