@@ -145,6 +145,12 @@ def _unsym(s: str, where: str) -> bytes:
         raise TokenizerError(f"{where}: token {s!r} is not a byte-level BPE symbol") from None
 
 
+def _canonical(pattern: str) -> str:
+    """Spell control characters as escapes. Tokenizer files write CR/LF in regex classes either as the
+    two-character escapes or as the characters themselves (a JSON escape), which a regex reads the same way."""
+    return pattern.replace("\r", r"\r").replace("\n", r"\n").replace("\t", r"\t")
+
+
 def _split_isolated(pieces: list[str], pattern: regex.Pattern[str]) -> list[str]:
     """HF `Split(behavior=Isolated)`: every match and every gap between matches becomes its own piece."""
     out: list[str] = []
@@ -234,7 +240,7 @@ class Tokenizer:
             clash = [t.content for t in self.added if t.id in used]
             if clash:
                 raise TokenizerError(f"added tokens {clash[:5]} reuse ids of BPE tokens")
-        self._fast = self._allow_fast and self.splits == V4_SPLIT_PATTERNS
+        self._fast = self._allow_fast and tuple(map(_canonical, self.splits)) == V4_SPLIT_PATTERNS
         self._split_res = [regex.compile(p) for p in self.splits]
         self._enc = tiktoken.Encoding(
             self.name,

@@ -401,3 +401,19 @@ def test_loads_the_project_trained_bpe(tmp_path: Path) -> None:
     for _ in range(1000):
         s = random_text(rng, specials)
         assert ours.encode(s, allow_special=True) == trained.encode(s), repr(s)
+
+
+def test_fast_path_with_literal_control_characters(hf_dir: Path, tmp_path: Path, strings: list[str]) -> None:
+    """Tokenizer files may write CR/LF in the regex classes as the characters themselves (a JSON escape),
+    as llama.cpp's copy of the DeepSeek-V3 pre-tokenizer does: the same regex, so the same fast path."""
+    data = json.loads((hf_dir / "tokenizer.json").read_text())
+    for step in data["pre_tokenizer"]["pretokenizers"][:3]:
+        step["pattern"]["Regex"] = step["pattern"]["Regex"].replace(r"\r", "\r").replace(r"\n", "\n")
+    assert "\r" in data["pre_tokenizer"]["pretokenizers"][2]["pattern"]["Regex"]
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data))
+    ours = Tokenizer.from_file(tmp_path)
+    assert ours._fast
+    hf2 = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    sample = strings[:2000]
+    got = [ours.encode(s, allow_special=True) for s in sample]
+    assert got == hf_ids(hf2, sample), first_mismatch(got, hf_ids(hf2, sample), sample)
