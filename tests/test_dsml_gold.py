@@ -8,7 +8,15 @@ from typing import Any
 
 import pytest
 
-from agentkit.dsml import ASSISTANT, THINK_START, USER, encode_messages, parse_completion
+from agentkit.dsml import (
+    ASSISTANT,
+    THINK_START,
+    USER,
+    StreamParser,
+    encode_messages,
+    merge_deltas,
+    parse_completion,
+)
 
 GOLD = Path(__file__).parent / "fixtures" / "dsml" / "gold"
 MARKER = ASSISTANT + THINK_START
@@ -91,3 +99,19 @@ def test_openai_export_matches_reference_shape() -> None:
             }
         ],
     }
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_gold_spans_every_two_chunk_split(n: int) -> None:
+    prompt = _gold(n)
+    starts = [i + len(MARKER) for i in range(len(prompt)) if prompt.startswith(MARKER, i)]
+    for start in starts:
+        end = prompt.find(USER, start)
+        span = prompt[start : end if end != -1 else len(prompt)]
+        for strict in (True, False):
+            whole = StreamParser("thinking", strict=strict)
+            expected = merge_deltas(whole.feed(span) + whole.close())
+            assert whole.result() == parse_completion(span, "thinking", strict=strict)
+            for cut in range(len(span) + 1):
+                p = StreamParser("thinking", strict=strict)
+                assert merge_deltas(p.feed(span[:cut]) + p.feed(span[cut:]) + p.close()) == expected
