@@ -147,7 +147,7 @@ def _unsym(s: str, where: str) -> bytes:
 
 def _canonical(pattern: str) -> str:
     """Spell control characters as escapes. Tokenizer files write CR/LF in regex classes either as the
-    two-character escapes or as the characters themselves (a JSON escape), which a regex reads the same way."""
+    two-character escapes or as the characters themselves (a JSON escape); a regex reads both the same."""
     return pattern.replace("\r", r"\r").replace("\n", r"\n").replace("\t", r"\t")
 
 
