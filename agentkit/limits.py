@@ -7,6 +7,7 @@ budget allowed plus a clear reason why the run stopped.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -47,7 +48,7 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
     def copy(self) -> Usage:
-        return Usage(**asdict(self))
+        return copy.copy(self)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
