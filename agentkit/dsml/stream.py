@@ -14,7 +14,13 @@ Strict mode is DeepSeek's grammar (see `strict.py`; tests run both against each 
 Tolerant mode recognises tags with the lexer in `lexer.py` and repairs the drift seen in real V4 output:
 delimiter spellings, missing wrapper, missing `</think>`, unclosed invokes, self-closing invokes, CDATA
 values, missing EOS, truncation (the cut invoke is reported torn and never dispatched), and JSON that
-does not parse (kept as text). DSML markup never reaches `content` in tolerant mode.
+does not parse (kept as text). No piece of content the tolerant parser passes on contains a DSML tag
+or special token (text on both sides of a dropped tag is not re-scanned as one string).
+
+The block structure is tracked by this state machine, not by lxml: XML 1.0 cannot carry tool strings
+with control characters (not even as character references) and rewrites CR LF; libxml2's recover mode
+nests an unclosed invoke inside the next one instead of closing it; and each repair has to be decided
+per tag for split invariance anyway. lxml serves as an independent structural oracle in the tests.
 """
 
 from __future__ import annotations
