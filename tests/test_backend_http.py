@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,7 +17,7 @@ from agentkit.agent import Agent
 from agentkit.dsml import EOS, encode_messages, render_assistant_turn
 from agentkit.limits import Pricing
 from agentkit.messages import message_to_dict
-from agentkit.models import ModelAuthError, ModelHTTPError, ModelResponseError, resolve
+from agentkit.models import ModelAuthError, ModelError, ModelHTTPError, ModelResponseError, resolve
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -31,6 +32,7 @@ class Reply:
     done: bool = True
     headers: dict[str, str] = field(default_factory=dict)
     body: str | None = None  # a non-SSE body
+    delay: float = 0.0  # seconds to stall before answering (to trip the client's read timeout)
 
 
 @dataclass
@@ -53,12 +55,20 @@ def server() -> Iterator[Server]:
             return
 
         def do_POST(self) -> None:
+            try:
+                self._answer()
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (a timeout test): nothing to answer
+
+        def _answer(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             srv.requests.append(body)
             srv.headers.append(dict(self.headers))
             srv.paths.append(self.path)
             item = srv.replies.pop(0) if srv.replies else Reply(500, body="no reply scripted")
             reply = item(body) if callable(item) else item
+            if reply.delay:
+                time.sleep(reply.delay)
             if reply.body is not None or reply.status != 200:
                 data = (reply.body or "").encode()
                 self.send_response(reply.status)
@@ -311,3 +321,23 @@ async def test_chat_heals_dsml_written_inside_reasoning(server: Server) -> None:
     assistant = server.requests[1]["messages"][2]
     assert assistant["reasoning_content"] == "I will call it."
     assert json.loads(assistant["tool_calls"][0]["function"]["arguments"]) == {"a": 1, "b": 2}
+
+
+@pytest.mark.anyio
+async def test_read_timeout_is_retried_then_reported(server: Server) -> None:
+    server.replies = [Reply(events=[], delay=1.0), completion_reply(canonical("", "late but ok"), 5, 0)]
+    model = resolve(f"completions:{server.url}#m", timeout=0.2, backoff_s=0.01, max_retries=1)
+    assert (await Agent(model, []).run("x")).output == "late but ok"
+    server.replies = [Reply(events=[], delay=1.0), Reply(events=[], delay=1.0)]
+    with pytest.raises(ModelError, match="ReadTimeout"):
+        await Agent(model, []).run("x")
+
+
+def test_scripted_spec_and_run_sync_on_trio(tmp_path: Any) -> None:
+    path = tmp_path / "outs.json"
+    path.write_text(json.dumps([canonical("", "from a file") + EOS]))
+    agent = Agent(resolve(f"scripted:{path}"), [])
+    assert agent.run_sync("x", backend="trio").output == "from a file"
+    path.write_text(json.dumps({"not": "a list"}))
+    with pytest.raises(ValueError, match="JSON list"):
+        resolve(f"scripted:{path}")
