@@ -171,7 +171,7 @@ _EXACT_DTYPES = (torch.bfloat16, torch.float32)
 
 def _dequant_fp8_in_place(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Cast to `dtype`, then scale each 128x128 tile in place: no temporary beyond the output itself."""
-    out = weight.to(dtype)
+    out = weight.to(dtype, memory_format=torch.contiguous_format)
     out_f, in_f = weight.shape[-2], weight.shape[-1]
     ob, ib = fp8_scale_shape(out_f, in_f)
     o = out.view(-1, out_f, in_f)

@@ -364,3 +364,21 @@ def test_fp4_to_fp8_tile_scale_rule_and_underflow() -> None:
     mask = torch.ones_like(d4, dtype=torch.bool)
     mask[1, 32:64] = False
     assert torch.equal(d8[mask], d4[mask])
+
+
+def test_dequant_accepts_non_contiguous_inputs() -> None:
+    w = torch.randn(4, 256, 130)
+    q8, s8 = quant_fp8(w)
+    q4, s4 = quant_fp4(w[..., :128])
+    for dtype in (torch.bfloat16, torch.float16):
+        assert torch.equal(
+            dequant_fp8(q8[::2], s8[::2], dtype=dtype),
+            dequant_fp8(q8[::2].contiguous(), s8[::2].contiguous(), dtype=dtype),
+        )
+        assert torch.equal(
+            dequant_fp4(q4[1::2], s4[1::2], dtype=dtype),
+            dequant_fp4(q4[1::2].contiguous(), s4[1::2].contiguous(), dtype=dtype),
+        )
+    t = q8[0].t()  # a transposed view: [130, 256] with scales [2, 2]
+    st = s8[0].t()
+    assert torch.equal(dequant_fp8(t, st), dequant_fp8(t.contiguous(), st.contiguous()))
