@@ -24,6 +24,7 @@ from pydantic import Field
 
 from agentkit import Agent, RunResult, tool
 from agentkit.dsml import render_assistant_turn
+from agentkit.messages import ToolMessage
 from agentkit.models import Model, ModelRequest, ScriptedModel
 
 Zone = Literal["domestic", "eu", "world"]
@@ -60,7 +61,9 @@ def say(req: ModelRequest, reasoning: str, content: str = "", calls: Sequence[tu
 def scripted_policy(req: ModelRequest) -> str:
     """Call the tool with what the question says, then answer with exactly what the tool returned."""
     last = req.messages[-1]
-    if last.role == "tool":
+    if isinstance(last, ToolMessage):
+        if last.is_error:
+            return say(req, "The tool refused those arguments.", f"I cannot price that: {last.content}")
         return say(req, "The tool priced it.", f"Shipping costs {last.content}.")
     question = next(m.content for m in req.messages if m.role == "user")
     weight = re.search(r"(\d+(?:\.\d+)?)\s*kg", question)
