@@ -19,7 +19,12 @@ from agentkit.train.bpe import BPETokenizer
 
 
 def save_model(
-    model: V4Model, tokenizer: BPETokenizer, out_dir: str | Path, *, meta: dict[str, Any] | None = None
+    model: V4Model,
+    tokenizer: BPETokenizer,
+    out_dir: str | Path,
+    *,
+    meta: dict[str, Any] | None = None,
+    max_shard_bytes: int | None = None,
 ) -> Path:
     """Checkpoint + tokenizer (+ `training.json` with whatever `meta` holds) into `out_dir`."""
     if tokenizer.vocab_size > model.config.vocab_size:
@@ -28,7 +33,10 @@ def save_model(
         )
     out = Path(out_dir)
     tensors = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    save_checkpoint(model.config, tensors, out)
+    if max_shard_bytes is None:
+        save_checkpoint(model.config, tensors, out)
+    else:
+        save_checkpoint(model.config, tensors, out, max_shard_bytes=max_shard_bytes)
     tokenizer.save(out)
     if meta is not None:
         (out / "training.json").write_text(json.dumps(meta, indent=1, default=str) + "\n", encoding="utf-8")

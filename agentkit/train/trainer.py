@@ -108,11 +108,17 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup, then cosine from 1 down to `min_lr_ratio` (a multiplier of the base rates)."""
+def lr_at(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
+    """Linear warmup, then cosine from 1 down to `min_lr_ratio` (a multiplier of the base rates).
+
+    With a time budget the cosine follows whichever runs out first, steps or seconds, so a run cut
+    short by `max_seconds` still ends on a fully decayed learning rate.
+    """
     if step < cfg.warmup:
         return (step + 1) / cfg.warmup
     t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    if cfg.max_seconds:
+        t = max(t, elapsed / cfg.max_seconds)
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
@@ -176,7 +182,7 @@ def _train(
         cursor += cfg.batch_size
         inputs = data.inputs[idx].to(device, non_blocking=True)
         labels = data.labels[idx].to(device, non_blocking=True)
-        mult = lr_at(step, cfg)
+        mult = lr_at(step, cfg, time.perf_counter() - t0)
         for o, lrs in zip(opts, base_lrs, strict=True):
             for g, lr in zip(o.param_groups, lrs, strict=True):
                 g["lr"] = lr * mult

@@ -1,0 +1,205 @@
+"""Train `agentkit-tiny`: synthetic agent episodes -> BPE tokenizer -> V4-architecture model -> checkpoint.
+
+Stages (each can run alone, so data made on one machine can be trained on another):
+
+  prepare  generate train + held-out episodes with the real tools, train the BPE tokenizer, tokenize
+           the training episodes into a compact .npz (uint16 ids + loss mask) -> DATA dir
+  train    pack, train (Muon + AdamW, masked + MTP loss; bf16 autocast on CUDA), save the checkpoint in
+           the V4 safetensors layout with the tokenizer, the loss curve (JSON + PNG), then replay-evaluate
+           on held-out episodes -> OUT dir
+  all      both, one after the other
+
+Micro run on a CPU (a minute or two):
+  python examples/train_tiny.py all --episodes 64 --heldout 16 --merges 800 --micro --steps 20 \
+      --batch 2 --seq-len 1536 --data /tmp/tiny-data --out /tmp/tiny-out
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from agentkit.train.data import Example
+from agentkit.train.episodes import Episode, load_jsonl
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def prepare(args: argparse.Namespace) -> None:
+    from agentkit.train.bpe import train_bpe
+    from agentkit.train.data import example_lengths, tokenize_episode
+    from agentkit.train.episodes import generate, save_jsonl
+
+    data = Path(args.data)
+    data.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    train_eps = []
+    chunk = 1000
+    for start in range(0, args.episodes, chunk):
+        n = min(chunk, args.episodes - start)
+        train_eps += generate(n, split="train", seed=args.seed, start=start)
+        _log(f"generated {len(train_eps)}/{args.episodes} training episodes")
+    heldout = generate(args.heldout, split="heldout", seed=args.seed)
+    _log(f"generated {len(heldout)} held-out episodes in {time.perf_counter() - t0:.0f} s")
+    tok = train_bpe((e.text for e in train_eps[: args.bpe_episodes]), args.merges)
+    tok.save(data)
+    _log(f"BPE: {len(tok.merges)} merges, vocab {tok.vocab_size}")
+    exs = [tokenize_episode(tok.encode, e) for e in train_eps]
+    stats = example_lengths(exs)
+    _log(f"tokenized: {stats}")
+    lengths = np.array([len(x.ids) for x in exs], dtype=np.int32)
+    ids = np.fromiter((t for x in exs for t in x.ids), dtype=np.uint16, count=int(lengths.sum()))
+    mask = np.fromiter((m for x in exs for m in x.loss), dtype=np.bool_, count=int(lengths.sum()))
+    np.savez_compressed(data / "train_tokens.npz", ids=ids, mask=np.packbits(mask), lengths=lengths)
+    with gzip.open(data / "heldout.jsonl.gz", "wt", encoding="utf-8") as f:
+        for e in heldout:
+            f.write(json.dumps(e.to_json(), ensure_ascii=False) + "\n")
+    save_jsonl(train_eps[: args.train_eval], data / "train_eval.jsonl")
+    families: dict[str, int] = {}
+    for e in train_eps:
+        families[e.family] = families.get(e.family, 0) + 1
+    meta = {
+        "seed": args.seed,
+        "episodes": len(train_eps),
+        "heldout": len(heldout),
+        "families": families,
+        **stats,
+    }
+    (data / "meta.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    _log(f"prepared {data} in {time.perf_counter() - t0:.0f} s")
+
+
+def _load_examples(data: Path) -> list[Example]:
+    z = np.load(data / "train_tokens.npz")
+    lengths = z["lengths"]
+    ids = z["ids"].astype(np.int64)
+    mask = np.unpackbits(z["mask"], count=int(lengths.sum())).astype(bool)
+    out = []
+    pos = 0
+    for n in lengths.tolist():
+        out.append(Example(ids[pos : pos + n].tolist(), mask[pos : pos + n].tolist()))
+        pos += n
+    return out
+
+
+def _load_episodes(path: Path) -> list[Episode]:
+    if path.suffix == ".gz":
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            return [Episode.from_json(json.loads(line)) for line in f if line.strip()]
+    return list(load_jsonl(path))
+
+
+def train_stage(args: argparse.Namespace) -> None:
+    import torch
+
+    from agentkit.train.bpe import BPETokenizer
+    from agentkit.train.data import pack
+    from agentkit.train.evaluate import replay
+    from agentkit.train.export import save_model
+    from agentkit.train.trainer import TrainConfig, micro_config, pick_device, tiny_config, train
+
+    data, out = Path(args.data), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = BPETokenizer.load(data / "tokenizer.json")
+    exs = _load_examples(data)
+    packed = pack(exs, args.seq_len, pad_id=2)
+    _log(
+        f"{len(exs)} episodes -> {len(packed)} rows of {args.seq_len}; {packed.trained_tokens} trained tokens"
+    )
+    vocab = -(-tok.vocab_size // 64) * 64
+    mcfg = micro_config(vocab) if args.micro else tiny_config(vocab, index_topk=args.index_topk)
+    device = pick_device(args.device)
+    cfg = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch,
+        lr=args.lr,
+        warmup=args.warmup,
+        seed=args.seed,
+        device=str(device),
+        log_every=args.log_every,
+        max_seconds=args.max_minutes * 60 if args.max_minutes else None,
+    )
+
+    def on_log(r: dict[str, float]) -> None:
+        _log(
+            f"step {int(r['step']):5d}  loss {r['loss']:.4f}  mtp {r['mtp_loss']:.4f}  "
+            f"lr x{r['lr_mult']:.2f}  gnorm {r['grad_norm']:.2f}  "
+            f"{r['tokens'] / max(r['seconds'], 1e-9):,.0f} tok/s"
+        )
+
+    model, hist = train(mcfg, packed, cfg, on_log=on_log)
+    n_params = sum(p.numel() for p in model.parameters())
+    _log(f"trained {n_params:,} params in {hist.records[-1]['seconds']:.0f} s")
+    hist.save(out)
+    model = model.float()
+    meta = {
+        "params": n_params,
+        "data": json.loads((data / "meta.json").read_text()),
+        "final": hist.records[-1],
+    }
+    save_model(model.cpu(), tok, out, meta=meta, max_shard_bytes=args.shard_mb << 20)
+    model = model.to(device)
+    results: dict[str, object] = {}
+    t0 = time.perf_counter()
+    for name, path, limit in (
+        ("heldout", data / "heldout.jsonl.gz", args.eval_heldout),
+        ("train", data / "train_eval.jsonl", args.eval_train),
+    ):
+        if limit <= 0 or not path.exists():
+            continue
+        eps = _load_episodes(path)[:limit]
+        res = replay(model, tok.encode, tok.decode, eps, batch=args.eval_batch)
+        results[name] = res.summary()
+        results[f"{name}_failures"] = [f.__dict__ | {"generated_ids": None} for f in res.failures]
+        _log(f"replay {name}: {res.summary()}")
+    results["seconds"] = time.perf_counter() - t0
+    (out / "eval.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    if torch.cuda.is_available():
+        _log(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("stage", choices=["prepare", "train", "all"])
+    p.add_argument("--data", default="runtime/weights/agentkit-tiny-data")
+    p.add_argument("--out", default="runtime/weights/agentkit-tiny")
+    p.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("prepare")
+    g.add_argument("--episodes", type=int, default=20000)
+    g.add_argument("--heldout", type=int, default=500)
+    g.add_argument("--train-eval", type=int, default=200)
+    g.add_argument("--merges", type=int, default=4000)
+    g.add_argument("--bpe-episodes", type=int, default=5000)
+    g = p.add_argument_group("train")
+    g.add_argument("--micro", action="store_true", help="the CPU-test config instead of agentkit-tiny")
+    g.add_argument("--steps", type=int, default=2000)
+    g.add_argument("--batch", type=int, default=16)
+    g.add_argument("--seq-len", type=int, default=2048)
+    g.add_argument("--lr", type=float, default=2e-3)
+    g.add_argument("--warmup", type=int, default=50)
+    g.add_argument("--index-topk", type=int, default=512)
+    g.add_argument("--max-minutes", type=float, default=0.0)
+    g.add_argument("--device", default="auto")
+    g.add_argument("--log-every", type=int, default=10)
+    g.add_argument("--shard-mb", type=int, default=12)
+    g.add_argument("--eval-heldout", type=int, default=500)
+    g.add_argument("--eval-train", type=int, default=100)
+    g.add_argument("--eval-batch", type=int, default=64)
+    args = p.parse_args(argv)
+    if args.stage in ("prepare", "all"):
+        prepare(args)
+    if args.stage in ("train", "all"):
+        train_stage(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
