@@ -217,6 +217,30 @@ class Agent(Generic[DepsT, OutputT]):
             raise RunError("the sandbox factory must return a sandbox (or an awaitable of one)")
         return sb, True
 
+    async def _drive(self, loop: Loop, ctx: Any, approvals: dict[str, bool | str] | None) -> None:
+        """Run the loop; with a wall-time limit, a watchdog cancels the tools still running when it
+        expires (they report "cancelled"), and the loop then asks for the final answer."""
+        st = loop.state
+        wall = self.limits.max_wall_time_s
+        try:
+            async with anyio.create_task_group() as tg:
+                if wall is not None:
+
+                    async def watchdog() -> None:
+                        await anyio.sleep(max(wall - loop.elapsed(), 0.0))
+                        ctx.cancellation.cancel("the run's wall-time limit was reached")
+
+                    tg.start_soon(watchdog)
+                if st.status == "paused":
+                    st.status = "running"
+                    await loop.resolve_pending(approvals or {})
+                await loop.run()
+                tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+
     async def _execute(
         self,
         task: str | None,
@@ -231,10 +255,7 @@ class Agent(Generic[DepsT, OutputT]):
         ctx: RunContext[Any] = RunContext(deps=self.deps, sandbox=sandbox, run_id=st.run_id)
         loop = Loop(self, st, emit, ctx)
         try:
-            if st.status == "paused":
-                st.status = "running"
-                await loop.resolve_pending(approvals or {})
-            await loop.run()
+            await self._drive(loop, ctx, approvals)
         except anyio.get_cancelled_exc_class():
             st.status = "cancelled"
             ctx.cancellation.cancel("the run was cancelled")

@@ -528,3 +528,21 @@ async def test_closing_the_stream_cancels_running_tools() -> None:
                 break
     assert cancelled == ["yes"] and finished == []
     assert "run_end" not in seen
+
+
+@pytest.mark.anyio
+async def test_wall_time_limit_cancels_running_tools_then_asks_for_an_answer() -> None:
+    @tool
+    async def hang() -> str:
+        """Never returns by itself."""
+        await anyio.sleep_forever()
+        return "never"
+
+    def script(req: ModelRequest) -> str:
+        return out("", "", [("hang", {})]) if req.allow_tools else out("", "gave up waiting")
+
+    model = ScriptedModel([script, script])
+    result = await Agent(model, [hang], limits=Limits(max_wall_time_s=0.3)).run("go")
+    assert result.status == "limit:max_wall_time_s" and result.output == "gave up waiting"
+    [res] = [m for m in result.messages if isinstance(m, ToolMessage)]
+    assert "cancelled" in res.content and "wall-time limit" in res.content
