@@ -23,7 +23,7 @@ if HAVE_TRITON:
 
     @triton.jit
     def _hc_split_sinkhorn(  # type: ignore[no-untyped-def]
-        m_ptr, scale_ptr, base_ptr, pre_ptr, post_ptr, comb_ptr, iters, hc_eps, HC: tl.constexpr
+        m_ptr, scale_ptr, base_ptr, pre_ptr, post_ptr, comb_ptr, hc_eps, HC: tl.constexpr, ITERS: tl.constexpr
     ):
         t = tl.program_id(0)
         j = tl.arange(0, HC)
@@ -38,7 +38,7 @@ if HAVE_TRITON:
         c = tl.exp(c - tl.max(c, axis=1)[:, None])
         c = c / tl.sum(c, axis=1)[:, None] + hc_eps
         c = c / (tl.sum(c, axis=0)[None, :] + hc_eps)
-        for _ in range(iters - 1):
+        for _ in tl.static_range(ITERS - 1):
             c = c / (tl.sum(c, axis=1)[:, None] + hc_eps)
             c = c / (tl.sum(c, axis=0)[None, :] + hc_eps)
         tl.store(pre_ptr + t * HC + j, pre)
@@ -61,6 +61,14 @@ def hc_split_sinkhorn(
     comb = torch.empty(t, hc, hc, dtype=torch.float32, device=m.device)
     if t:
         _hc_split_sinkhorn[(t,)](
-            m, scale.float().contiguous(), base.float().contiguous(), pre, post, comb, iters, hc_eps, HC=hc
+            m,
+            scale.float().contiguous(),
+            base.float().contiguous(),
+            pre,
+            post,
+            comb,
+            hc_eps,
+            HC=hc,
+            ITERS=iters,
         )
     return pre, post, comb
