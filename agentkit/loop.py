@@ -61,8 +61,8 @@ LIMIT_NOTE = (
     "Give your final answer now, based on what you have so far."
 )
 MALFORMED_NOTE = (
-    "[agentkit] Your last reply contained a tool-call block that could not be parsed ({reason}); no tool "
-    "was run. Write the call again using exactly the DSML format described in the system prompt."
+    "[agentkit] Your last reply contained a tool call that could not be parsed ({reason}); that call was "
+    "not run. Write it again using exactly the DSML format described in the system prompt."
 )
 OUTPUT_NOTE = (
     "[agentkit] Your final answer did not match the required output schema:\n{error}\n"
@@ -566,6 +566,8 @@ class Loop:
                 st.status = "paused"
                 return
             if turn.calls:
+                if turn.parse_error is not None:  # e.g. a second call cut off after a good first one
+                    self.add_note(MALFORMED_NOTE.format(reason=turn.parse_error))
                 continue
             if turn.finish.reason == "length":
                 # The turn was cut by the per-step token budget: not an answer, and saying so beats

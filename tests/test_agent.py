@@ -353,6 +353,22 @@ async def test_malformed_block_is_fed_back_not_returned() -> None:
     assert "Unknown tool ``" in model.prompts[2].suffix
 
 
+@pytest.mark.anyio
+async def test_torn_second_call_is_reported_alongside_the_first_result() -> None:
+    good = out("", "", [("add", {"a": 1, "b": 1})]).removesuffix(
+        "\n</｜DSML｜tool_calls><｜end▁of▁sentence｜>"
+    )
+    torn = good + '\n<｜DSML｜invoke name="add">\n<｜DSML｜parameter name="a" string="false">5'
+    model = ScriptedModel([torn, out("", "ok")])
+    result = await Agent(model, [add]).run("go")
+    assert result.usage.tool_calls == 1
+    suffix = model.prompts[1].suffix
+    # the cut-off turn is closed with EOS, then the first call's result and a note share one turn
+    assert suffix.startswith(
+        "<｜end▁of▁sentence｜><｜User｜><tool_result>2</tool_result>\n\n[agentkit] Your last"
+    )
+
+
 # ------------------------------------------------------------------------------------------ limits
 
 
