@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,8 @@ from agentkit.runtime.checkpoint import (
 )
 from agentkit.runtime.config import ModelConfig
 from agentkit.runtime.quant import E8M0_DTYPE, FP8_DTYPE, dequant_fp4, dequant_fp8, quant_fp4, quant_fp8
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 
@@ -425,3 +429,30 @@ def test_single_file_checkpoint(tmp_path: Path) -> None:
     (p / INDEX_NAME).unlink()
     c2, t = load_checkpoint(p)
     assert c2 == c and len(t) == len(tensor_specs(c))
+
+
+@pytest.fixture(scope="module")
+def tiny_single(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tiny") / "ck"
+    save_random_checkpoint(ModelConfig.preset("tiny-test"), path, seed=0)
+    return path
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_corrupted_header_bytes_give_checkpoint_error(
+    tiny_single: Path, tmp_path: Path, data: st.DataObject
+) -> None:
+    """Whatever bytes of a shard's header are overwritten, loading either works or raises CheckpointError."""
+    shard_name = "model-00001-of-00001.safetensors"
+    raw = bytearray((tiny_single / shard_name).read_bytes())
+    header_len = 8 + int.from_bytes(raw[:8], "little")
+    for _ in range(data.draw(st.integers(1, 4))):
+        pos = data.draw(st.integers(0, header_len - 1))
+        raw[pos] = data.draw(st.integers(0, 255))
+    d = Path(tempfile.mkdtemp(dir=tmp_path))
+    for f in ("config.json", INDEX_NAME):
+        (d / f).write_bytes((tiny_single / f).read_bytes())
+    (d / shard_name).write_bytes(bytes(raw))
+    with contextlib.suppress(CheckpointError):
+        load_checkpoint(d)
