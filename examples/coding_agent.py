@@ -53,7 +53,7 @@ from agentkit.models import Model, ModelRequest, ScriptedModel
 from agentkit.session import RunState
 
 TEST_COMMAND = "python3 -m unittest -v"
-TASK = f"The test suite fails. Find the bug and fix the code (not the tests) so that `{TEST_COMMAND}` passes."
+TASK = "The test suite fails. Find the bug and fix the code (not the tests) so that `{test_command}` passes."
 INSTRUCTIONS = (
     "You are a careful software engineer working in a sandboxed checkout. Run the tests, read the code, "
     "make the smallest correct fix with edit_file, run the tests again, then say what you changed."
@@ -275,7 +275,7 @@ async def run_coding_agent(
     sandbox: Sandbox,
     *,
     model: str = "scripted",
-    task: str | None = TASK,
+    task: str | None = TASK.format(test_command=TEST_COMMAND),
     resume: Path | None = None,
     approve_writes: bool = False,
     decide_mode: str = "ask",
@@ -348,7 +348,8 @@ async def amain(args: argparse.Namespace, console: Console) -> int:
             outcome = await run_coding_agent(
                 sandbox,
                 model=args.model,
-                task=args.task or (None if resume is not None else TASK),
+                task=args.task
+                or (None if resume is not None else TASK.format(test_command=args.test_command)),
                 resume=resume,
                 approve_writes=args.approve_writes,
                 decide_mode=args.decide,

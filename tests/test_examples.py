@@ -107,6 +107,7 @@ class CompletionsServer:
                 pass
 
             def do_POST(self) -> None:
+                assert self.path == "/v1/completions", self.path
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 assert body["stream"] is True and body["skip_special_tokens"] is False
                 outer.prompts.append(body["prompt"])
@@ -186,7 +187,10 @@ def tool_names(messages: list[Any]) -> list[str]:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("backend", ["docker", "bwrap"])
+@pytest.mark.parametrize(
+    "backend",
+    [pytest.param("docker", marks=pytest.mark.docker), pytest.param("bwrap", marks=pytest.mark.bwrap)],
+)
 async def test_coding_agent_fixes_the_repo_in_the_sandbox(backend: str, tmp_path: Path) -> None:
     ca = load("coding_agent")
     async with await fresh_repo(backend, tmp_path) as sandbox:
@@ -207,6 +211,7 @@ async def test_coding_agent_fixes_the_repo_in_the_sandbox(backend: str, tmp_path
 
 
 @pytest.mark.anyio
+@pytest.mark.bwrap
 async def test_coding_agent_denied_write_changes_nothing(tmp_path: Path) -> None:
     ca = load("coding_agent")
     async with await fresh_repo("bwrap", tmp_path) as sandbox:
@@ -219,6 +224,7 @@ async def test_coding_agent_denied_write_changes_nothing(tmp_path: Path) -> None
         assert len(denied) == 1 and denied[0].is_error
 
 
+@pytest.mark.bwrap
 def test_coding_agent_session_paused_in_one_process_resumes_in_another(tmp_path: Path) -> None:
     ca = load("coding_agent")
     first, second, third = tmp_path / "run.json", tmp_path / "run2.json", tmp_path / "run3.json"
@@ -265,9 +271,11 @@ def test_coding_agent_session_paused_in_one_process_resumes_in_another(tmp_path:
 
 
 @pytest.mark.anyio
+@pytest.mark.browser
 async def test_browsing_agent_answers_from_the_served_page() -> None:
     ba = load("browsing_agent")
-    price = f"{random.Random().randint(10, 999)}.{random.Random().randint(10, 99)}"
+    rng = random.Random()
+    price = f"{rng.randint(10, 999)}.{rng.randint(10, 99)}"
     with ba.serve_demo_site(team_price=price) as site:
         question = f"According to {site}/, how much does the Team plan cost per month?"
         outcome = await ba.browse(question, [site], console=quiet())
@@ -278,6 +286,7 @@ async def test_browsing_agent_answers_from_the_served_page() -> None:
     assert ba.TRACKER in outcome.blocked  # the outside image on the home page never loaded
 
 
+@pytest.mark.browser
 def test_browsing_agent_cli_serves_the_demo_site() -> None:
     console = Console(file=io.StringIO(), width=300, highlight=False)
     rc = load("browsing_agent").main(["--serve-demo-site", "--team-price", "31"], console=console)
