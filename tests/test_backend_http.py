@@ -341,3 +341,21 @@ def test_scripted_spec_and_run_sync_on_trio(tmp_path: Any) -> None:
     path.write_text(json.dumps({"not": "a list"}))
     with pytest.raises(ValueError, match="JSON list"):
         resolve(f"scripted:{path}")
+
+
+@pytest.mark.anyio
+async def test_chat_structured_output_schema_in_system_text(server: Server) -> None:
+    from pydantic import BaseModel
+
+    class Point(BaseModel):
+        x: int
+        y: int
+
+    server.replies = [chat_events("", '{"x": 1}', []), chat_events("", '{"x": 1, "y": 2}', [])]
+    model = resolve(f"chat:{server.url}#dsv4", backoff_s=0.01)
+    result = await Agent(model, [], instructions="Answer in JSON.", output_type=Point).run("where?")
+    assert result.output == Point(x=1, y=2)
+    system = server.requests[0]["messages"][0]
+    assert system["content"].startswith("Answer in JSON.\n\n## Response Format:")
+    assert '"required": ["x", "y"]' in system["content"] and "response_format" not in system
+    assert "did not match the required output schema" in server.requests[1]["messages"][-1]["content"]

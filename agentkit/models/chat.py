@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
+from agentkit.dsml.models import to_json
+from agentkit.dsml.tokens import RESPONSE_FORMAT_TEMPLATE
 from agentkit.messages import AssistantMessage, ToolMessage, message_to_dict
 from agentkit.models._http import HTTPBackend, first_choice, usage_numbers
 from agentkit.models.base import (
@@ -59,8 +61,12 @@ class ChatModel(HTTPBackend):
             elif isinstance(msg, AssistantMessage):
                 d.pop("reasoning_content", None)
             if d["role"] == "system":
+                # tools travel in the request's `tools`; the output schema goes into the system text
+                # exactly as the V4 encoder would write it, since chat APIs take no schema for that
                 d.pop("tools", None)
-                d.pop("response_format", None)
+                schema = d.pop("response_format", None)
+                if schema is not None:
+                    d["content"] += "\n\n" + RESPONSE_FORMAT_TEMPLATE.format(schema=to_json(schema))
             out.append(d)
         return out
 
