@@ -284,9 +284,9 @@ class Tokenizer:
             raise TokenizerError(f"{p}: not valid JSON: {e}") from e
         try:
             return cls._from_hf_dict(data, str(p))
-        except (KeyError, TypeError, ValueError) as e:
-            if isinstance(e, TokenizerError):
-                raise
+        except TokenizerError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, regex.error) as e:
             raise TokenizerError(f"{p}: unsupported or malformed tokenizer.json: {e!r}") from e
 
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+import tempfile
 import unicodedata
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from agentkit.runtime.tokenizer import (
     Tokenizer,
     TokenizerError,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 CHAT_TOKENS = ["<｜User｜>", "<｜Assistant｜>", "<think>", "</think>", "｜DSML｜", "<｜latest_reminder｜>"]
@@ -417,3 +420,37 @@ def test_fast_path_with_literal_control_characters(hf_dir: Path, tmp_path: Path,
     sample = strings[:2000]
     got = [ours.encode(s, allow_special=True) for s in sample]
     assert got == hf_ids(hf2, sample), first_mismatch(got, hf_ids(hf2, sample), sample)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_malformed_tokenizer_json_gives_tokenizer_error(
+    hf_dir: Path, tmp_path: Path, data: st.DataObject
+) -> None:
+    """Any field of tokenizer.json replaced by a wrong-typed value: TokenizerError or a working tokenizer."""
+    doc = json.loads((hf_dir / "tokenizer.json").read_text())
+    paths = [
+        ("model",),
+        ("model", "type"),
+        ("model", "vocab"),
+        ("model", "merges"),
+        ("added_tokens",),
+        ("pre_tokenizer",),
+        ("pre_tokenizer", "pretokenizers"),
+        ("normalizer",),
+    ]
+    path = data.draw(st.sampled_from(paths))
+    junk = data.draw(
+        st.sampled_from([None, 5, "x", [], {}, [1, 2], {"a": 1}, "[unclosed", [["a", "b", "c"]]])
+    )
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = junk
+    d = Path(tempfile.mkdtemp(dir=tmp_path))
+    (d / "tokenizer.json").write_text(json.dumps(doc))
+    try:
+        tk = Tokenizer.from_file(d)
+    except TokenizerError:
+        return
+    assert tk.decode(tk.encode("hello 123 你好")) == "hello 123 你好"
