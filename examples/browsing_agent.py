@@ -31,14 +31,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
-from agentkit.tools.builtin.browser import Browser
+from agentkit.tools.builtin.browser import Browser, UrlAllowList
 from rich.console import Console
+from rich.markup import escape
 
 from agentkit import Agent
 from agentkit.cli import RunStats, stream_run
 from agentkit.dsml import render_assistant_turn
 from agentkit.messages import AssistantMessage, ToolMessage, UserMessage
-from agentkit.models import Model, ModelRequest, ScriptedModel
+from agentkit.models import Model, ModelError, ModelRequest, ScriptedModel, resolve
 
 INSTRUCTIONS = (
     "You answer questions from web pages. Open the start URL, follow links and search pages with the "
@@ -167,9 +168,12 @@ def scripted_policy(req: ModelRequest) -> str:
     return say(req, "Unexpected result.", f"Stopping: {name} said {result[:200]}")
 
 
-def make_model(spec: str) -> str | Model:
-    """`scripted` is this file's offline stand-in; any other string goes to `agentkit.models.resolve`."""
-    return ScriptedModel([scripted_policy] * 12) if spec == "scripted" else spec
+def make_model(spec: str | Model) -> Model:
+    """`scripted` is this file's offline stand-in; any other string goes to `agentkit.models.resolve`
+    (a malformed spec raises ValueError there, before anything starts)."""
+    if spec == "scripted":
+        return ScriptedModel([scripted_policy] * 12)
+    return resolve(spec)
 
 
 # ------------------------------------------------------------------------------------ running it
@@ -182,7 +186,7 @@ class Outcome:
 
 
 async def browse(
-    question: str, allow: Sequence[str], model: str = "scripted", console: Console | None = None
+    question: str, allow: Sequence[str], model: str | Model = "scripted", console: Console | None = None
 ) -> Outcome:
     """Answer `question` with a fresh Chromium that may load only `allow`; streamed to `console`."""
     console = console or Console(highlight=False)
@@ -216,12 +220,22 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
     console = console or Console(highlight=False)
     if args.serve_demo_site == (args.url is not None):
         p.error("give exactly one of --serve-demo-site and --url")
+    try:
+        model = make_model(args.model)
+        if args.url is not None:
+            UrlAllowList(args.allow or [origin(args.url)])
+    except (ValueError, ModelError) as exc:
+        p.error(str(exc))
 
     def ask(url: str) -> int:
         question = args.question or f"According to {url}, how much does the Team plan cost per month?"
         if url not in question:
             question = f"{question} (start at {url})"
-        outcome = anyio.run(browse, question, args.allow or [origin(url)], args.model, console)
+        try:
+            outcome = anyio.run(browse, question, args.allow or [origin(url)], model, console)
+        except ModelError as exc:  # the server is unreachable, refused the key, or broke the protocol
+            console.print(f"[red]model error:[/] {escape(str(exc))}")
+            return 1
         return 0 if outcome.stats.status == "completed" else 1
 
     if args.serve_demo_site:

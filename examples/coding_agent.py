@@ -49,7 +49,7 @@ from agentkit import events as ev
 from agentkit.cli import EventRenderer, RunStats
 from agentkit.dsml import render_assistant_turn
 from agentkit.messages import AssistantMessage, ToolMessage, UserMessage
-from agentkit.models import Model, ModelRequest, ScriptedModel
+from agentkit.models import Model, ModelError, ModelRequest, ScriptedModel, resolve
 from agentkit.session import RunState
 
 TEST_COMMAND = "python3 -m unittest -v"
@@ -210,9 +210,12 @@ def scripted_policy(req: ModelRequest) -> str:
     return say(req, "Unexpected state.", f"Stopping after an unexpected {name} result.")
 
 
-def make_model(spec: str) -> str | Model:
-    """`scripted` is this file's offline stand-in; any other string goes to `agentkit.models.resolve`."""
-    return ScriptedModel([scripted_policy] * 20) if spec == "scripted" else spec
+def make_model(spec: str | Model) -> Model:
+    """`scripted` is this file's offline stand-in; any other string goes to `agentkit.models.resolve`
+    (a malformed spec raises ValueError there, before anything starts)."""
+    if spec == "scripted":
+        return ScriptedModel([scripted_policy] * 20)
+    return resolve(spec)
 
 
 # ------------------------------------------------------------------------------------ running it
@@ -274,7 +277,7 @@ async def stream(
 async def run_coding_agent(
     sandbox: Sandbox,
     *,
-    model: str = "scripted",
+    model: str | Model = "scripted",
     task: str | None = TASK.format(test_command=TEST_COMMAND),
     resume: Path | None = None,
     approve_writes: bool = False,
@@ -347,7 +350,7 @@ async def amain(args: argparse.Namespace, console: Console) -> int:
         try:
             outcome = await run_coding_agent(
                 sandbox,
-                model=args.model,
+                model=args.model_obj,
                 task=args.task
                 or (None if resume is not None else TASK.format(test_command=args.test_command)),
                 resume=resume,
@@ -360,6 +363,9 @@ async def amain(args: argparse.Namespace, console: Console) -> int:
         except UsageError as exc:
             console.print(f"[red]{escape(str(exc))}[/]")
             return 2
+        except ModelError as exc:  # the server is unreachable, refused the key, or broke the protocol
+            console.print(f"[red]model error:[/] {escape(str(exc))}")
+            return 1
     if outcome.result.status == "paused":
         return 0
     return 0 if outcome.result.ok and outcome.check is not None and outcome.check.exit_code == 0 else 1
@@ -382,7 +388,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    try:
+        args.model_obj = make_model(args.model)
+    except (ValueError, ModelError) as exc:
+        p.error(str(exc))
     return anyio.run(amain, args, console or Console(highlight=False))
 
 

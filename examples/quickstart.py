@@ -25,7 +25,7 @@ from pydantic import Field
 from agentkit import Agent, RunResult, tool
 from agentkit.dsml import render_assistant_turn
 from agentkit.messages import ToolMessage
-from agentkit.models import Model, ModelRequest, ScriptedModel
+from agentkit.models import Model, ModelError, ModelRequest, ScriptedModel, resolve
 
 Zone = Literal["domestic", "eu", "world"]
 # Base price and price per started kilogram, in euro cents, by zone.
@@ -74,15 +74,18 @@ def scripted_policy(req: ModelRequest) -> str:
     return say(req, "A pricing question: ask the shipping tool.", calls=[("shipping_cost", args)])
 
 
-def make_model(spec: str) -> str | Model:
-    """`scripted` is this file's offline stand-in; any other string goes to `agentkit.models.resolve`."""
-    return ScriptedModel([scripted_policy] * 8) if spec == "scripted" else spec
+def make_model(spec: str | Model) -> Model:
+    """`scripted` is this file's offline stand-in; any other string goes to `agentkit.models.resolve`
+    (a malformed spec raises ValueError there, before anything starts)."""
+    if spec == "scripted":
+        return ScriptedModel([scripted_policy] * 8)
+    return resolve(spec)
 
 
 # ------------------------------------------------------------------------------------------ the program
 
 
-def ask(question: str, model: str = "scripted", thinking: str = "high") -> RunResult[str]:
+def ask(question: str, model: str | Model = "scripted", thinking: str = "high") -> RunResult[str]:
     agent: Agent[None, str] = Agent(
         make_model(model),
         tools=[shipping_cost],
@@ -100,7 +103,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--thinking", default="high", choices=["off", "high", "max"])
     args = p.parse_args(argv)
-    result = ask(args.question, args.model, args.thinking)
+    try:
+        model = make_model(args.model)
+    except (ValueError, ModelError) as exc:
+        p.error(str(exc))
+    try:
+        result = ask(args.question, model, args.thinking)
+    except ModelError as exc:  # the server is unreachable, refused the key, or broke the protocol
+        print(f"model error: {exc}", file=sys.stderr)
+        return 1
     u = result.usage
     print(f"status: {result.status}")
     print(f"answer: {result.text}")

@@ -16,6 +16,7 @@ import json
 import math
 import random
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -170,6 +171,20 @@ def test_quickstart_cli_same_answer_scripted_and_over_http(completions_server: C
     # The server really was the model: two requests, the second one continuing the first verbatim.
     first, second = completions_server.prompts
     assert second.startswith(first) and TOOL_CALLS_OPEN in second[len(first) :]
+
+
+def test_quickstart_bad_model_spec_and_dead_server_fail_cleanly(capsys: pytest.CaptureFixture[str]) -> None:
+    qs = load("quickstart")
+    with pytest.raises(SystemExit) as exc:
+        qs.main(["--model", "completions:no-model-name"])
+    assert exc.value.code == 2
+    assert "completions:<base_url>#<model>" in capsys.readouterr().err
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert qs.main(["--model", f"completions:http://127.0.0.1:{port}#v4"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("model error:") and f"127.0.0.1:{port}" in err
 
 
 # ------------------------------------------------------------------------------------- coding agent
