@@ -27,6 +27,21 @@ from agentkit.models.base import (
 from agentkit.models.scripted import ScriptedModel
 
 KINDS = ("scripted", "completions", "chat", "deepseek", "embedded")
+_LAZY = {
+    "CompletionsModel": "agentkit.models.completions",
+    "ChatModel": "agentkit.models.chat",
+    "EmbeddedModel": "agentkit.models.embedded",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Backends import on first use, so `import agentkit.models` never pulls in httpx or torch."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agentkit.models' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
 
 
 def _split_url_model(kind: str, rest: str) -> tuple[str, str]:
@@ -80,8 +95,11 @@ def resolve(spec: str | Model, **kwargs: Any) -> Model:
 
 __all__ = [
     "KINDS",
+    "ChatModel",
     "Chunk",
+    "CompletionsModel",
     "ContentChunk",
+    "EmbeddedModel",
     "Finish",
     "Model",
     "ModelAuthError",
