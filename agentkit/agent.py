@@ -178,9 +178,18 @@ class Agent(Generic[DepsT, OutputT]):
         if state.status == "paused":
             if task is not None:
                 raise RunError("the run is paused on approvals; resume it with approvals=..., not a new task")
-            missing = [c.id for c in state.pending_calls if c.id not in (approvals or {})]
+            pending = [c.id for c in state.pending_calls]
+            missing = [i for i in pending if i not in (approvals or {})]
             if missing:
                 raise RunError(f"approval decisions missing for pending calls {missing}")
+            unknown = sorted(set(approvals or {}) - set(pending))
+            if unknown:
+                raise RunError(
+                    f"approval decisions for calls that are not pending: {unknown} (pending: {pending})"
+                )
+            bad = [i for i, d in (approvals or {}).items() if not isinstance(d, (bool, str))]
+            if bad:
+                raise RunError(f"a decision is True, False or a denial reason (str); got others for {bad}")
             return state
         if task is not None:
             if state.status == "running":

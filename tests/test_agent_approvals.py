@@ -152,6 +152,10 @@ async def test_missing_decisions_are_refused_without_losing_the_run(tmp_path: Pa
         await agent.run(state=RunState.from_json(saved), approvals={first_id: True})
     with pytest.raises(RunError, match="paused"):
         await agent.run("new task", state=RunState.from_json(saved))
+    with pytest.raises(RunError, match="not pending"):
+        await agent.run(state=saved, approvals={first_id: True, second_id: True, "call_9_9": True})
+    with pytest.raises(RunError, match="True, False or a denial reason"):
+        await agent.run(state=saved, approvals={first_id: True, second_id: 1})  # type: ignore[dict-item]
     result = await agent.run(state=saved, approvals={first_id: True, second_id: False})
     assert result.ok
     contents = [m.content for m in result.messages if isinstance(m, ToolMessage)]
