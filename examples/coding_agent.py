@@ -132,9 +132,9 @@ def say(req: ModelRequest, reasoning: str, content: str = "", calls: Sequence[tu
     return render_assistant_turn(msg, "chat" if req.thinking == "off" else "thinking")
 
 
-def _this_task(req: ModelRequest) -> tuple[str, list[tuple[str, dict[str, Any], str]]]:
-    """The current task's text and its (tool, arguments, result) so far: everything after the last
-    user message, so a follow-up task on a resumed session starts its own investigation."""
+def _this_task(req: ModelRequest) -> list[tuple[str, dict[str, Any], str]]:
+    """(tool, arguments, result) for every call since the last user message, so that a follow-up task
+    on a resumed session starts its own investigation."""
     msgs = list(req.messages)
     last_user = max(i for i, m in enumerate(msgs) if isinstance(m, UserMessage))
     calls: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -144,7 +144,7 @@ def _this_task(req: ModelRequest) -> tuple[str, list[tuple[str, dict[str, Any], 
             calls.update({c.id: (c.name, c.arguments) for c in m.tool_calls})
         elif isinstance(m, ToolMessage) and m.call_id in calls:
             done.append((*calls[m.call_id], m.content))
-    return str(msgs[last_user].content), done
+    return done
 
 
 def _exit_code(shell_output: str) -> int | None:
@@ -159,7 +159,7 @@ def _summary_line(test_output: str) -> str:
 
 def scripted_policy(req: ModelRequest) -> str:
     """Run the tests; if they fail, read the non-test sources; apply the fix it recognises; re-test."""
-    _, done = _this_task(req)
+    done = _this_task(req)
     if not done:
         return say(
             req,
@@ -172,8 +172,8 @@ def scripted_policy(req: ModelRequest) -> str:
         code = _exit_code(result)
         verdict = "now pass" if code == 0 else f"still fail (exit code {code})"
         path = edits[-1][1]["path"]
-        return say(req, "Re-ran the suite after the edit.", f"Edited {path}; the tests {verdict}: "
-                   f"{_summary_line(result)}.")  # fmt: skip
+        answer = f"Edited {path}; the tests {verdict}: {_summary_line(result)}."
+        return say(req, "Re-ran the suite after the edit.", answer)
     if name == "edit_file":
         if not result.startswith("Replaced"):
             return say(req, "The edit did not go through.", f"I could not apply the fix: {result}")
@@ -182,11 +182,8 @@ def scripted_policy(req: ModelRequest) -> str:
         if _exit_code(result) == 0:
             return say(req, "Nothing fails.", f"The tests already pass: {_summary_line(result)}.")
         listing = next(r for n, _, r in done if n == "list_dir")
-        sources = [
-            ln.split(" (")[0] for ln in listing.splitlines()
-            if ln.endswith("bytes)") and ln.split(" (")[0].endswith(".py")
-            and not Path(ln.split(" (")[0]).name.startswith("test_")
-        ]  # fmt: skip
+        files = [ln.rsplit(" (", 1)[0] for ln in listing.splitlines() if ln.endswith(" bytes)")]
+        sources = [f for f in files if f.endswith(".py") and not Path(f).name.startswith("test_")]
         if not sources:
             return say(req, "No source files found.", "I found no Python sources next to the tests.")
         return say(
@@ -205,8 +202,11 @@ def scripted_policy(req: ModelRequest) -> str:
                         "test_case_is_ignored fails: words are counted without lower-casing them.",
                         calls=[("edit_file", edit)],
                     )
-        return say(req, "No fix recognised.", "The scripted model only knows the demo repo's bug; "
-                   "use a real model (--model deepseek:deepseek-v4-flash) for this one.")  # fmt: skip
+        give_up = (
+            "The scripted model only knows the demo repo's bug; use a real model "
+            "(--model deepseek:deepseek-v4-flash) for this one."
+        )
+        return say(req, "No fix recognised.", give_up)
     return say(req, "Unexpected state.", f"Stopping after an unexpected {name} result.")
 
 

@@ -282,6 +282,25 @@ def test_coding_agent_session_paused_in_one_process_resumes_in_another(tmp_path:
     assert "give a follow-up task" in console.file.getvalue()  # type: ignore[attr-defined]
 
 
+@pytest.mark.bwrap
+def test_coding_agent_exit_code_is_the_independent_test_verdict(tmp_path: Path) -> None:
+    """On a repo whose bug the scripted model does not know, the run completes but the program fails."""
+    ca = load("coding_agent")
+    repo = tmp_path / "other"
+    repo.mkdir()
+    (repo / "calc.py").write_text("def double(x):\n    return x + 2\n")
+    (repo / "test_calc.py").write_text(
+        "import unittest\nfrom calc import double\n\n"
+        "class T(unittest.TestCase):\n    def test_double(self):\n        self.assertEqual(double(5), 10)\n"
+    )
+    console = quiet()
+    assert ca.main(["--sandbox", "bwrap", "--repo", str(repo)], console=console) == 1
+    out = console.file.getvalue()  # type: ignore[attr-defined]
+    assert 'call read_file(path="calc.py")' in out
+    assert "answer: The scripted model only knows the demo repo's bug" in out
+    assert "status: completed" in out and "fail (exit code 1)" in out
+
+
 # ----------------------------------------------------------------------------------- browsing agent
 
 
