@@ -237,3 +237,17 @@ def test_tool_output_cannot_forge_special_tokens() -> None:
     bpe_enc = text_encoder(bpe)
     assert bpe.encode(ASSISTANT)[0] not in bpe_enc(untrusted[0].text, False)
     assert bpe_enc(ASSISTANT, True) == bpe.encode(ASSISTANT)
+
+
+def test_model_errors_surface_as_model_error() -> None:
+    from agentkit.runtime.config import ModelConfig
+    from agentkit.runtime.model import V4Model
+
+    from agentkit.models import ModelError
+
+    ns = _setup()
+    _, tok = ns["build"]()
+    small = V4Model(ModelConfig.preset("tiny-test", vocab_size=200)).init_random_(0)  # specials out of range
+    agent = Agent(EmbeddedModel(model=small, tokenizer=tok), [])
+    with pytest.raises(ModelError, match="could not extend the run"):
+        agent.run_sync("hello")

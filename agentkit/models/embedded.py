@@ -193,7 +193,12 @@ class EmbeddedModel:
     # -- generation -------------------------------------------------------------------------------
 
     def _extend(self, sess: _Session, ids: list[int]) -> Any:
-        logits = self.model.extend(sess.state, ids, last_only=True)
+        try:
+            logits = self.model.extend(sess.state, ids, last_only=True)
+        except Exception as exc:  # bad ids, sequence too long, device errors: one typed error for the loop
+            raise ModelError(
+                f"the embedded model could not extend the run: {type(exc).__name__}: {exc}"
+            ) from exc
         sess.fed += len(ids)
         return logits
 
