@@ -127,7 +127,8 @@ def hf_from_ours(model: V4Model) -> Any:
     from transformers.models.deepseek_v4 import DeepseekV4ForCausalLM
 
     cfg = model.config
-    hf = DeepseekV4ForCausalLM(hf_config(cfg)).to(model.dtype).eval()
+    hf: Any = DeepseekV4ForCausalLM(hf_config(cfg))
+    hf = hf.to(model.dtype).eval()
     hf_params = dict(hf.named_parameters()) | dict(hf.named_buffers())
     inter = cfg.moe_inter_dim
     seen: set[str] = set()

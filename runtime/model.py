@@ -66,10 +66,20 @@ class Block(nn.Module):
         self, x: torch.Tensor, positions: torch.Tensor, token_ids: torch.Tensor, seqs: list[SeqSlice]
     ) -> torch.Tensor:
         c = self.cfg
-        kw = {"sinkhorn_iters": c.hc_sinkhorn_iters, "hc_eps": c.hc_eps, "norm_eps": c.norm_eps}
-        u, post, comb = hc_pre(x, self.hc_attn_fn, self.hc_attn_base, self.hc_attn_scale, **kw)
+        it, he, ne = c.hc_sinkhorn_iters, c.hc_eps, c.norm_eps
+        u, post, comb = hc_pre(
+            x,
+            self.hc_attn_fn,
+            self.hc_attn_base,
+            self.hc_attn_scale,
+            sinkhorn_iters=it,
+            hc_eps=he,
+            norm_eps=ne,
+        )
         x = hc_post(self.attn(self.attn_norm(u), positions, seqs), x, post, comb)
-        u, post, comb = hc_pre(x, self.hc_ffn_fn, self.hc_ffn_base, self.hc_ffn_scale, **kw)
+        u, post, comb = hc_pre(
+            x, self.hc_ffn_fn, self.hc_ffn_base, self.hc_ffn_scale, sinkhorn_iters=it, hc_eps=he, norm_eps=ne
+        )
         return hc_post(self.ffn(self.ffn_norm(u), token_ids), x, post, comb)
 
 

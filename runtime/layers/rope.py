@@ -23,7 +23,7 @@ def rope_frequencies(config: ModelConfig, compressed_layer: bool) -> torch.Tenso
             return rd * math.log(config.original_seq_len / (n_rot * 2 * math.pi)) / (2 * math.log(theta))
 
         low = max(math.floor(corr(config.beta_fast)), 0)
-        high = min(math.ceil(corr(config.beta_slow)), rd - 1)
+        high: float = min(math.ceil(corr(config.beta_slow)), rd - 1)
         if low == high:
             high += 0.001
         ramp = ((torch.arange(rd // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
