@@ -454,3 +454,30 @@ def test_malformed_tokenizer_json_gives_tokenizer_error(
     except TokenizerError:
         return
     assert tk.decode(tk.encode("hello 123 你好")) == "hello 123 你好"
+
+
+def test_encode_batch_equals_encode(tok: Tokenizer, strings: list[str]) -> None:
+    sample = strings[:1000]
+    for allow in (True, False):
+        assert tok.encode_batch(sample, allow_special=allow) == [
+            tok.encode(s, allow_special=allow) for s in sample
+        ]
+
+
+def test_ids_not_in_merge_order(hf_dir: Path, tmp_path: Path, strings: list[str]) -> None:
+    """A vocab whose ids do not rise with merge order (rank != id): merges still decide, ids map back."""
+    data = json.loads((hf_dir / "tokenizer.json").read_text())
+    added = {t["content"] for t in data["added_tokens"]}
+    names = [k for k in data["model"]["vocab"] if k not in added]
+    ids = [data["model"]["vocab"][k] for k in names]
+    random.Random(3).shuffle(ids)
+    data["model"]["vocab"].update(dict(zip(names, ids, strict=True)))
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data))
+    ours = Tokenizer.from_file(tmp_path)
+    assert ours._rank_to_id is not None  # the remapping path
+    hf2 = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    sample = strings[:2000]
+    got = [ours.encode(s, allow_special=True) for s in sample]
+    assert got == hf_ids(hf2, sample), first_mismatch(got, hf_ids(hf2, sample), sample)
+    assert ours.encode_batch(sample[:50], allow_special=True) == got[:50]
+    assert all(ours.decode(g) == s for g, s in zip(got, sample, strict=True))
