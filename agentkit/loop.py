@@ -111,6 +111,7 @@ class Dispatcher:
         self.enabled = enabled
         self._done: list[anyio.Event] = []
         self._last_sequential: anyio.Event | None = None
+        self.active = 0
 
     def submit(self, index: int, call: ToolCall) -> None:
         st = self.loop.state
@@ -135,6 +136,7 @@ class Dispatcher:
         self._done.append(done)
         if tool is not None and tool.sequential:
             self._last_sequential = done
+        self.active += 1
         self.tg.start_soon(self._run, index, call, waits, done)
 
     async def _run(self, index: int, call: ToolCall, waits: list[anyio.Event], done: anyio.Event) -> None:
@@ -143,7 +145,9 @@ class Dispatcher:
                 await w.wait()
             await self.loop.execute(index, call, self.step)
         finally:
+            self.active -= 1
             done.set()
+            self.loop._wake.set()
 
 
 class Loop:
@@ -156,6 +160,7 @@ class Loop:
         self._t0 = time.monotonic()
         self._elapsed0 = state.elapsed_s
         self._queue: list[ev.Event] = []
+        self._wake = anyio.Event()
 
     # -- small helpers ----------------------------------------------------------------------------
 
@@ -165,6 +170,7 @@ class Loop:
     def emit_soon(self, event: ev.Event) -> None:
         """For sync callers (the dispatcher); flushed by the next awaited emit in the stream loop."""
         self._queue.append(event)
+        self._wake.set()
 
     async def flush(self) -> None:
         while self._queue:
@@ -451,6 +457,10 @@ class Loop:
                 raise ModelError(f"model {agent.model.name!r} ended its stream without a Finish")
             if not turn.calls and any("DSML" in r for r in turn.reasoning):
                 await self.heal_from_reasoning(turn, disp)
+            while disp.active:  # hand out each tool's result as it lands, not all at the end
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                await self.flush()
 
     async def close_call(self, turn: Turn, disp: Dispatcher, index: int, call: ToolCall) -> None:
         turn.calls.append(call)

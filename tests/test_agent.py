@@ -562,3 +562,39 @@ async def test_wall_time_limit_cancels_running_tools_then_asks_for_an_answer() -
     assert result.status == "limit:max_wall_time_s" and result.output == "gave up waiting"
     [res] = [m for m in result.messages if isinstance(m, ToolMessage)]
     assert "cancelled" in res.content and "wall-time limit" in res.content
+
+
+@pytest.mark.anyio
+async def test_each_tool_result_is_streamed_as_soon_as_it_lands() -> None:
+    """The slow tool only finishes after the consumer has seen the fast tool's result."""
+    gate = anyio.Event()
+
+    model: ScriptedModel
+
+    @tool
+    async def fast() -> str:
+        """Returns once the model has finished its turn (so the result lands after the stream)."""
+        with anyio.fail_after(30):
+            while model.chunks_yielded < total:  # noqa: ASYNC110 - the model has no event to wait on
+                await anyio.sleep(0.001)
+        for _ in range(5):
+            await anyio.lowlevel.checkpoint()
+        return "fast done"
+
+    @tool
+    async def slow() -> str:
+        """Waits for the consumer."""
+        with anyio.fail_after(30):  # deadlock guard only
+            await gate.wait()
+        return "slow done"
+
+    block = out("", "", [("slow", {}), ("fast", {})])
+    model = ScriptedModel([block, out("", "both")], chunk_size=8)
+    total = -(-len(block) // 8)
+    order: list[str] = []
+    async for e in Agent(model, [fast, slow]).stream("go"):
+        if isinstance(e, ev.ToolResult):
+            order.append(e.content)
+            if e.name == "fast":
+                gate.set()
+    assert order == ["fast done", "slow done"]
