@@ -190,7 +190,7 @@ class Attention(nn.Module):
         o = apply_rope(o, positions, self.freqs, inverse=True)
         g = self.o_groups
         wa = self.wo_a.dense(o.dtype).view(g, self.o_rank, -1)
-        u = torch.einsum("tgi,gri->tgr", o.reshape(t, g, -1), wa).reshape(t, g * self.o_rank)
+        u = torch.bmm(o.reshape(t, g, -1).transpose(0, 1), wa.transpose(1, 2)).transpose(0, 1).reshape(t, -1)
         return self.wo_b(u)
 
     def _core(
@@ -226,11 +226,15 @@ class Attention(nn.Module):
                     visible = visible & self._select(iq[i0:i1], iw[i0:i1], idx_keys, visible)
                 keys = torch.cat((kw, comp), 0)
                 mask = torch.cat((mask, visible), 1)
-            logits = torch.einsum("qhd,kd->qhk", q[i0:i1].float(), keys.float()) * scale
+            qb = q[i0:i1].float()
+            logits = (qb.reshape(-1, qb.shape[-1]) @ keys.float().t()).view(
+                qb.shape[0], qb.shape[1], -1
+            ) * scale
             logits = logits.masked_fill(~mask[:, None, :], float("-inf"))
             full = torch.cat((logits, sink.expand(i1 - i0, -1, 1)), dim=-1)
             probs = torch.softmax(full, dim=-1)[..., :-1]
-            out.append(torch.einsum("qhk,kd->qhd", probs.to(keys.dtype), keys))
+            pv = probs.to(keys.dtype).reshape(-1, keys.shape[0]) @ keys
+            out.append(pv.view(probs.shape[0], probs.shape[1], -1))
         return torch.cat(out, 0) if len(out) > 1 else out[0]
 
     def _select(
@@ -238,7 +242,8 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """Top-k compressed entries per query by indexer score; ties go to the lower index (stable)."""
         with torch.no_grad():
-            scores = torch.einsum("qhd,kd->qhk", iq.float(), idx_keys.float())
+            qf = iq.float()
+            scores = (qf.reshape(-1, qf.shape[-1]) @ idx_keys.float().t()).view(qf.shape[0], qf.shape[1], -1)
             scores = (F.relu(scores) * iw.float().unsqueeze(-1)).sum(dim=1)
             scores = scores.masked_fill(~visible, float("-inf"))
             k = min(self.cfg.index_topk, idx_keys.shape[0])
