@@ -251,3 +251,27 @@ def test_model_errors_surface_as_model_error() -> None:
     agent = Agent(EmbeddedModel(model=small, tokenizer=tok), [])
     with pytest.raises(ModelError, match="could not extend the run"):
         agent.run_sync("hello")
+
+
+def test_forking_a_run_from_an_earlier_state_does_not_reuse_the_advanced_kv() -> None:
+    from agentkit.session import RunState
+
+    ns = _setup()
+    model, tok = ns["build"]()
+    outs = [turn("a", "one"), turn("b", "two"), turn("c", "three")]
+    backend = EmbeddedModel(model=model, tokenizer=tok, logits_processor=ns["forcer"](tok, outs))
+    agent = Agent(backend, [], instructions="s")
+    first = agent.run_sync("q1")
+    saved = first.state.to_json()
+    before = first.usage.prefilled_tokens
+    branch_a = agent.run_sync("q2", state=RunState.from_json(saved))
+    suffix = f"{USER}q2{ASSISTANT}{THINK_START}"
+    assert branch_a.usage.prefilled_tokens - before == len(tok.encode(suffix))  # KV reused
+    branch_b = agent.run_sync("another q2", state=RunState.from_json(saved))
+    assert branch_b.output == "three"
+    # the backend's state had moved on along branch A: branch B must start over, not extend it
+    assert (
+        branch_b.usage.prefilled_tokens - before == branch_b.usage.prompt_tokens - first.usage.prompt_tokens
+    )
+    prompt_b = len(tok.encode(branch_b.transcript.text)) - len(tok.encode(turn("c", "three")))
+    assert branch_b.usage.prefilled_tokens - before == prompt_b

@@ -139,10 +139,22 @@ class EmbeddedModel:
 
     def _session(self, run_id: str, transcript: Transcript) -> _Session:
         sess = self._sessions.get(run_id)
+        if sess is not None and sess.transcript is not transcript and not self._same_prefix(sess, transcript):
+            sess = None  # a fork: the run was resumed from an earlier saved point
         if sess is None or sess.epoch != transcript.epoch or sess.segments > len(transcript.segments):
             sess = _Session(self.model.new_state(), transcript.epoch)
             self._sessions[run_id] = sess
         return sess
+
+    def _same_prefix(self, sess: _Session, transcript: Transcript) -> bool:
+        """Whether `transcript` (a different object, e.g. loaded from JSON) starts with exactly the
+        tokens already in the state; checked only when the transcript object changes."""
+        if sess.segments > len(transcript.segments):
+            return False
+        ids: list[int] = []
+        for seg in transcript.segments[: sess.segments]:
+            ids.extend(seg.token_ids if seg.token_ids is not None else self._encode(seg.text, seg.trusted))
+        return ids == sess.ids
 
     def _fold(self, sess: _Session, transcript: Transcript) -> None:
         """Add the ids of new transcript segments, tokenizing only framework-written text (and keeping
