@@ -82,6 +82,13 @@ def e8m0_to_float(scale: torch.Tensor) -> torch.Tensor:
     return bits.view(torch.float32)
 
 
+def _scales_as(scale: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Decoded scales in `dtype` (bf16 or fp32: both hold every E8M0 value exactly) on `device`."""
+    if scale.dtype == E8M0_DTYPE and scale.dtype != torch.uint8:
+        return scale.to(device=device, dtype=dtype)  # one conversion kernel; exactness is tested per byte
+    return e8m0_to_float(scale).to(device=device, dtype=dtype)
+
+
 def e8m0_from_exponent(exponent: torch.Tensor) -> torch.Tensor:
     """Encode integer power-of-two exponents (2^k) as E8M0 bytes, raising on values E8M0 cannot hold."""
     k = exponent.to(torch.int32)
@@ -170,24 +177,20 @@ _EXACT_DTYPES = (torch.bfloat16, torch.float32)
 
 
 def _dequant_fp8_in_place(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Cast to `dtype`, then scale each 128x128 tile in place: no temporary beyond the output itself."""
+    """Cast to `dtype`, then scale in place by row: no temporary beyond the output and per-row scales."""
     out = weight.to(dtype, memory_format=torch.contiguous_format)
     out_f, in_f = weight.shape[-2], weight.shape[-1]
     ob, ib = fp8_scale_shape(out_f, in_f)
     o = out.view(-1, out_f, in_f)
-    s = e8m0_to_float(scale).to(device=weight.device, dtype=dtype).reshape(-1, ob, ib)
-    n, blk = o.shape[0], FP8_BLOCK
-    fo, fi = out_f // blk * blk, in_f // blk * blk
-    if fo and fi:
-        o[:, :fo, :fi].view(n, fo // blk, blk, fi // blk, blk).mul_(
-            s[:, : fo // blk, None, : fi // blk, None]
+    s = _scales_as(scale, dtype, weight.device).reshape(-1, ob, ib)
+    rows = s.repeat_interleave(FP8_BLOCK, dim=1)[:, :out_f]  # [n, out, ib]: 1/128 of the weight
+    fi = in_f // FP8_BLOCK * FP8_BLOCK
+    if fi:
+        o[:, :, :fi].view(o.shape[0], out_f, fi // FP8_BLOCK, FP8_BLOCK).mul_(
+            rows[:, :, : fi // FP8_BLOCK, None]
         )
-    if fo < out_f and fi:  # ragged last row of tiles
-        o[:, fo:, :fi].view(n, out_f - fo, fi // blk, blk).mul_(s[:, -1, None, : fi // blk, None])
-    if fi < in_f and fo:  # ragged last column of tiles
-        o[:, :fo, fi:].view(n, fo // blk, blk, in_f - fi).mul_(s[:, : fo // blk, -1, None, None])
-    if fo < out_f and fi < in_f:
-        o[:, fo:, fi:].mul_(s[:, -1, -1, None, None])
+    if fi < in_f:  # ragged last column of tiles
+        o[:, :, fi:].mul_(rows[:, :, -1:])
     return out
 
 
@@ -227,12 +230,22 @@ def quant_fp8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # ------------------------------------------------------------------------------------------------ FP4
 
 
+_PAIR_LUTS: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+
 def _fp4_pair_lut(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """[256, 2]: the two e2m1 values of every byte (low nibble, high nibble), exact in any float dtype."""
-    mags = torch.tensor(FP4_VALUES, dtype=torch.float32)
-    codes = torch.cat([mags, -mags])
-    b = torch.arange(256)
-    return torch.stack([codes[b & 0xF], codes[b >> 4]], dim=-1).to(device=device, dtype=dtype)
+    """[256, 2]: the two e2m1 values of every byte (low nibble, high nibble), exact in any float dtype.
+
+    Cached per device: building it there on every call costs a host-to-device copy per dequantization."""
+    key = (device, dtype)
+    lut = _PAIR_LUTS.get(key)
+    if lut is None:
+        mags = torch.tensor(FP4_VALUES, dtype=torch.float32)
+        codes = torch.cat([mags, -mags])
+        b = torch.arange(256)
+        lut = torch.stack([codes[b & 0xF], codes[b >> 4]], dim=-1).to(device=device, dtype=dtype)
+        _PAIR_LUTS[key] = lut
+    return lut
 
 
 def _check_fp4(packed: torch.Tensor, scale: torch.Tensor) -> tuple[int, int]:
@@ -264,18 +277,25 @@ def dequant_fp4(
     out_f, in_f = _check_fp4(packed, scale)
     exact = dtype in _EXACT_DTYPES
     work = dtype if exact else torch.float32
-    s = e8m0_to_float(scale).to(device=packed.device, dtype=work).reshape(-1, out_f, in_f // FP4_BLOCK)
+    s = _scales_as(scale, work, packed.device).reshape(-1, out_f, in_f // FP4_BLOCK)
     p3 = packed.view(torch.uint8).reshape(-1, out_f, in_f // 2)
-    lut = _fp4_pair_lut(packed.device, work)
+    # The two values of a byte, viewed as one integer twice their width: one gather per byte writes both.
+    wide = torch.int32 if work == torch.bfloat16 else torch.int64
+    lut = _fp4_pair_lut(packed.device, work).view(wide).view(-1)
     out = torch.empty((p3.shape[0], out_f, in_f), dtype=dtype, device=packed.device)
     step = _row_chunk(out_f, in_f, 1, packed.device)
     for b in range(p3.shape[0]):
         for r0 in range(0, out_f, step):
             r1 = min(r0 + step, out_f)
-            # one lookup per byte gives both of its values, low nibble first
-            vals = lut[p3[b, r0:r1].to(torch.int32)].view(r1 - r0, in_f // FP4_BLOCK, FP4_BLOCK)
-            vals.mul_(s[b, r0:r1, :, None])
-            out[b, r0:r1] = vals.view(r1 - r0, in_f)
+            idx = p3[b, r0:r1].reshape(-1).to(torch.int32)
+            if exact:  # gather straight into the output, then scale in place
+                dst = out[b, r0:r1]
+                torch.index_select(lut, 0, idx, out=dst.view(wide).view(-1))
+            else:
+                dst = torch.index_select(lut, 0, idx).view(work).view(r1 - r0, in_f)
+            dst.view(r1 - r0, in_f // FP4_BLOCK, FP4_BLOCK).mul_(s[b, r0:r1, :, None])
+            if not exact:
+                out[b, r0:r1] = dst
     return out.reshape(*packed.shape[:-1], in_f)
 
 

@@ -50,6 +50,9 @@ def test_e8m0_matches_torch_for_every_byte() -> None:
     assert torch.equal(ours[:255], theirs[:255])
     assert torch.isnan(ours[255]) and torch.isnan(theirs[255])
     assert ours[:255].tolist() == [2.0 ** (e - 127) for e in range(255)]
+    # the dequantizers convert e8m0 straight to bf16: exact for every byte too (2^-127 is a bf16 subnormal)
+    as_bf16 = raw.view(torch.float8_e8m0fnu).to(torch.bfloat16)
+    assert torch.equal(as_bf16[:255].float(), ours[:255]) and torch.isnan(as_bf16[255])
 
 
 def test_e8m0_encode_round_trip_and_range() -> None:
