@@ -93,6 +93,9 @@ class EventRenderer:
             style = "red" if event.is_error else "yellow"
             body = event.content if len(event.content) <= 400 else event.content[:400] + " …"
             self.console.print(f"[{style}]result[/] [dim]{escape(event.name)}:[/] {escape(body)}")
+        elif isinstance(event, ev.ApprovalRequired):
+            self._close_line()
+            self.console.print(f"[magenta]approval needed[/] for {escape(event.call.name)} ({event.call.id})")
         elif isinstance(event, ev.ErrorEvent):
             self._close_line()
             self.console.print(f"[red]error ({escape(event.error_kind)}):[/] {escape(event.message)}")
@@ -140,16 +143,19 @@ def summary_table(rows: Sequence[RunStats]) -> Table:
     return table
 
 
+SANDBOXES = ("auto", "docker", "bwrap", "local")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="agentkit", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = p.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run a handful of varied tasks, streamed to the terminal")
     demo.add_argument("--model", default=None, help="model spec (default: the shipped embedded model)")
-    demo.add_argument("--sandbox", default="auto", help="auto | docker | bwrap | local (unsafe)")
+    demo.add_argument("--sandbox", default="auto", choices=SANDBOXES, help="local is unsafe (no isolation)")
     run = sub.add_parser("run", help="run one task")
     run.add_argument("task")
     run.add_argument("--model", default=None, help="model spec (default: the shipped embedded model)")
-    run.add_argument("--sandbox", default="auto", help="auto | docker | bwrap | local (unsafe)")
+    run.add_argument("--sandbox", default="auto", choices=SANDBOXES, help="local is unsafe (no isolation)")
     run.add_argument("--thinking", default="high", choices=["off", "high", "max"])
     return p
 

@@ -14,13 +14,14 @@ import json
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from rich.console import Console
 
 from agentkit.cli import RunStats, stream_run, summary_table
 from agentkit.dsml import render_assistant_turn
 from agentkit.models.base import ModelRequest
+from agentkit.tools.sandbox.select import Backend
 from agentkit.tools.tool import tool
 
 _OPS: dict[type, Callable[[Any, Any], Any]] = {
@@ -165,7 +166,7 @@ async def run_demo(console: Console, model: str | None, sandbox_backend: str) ->
         "[bold]agentkit demo[/] — scripted model, real loop, real DSML parser, real tools, real sandbox"
     )
     with console.status(f"opening a {sandbox_backend} sandbox…"):
-        sandbox = await open_sandbox(sandbox_backend)  # type: ignore[arg-type]
+        sandbox = await open_sandbox(cast(Backend, sandbox_backend))
     rows: list[RunStats] = []
     async with sandbox:
         await _seed(sandbox)
