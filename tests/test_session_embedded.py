@@ -8,6 +8,7 @@ token through a logits processor, so it writes real canonical DSML (a tool call,
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -71,10 +72,30 @@ SETUP = textwrap.dedent(
 )
 
 
+_BUILT: dict[str, Any] = {}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Any:
+    """The tiny model's ops are far too small to split across threads; on a shared, busy machine the
+    intra-op thread barrier alone costs seconds per call. Restored afterwards for other modules."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _setup() -> Any:
-    ns: dict[str, Any] = {}
-    exec(SETUP, ns)
-    return ns
+    """SETUP's namespace, with `build` memoized: the weights are read-only, so tests can share them."""
+    if not _BUILT:
+        ns: dict[str, Any] = {}
+        exec(SETUP, ns)
+        built = ns["build"]()
+        ns["build"] = lambda: built
+        _BUILT.update(ns)
+    return _BUILT
 
 
 @tool
@@ -164,6 +185,7 @@ def test_embedded_run_extends_only_suffixes_and_resumes_without_prefill(tmp_path
         text=True,
         cwd=tmp_path,
         timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     done = json.loads(proc.stdout.strip().splitlines()[-1])
