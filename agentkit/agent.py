@@ -69,6 +69,17 @@ async def _ignore(_: ev.Event) -> None:
 
 
 class Agent(Generic[DepsT, OutputT]):
+    """A model, typed tools, instructions and limits.
+
+    `model`: a `Model` or a spec string (`embedded:tiny`, `completions:<url>#<model>`,
+    `chat:<url>#<model>`, `deepseek:<model>`). `tools`: `@tool` objects or plain functions (wrapped).
+    `thinking`: "off" (chat mode), "high" (thinking), "max" (thinking + the max-effort preamble).
+    `sandbox`: a sandbox the caller owns, or a backend name / factory the run opens and closes itself.
+    `output_type`: validate the final answer as this type (JSON), feeding failures back to the model.
+    `deps`: handed to tools through `RunContext.deps`. `approver`: decides `requires_approval` calls
+    in-process (True, False or a denial reason); without one such calls pause the run.
+    """
+
     def __init__(
         self,
         model: str | Model,
