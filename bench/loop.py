@@ -9,6 +9,7 @@ number that must not grow with N.
     python bench/loop.py                 # 10, 100, 1000 steps, asyncio
     python bench/loop.py --backend trio --steps 10 100 1000 --repeat 3
     python bench/loop.py --sync-tool      # a sync tool adds its worker-thread hop
+    python bench/loop.py --resume 500 2000 8000   # embedded: resume a saved session with vs without KV
 
 Anchors (same harness idea, 2-vCPU VM; see research/agent-anchors.md §7.1): smolagents 0.47 ms/turn,
 LangGraph 2.0 ms, pydantic-ai 3.8-4.4 ms, OpenAI Agents SDK 3.9-6.9 ms.
@@ -88,6 +89,58 @@ async def bench(
     return rows
 
 
+def resume_bench(history_chars: list[int], tmp: str) -> list[tuple[int, int, float, int, float]]:
+    """Embedded backend: resume a saved session with its KV state vs. from the transcript alone.
+
+    Runtime tiny-test preset, seeded random weights, a byte-level tokenizer with the V4 added tokens,
+    outputs forced through a logits processor; one torch thread (the ops are tiny)."""
+    from pathlib import Path
+
+    import torch
+    from agentkit.runtime.config import ModelConfig
+    from agentkit.runtime.model import V4Model
+    from agentkit.runtime.tokenizer import AddedToken, Tokenizer
+
+    from agentkit.dsml import ASSISTANT, BOS, DSML, EOS, THINK_END, THINK_START, USER
+    from agentkit.models.embedded import EmbeddedModel
+    from agentkit.session import load_session
+
+    torch.set_num_threads(1)
+    specials = [BOS, EOS, USER, ASSISTANT, THINK_START, THINK_END, DSML]
+    tok = Tokenizer(
+        [], {bytes([b]): b for b in range(256)}, [AddedToken(t, 256 + i) for i, t in enumerate(specials)]
+    )
+    model = V4Model(ModelConfig.preset("tiny-test", vocab_size=256 + len(specials))).init_random_(0)
+    answer = render_assistant_turn({"reasoning_content": "r", "content": "ok"}, "thinking")
+
+    def backend() -> EmbeddedModel:
+        forced = tok.encode(answer, allow_special=True)
+
+        def force(generated: list[int], logits: Any) -> Any:
+            out = torch.full_like(logits, float("-inf"))
+            out[forced[len(generated)]] = 0.0
+            return out
+
+        return EmbeddedModel(model=model, tokenizer=tok, logits_processor=force)
+
+    rows = []
+    for n in history_chars:
+        agent: Agent[None, str] = Agent(backend(), [], instructions="s")
+        first = agent.run_sync("x" * n)
+        path = agent.save_session(Path(tmp) / f"run{n}.json", first)
+        results = []
+        for with_kv in (True, False):
+            again: Agent[None, str] = Agent(backend(), [], instructions="s")
+            state = again.load_session(path) if with_kv else load_session(path)[0]
+            before = state.usage.prefilled_tokens
+            t0 = time.perf_counter()
+            second = again.run_sync("and now?", state=state)
+            results.append((second.usage.prefilled_tokens - before, (time.perf_counter() - t0) * 1e3))
+        history = first.usage.prompt_tokens + first.usage.completion_tokens
+        rows.append((history, results[0][0], results[0][1], results[1][0], results[1][1]))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, nargs="+", default=[10, 100, 1000])
@@ -95,7 +148,27 @@ def main() -> None:
     ap.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     ap.add_argument("--chunk", type=int, default=0, help="stream chunk size in chars (0 = whole output)")
     ap.add_argument("--sync-tool", action="store_true", help="a sync no-op tool (adds a worker-thread hop)")
+    ap.add_argument(
+        "--resume",
+        type=int,
+        nargs="*",
+        metavar="CHARS",
+        help="instead: embedded session resume with/without KV",
+    )
     args = ap.parse_args()
+    if args.resume is not None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            table = resume_bench(args.resume or [500, 2000, 8000], tmp)
+        print("embedded session resume (tiny-test preset, CPU, 1 thread): first request after loading a save")
+        print(
+            "| history tokens | with KV: prefilled | with KV: ms | without KV: prefilled | without KV: ms |"
+        )
+        print("|---:|---:|---:|---:|---:|")
+        for history, p_kv, ms_kv, p_no, ms_no in table:
+            print(f"| {history} | {p_kv} | {ms_kv:.0f} | {p_no} | {ms_no:.0f} |")
+        return
     chunk = args.chunk or None
     rows = anyio.run(bench, args.steps, args.repeat, chunk, args.sync_tool, backend=args.backend)
     kind = "sync" if args.sync_tool else "async"
