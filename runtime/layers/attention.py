@@ -21,6 +21,13 @@ from agentkit.runtime.state import LayerState
 from torch import nn
 
 QUERY_BLOCK = 256
+# elements of one [block, heads, candidates] fp32 score temporary: 64 MiB on CPU, 512 MiB on a GPU
+SCORE_BUDGET = {"cpu": 1 << 24, "cuda": 1 << 27}
+
+
+def _scores(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """q [b, h, d] x keys [m, d] -> [b, h, m] as one GEMM."""
+    return (q.reshape(-1, q.shape[-1]) @ keys.t()).view(q.shape[0], q.shape[1], -1)
 
 
 @dataclass
@@ -204,50 +211,63 @@ class Attention(nn.Module):
         iq: torch.Tensor | None,
         iw: torch.Tensor | None,
     ) -> torch.Tensor:
-        """One sequence: queries at pos..pos+n-1 over window keys (+ visible/selected compressed entries)."""
-        n = q.shape[0]
+        """One sequence: queries at pos..pos+n-1 over window keys (+ visible/selected compressed entries).
+
+        HCA entries are attended densely (masked by visibility). CSA entries are gathered per query (top-k
+        indices from the indexer), so a long prefix costs O(k) per query rather than O(entries). Query blocks
+        shrink as the number of candidates grows, bounding the [block, heads, candidates] temporaries.
+        """
+        n, h = q.shape[0], q.shape[1]
         dev = q.device
         scale = 1.0 / math.sqrt(self.head_dim)
         sink = self.attn_sink.float().view(1, -1, 1)
+        n_comp = 0 if comp is None else comp.shape[0]
+        width = self.window + n_comp + (0 if iq is None else iq.shape[1] * n_comp // max(h, 1))
+        budget = SCORE_BUDGET.get(dev.type, 1 << 24)
+        block = max(1, min(QUERY_BLOCK, budget // max(1, h * width)))
         out = []
-        for i0 in range(0, n, QUERY_BLOCK):
-            i1 = min(n, i0 + QUERY_BLOCK)
+        for i0 in range(0, n, block):
+            i1 = min(n, i0 + block)
             qpos = torch.arange(pos + i0, pos + i1, device=dev)
             lo = max(0, i0 + w_old - self.window + 1)
             hi = i1 + w_old
             kw = keys_win[lo:hi]
             kpos = torch.arange(lo, hi, device=dev) + (pos - w_old)
             mask = (kpos[None] <= qpos[:, None]) & (kpos[None] > qpos[:, None] - self.window)
-            keys = kw
-            if comp is not None and comp.shape[0]:
-                visible = torch.arange(comp.shape[0], device=dev)[None] < ((qpos + 1) // self.ratio)[:, None]
+            qb = q[i0:i1].float()
+            logits = _scores(qb, kw.float())
+            gathered: torch.Tensor | None = None
+            dense = kw
+            if comp is not None and n_comp:
+                visible = torch.arange(n_comp, device=dev)[None] < ((qpos + 1) // self.ratio)[:, None]
                 if idx_keys is not None:
                     assert iq is not None and iw is not None
-                    visible = visible & self._select(iq[i0:i1], iw[i0:i1], idx_keys, visible)
-                keys = torch.cat((kw, comp), 0)
-                mask = torch.cat((mask, visible), 1)
-            qb = q[i0:i1].float()
-            logits = (qb.reshape(-1, qb.shape[-1]) @ keys.float().t()).view(
-                qb.shape[0], qb.shape[1], -1
-            ) * scale
-            logits = logits.masked_fill(~mask[:, None, :], float("-inf"))
+                    order = self._select(iq[i0:i1], iw[i0:i1], idx_keys, visible)
+                    gathered = comp[order]  # [b, k, d]
+                    lg = torch.bmm(qb, gathered.float().transpose(1, 2))  # [b, h, k]
+                    logits = torch.cat((logits, lg), -1)
+                    mask = torch.cat((mask, visible.gather(1, order)), 1)
+                else:
+                    dense = torch.cat((kw, comp), 0)
+                    logits = torch.cat((logits, _scores(qb, comp.float())), -1)
+                    mask = torch.cat((mask, visible), 1)
+            logits = (logits * scale).masked_fill(~mask[:, None, :], float("-inf"))
             full = torch.cat((logits, sink.expand(i1 - i0, -1, 1)), dim=-1)
-            probs = torch.softmax(full, dim=-1)[..., :-1]
-            pv = probs.to(keys.dtype).reshape(-1, keys.shape[0]) @ keys
-            out.append(pv.view(probs.shape[0], probs.shape[1], -1))
+            probs = torch.softmax(full, dim=-1)[..., :-1].to(keys_win.dtype)
+            nd = dense.shape[0]
+            o = (probs[..., :nd].reshape(-1, nd) @ dense).view(i1 - i0, h, -1)
+            if gathered is not None:
+                o = o + torch.bmm(probs[..., nd:], gathered.to(probs.dtype))
+            out.append(o)
         return torch.cat(out, 0) if len(out) > 1 else out[0]
 
     def _select(
         self, iq: torch.Tensor, iw: torch.Tensor, idx_keys: torch.Tensor, visible: torch.Tensor
     ) -> torch.Tensor:
-        """Top-k compressed entries per query by indexer score; ties go to the lower index (stable)."""
+        """Indices [b, k] of the top-k entries per query by indexer score (invisible ones rank last; ties go
+        to the lower index, so any chunking of a sequence selects the same entries)."""
         with torch.no_grad():
-            qf = iq.float()
-            scores = (qf.reshape(-1, qf.shape[-1]) @ idx_keys.float().t()).view(qf.shape[0], qf.shape[1], -1)
-            scores = (F.relu(scores) * iw.float().unsqueeze(-1)).sum(dim=1)
+            scores = (F.relu(_scores(iq.float(), idx_keys.float())) * iw.float().unsqueeze(-1)).sum(dim=1)
             scores = scores.masked_fill(~visible, float("-inf"))
             k = min(self.cfg.index_topk, idx_keys.shape[0])
-            order = torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :k]
-            sel = torch.zeros_like(visible)
-            sel.scatter_(1, order, True)
-        return sel
+            return torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :k]
