@@ -236,3 +236,17 @@ def test_cuda_bf16_matches_cpu_fp32() -> None:
     b = gpu.extend(gpu.new_state(), ids.cuda())
     assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
     assert (a.argmax(-1) == b.cpu().argmax(-1)).float().mean() > 0.9
+
+
+def test_query_block_size_does_not_change_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiny score budgets force one-query blocks (the long-prefix path): same logits as large blocks."""
+    from agentkit.runtime.layers import attention
+
+    cfg = random_config(5, sims=False)
+    model = V4Model(cfg).init_random_(5)
+    ids = torch.randint(0, cfg.vocab_size, (200,), generator=torch.Generator().manual_seed(5))
+    ref = model.extend(model.new_state(), ids)
+    monkeypatch.setattr(attention, "SCORE_BUDGET", {"cpu": 1})
+    small = model.extend(model.new_state(), ids)
+    assert isinstance(ref, torch.Tensor) and isinstance(small, torch.Tensor)
+    assert rel_err(small, ref).max() <= 1e-4
