@@ -297,3 +297,22 @@ def test_forking_a_run_from_an_earlier_state_does_not_reuse_the_advanced_kv() ->
     )
     prompt_b = len(tok.encode(branch_b.transcript.text)) - len(tok.encode(turn("c", "three")))
     assert branch_b.usage.prefilled_tokens - before == prompt_b
+
+
+def test_embedded_spec_loads_a_checkpoint_directory(tmp_path: Path) -> None:
+    """`embedded:<dir>`: the runtime's loader and tokenizer read what `agentkit.train.export` wrote."""
+    from agentkit.models import resolve
+    from agentkit.train.export import save_model
+
+    ns = _setup()
+    model, tok = ns["build"]()
+    ckpt = save_model(model, tok, tmp_path / "ckpt")
+    answer = turn("r", "", [("add", {"a": 2, "b": 3})])
+    final = turn("s", "5")
+    backend = resolve(f"embedded:{ckpt}", logits_processor=ns["forcer"](tok, [answer, final]))
+    assert backend.name == f"embedded:{ckpt}"
+    result = Agent(backend, [add]).run_sync("2+3?")
+    assert result.ok and result.output == "5"
+    assert [m.content for m in result.messages if m.role == "tool"] == ["5"]
+    ids = [i for s in result.transcript.segments for i in (s.token_ids or [])]
+    assert ids == tok.encode(result.transcript.text)  # the loaded tokenizer gives the training ids
