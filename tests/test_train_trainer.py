@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,20 @@ from agentkit.dsml.tokens import BOS, USER
 from agentkit.train.bpe import BPETokenizer, train_bpe
 from agentkit.train.data import IGNORE, Example, pack, tokenize_episode
 from agentkit.train.episodes import Episode, Segment, generate
-from agentkit.train.evaluate import replay
+from agentkit.train.evaluate import forced, replay
 from agentkit.train.export import load_model, save_model
 from agentkit.train.trainer import TrainConfig, build_model, micro_config, train
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny ops on a shared 2-core box: torch's intra-op threads only spin against other processes
+    (measured: one thread is ~20x faster here), so these tests run single-threaded."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 TAIL = 128  # tokens per smoke example: the end of an episode, where the assistant turns are
 
@@ -105,11 +117,22 @@ def test_checkpoint_round_trip(tok: BPETokenizer, tmp_path: Path) -> None:
         torch.testing.assert_close(back(x).logits, model(x).logits)
 
 
+def _short(e: Episode) -> Episode:
+    """The episode with its long tools section swapped for a bare prompt (turns and results unchanged),
+    to keep CPU cost down where the test is about the machinery, not the prompt."""
+    first = e.segments[0]
+    short = Segment(BOS + first.text[first.text.index(USER) :], False)
+    return dataclasses.replace(e, segments=[short, *e.segments[1:]])
+
+
 def test_replay_follows_teacher_forced_argmax(episodes: list[Episode], tok: BPETokenizer) -> None:
     """Incremental greedy replay agrees with the full-sequence forward on the reference prefix."""
     model = build_model(micro_config(tok.vocab_size), 1, torch.device("cpu"))
-    eps = episodes[:3]
+    eps = [_short(e) for e in episodes[:3]]
     res = replay(model, tok.encode, tok.decode, eps, batch=3, keep_failures=3)
+    one_pass = forced(model, tok.encode, eps)
+    assert [f.generated_ids for f in one_pass.failures] == [f.generated_ids for f in res.failures]
+    assert one_pass.succeeded == res.succeeded
     assert res.episodes == 3 and res.succeeded == 0 and len(res.failures) == 3  # an untrained model fails
     for e, f in zip(eps, res.failures, strict=True):
         assert f.episode_id == e.id
@@ -130,13 +153,11 @@ def test_replay_succeeds_on_a_memorized_episode(episodes: list[Episode], tok: BP
     The long tools section is swapped for a short prompt to keep the CPU cost down; the turns, tool
     results and their boundaries are the real episode's.
     """
-    e = next(x for x in episodes if len([s for s in x.segments if s.loss]) >= 2)
-    first = e.segments[0]
-    short = Segment(BOS + first.text[first.text.index(USER) :], False)
-    e = dataclasses.replace(e, segments=[short, *e.segments[1:]])
+    e = _short(next(x for x in episodes if len([s for s in x.segments if s.loss]) >= 2))
     ex = tokenize_episode(tok.encode, e)
     data = pack([ex], len(ex.ids), pad_id=2)
     cfg = TrainConfig(steps=30, batch_size=1, lr=1e-2, warmup=3, log_every=10, seed=0, device="cpu")
     model, _ = train(micro_config(tok.vocab_size), data, cfg)
     res = replay(model, tok.encode, tok.decode, [e])
     assert res.success_rate == 1.0, res.failures
+    assert forced(model, tok.encode, [e]).success_rate == 1.0

@@ -1,4 +1,12 @@
-"""Quick evaluation of a trained model on episodes: greedy replay through the runtime's `extend`.
+"""Quick evaluation of a trained model on episodes: greedy replay, and its one-pass equivalent.
+
+`replay` is the literal check (below). `forced` gets the same verdicts from one full-sequence forward
+per batch: greedy decoding reproduces a reference turn exactly if and only if, with the reference
+prefix fed in, the argmax at every position of the turn is the reference's next token (each greedy
+step then sees exactly the reference prefix). That makes a 500-episode evaluation a few forward passes
+instead of thousands of decode steps; tests check the two agree.
+
+`replay`:
 
 Replay feeds each episode's context (system, task, tool results) and lets the model generate every
 assistant turn greedily, token by token, with the same incremental state the serving engine uses. A turn
@@ -77,6 +85,64 @@ class ReplayResult:
             "turn_accuracy": round(self.turns_ok / max(1, self.turns), 4),
             "by_family": {f: f"{ok}/{n}" for f, (ok, n) in sorted(self.by_family.items())},
         }
+
+
+@torch.no_grad()
+def forced(
+    model: V4Model,
+    encode: Callable[[str], list[int]],
+    episodes: Sequence[Episode],
+    *,
+    batch: int = 16,
+    pad_id: int = 2,
+) -> ReplayResult:
+    """Teacher-forced exact-match verdicts per turn and episode (see module docstring)."""
+    model.eval()
+    dev = model.device
+    turns = turns_ok = succeeded = 0
+    by_family: dict[str, tuple[int, int]] = {}
+    failures: list[Failure] = []
+    for start in range(0, len(episodes), batch):
+        group = episodes[start : start + batch]
+        rows: list[list[int]] = []
+        spans: list[list[tuple[int, int]]] = []
+        for e in group:
+            ids: list[int] = []
+            sp: list[tuple[int, int]] = []
+            for seg in e.segments:
+                part = encode(seg.text)
+                if seg.loss:
+                    sp.append((len(ids), len(ids) + len(part)))
+                ids.extend(part)
+            rows.append(ids)
+            spans.append(sp)
+        width = max(len(r) for r in rows)
+        x = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        for i, r in enumerate(rows):
+            x[i, : len(r)] = torch.tensor(r)
+        x = x.to(dev)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            logits = model(x).logits
+        pred = logits.argmax(-1).cpu()
+        for i, e in enumerate(group):
+            ok_all = True
+            turns += len(spans[i])
+            for a, b in spans[i]:
+                ref = torch.tensor(rows[i][a:b])
+                got = pred[i, a - 1 : b - 1]
+                if torch.equal(got, ref):
+                    turns_ok += 1
+                    continue
+                ok_all = False  # like replay: the episode stops at its first wrong turn
+                if len(failures) < 5:
+                    first_bad = int((got != ref).nonzero()[0])
+                    gen = tuple(int(t) for t in [*ref[:first_bad].tolist(), int(got[first_bad])])
+                    failures.append(Failure(e.id, "", "", gen))
+                break
+            succeeded += ok_all
+            ok, n = by_family.get(e.family, (0, 0))
+            by_family[e.family] = (ok + int(ok_all), n + 1)
+    return ReplayResult(len(episodes), succeeded, turns, turns_ok, by_family, failures)
 
 
 @torch.no_grad()
