@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .calls import build_call
 from .errors import DSMLParseError
 from .models import (
     ContentDelta,
@@ -24,7 +25,6 @@ from .models import (
     ToolCallTorn,
     TornCall,
 )
-from .strict import build_call
 from .tokens import DSML
 
 
@@ -71,6 +71,7 @@ class _Base:
         self._p_chunks: list[str] = []
         self._p_flag: str | None = None
         self._p_discard = False
+        self._p_at = 0  # absolute offset of the current parameter's tag
         # tolerant block context
         self._dialect = DSML
         self._explicit = True
@@ -183,6 +184,16 @@ class _Base:
         if not discard:
             self._out.append(ParameterDelta(len(self._calls), name, string, ""))
 
+    def _set_param(self, name: str, raw: str, is_string: bool, at: int) -> None:
+        """A parameter of the open invoke is complete (`at`: absolute offset of its tag)."""
+        self._params[name] = (raw, is_string)
+
+    def _open_block(self, at: int) -> None:
+        """A tool call block starts at buffer index `at` (whole-text parsing builds its skeleton here)."""
+
+    def _close_block(self, at: int) -> None:
+        """The tool call block ends at buffer index `at`."""
+
     def _end_call(self, at: int) -> bool:
         assert self._inv_name is not None
         try:
@@ -200,6 +211,12 @@ class _Base:
         return True
 
     def _tear(self, at: int) -> None:
+        self._record_torn()
+        self._warn(f"output ended inside tool call {self._inv_name!r}; it was not dispatched", at)
+        self._inv_name = None
+        self._params = {}
+
+    def _record_torn(self) -> None:
         args: dict[str, Any] = {}
         for key, (raw, _s) in self._params.items():
             args[key] = raw
@@ -207,6 +224,3 @@ class _Base:
             args[self._p_name] = "".join(self._p_chunks)
         self._torn = TornCall(name=self._inv_name, arguments=args, position=self._inv_at)
         self._out.append(ToolCallTorn(len(self._calls), self._torn))
-        self._warn(f"output ended inside tool call {self._inv_name!r}; it was not dispatched", at)
-        self._inv_name = None
-        self._params = {}

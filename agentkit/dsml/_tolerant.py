@@ -17,9 +17,9 @@ tolerant mode reports as torn, because a call cut short may be missing arguments
 from __future__ import annotations
 
 from ._machine import _Base
+from .calls import decode_json_value
 from .lexer import PARTIAL, Tag, match_tag
 from .models import ParameterDelta
-from .strict import decode_json_value
 from .tokens import BOS, EOS, THINK_END, THINK_START
 
 _SPECIALS = (THINK_END, EOS, BOS, THINK_START)
@@ -148,6 +148,7 @@ class _TolerantStates(_Base):
         if reasoning:
             self._in_reasoning_block = True
             self._warn("tool call block inside the reasoning (no </think> before it)", tag.start)
+        self._open_block(tag.start)
         self._dialect = tag.delim
         self._explicit = tag.name != "invoke"
         self._variant_warned = False
@@ -192,6 +193,7 @@ class _TolerantStates(_Base):
                 self._tear(j)
             if self._explicit:
                 self._warn("tool call block not closed before the end-of-sentence token", j)
+            self._close_block(j)
             return self._goto(self._t_done, j + len(EOS))
         if buf.startswith(THINK_END, j):
             self._ws_run, self._ws_at = "", -1
@@ -222,6 +224,7 @@ class _TolerantStates(_Base):
     def _t_stray(self, j: int, final: bool) -> bool:
         if not self._explicit and self._inv_name is None:
             # A wrapper-less block ends where ordinary text resumes.
+            self._close_block(j)
             self._after_block = True
             return self._goto(self._t_content, j)
         k = self._buf.find("<", j + 1)
@@ -241,7 +244,7 @@ class _TolerantStates(_Base):
                 # `<｜｜DSML｜｜invoke name="cmd" string="echo alpha" />` inside an invoke: a parameter.
                 self._warn("parameter written as a self-closing invoke", tag.start)
                 name = attrs.get("name", "")
-                self._params[name] = (flag or "", True)
+                self._set_param(name, flag or "", True, self._abs(tag.start))
                 self._out.append(ParameterDelta(len(self._calls), name, True, flag or ""))
                 return True
             if self._inv_name is not None:
@@ -264,8 +267,9 @@ class _TolerantStates(_Base):
                 self._warn(f"duplicate parameter {name!r}: the later value wins", tag.start)
             if tag.self_closing:
                 if not discard:
-                    self._params[name] = (attrs.get("value", ""), flag != "false")
+                    self._set_param(name, attrs.get("value", ""), flag != "false", self._abs(tag.start))
                 return True
+            self._p_at = self._abs(tag.start)
             self._start_param(name, flag != "false", flag, discard)
             return self._goto(self._t_value, tag.end)
         if tag.closing and tag.name == "invoke":
@@ -277,6 +281,7 @@ class _TolerantStates(_Base):
             if self._inv_name is not None:
                 self._warn(f"invoke {self._inv_name!r} closed by </tool_calls>", tag.start)
                 self._end_call(tag.start)
+            self._close_block(tag.start)
             self._after_block = True
             return self._goto(self._t_content, tag.end)
         self._warn(f"unexpected DSML tag <{'/' if tag.closing else ''}{tag.name}> ignored", tag.start)
@@ -313,7 +318,7 @@ class _TolerantStates(_Base):
         raw = "".join(self._p_chunks)
         flag = self._p_flag
         if flag == "true":
-            self._params[self._p_name] = (raw, True)
+            self._set_param(self._p_name, raw, True, self._p_at)
             return
         if flag == "false":
             ok, _ = decode_json_value(raw)
@@ -321,13 +326,13 @@ class _TolerantStates(_Base):
             if inner is not None and decode_json_value(inner)[0]:
                 self._warn(f"parameter {self._p_name!r}: CDATA wrapper removed", at)
                 raw = inner
-            self._params[self._p_name] = (raw, False)
+            self._set_param(self._p_name, raw, False, self._p_at)
             return
         inner = unwrap_cdata(raw)
         if inner is not None:
             raw = inner
         self._warn(f'parameter {self._p_name!r} has no string="true|false"; kept as text', at)
-        self._params[self._p_name] = (raw, True)
+        self._set_param(self._p_name, raw, True, self._p_at)
 
     # --------------------------------------------------------------------------------------- done
 

@@ -270,6 +270,7 @@ class StreamParser(_TolerantStates):
                 name = buf[pos + len(lead) : at]
                 if name in self._params:
                     return self._fail(f"duplicate parameter name {name!r}", pos)
+                self._p_at = self._abs(pos - len(PARAM_OPEN))
                 self._start_param(name, mark == _HEADER_MARKS[0], None)
                 return self._goto(self._s_param_value, at + len(mark))
             if close == -1 and not final and any(m.startswith(tail) for m in _HEADER_MARKS):
@@ -301,7 +302,7 @@ class StreamParser(_TolerantStates):
             self._value(body)
             return self._fail("parameter value must end with '<' before /｜DSML｜parameter", close)
         self._value(body[:keep])
-        self._params[self._p_name] = ("".join(self._p_chunks), self._p_string)
+        self._set_param(self._p_name, "".join(self._p_chunks), self._p_string, self._p_at)
         self._in_value = False
         return self._goto(self._s_after_param, close + len(PARAM_CLOSE))
 

@@ -21,11 +21,9 @@ tag stays linear instead of rescanning to the end once per invoke.
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from .errors import DSMLParseError
-from .models import AssistantMessage, ToolCall, to_json
+from .models import AssistantMessage, ToolCall
+from .skeleton import Skeleton
 from .tokens import (
     EOS,
     FORBIDDEN_IN_TEXT,
@@ -110,85 +108,62 @@ def split_parameter(content: str) -> tuple[str, bool, str] | None:
     return content[7:at], is_string, value
 
 
-def decode_json_value(raw: str) -> tuple[bool, Any]:
-    try:
-        return True, json.loads(raw)
-    except (ValueError, RecursionError):
-        return False, None
+def _lex_block(f: _Finder, at: int, pos: int, sk: Skeleton) -> int:
+    """Cut the block at `at` into tags by the reference's stop strings and report them to `sk`.
 
-
-def build_call(name: str, params: dict[str, tuple[str, bool]], *, strict: bool, position: int) -> ToolCall:
-    """Decode parameters; the arguments string is assembled the way the reference assembles it."""
-    arguments: dict[str, Any] = {}
-    pieces = []
-    warnings: list[str] = []
-    string_params = []
-    for key, (raw, is_string) in params.items():
-        if is_string:
-            arguments[key] = raw
-            string_params.append(key)
-            pieces.append(f"{to_json(key)}: {to_json(raw)}")
-            continue
-        ok, value = decode_json_value(raw)
-        if not ok:
-            if strict:
-                raise DSMLParseError(
-                    f'parameter {key!r} of {name!r} has string="false" but is not valid JSON', position
-                )
-            warnings.append(
-                f'parameter {key!r} of {name!r}: string="false" value is not valid JSON; kept as text'
-            )
-            arguments[key] = raw
-            pieces.append(f"{to_json(key)}: {to_json(raw)}")
-            continue
-        arguments[key] = value
-        pieces.append(f"{to_json(key)}: {raw}")
-    return ToolCall(
-        name=name,
-        arguments=arguments,
-        arguments_json="{" + ", ".join(pieces) + "}",
-        string_params=frozenset(string_params),
-        warnings=tuple(warnings),
-    )
-
-
-def _parse_block(f: _Finder, pos: int) -> tuple[list[ToolCall], int]:
+    Layout (the `>\n` between tags, header and parameter shapes, duplicate names) is checked here,
+    where the text is; the structure goes to lxml through the skeleton. Returns where the block ends.
+    """
     text, n = f.text, len(f.text)
-    calls: list[ToolCall] = []
-    while pos < n:
-        hit, stop = f.first(pos, INVOKE_OPEN, TOOL_CALLS_CLOSE)
-        if text[pos:hit] != ">\n":
-            raise DSMLParseError("tool call block: expected '>\\n' before the next tag", pos)
-        if stop == TOOL_CALLS_CLOSE:
-            return calls, hit + len(TOOL_CALLS_CLOSE)
-        if stop is None:
-            raise DSMLParseError("tool call block: missing <｜DSML｜invoke or </｜DSML｜tool_calls>", n)
-        call_at = hit
-        pos = hit + len(INVOKE_OPEN)
-        hit, stop = f.first(pos, PARAM_OPEN, INVOKE_CLOSE)
-        name = invoke_name(text[pos:hit])
-        if name is None:
-            raise DSMLParseError('invoke header must be name="…"> followed by a newline', pos)
-        pos = hit + len(stop) if stop else n
-        params: dict[str, tuple[str, bool]] = {}
-        while stop == PARAM_OPEN:
-            hit, close = f.first(pos, PARAM_CLOSE)
-            parts = split_parameter(text[pos:hit])
-            if parts is None:
-                raise DSMLParseError(
-                    'parameter must be name="…" string="true|false">…</｜DSML｜parameter>', pos
-                )
-            key, is_string, value = parts
-            if key in params:
-                raise DSMLParseError(f"duplicate parameter name {key!r}", pos)
-            params[key] = (value, is_string)
-            pos = hit + len(PARAM_CLOSE) if close else n
-            hit, stop = f.first(pos, PARAM_OPEN, INVOKE_CLOSE)
+    sk.open_block(at)
+    complete = sk.mark()
+    try:
+        while pos < n:
+            hit, stop = f.first(pos, INVOKE_OPEN, TOOL_CALLS_CLOSE)
             if text[pos:hit] != ">\n":
-                raise DSMLParseError("parameter: expected '>\\n' after </｜DSML｜parameter", pos)
+                raise DSMLParseError("tool call block: expected '>\\n' before the next tag", pos)
+            if stop == TOOL_CALLS_CLOSE:
+                sk.close_block(hit)
+                return hit + len(TOOL_CALLS_CLOSE)
+            if stop is None:
+                raise DSMLParseError("tool call block: missing <｜DSML｜invoke or </｜DSML｜tool_calls>", n)
+            call_at = hit
+            pos = hit + len(INVOKE_OPEN)
+            hit, stop = f.first(pos, PARAM_OPEN, INVOKE_CLOSE)
+            name = invoke_name(text[pos:hit])
+            if name is None:
+                raise DSMLParseError('invoke header must be name="…"> followed by a newline', pos)
+            sk.open_invoke(name, call_at)
+            keys: set[str] = set()
+            while stop == PARAM_OPEN:
+                param_at, pos = hit, hit + len(PARAM_OPEN)
+                hit, close = f.first(pos, PARAM_CLOSE)
+                parts = split_parameter(text[pos:hit])
+                if parts is None:
+                    raise DSMLParseError(
+                        'parameter must be name="…" string="true|false">…</｜DSML｜parameter>', pos
+                    )
+                key, is_string, value = parts
+                if key in keys:
+                    raise DSMLParseError(f"duplicate parameter name {key!r}", pos)
+                keys.add(key)
+                sk.parameter(key, value, is_string, param_at)
+                pos = hit + len(PARAM_CLOSE) if close else n
+                hit, stop = f.first(pos, PARAM_OPEN, INVOKE_CLOSE)
+                if text[pos:hit] != ">\n":
+                    raise DSMLParseError("parameter: expected '>\\n' after </｜DSML｜parameter", pos)
+            sk.close_invoke(hit)
+            complete = sk.mark()
             pos = hit + len(stop) if stop else n
-        calls.append(build_call(name, params, strict=True, position=call_at))
-    return calls, pos
+    except DSMLParseError:
+        # The reference decodes each invoke as it closes, so an error in an earlier invoke's values
+        # comes first: build what was complete before re-raising the layout error.
+        sk.truncate(complete)
+        sk.close_block(n)
+        sk.build(strict=True)
+        raise
+    sk.close_block(n)
+    return pos
 
 
 def parse_strict(text: str, thinking_mode: str) -> AssistantMessage:
@@ -213,7 +188,9 @@ def parse_strict(text: str, thinking_mode: str) -> AssistantMessage:
     if stop == EOS:
         pos = hit + len(EOS)
     else:
-        calls, pos = _parse_block(f, hit + len(TOOL_CALLS_START))
+        sk = Skeleton()
+        pos = _lex_block(f, hit + 2, hit + len(TOOL_CALLS_START), sk)
+        calls = sk.build(strict=True)[0]
         hit, stop = f.first(pos, EOS)
         if hit != pos:
             raise DSMLParseError("unexpected text after the tool call block", pos)
