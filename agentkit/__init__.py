@@ -15,6 +15,10 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Agent": "agentkit.agent",
     "RunResult": "agentkit.agent",
+    "RunError": "agentkit.agent",
+    "RunState": "agentkit.session",
+    "resolve": "agentkit.models",
+    "ScriptedModel": "agentkit.models",
     "Limits": "agentkit.limits",
     "Usage": "agentkit.limits",
     "tool": "agentkit.tools.tool",
@@ -27,9 +31,11 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
-    from agentkit.agent import Agent, RunResult
+    from agentkit.agent import Agent, RunError, RunResult
     from agentkit.dsml import StreamParser, encode_messages, parse_completion
     from agentkit.limits import Limits, Usage
+    from agentkit.models import ScriptedModel, resolve
+    from agentkit.session import RunState
     from agentkit.tools.context import RunContext
     from agentkit.tools.sandbox import open_sandbox
     from agentkit.tools.tool import Tool, tool
@@ -48,12 +54,16 @@ __all__ = [
     "Agent",
     "Limits",
     "RunContext",
+    "RunError",
     "RunResult",
+    "RunState",
+    "ScriptedModel",
     "StreamParser",
     "Tool",
     "Usage",
     "encode_messages",
     "open_sandbox",
     "parse_completion",
+    "resolve",
     "tool",
 ]
