@@ -10,7 +10,6 @@ of the run, so a wrong tool result or a parsing slip fails the demo (exit code 1
 from __future__ import annotations
 
 import ast
-import json
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,8 +18,8 @@ from typing import Any, cast
 from rich.console import Console
 
 from agentkit.cli import RunStats, stream_run, summary_table
-from agentkit.dsml import render_assistant_turn
 from agentkit.models.base import ModelRequest
+from agentkit.models.scripted import scripted_turn
 from agentkit.tools.sandbox.select import Backend
 from agentkit.tools.tool import tool
 
@@ -56,13 +55,7 @@ def calculator(expression: str) -> str:
 
 
 def _say(reasoning: str, content: str = "", calls: list[dict[str, Any]] | None = None) -> str:
-    msg: dict[str, Any] = {"role": "assistant", "reasoning_content": reasoning, "content": content}
-    if calls:
-        msg["tool_calls"] = [
-            {"type": "function", "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])}}
-            for c in calls
-        ]
-    return render_assistant_turn(msg, "thinking")
+    return scripted_turn(reasoning, content, [(c["name"], c["arguments"]) for c in calls or []])
 
 
 def _last_results(req: ModelRequest) -> list[str]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import http.server
-import json
 import re
 import sys
 import threading
@@ -37,9 +36,9 @@ from rich.markup import escape
 
 from agentkit import Agent
 from agentkit.cli import RunStats, stream_run
-from agentkit.dsml import render_assistant_turn
 from agentkit.messages import AssistantMessage, ToolMessage, UserMessage
 from agentkit.models import Model, ModelError, ModelRequest, ScriptedModel, resolve
+from agentkit.models.scripted import scripted_turn
 
 INSTRUCTIONS = (
     "You answer questions from web pages. Open the start URL, follow links and search pages with the "
@@ -112,12 +111,7 @@ def serve_demo_site(team_price: str = "29") -> Iterator[str]:
 
 def say(req: ModelRequest, reasoning: str, content: str = "", calls: Sequence[tuple[str, Any]] = ()) -> str:
     """One assistant turn as the model would write it: canonical DSML, in the run's thinking mode."""
-    msg: dict[str, Any] = {"role": "assistant", "reasoning_content": reasoning, "content": content}
-    if calls:
-        msg["tool_calls"] = [
-            {"type": "function", "function": {"name": n, "arguments": json.dumps(a)}} for n, a in calls
-        ]
-    return render_assistant_turn(msg, "chat" if req.thinking == "off" else "thinking")
+    return scripted_turn(reasoning, content, calls, thinking=req.thinking)
 
 
 def _history(req: ModelRequest) -> tuple[str, list[tuple[str, str]]]:

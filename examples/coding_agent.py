@@ -47,9 +47,9 @@ from rich.panel import Panel
 from agentkit import Agent, RunResult, open_sandbox
 from agentkit import events as ev
 from agentkit.cli import EventRenderer, RunStats
-from agentkit.dsml import render_assistant_turn
 from agentkit.messages import AssistantMessage, ToolMessage, UserMessage
 from agentkit.models import Model, ModelError, ModelRequest, ScriptedModel, resolve
+from agentkit.models.scripted import scripted_turn
 from agentkit.session import RunState
 
 TEST_COMMAND = "python3 -m unittest -v"
@@ -124,12 +124,7 @@ def make_tools(approve_writes: bool) -> list[Tool]:
 
 def say(req: ModelRequest, reasoning: str, content: str = "", calls: Sequence[tuple[str, Any]] = ()) -> str:
     """One assistant turn as the model would write it: canonical DSML, in the run's thinking mode."""
-    msg: dict[str, Any] = {"role": "assistant", "reasoning_content": reasoning, "content": content}
-    if calls:
-        msg["tool_calls"] = [
-            {"type": "function", "function": {"name": n, "arguments": json.dumps(a)}} for n, a in calls
-        ]
-    return render_assistant_turn(msg, "chat" if req.thinking == "off" else "thinking")
+    return scripted_turn(reasoning, content, calls, thinking=req.thinking)
 
 
 def _this_task(req: ModelRequest) -> list[tuple[str, dict[str, Any], str]]:

@@ -14,7 +14,6 @@ between the "model" and the tool (DSML parsing, argument validation, the call, t
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from collections.abc import Sequence
@@ -23,9 +22,9 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from agentkit import Agent, RunResult, tool
-from agentkit.dsml import render_assistant_turn
 from agentkit.messages import ToolMessage
 from agentkit.models import Model, ModelError, ModelRequest, ScriptedModel, resolve
+from agentkit.models.scripted import scripted_turn
 
 Zone = Literal["domestic", "eu", "world"]
 # Base price and price per started kilogram, in euro cents, by zone.
@@ -50,12 +49,7 @@ def shipping_cost(weight_kg: Annotated[float, Field(gt=0, le=30)], zone: Zone) -
 
 def say(req: ModelRequest, reasoning: str, content: str = "", calls: Sequence[tuple[str, Any]] = ()) -> str:
     """One assistant turn as the model would write it: canonical DSML, in the run's thinking mode."""
-    msg: dict[str, Any] = {"role": "assistant", "reasoning_content": reasoning, "content": content}
-    if calls:
-        msg["tool_calls"] = [
-            {"type": "function", "function": {"name": n, "arguments": json.dumps(a)}} for n, a in calls
-        ]
-    return render_assistant_turn(msg, "chat" if req.thinking == "off" else "thinking")
+    return scripted_turn(reasoning, content, calls, thinking=req.thinking)
 
 
 def scripted_policy(req: ModelRequest) -> str:

@@ -7,10 +7,11 @@ so tools dispatched eagerly really do run while "the model" is still producing t
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 
@@ -119,4 +120,28 @@ class ScriptedModel:
         return None
 
 
-__all__ = ["PromptRecord", "Script", "ScriptedModel"]
+def scripted_turn(
+    reasoning: str,
+    content: str = "",
+    calls: Sequence[tuple[str, dict[str, Any]]] = (),
+    *,
+    thinking: str = "high",
+) -> str:
+    """One assistant turn exactly as a V4 model writes it (canonical DSML), for scripted outputs.
+
+    Scripts built from this are "canonical" output, so a run driven by them keeps the transcript
+    byte-identical to `encode_messages` of its messages. `thinking` is the agent's setting ("off" renders
+    chat mode, where no reasoning is written).
+    """
+    from agentkit.dsml import render_assistant_turn
+
+    msg: dict[str, Any] = {"role": "assistant", "reasoning_content": reasoning, "content": content}
+    if calls:
+        msg["tool_calls"] = [
+            {"type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
+            for name, args in calls
+        ]
+    return render_assistant_turn(msg, "chat" if thinking == "off" else "thinking")
+
+
+__all__ = ["PromptRecord", "Script", "ScriptedModel", "scripted_turn"]
