@@ -1,5 +1,9 @@
 """Fuzz: malformed input of every kind gives a result or DSMLParseError, never another exception.
 
+It is also a differential test: each input goes through the stream parser's incremental machine and
+through the lxml skeleton path of `parse_completion`, whose results must be equal; tolerant parsing must
+never raise, so the skeleton the repair layer hands to lxml is well-formed on every input.
+
 Over 10,000 generated inputs per run (mutated fixtures, random marker soup, random bytes decoded with
 replacement). The seed changes per run to widen coverage and is printed on failure; set DSML_FUZZ_SEED
 to replay one. Large and deep inputs are checked separately.

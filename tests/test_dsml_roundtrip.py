@@ -118,9 +118,11 @@ def _as_xml(block: str) -> str:
 @SETTINGS
 @given(assistant_turns())
 def test_lxml_reads_the_same_structure(turn: dict[str, Any]) -> None:
-    """An independent structural parser (libxml2 via lxml) agrees with ours on canonical blocks.
+    """lxml reading the raw block (values as CDATA, no lexer involved) agrees with our parse.
 
-    Only values XML can carry take part (no control characters, no `]]>`, no CR: XML normalises it).
+    `parse_completion` itself uses lxml only on a skeleton the lexer cut out, so this checks the lexer's
+    cuts against libxml2 reading the text directly. Only values XML can carry take part (no control
+    characters, no `]]>`, no CR: XML normalises it).
     """
     span = render_assistant_turn(turn, "thinking")
     assume(not _XML_ILLEGAL.search(span) and "]]>" not in span)

@@ -1,7 +1,10 @@
-"""Split invariance of the stream parser, as a property over random texts and random chunkings.
+"""Split invariance of the stream parser, and a differential test of its machine against the lxml path.
 
-For any division of a text into chunks the merged events equal those of the whole text, in both modes;
-in strict mode the stream's verdict and calls equal `parse_completion`; in tolerant mode the result is
+For any division of a text into chunks the merged events equal those of the whole text, in both modes.
+`parse_completion` reads the block structure off lxml's tree of a skeleton (`skeleton.py`), while the
+stream parser assembles calls in its own incremental machine; on every random text the two must agree:
+in strict mode the stream's verdict and calls equal `parse_completion`'s (the strict lexer there is a
+separate implementation of the reference grammar), in tolerant mode the stream's result is
 `parse_completion(strict=False)` and every ToolCallEnd is one of its calls, in order.
 """
 

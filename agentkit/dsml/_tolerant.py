@@ -8,6 +8,10 @@ without a `string` flag; CDATA-wrapped values; JSON that does not parse (kept as
 and unknown DSML tags (dropped, never shown as content); text after the block; missing EOS; output cut
 inside a call (reported torn, never dispatched).
 
+These states are the tolerant lexer/repair layer of both paths: the stream parser assembles calls from
+them directly, whole-text parsing (`parse.py`) has them report every tag to the lxml skeleton. Each
+repair is decided here, tag by tag, so the skeleton is always well-formed.
+
 Agreement with strict mode: on every text strict mode accepts, tolerant mode returns the same message,
 except (a) texts whose content, names or values contain a DSML tag in a non-canonical spelling (tolerant
 reads it as markup), and (b) text cut off inside an invoke, which the reference still dispatches but

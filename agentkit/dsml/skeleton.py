@@ -44,6 +44,7 @@ PARAM_TAG = f"{DSML}parameter"
 VALUE_TAG = "value"
 ROOT_TAG = "completion"
 
+_SKELETON_LINES = re.compile(r",? line \d+(, column \d+)?")
 _XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 # Character references survive attribute-value normalisation; literal tabs/newlines would not.
 _ATTR_ESCAPES = str.maketrans(
@@ -139,8 +140,10 @@ class Skeleton:
         try:
             return etree.fromstring(self.text().encode("utf-8"), _parser())
         except etree.XMLSyntaxError as exc:
+            # libxml2's message names skeleton lines; the position is what points into the text.
+            msg = _SKELETON_LINES.sub("", exc.msg).replace(f" {ROOT_TAG}", " the end of the output")
             raise DSMLParseError(
-                f"DSML block is not well-formed: {exc.msg}", self._source_at(exc.lineno)
+                f"DSML block is not well-formed: {msg}", self._source_at(exc.lineno)
             ) from None
 
     def build(self, *, strict: bool) -> tuple[list[ToolCall], TornCall | None, list[int]]:

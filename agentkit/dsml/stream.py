@@ -1,14 +1,16 @@
 """Incremental parsing of a completion as it streams in: `StreamParser`.
 
 Split invariance is the design constraint: for any division of a text into chunks, the events (after
-merging adjacent deltas of one kind) are the same as for the whole text. Three rules give it:
+merging adjacent deltas of one kind) are the same as for the whole text. Two rules give it:
 
 1. Decisions are made only on complete evidence. Text that could still turn into a marker (a proper
    prefix of `</think>`, of the EOS token, of a DSML tag...) is held back, and a complete marker is not
    acted on while an earlier, still-growing marker prefix could swallow it.
 2. Whatever is held back is released the same way whether it arrived in one piece or many: on an error,
    the text before the offending marker is emitted first, then the error.
-3. Whole-text parsing is this parser fed once (tolerant mode), so the two cannot drift.
+
+A call is assembled by the machine as soon as its invoke closes, so it can be dispatched before the
+rest of the output exists.
 
 Strict mode is DeepSeek's grammar (see `strict.py`; tests run both against each other on every chunking).
 Tolerant mode recognises tags with the lexer in `lexer.py` and repairs the drift seen in real V4 output:
@@ -17,10 +19,15 @@ values, missing EOS, truncation (the cut invoke is reported torn and never dispa
 does not parse (kept as text). No piece of content the tolerant parser passes on contains a DSML tag
 or special token (text on both sides of a dropped tag is not re-scanned as one string).
 
-The block structure is tracked by this state machine, not by lxml: XML 1.0 cannot carry tool strings
-with control characters (not even as character references) and rewrites CR LF; libxml2's recover mode
-nests an unclosed invoke inside the next one instead of closing it; and each repair has to be decided
-per tag for split invariance anyway. lxml serves as an independent structural oracle in the tests.
+Whole-text parsing (`parse.py`) is a different path: a lexer (`strict.py`'s in strict mode, the
+tolerant states below in tolerant mode) reports the tags of the whole text to an XML skeleton whose
+values are placeholders, and lxml parses that skeleton into the block structure. lxml cannot do that
+incrementally with these guarantees (it would have to be restarted on every chunk, or its push parser
+would decide on incomplete evidence), so the stream keeps this machine; the tests run the two against
+each other on random texts and chunkings (`parse_completion` equals the stream's result, strict and
+tolerant), so they cannot drift. The tolerant states are shared: whole-text parsing runs them once with
+the call-assembly hooks (`_set_param`, `_end_call`, `_record_torn`, `_open_block`/`_close_block`)
+pointed at the skeleton.
 """
 
 from __future__ import annotations

@@ -15,8 +15,11 @@ One deliberate difference: a `string="false"` value must be a single valid JSON 
 pastes it into the arguments string unchecked, producing invalid JSON (or smuggling extra keys); a typed
 `arguments` dict cannot carry that, so strict mode rejects it and tolerant mode keeps it as text.
 
-Every search remembers where its stop string next occurs, so a text with many invokes and no closing
-tag stays linear instead of rescanning to the end once per invoke.
+This module is the strict *lexer*: it cuts the block into tags, names and raw values by the reference's
+stop strings and checks the layout where the text is; it reports each tag to a `Skeleton`
+(`skeleton.py`), and lxml's tree of that skeleton gives the calls. Every search remembers where its stop
+string next occurs, so a text with many invokes and no closing tag stays linear instead of rescanning to
+the end once per invoke.
 """
 
 from __future__ import annotations
