@@ -102,7 +102,7 @@ def train_stage(args: argparse.Namespace) -> None:
 
     from agentkit.train.bpe import BPETokenizer
     from agentkit.train.data import pack
-    from agentkit.train.evaluate import replay
+    from agentkit.train.evaluate import forced, replay
     from agentkit.train.export import save_model
     from agentkit.train.trainer import TrainConfig, micro_config, pick_device, tiny_config, train
 
@@ -156,10 +156,17 @@ def train_stage(args: argparse.Namespace) -> None:
         if limit <= 0 or not path.exists():
             continue
         eps = _load_episodes(path)[:limit]
-        res = replay(model, tok.encode, tok.decode, eps, batch=args.eval_batch)
+        res = forced(model, tok.encode, eps, batch=args.eval_batch)
         results[name] = res.summary()
-        results[f"{name}_failures"] = [f.__dict__ | {"generated_ids": None} for f in res.failures]
-        _log(f"replay {name}: {res.summary()}")
+        results[f"{name}_failures"] = [tok.decode(f.generated_ids[-40:]) for f in res.failures]
+        _log(f"exact-turn eval {name}: {res.summary()}")
+        if name == "heldout" and args.replay > 0:
+            # the literal incremental decode on a subset: must give the same verdicts
+            sub = eps[: args.replay]
+            lit = replay(model, tok.encode, tok.decode, sub, batch=args.replay)
+            one = forced(model, tok.encode, sub, batch=args.eval_batch)
+            results["replay_check"] = {"episodes": len(sub), "replay": lit.succeeded, "forced": one.succeeded}
+            _log(f"replay check on {len(sub)}: replay {lit.succeeded} ok, one-pass {one.succeeded} ok")
     results["seconds"] = time.perf_counter() - t0
     (out / "eval.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     if torch.cuda.is_available():
@@ -192,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--shard-mb", type=int, default=12)
     g.add_argument("--eval-heldout", type=int, default=500)
     g.add_argument("--eval-train", type=int, default=100)
-    g.add_argument("--eval-batch", type=int, default=64)
+    g.add_argument("--eval-batch", type=int, default=16)
+    g.add_argument("--replay", type=int, default=16, help="held-out episodes to also decode step by step")
     args = p.parse_args(argv)
     if args.stage in ("prepare", "all"):
         prepare(args)

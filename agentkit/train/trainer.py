@@ -167,6 +167,8 @@ def _train(
     muon, adamw = build_optimizers(model, lr=cfg.lr, weight_decay=cfg.weight_decay, adamw_lr=cfg.adamw_lr)
     opts: list[torch.optim.Optimizer] = [o for o in (muon, adamw) if o is not None]
     base_lrs = [[g["lr"] for g in o.param_groups] for o in opts]
+    all_inputs = data.inputs.to(device)  # a few hundred MB at most: keep the whole set on the device
+    all_labels = data.labels.to(device)
     gen = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(data), generator=gen)
     cursor = 0
@@ -180,8 +182,8 @@ def _train(
             cursor = 0
         idx = order[cursor : cursor + cfg.batch_size]
         cursor += cfg.batch_size
-        inputs = data.inputs[idx].to(device, non_blocking=True)
-        labels = data.labels[idx].to(device, non_blocking=True)
+        inputs = all_inputs[idx.to(device)]
+        labels = all_labels[idx.to(device)]
         mult = lr_at(step, cfg, time.perf_counter() - t0)
         for o, lrs in zip(opts, base_lrs, strict=True):
             for g, lr in zip(o.param_groups, lrs, strict=True):

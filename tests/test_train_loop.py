@@ -1,0 +1,76 @@
+"""Training text == what the real agent loop produces: no drift between train and eval formats.
+
+A model forced (through the embedded backend's logits processor) to emit an episode's reference turns
+is run through the real `Agent` loop with the real tools in a real LocalSandbox. The loop's transcript
+must then be byte-identical to the episode text the model is trained on, and its answer must match.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import torch
+
+from agentkit.dsml.tokens import EOS, USER
+from agentkit.models.embedded import EmbeddedModel
+from agentkit.train.bpe import train_bpe
+from agentkit.train.episodes import Episode, generate
+from agentkit.train.families import FAMILIES
+from agentkit.train.toolbox import all_tools
+from agentkit.train.trainer import build_model, micro_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from eval_tiny import run_one
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _forcer(turns: list[list[int]]) -> Any:
+    state = {"turn": -1}
+
+    def force(generated: list[int], logits: torch.Tensor) -> torch.Tensor:
+        if not generated:
+            state["turn"] += 1
+        ref = turns[state["turn"]]
+        out = torch.full_like(logits, float("-inf"))
+        out[..., ref[len(generated)]] = 0.0
+        return out
+
+    return force
+
+
+@pytest.mark.parametrize("split", ["train", "heldout"])
+def test_loop_transcript_equals_training_text(split: str) -> None:
+    eps: list[Episode] = [generate(1, split=split, seed=21, family=f)[0] for f in FAMILIES]
+    tok = train_bpe([e.text for e in eps], 300)
+    model = build_model(micro_config(tok.vocab_size), 0, torch.device("cpu"))
+    tools = all_tools()
+
+    async def main() -> list[dict[str, Any]]:
+        rows = []
+        for e in eps:
+            # every assistant turn, the untrained mistake of an error episode included
+            turns = [tok.encode(s.text) for s in e.segments if s.text.endswith(EOS) and USER not in s.text]
+            backend = EmbeddedModel(
+                model=model, tokenizer=tok, logits_processor=_forcer(turns), max_tokens=400
+            )
+            rows.append(await run_one(backend, e, tools))
+        return rows
+
+    rows = anyio.run(main)
+    assert {r["family"].split("_")[0] for r in rows} == {f.split("_")[0] for f in FAMILIES}
+    for r in rows:
+        assert r["status"] == "completed", r
+        assert r["same_transcript"], r
+        assert r["ok"], r
