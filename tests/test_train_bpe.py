@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -165,3 +166,21 @@ def _byte_symbols() -> dict[int, str]:
 
 
 _BYTE_SYMBOL = _byte_symbols()
+
+
+@pytest.fixture(scope="module")
+def runtime_tok(tok: BPETokenizer, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from agentkit.runtime.tokenizer import Tokenizer as RuntimeTokenizer
+
+    d = tmp_path_factory.mktemp("rt")
+    tok.save(d)
+    return RuntimeTokenizer.from_file(d)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_soup([*PIECES, "a", " ", "9", "中", "  ", "\n"], 30))
+def test_runtime_tokenizer_reads_our_file_identically(tok: BPETokenizer, runtime_tok: Any, text: str) -> None:
+    """Differential against the runtime's tiktoken-based loader (what the embedded backend uses)."""
+    assert runtime_tok.encode(text, allow_special=True) == tok.encode(text)
+    assert runtime_tok.encode(text) == tok.encode_ordinary(text)
+    assert runtime_tok.decode(tok.encode(text)) == text
