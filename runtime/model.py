@@ -36,6 +36,9 @@ class ForwardOutput:
     """[B, S-1, V] fp32: the MTP block's prediction of token p+2 from position p (None if not requested)."""
     loss: torch.Tensor | None
     """Mean next-token cross-entropy over labels != -100 (plus `mtp_weight` x the MTP loss when requested)."""
+    indexer_loss: torch.Tensor | None = None
+    """Mean KL(dense main attention || indexer) over CSA queries (only with `indexer_loss=True`); its
+    gradient reaches only the indexer, whose top-k choice gets no gradient from `loss`."""
 
 
 class Block(nn.Module):
@@ -335,6 +338,7 @@ class V4Model(nn.Module):
         *,
         mtp: bool = False,
         mtp_weight: float = 0.3,
+        indexer_loss: bool = False,
     ) -> ForwardOutput:
         """Full-sequence (training) forward over [B, S] from position 0; autograd flows through everything
         except the indexer's top-k and the expert choice (both discrete, as in the reference).
@@ -347,7 +351,18 @@ class V4Model(nn.Module):
         states = [self.new_state() for _ in range(b)]
         chunks = list(input_ids.unbind(0))
         self._check(states, chunks)
-        x = self._streams(states, chunks)
+        csa = [m for m in self.layers.modules() if isinstance(m, Attention) and m.indexer is not None]
+        for a in csa:
+            a.collect_indexer_loss, a.indexer_loss_terms = indexer_loss, []
+        try:
+            x = self._streams(states, chunks)
+        finally:
+            terms = [t for a in csa for t in a.indexer_loss_terms]
+            for a in csa:
+                a.collect_indexer_loss, a.indexer_loss_terms = False, []
+        idx_loss = None
+        if indexer_loss and terms:
+            idx_loss = torch.stack([t[0] for t in terms]).sum() / sum(t[1] for t in terms)
         logits = self._logits(x, self.hc_head_fn, self.hc_head_base, self.hc_head_scale, self.norm).view(
             b, s, -1
         )
@@ -365,7 +380,7 @@ class V4Model(nn.Module):
                     mtp_logits.reshape(b * (s - 1), -1), labels[:, 1:].reshape(-1), ignore_index=-100
                 )
                 loss = loss + mtp_weight * mtp_loss
-        return ForwardOutput(logits=logits, mtp_logits=mtp_logits, loss=loss)
+        return ForwardOutput(logits=logits, mtp_logits=mtp_logits, loss=loss, indexer_loss=idx_loss)
 
     def _mtp_forward(self, streams: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         """MTP block on main streams at p with token p+1's embedding (spec §8; zero embedding at p = 0)."""

@@ -250,3 +250,27 @@ def test_query_block_size_does_not_change_results(monkeypatch: pytest.MonkeyPatc
     small = model.extend(model.new_state(), ids)
     assert isinstance(ref, torch.Tensor) and isinstance(small, torch.Tensor)
     assert rel_err(small, ref).max() <= 1e-4
+
+
+def test_indexer_distillation_loss_trains_only_the_indexer() -> None:
+    cfg = ModelConfig.preset("tiny-test", compress_ratios=(4, 4, 0, 0, 0), index_topk=3)
+    model = V4Model(cfg).init_random_(12)
+    ids = torch.randint(0, cfg.vocab_size, (2, 64), generator=torch.Generator().manual_seed(12))
+    out = model(ids, indexer_loss=True)
+    assert out.indexer_loss is not None and float(out.indexer_loss.detach()) > 0
+    out.indexer_loss.backward()
+    for name, p in model.named_parameters():
+        if p.grad is not None and bool(p.grad.abs().sum() > 0):
+            assert ".indexer." in name, name
+    assert any(p.grad is not None for n, p in model.named_parameters() if ".indexer.wq_b" in n)
+    assert model(ids).indexer_loss is None
+    params = [p for n, p in model.named_parameters() if ".indexer." in n]
+    opt = torch.optim.Adam(params, lr=1e-2)
+    first = float(out.indexer_loss.detach())
+    for _ in range(10):
+        opt.zero_grad()
+        loss = model(ids, indexer_loss=True).indexer_loss
+        assert loss is not None
+        loss.backward()
+        opt.step()
+    assert float(loss.detach()) < first

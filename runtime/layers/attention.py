@@ -116,6 +116,9 @@ class Attention(nn.Module):
             self.indexer = Indexer(config, fmt, dtype, norm_dtype)
         self.freqs: torch.Tensor
         self.register_buffer("freqs", rope_frequencies(config, self.ratio > 0), persistent=False)
+        # Indexer distillation loss terms (sum, rows) collected during a training forward when enabled.
+        self.collect_indexer_loss = False
+        self.indexer_loss_terms: list[tuple[torch.Tensor, int]] = []
 
     # --- per-entry post-processing of pooled compressor output (spec §4.5) ---
     def _main_entries(self, pooled: torch.Tensor, first: int, dtype: torch.dtype) -> torch.Tensor:
@@ -145,8 +148,11 @@ class Attention(nn.Module):
         if self.compressor is not None:
             ckv, csc = self.compressor.project(x, positions)
         if self.indexer is not None:
-            ikv, isc = self.indexer.compressor.project(x, positions)
-            iq, iw = self.indexer.queries(qr, x, positions, self.freqs)
+            # The indexer only acts through a discrete top-k, so nothing flows back through its inputs anyway;
+            # detaching them makes its distillation loss train the indexer alone (as DeepSeek does).
+            xi, qri = x.detach(), qr.detach()
+            ikv, isc = self.indexer.compressor.project(xi, positions)
+            iq, iw = self.indexer.queries(qri, xi, positions, self.freqs)
         outs = []
         for s in seqs:
             a, b, p, ls = s.start, s.end, s.pos, s.state
@@ -243,6 +249,8 @@ class Attention(nn.Module):
                 if idx_keys is not None:
                     assert iq is not None and iw is not None
                     order = self._select(iq[i0:i1], iw[i0:i1], idx_keys, visible)
+                    if self.collect_indexer_loss and torch.is_grad_enabled():
+                        self._indexer_kl(qb * scale, comp, iq[i0:i1], iw[i0:i1], idx_keys, visible)
                     gathered = comp[order]  # [b, k, d]
                     lg = torch.bmm(qb, gathered.float().transpose(1, 2))  # [b, h, k]
                     logits = torch.cat((logits, lg), -1)
@@ -260,6 +268,32 @@ class Attention(nn.Module):
                 o = o + torch.bmm(probs[..., nd:], gathered.to(probs.dtype))
             out.append(o)
         return torch.cat(out, 0) if len(out) > 1 else out[0]
+
+    def _indexer_kl(
+        self,
+        q: torch.Tensor,
+        comp: torch.Tensor,
+        iq: torch.Tensor,
+        iw: torch.Tensor,
+        idx_keys: torch.Tensor,
+        visible: torch.Tensor,
+    ) -> None:
+        """KL(main attention over all visible entries, summed over heads || softmax of indexer scores).
+
+        The main side is detached: this trains only the indexer, the way DeepSeek's sparse-attention models
+        distill the indexer from dense attention. Rows with no visible entry contribute nothing.
+        """
+        rows = visible.any(-1)
+        if not rows.any():
+            return
+        with torch.no_grad():
+            main = _scores(q.detach(), comp.detach().float()).masked_fill(~visible[:, None, :], float("-inf"))
+            target = torch.softmax(main, -1).nan_to_num(0.0).sum(1)
+            target = target / target.sum(-1, keepdim=True).clamp_min(1e-12)
+        scores = (F.relu(_scores(iq.float(), idx_keys.float())) * iw.float().unsqueeze(-1)).sum(dim=1)
+        logp = torch.log_softmax(scores.masked_fill(~visible, float("-inf")), -1)
+        kl = (target * (target.clamp_min(1e-12).log() - logp)).masked_fill(~visible, 0.0).sum(-1)
+        self.indexer_loss_terms.append((kl[rows].sum(), int(rows.sum())))
 
     def _select(
         self, iq: torch.Tensor, iw: torch.Tensor, idx_keys: torch.Tensor, visible: torch.Tensor
