@@ -143,3 +143,16 @@ def test_many_invokes_and_deep_json(strict: bool) -> None:
     else:
         msg = parse_completion(text, "chat", strict=False)
         assert msg.tool_calls[0].arguments["d"] == deep and msg.warnings
+
+
+def test_huge_and_unrepresentable_names_go_through_the_skeleton() -> None:
+    """Names become XML attributes of the skeleton: a 2 MB one full of markup characters, and one XML
+    cannot hold at all (it travels in the placeholder table), both come back unchanged."""
+    for name in ('a&<"\t\r\n' * 300_000, "nul\x00 and \ud800"):
+        invoke = f'<｜DSML｜invoke name="{name}">\n</｜DSML｜invoke>'
+        text = f"\n\n<｜DSML｜tool_calls>\n{invoke}\n</｜DSML｜tool_calls>{EOS}"
+        assert parse_completion(text, "chat").tool_calls[0].name == name
+        p = StreamParser("chat", strict=True)
+        p.feed(text)
+        p.close()
+        assert p.result() == parse_completion(text, "chat")

@@ -55,7 +55,7 @@ def test_strict_lexer_writes_this_skeleton() -> None:
         ]
     )
     assert sk.values == ["run &amp; \x00", "a\r\nb]]>&<", "[1]"]
-    calls, torn, _ = sk.build(strict=True)
+    calls, torn = sk.build(strict=True)
     assert torn is None
     assert [(c.name, c.arguments) for c in calls] == [("run &amp; \x00", {"cmd": "a\r\nb]]>&<", "n": [1]})]
     assert parse_completion(text, "chat").tool_calls == calls
@@ -107,7 +107,7 @@ def test_any_name_and_value_survive_without_passing_through_xml(
         sk.close_invoke(i)
     sk.close_block(len(invokes))
     assert MARK not in sk.text()
-    calls, torn, _ = sk.build(strict=True)
+    calls, torn = sk.build(strict=True)
     assert torn is None
     want = [(n, {k: MARK + v for k, (v, _s) in p.items()}) for n, p in invokes]
     assert [(c.name, c.arguments) for c in calls] == want

@@ -95,7 +95,7 @@ class _TolerantLexer(StreamParser):
 
     def message(self, end: int) -> AssistantMessage:
         self._close_block(end - self._base)
-        calls, torn, _ = self._sk.build(strict=False)
+        calls, torn = self._sk.build(strict=False)
         warnings: list[str] = []
         done = 0
         for call, at in zip(calls, self._call_warnings_at, strict=True):

@@ -146,15 +146,14 @@ class Skeleton:
                 f"DSML block is not well-formed: {msg}", self._source_at(exc.lineno)
             ) from None
 
-    def build(self, *, strict: bool) -> tuple[list[ToolCall], TornCall | None, list[int]]:
-        """(calls in order, the torn call if any, each call's skeleton line) from lxml's tree.
+    def build(self, *, strict: bool) -> tuple[list[ToolCall], TornCall | None]:
+        """(calls in order, the torn call if any) from lxml's tree.
 
         A complete invoke becomes a `ToolCall` (JSON decoded by `build_call`, which raises in strict
         mode); a torn one becomes the `TornCall` with its raw values.
         """
         root = self.tree()
         calls: list[ToolCall] = []
-        lines: list[int] = []
         torn: TornCall | None = None
         for block in root:
             self._expect(block, BLOCK_TAG, "a tool call block")
@@ -183,8 +182,7 @@ class Skeleton:
                 if name is None:
                     raise self._error(invoke, "invoke without a name")
                 calls.append(build_call(name, params, strict=strict, position=at))
-                lines.append(invoke.sourceline or 0)
-        return calls, torn, lines
+        return calls, torn
 
     def _error(self, el: etree._Element, reason: str) -> DSMLParseError:
         return DSMLParseError(f"DSML block structure: {reason}", self._source_at(el.sourceline))
