@@ -256,6 +256,8 @@ class V4Model(nn.Module):
         for s, c in zip(states, chunks, strict=True):
             if s.config_key != key or len(s.layers) != self.config.n_layers:
                 raise StateError("state was made for a model with a different configuration")
+            if s.broken:
+                raise StateError(f"state is broken ({s.broken}); restore a snapshot before extending it")
             if c.dim() != 1 or c.numel() == 0:
                 raise ModelInputError(
                     f"each chunk must be a non-empty 1-D list of token ids, got shape {tuple(c.shape)}"
@@ -285,9 +287,14 @@ class V4Model(nn.Module):
             bounds.append(bounds[-1] + c.numel())
         x = self.embed(ids).to(self.dtype)
         x = x.unsqueeze(1).expand(-1, self.config.hc_mult, -1).contiguous()
-        for li, block in enumerate(self.layers):
-            seqs = [SeqSlice(bounds[i], bounds[i + 1], s.pos, s.layers[li]) for i, s in enumerate(states)]
-            x = block(x, positions, ids, seqs)
+        try:
+            for li, block in enumerate(self.layers):
+                seqs = [SeqSlice(bounds[i], bounds[i + 1], s.pos, s.layers[li]) for i, s in enumerate(states)]
+                x = block(x, positions, ids, seqs)
+        except BaseException as e:
+            for s in states:  # some layers may have advanced: never let a half-extended state be used
+                s.broken = f"extend failed at position {s.pos}: {type(e).__name__}: {e}"
+            raise
         for s, c in zip(states, chunks, strict=True):
             s.pos += c.numel()
         return x

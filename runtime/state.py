@@ -72,6 +72,9 @@ class SequenceState:
     dtype: torch.dtype
     config_key: str = ""
     meta: dict[str, str] = field(default_factory=dict)
+    broken: str | None = None
+    """Set when an extend failed half-way (e.g. out of memory): the layers may disagree about the position.
+    Such a state is refused until `restore()` puts a snapshot back."""
 
     @classmethod
     def fresh(
@@ -109,14 +112,17 @@ class SequenceState:
             )
             for ls in self.layers
         ]
-        return SequenceState(self.pos, layers, self.dtype, self.config_key, dict(self.meta))
+        return SequenceState(self.pos, layers, self.dtype, self.config_key, dict(self.meta), self.broken)
 
     def restore(self, snap: SequenceState) -> None:
         """Make this state equal to `snap` (which stays untouched and reusable)."""
         if snap.config_key != self.config_key or len(snap.layers) != len(self.layers):
             raise StateError("snapshot belongs to a model with a different configuration")
+        if snap.broken:
+            raise StateError(f"cannot restore from a broken state: {snap.broken}")
         copy = snap.snapshot()
         self.pos, self.layers, self.dtype, self.meta = copy.pos, copy.layers, copy.dtype, copy.meta
+        self.broken = None
 
     def to(self, device: torch.device | str) -> SequenceState:
         for ls in self.layers:
@@ -133,6 +139,8 @@ class SequenceState:
 
     # --- serialization ---
     def to_bytes(self) -> bytes:
+        if self.broken:
+            raise StateError(f"refusing to serialize a broken state: {self.broken}")
         tensors: dict[str, torch.Tensor] = {}
         for i, ls in enumerate(self.layers):
             for k, v in ls.tensors().items():

@@ -274,3 +274,32 @@ def test_indexer_distillation_loss_trains_only_the_indexer() -> None:
         loss.backward()
         opt.step()
     assert float(loss.detach()) < first
+
+
+def test_failed_extend_marks_state_broken_until_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentkit.runtime.layers import moe
+    from agentkit.runtime.state import StateError
+
+    cfg = ModelConfig.preset("tiny-test")
+    model = V4Model(cfg).init_random_(0)
+    st = model.new_state()
+    model.extend(st, [1, 2, 3])
+    snap = st.snapshot()
+
+    def boom(self: object, x: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        raise MemoryError("simulated out of memory")
+
+    monkeypatch.setattr(moe.MoE, "forward", boom)
+    with pytest.raises(MemoryError):
+        model.extend(st, [4, 5])
+    monkeypatch.undo()
+    assert st.broken
+    with pytest.raises(StateError, match="broken"):
+        model.extend(st, [4, 5])
+    with pytest.raises(StateError):
+        st.to_bytes()
+    st.restore(snap)
+    out = model.extend(st, [4, 5])
+    ref = model.extend(model.new_state(), [1, 2, 3, 4, 5])
+    assert isinstance(out, torch.Tensor) and isinstance(ref, torch.Tensor)
+    assert rel_err(out, ref[3:]).max() <= 1e-4
