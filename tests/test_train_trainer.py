@@ -15,7 +15,7 @@ from agentkit.train.data import IGNORE, Example, pack, tokenize_episode
 from agentkit.train.episodes import Episode, Segment, generate
 from agentkit.train.evaluate import forced, replay
 from agentkit.train.export import load_model, save_model
-from agentkit.train.trainer import TrainConfig, build_model, micro_config, train
+from agentkit.train.trainer import LoadBalancer, TrainConfig, build_model, micro_config, train
 
 
 @pytest.fixture(autouse=True)
@@ -161,3 +161,26 @@ def test_replay_succeeds_on_a_memorized_episode(episodes: list[Episode], tok: BP
     res = replay(model, tok.encode, tok.decode, [e])
     assert res.success_rate == 1.0, res.failures
     assert forced(model, tok.encode, [e]).success_rate == 1.0
+
+
+def test_load_balancer_moves_biases_toward_idle_experts() -> None:
+    model = build_model(micro_config(300), 0, torch.device("cpu"))
+    bal = LoadBalancer(model, 0.01)
+    assert bal.gates and all(g.bias is not None and not g.bias.requires_grad for g in bal.gates)
+    loads: dict[int, torch.Tensor] = {}
+
+    def grab(module: torch.nn.Module, args: object, out: tuple[torch.Tensor, torch.Tensor]) -> None:
+        loads[id(module)] = torch.bincount(out[1].flatten(), minlength=8).float()
+
+    handles = [g.register_forward_hook(grab) for g in bal.gates]
+    with torch.no_grad():
+        model(torch.randint(3, 300, (2, 64)), mtp=True)
+    for h in handles:
+        h.remove()
+    ratio = bal.step()
+    assert ratio >= 1.0
+    for g in bal.gates:
+        assert g.bias is not None
+        load = loads[id(g)]
+        torch.testing.assert_close(g.bias, 0.01 * torch.sign(load.mean() - load))
+    bal.close()

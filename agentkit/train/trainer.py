@@ -19,8 +19,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from agentkit.runtime.config import ModelConfig
+from agentkit.runtime.layers.moe import Gate
 from agentkit.runtime.layers.norms import RMSNorm
 from agentkit.runtime.model import V4Model
 from agentkit.train.data import IGNORE, Packed
@@ -63,6 +65,9 @@ class TrainConfig:
     log_every: int = 10
     max_seconds: float | None = None
     """Stop early (with a consistent checkpoint) once this much wall time is spent; None = run all steps."""
+    bias_update_rate: float = 1e-3
+    """V4's auxiliary-loss-free MoE balancing: after each step every non-hash gate's bias moves by this
+    much toward under-used experts (0 disables)."""
 
 
 @dataclass
@@ -137,6 +142,42 @@ def masked_losses(
     return main, mtp
 
 
+class LoadBalancer:
+    """Counts expert selections of every biased (non-hash) gate and nudges the biases after a step.
+
+    The bias only shifts which experts are selected, never their weights, so it steers load without a
+    loss term (DeepSeek-V3/V4's aux-loss-free balancing); the gradient never touches it.
+    """
+
+    def __init__(self, model: nn.Module, rate: float) -> None:
+        self.rate = rate
+        self.gates = [m for m in model.modules() if isinstance(m, Gate) and m.bias is not None]
+        self.counts: dict[int, torch.Tensor] = {}
+        self._handles = [g.register_forward_hook(self._hook) for g in self.gates] if rate > 0 else []
+
+    def _hook(self, module: nn.Module, args: Any, out: tuple[torch.Tensor, torch.Tensor]) -> None:
+        assert isinstance(module, Gate) and module.bias is not None
+        c = torch.bincount(out[1].flatten(), minlength=module.bias.numel()).float()
+        key = id(module)
+        self.counts[key] = self.counts[key] + c if key in self.counts else c
+
+    @torch.no_grad()
+    def step(self) -> float:
+        """Apply the update; returns the mean over gates of (busiest expert's load / mean load)."""
+        ratios = []
+        for g in self.gates:
+            load = self.counts.pop(id(g), None)
+            if load is None or g.bias is None:
+                continue
+            g.bias.add_(self.rate * torch.sign(load.mean() - load))
+            ratios.append(float(load.max() / load.mean().clamp_min(1e-9)))
+        return sum(ratios) / len(ratios) if ratios else float("nan")
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
 def build_model(model_config: ModelConfig, seed: int, device: torch.device) -> V4Model:
     torch.manual_seed(seed)
     model = V4Model(model_config, dtype=torch.float32, device="cpu")
@@ -145,6 +186,8 @@ def build_model(model_config: ModelConfig, seed: int, device: torch.device) -> V
         for mod in model.modules():
             if isinstance(mod, RMSNorm):
                 mod.weight.fill_(1.0)
+            elif isinstance(mod, Gate) and mod.bias is not None:
+                mod.bias.zero_()  # balancing starts from an unbiased router
         model.embed.weight.mul_(0.5)
     return model.to(device)
 
@@ -174,6 +217,7 @@ def _train(
     cursor = 0
     hist = History(config={"train": asdict(cfg), "model": model_config.to_hf_dict()})
     use_amp = device.type == "cuda"
+    balancer = LoadBalancer(model, cfg.bias_update_rate)
     t0 = time.perf_counter()
     seen_tokens = 0
     for step in range(cfg.steps):
@@ -198,6 +242,7 @@ def _train(
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         for o in opts:
             o.step()
+        imbalance = balancer.step()
         seen_tokens += int(inputs.numel())
         last = step == cfg.steps - 1
         over = cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds
@@ -208,6 +253,7 @@ def _train(
                 "mtp_loss": float(mtp.detach()) if mtp is not None else float("nan"),
                 "lr_mult": mult,
                 "grad_norm": float(gnorm),
+                "expert_imbalance": imbalance,
                 "tokens": float(seen_tokens),
                 "seconds": time.perf_counter() - t0,
             }
@@ -216,6 +262,7 @@ def _train(
                 on_log(rec)
         if over:
             break
+    balancer.close()
     model.eval()
     return model, hist
 
