@@ -162,16 +162,17 @@ class LoadBalancer:
         self.counts[key] = self.counts[key] + c if key in self.counts else c
 
     @torch.no_grad()
-    def step(self) -> float:
-        """Apply the update; returns the mean over gates of (busiest expert's load / mean load)."""
+    def step(self) -> torch.Tensor | None:
+        """Apply the update; returns the mean over gates of (busiest expert's load / mean load), as a
+        tensor so that a step does not wait for the device unless the caller reads it."""
         ratios = []
         for g in self.gates:
             load = self.counts.pop(id(g), None)
             if load is None or g.bias is None:
                 continue
             g.bias.add_(self.rate * torch.sign(load.mean() - load))
-            ratios.append(float(load.max() / load.mean().clamp_min(1e-9)))
-        return sum(ratios) / len(ratios) if ratios else float("nan")
+            ratios.append(load.max() / load.mean().clamp_min(1e-9))
+        return torch.stack(ratios).mean() if ratios else None
 
     def close(self) -> None:
         for h in self._handles:
@@ -253,7 +254,7 @@ def _train(
                 "mtp_loss": float(mtp.detach()) if mtp is not None else float("nan"),
                 "lr_mult": mult,
                 "grad_norm": float(gnorm),
-                "expert_imbalance": imbalance,
+                "expert_imbalance": float(imbalance) if imbalance is not None else float("nan"),
                 "tokens": float(seen_tokens),
                 "seconds": time.perf_counter() - t0,
             }
