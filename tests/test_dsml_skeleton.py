@@ -42,13 +42,14 @@ def test_strict_lexer_writes_this_skeleton() -> None:
     )
     sk = Skeleton()
     _lex_block(_Finder(text), 2, 2 + len(f"<{D}tool_calls"), sk)
+    p1, p2 = text.index(f"<{D}parameter"), text.rindex(f"<{D}parameter")
     assert sk.text() == "\n".join(
         [
             "<completion>",
-            f"<{D}tool_calls>",
+            f'<{D}tool_calls at="2">',
             f'<{D}invoke name-ref="0" at="21">',
-            f'<{D}parameter name="cmd" string="true"><value ref="1"/></{D}parameter>',
-            f'<{D}parameter name="n" string="false"><value ref="2"/></{D}parameter>',
+            f'<{D}parameter name="cmd" string="true" at="{p1}"><value ref="1"/></{D}parameter>',
+            f'<{D}parameter name="n" string="false" at="{p2}"><value ref="2"/></{D}parameter>',
             f"</{D}invoke>",
             f"</{D}tool_calls>",
             "</completion>",
@@ -72,13 +73,14 @@ def test_tolerant_repairs_come_before_the_skeleton() -> None:
     lexer.close()
     msg = lexer.message(len(text))
     b_at = text.index('<|DSML|invoke name="b"')
+    x_at, y_at = text.index('<|DSML|parameter name="x"'), text.index('<|DSML|parameter name="y"')
     assert lexer._sk.text().splitlines()[1:] == [
-        f"<{D}tool_calls>",
+        f'<{D}tool_calls at="0">',
         f'<{D}invoke name="a" at="19">',
-        f'<{D}parameter name="x" string="true"><value ref="0"/></{D}parameter>',
+        f'<{D}parameter name="x" string="true" at="{x_at}"><value ref="0"/></{D}parameter>',
         f"</{D}invoke>",
         f'<{D}invoke name="b" at="{b_at}" torn="1">',
-        f'<{D}parameter name="y" string="true"><value ref="1"/></{D}parameter>',
+        f'<{D}parameter name="y" string="true" at="{y_at}"><value ref="1"/></{D}parameter>',
         f"</{D}invoke>",
         f"</{D}tool_calls>",
         "</completion>",
@@ -163,3 +165,18 @@ def test_strict_reports_an_earlier_invoke_s_bad_json_before_a_later_layout_error
     assert info.value.position == text.index(f"<{D}invoke")
     with pytest.raises(DSMLParseError, match="invoke header"):
         parse_completion(_canonical(f'<{D}invoke nam="g">\n</{D}invoke>\n' + first), "chat")
+
+
+def test_positions_stay_exact_past_libxml2_s_line_limit() -> None:
+    """libxml2 stores element line numbers in 16 bits; positions come from the `at` attributes."""
+    sk = Skeleton()
+    sk.open_block(0)
+    for i in range(22_000):  # 66,000 skeleton lines
+        sk.open_invoke("f", i)
+        sk.parameter("a", "1", True, i)
+        sk.close_invoke(i)
+    sk.parameter("k", "v", True, 123_456_789)
+    sk.close_block(123_456_800)
+    with pytest.raises(DSMLParseError, match="expected an invoke") as info:
+        sk.build(strict=False)
+    assert info.value.position == 123_456_789

@@ -6,9 +6,9 @@ the DSML tag names (`｜` is a legal XML name character), with every raw value r
 placeholder element `<value ref="N"/>`:
 
     <completion>
-    <｜DSML｜tool_calls>
-    <｜DSML｜invoke name="shell" at="41">
-    <｜DSML｜parameter name="cmd" string="true"><value ref="0"/></｜DSML｜parameter>
+    <｜DSML｜tool_calls at="2">
+    <｜DSML｜invoke name="shell" at="21">
+    <｜DSML｜parameter name="cmd" string="true" at="49"><value ref="0"/></｜DSML｜parameter>
     </｜DSML｜invoke>
     </｜DSML｜tool_calls>
     </completion>
@@ -19,8 +19,8 @@ attributes; a name XML cannot carry at all goes into the value table too (`name-
 the skeleton with a non-recovering parser and the tree, not the lexer's bookkeeping, says which
 parameters belong to which invoke, in which order, with which flags. A syntax error (a closer without
 its opener, an unclosed element) or a tree that breaks the block schema becomes `DSMLParseError` at the
-offset in the original text of the offending tag: skeleton line k is tag k, so lxml's line number maps
-straight back.
+offset in the original text of the offending tag: every element carries that offset as `at`, and for
+a syntax error skeleton line k is tag k, so lxml's line number maps straight back.
 
 The lexers only hand over sequences they have already repaired or checked, so on real input the
 skeleton is well-formed; the checks here are what guarantees that stays true.
@@ -90,7 +90,7 @@ class Skeleton:
     # ----------------------------------------------------------------- what the lexers report, in order
 
     def open_block(self, at: int) -> None:
-        self._emit(f"<{BLOCK_TAG}>", at)
+        self._emit(f'<{BLOCK_TAG} at="{at}">', at)
 
     def close_block(self, at: int) -> None:
         self._emit(f"</{BLOCK_TAG}>", at)
@@ -114,7 +114,7 @@ class Skeleton:
         self.values.append(raw)
         ref = len(self.values) - 1
         flag = "true" if is_string else "false"
-        head = f'<{PARAM_TAG}{self._name_attr(name)} string="{flag}">'
+        head = f'<{PARAM_TAG}{self._name_attr(name)} string="{flag}" at="{at}">'
         self._emit(f'{head}<{VALUE_TAG} ref="{ref}"/></{PARAM_TAG}>', at)
 
     def mark(self) -> int:
@@ -185,7 +185,10 @@ class Skeleton:
         return calls, torn
 
     def _error(self, el: etree._Element, reason: str) -> DSMLParseError:
-        return DSMLParseError(f"DSML block structure: {reason}", self._source_at(el.sourceline))
+        # Each element carries its source offset: libxml2 caps element line numbers at 65535.
+        at = el.get("at", "")
+        position = int(at) if at.isdigit() else self._source_at(el.sourceline)
+        return DSMLParseError(f"DSML block structure: {reason}", position)
 
     def _expect(self, el: etree._Element, tag: str, what: str) -> None:
         if el.tag != tag:
