@@ -160,7 +160,7 @@ class Skeleton:
             for invoke in block:
                 self._expect(invoke, INVOKE_TAG, "an invoke inside the tool call block")
                 name = self._name(invoke)
-                at = int(invoke.get("at", "0"))
+                at = self._position(invoke)
                 params: dict[str, tuple[str, bool]] = {}
                 for param in invoke:
                     self._expect(param, PARAM_TAG, "a parameter inside an invoke")
@@ -184,11 +184,13 @@ class Skeleton:
                 calls.append(build_call(name, params, strict=strict, position=at))
         return calls, torn
 
-    def _error(self, el: etree._Element, reason: str) -> DSMLParseError:
+    def _position(self, el: etree._Element) -> int:
         # Each element carries its source offset: libxml2 caps element line numbers at 65535.
         at = el.get("at", "")
-        position = int(at) if at.isdigit() else self._source_at(el.sourceline)
-        return DSMLParseError(f"DSML block structure: {reason}", position)
+        return int(at) if at.isdigit() else self._source_at(el.sourceline)
+
+    def _error(self, el: etree._Element, reason: str) -> DSMLParseError:
+        return DSMLParseError(f"DSML block structure: {reason}", self._position(el))
 
     def _expect(self, el: etree._Element, tag: str, what: str) -> None:
         if el.tag != tag:
