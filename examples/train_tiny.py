@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agentkit.train.data import Example
+from agentkit.train.data import Packed, pack_flat
 from agentkit.train.episodes import Episode, load_jsonl
 
 
@@ -77,17 +77,11 @@ def prepare(args: argparse.Namespace) -> None:
     _log(f"prepared {data} in {time.perf_counter() - t0:.0f} s")
 
 
-def _load_examples(data: Path) -> list[Example]:
+def _load_packed(data: Path, seq_len: int) -> Packed:
     z = np.load(data / "train_tokens.npz")
-    lengths = z["lengths"]
-    ids = z["ids"].astype(np.int64)
+    lengths = z["lengths"].astype(np.int64)
     mask = np.unpackbits(z["mask"], count=int(lengths.sum())).astype(bool)
-    out = []
-    pos = 0
-    for n in lengths.tolist():
-        out.append(Example(ids[pos : pos + n].tolist(), mask[pos : pos + n].tolist()))
-        pos += n
-    return out
+    return pack_flat(z["ids"].astype(np.int64), mask, lengths, seq_len, pad_id=2)
 
 
 def _load_episodes(path: Path) -> list[Episode]:
@@ -101,7 +95,6 @@ def train_stage(args: argparse.Namespace) -> None:
     import torch
 
     from agentkit.train.bpe import BPETokenizer
-    from agentkit.train.data import pack
     from agentkit.train.evaluate import forced, replay
     from agentkit.train.export import save_model
     from agentkit.train.trainer import TrainConfig, micro_config, pick_device, tiny_config, train
@@ -109,11 +102,8 @@ def train_stage(args: argparse.Namespace) -> None:
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tok = BPETokenizer.load(data / "tokenizer.json")
-    exs = _load_examples(data)
-    packed = pack(exs, args.seq_len, pad_id=2)
-    _log(
-        f"{len(exs)} episodes -> {len(packed)} rows of {args.seq_len}; {packed.trained_tokens} trained tokens"
-    )
+    packed = _load_packed(data, args.seq_len)
+    _log(f"{len(packed)} rows of {args.seq_len}; {packed.trained_tokens} trained tokens")
     vocab = -(-tok.vocab_size // 64) * 64
     mcfg = micro_config(vocab) if args.micro else tiny_config(vocab, index_topk=args.index_topk)
     device = pick_device(args.device)

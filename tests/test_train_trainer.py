@@ -6,12 +6,13 @@ import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from agentkit.dsml.tokens import BOS, USER
 from agentkit.train.bpe import BPETokenizer, train_bpe
-from agentkit.train.data import IGNORE, Example, pack, tokenize_episode
+from agentkit.train.data import IGNORE, Example, pack, pack_flat, tokenize_episode
 from agentkit.train.episodes import Episode, Segment, generate
 from agentkit.train.evaluate import forced, replay
 from agentkit.train.export import load_model, save_model
@@ -184,3 +185,16 @@ def test_load_balancer_moves_biases_toward_idle_experts() -> None:
         load = loads[id(g)]
         torch.testing.assert_close(g.bias, 0.01 * torch.sign(load.mean() - load))
     bal.close()
+
+
+def test_flat_packing_equals_list_packing(episodes: list[Episode], tok: BPETokenizer) -> None:
+    """pack (lists) and pack_flat (the compact on-disk form) are the same function."""
+    exs = [tokenize_episode(tok.encode, e) for e in episodes]
+    a = pack(exs, 1500, pad_id=2)
+    lengths = np.array([len(x.ids) for x in exs])
+    ids = np.concatenate([np.array(x.ids) for x in exs])
+    mask = np.concatenate([np.array(x.loss) for x in exs])
+    b = pack_flat(ids, mask, lengths, 1500, pad_id=2)
+    assert torch.equal(a.inputs, b.inputs) and torch.equal(a.labels, b.labels)
+    # packing is first-fit in order: every row but the last is too full for the next episode
+    assert len(a) < len(exs)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from agentkit.train.episodes import Episode
@@ -55,27 +56,39 @@ class Packed:
 
 def pack(examples: Iterable[Example], seq_len: int, pad_id: int) -> Packed:
     """Greedy first-fit packing of whole examples into rows of `seq_len`; longer examples are refused."""
-    rows: list[list[int]] = []
-    masks: list[list[bool]] = []
-    for ex in examples:
-        n = len(ex.ids)
-        if n > seq_len:
-            raise ValueError(f"an episode of {n} tokens does not fit rows of {seq_len}; raise seq_len")
-        if not rows or len(rows[-1]) + n > seq_len:
-            rows.append([])
-            masks.append([])
-        rows[-1].extend(ex.ids)
-        masks[-1].extend(ex.loss)
-    inputs = torch.full((len(rows), seq_len), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), seq_len), IGNORE, dtype=torch.long)
-    for r, (ids, m) in enumerate(zip(rows, masks, strict=True)):
-        t = torch.tensor(ids, dtype=torch.long)
-        inputs[r, : len(ids)] = t
-        keep = torch.tensor(m[1:], dtype=torch.bool)
-        nxt = t[1:].clone()
-        nxt[~keep] = IGNORE
-        labels[r, : len(ids) - 1] = nxt
-    return Packed(inputs, labels)
+    exs = list(examples)
+    lengths = np.array([len(x.ids) for x in exs], dtype=np.int64)
+    ids = np.fromiter((t for x in exs for t in x.ids), dtype=np.int64, count=int(lengths.sum()))
+    mask = np.fromiter((m for x in exs for m in x.loss), dtype=np.bool_, count=int(lengths.sum()))
+    return pack_flat(ids, mask, lengths, seq_len, pad_id)
+
+
+def pack_flat(ids: np.ndarray, mask: np.ndarray, lengths: np.ndarray, seq_len: int, pad_id: int) -> Packed:
+    """`pack` over examples stored back to back (`ids`/`mask` concatenated, `lengths` per example)."""
+    if len(lengths) and int(lengths.max()) > seq_len:
+        raise ValueError(
+            f"an episode of {int(lengths.max())} tokens does not fit rows of {seq_len}; raise seq_len"
+        )
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1])) if len(lengths) else np.zeros(0, dtype=np.int64)
+    row_of = np.zeros(len(lengths), dtype=np.int64)
+    col_of = np.zeros(len(lengths), dtype=np.int64)
+    row, fill = -1, seq_len
+    for i, n in enumerate(lengths.tolist()):
+        if fill + n > seq_len:
+            row, fill = row + 1, 0
+        row_of[i], col_of[i] = row, fill
+        fill += n
+    n_rows = row + 1
+    inputs = np.full((n_rows, seq_len), pad_id, dtype=np.int64)
+    trained = np.zeros((n_rows, seq_len), dtype=np.bool_)
+    for i, n in enumerate(lengths.tolist()):
+        r, c, a = row_of[i], col_of[i], starts[i]
+        inputs[r, c : c + n] = ids[a : a + n]
+        trained[r, c : c + n] = mask[a : a + n]
+    labels = np.full((n_rows, seq_len), IGNORE, dtype=np.int64)
+    nxt = inputs[:, 1:]
+    labels[:, :-1] = np.where(trained[:, 1:], nxt, IGNORE)
+    return Packed(torch.from_numpy(inputs), torch.from_numpy(labels))
 
 
 def example_lengths(examples: Sequence[Example]) -> dict[str, float]:
