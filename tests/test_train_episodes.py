@@ -186,3 +186,19 @@ def test_unknown_family_and_split_are_refused() -> None:
         generate(1, family="nope")
     with pytest.raises(ValueError, match="unknown split"):
         generate(1, split="test")  # type: ignore[arg-type]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=2**20),
+    st.sampled_from(sorted(FAMILIES)),
+    st.sampled_from(vocab.SPLITS),
+)
+def test_any_seed_family_split_gives_a_consistent_episode(seed: int, family: str, split: str) -> None:
+    (e,) = generate(1, seed=seed, family=family, split=split, start=seed % 97)  # type: ignore[arg-type]
+    assert e.text == encode_messages(e.messages, "thinking")
+    assert extract_answer(e.messages[-1]["content"]) == e.answer
+    trained = [s for s in e.segments if s.loss]
+    assert trained and trained[-1].text.endswith("The answer is " + e.answer + ".<｜end▁of▁sentence｜>")
+    for s in trained:
+        parse_completion(s.text, "thinking")  # what the model learns to write is valid strict DSML
