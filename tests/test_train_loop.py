@@ -53,6 +53,10 @@ def _forcer(turns: list[list[int]]) -> Any:
 @pytest.mark.parametrize("split", ["train", "heldout"])
 def test_loop_transcript_equals_training_text(split: str) -> None:
     eps: list[Episode] = [generate(1, split=split, seed=21, family=f)[0] for f in FAMILIES]
+    # both kinds of recovered error: a rejected calculator expression and a file that is not there
+    errors = generate(12, split=split, seed=22, family="error")
+    for offered in ("calculator", "read_file"):
+        eps.append(next(e for e in errors if e.messages[0]["tools"][0]["function"]["name"] == offered))
     tok = train_bpe([e.text for e in eps], 300)
     model = build_model(micro_config(tok.vocab_size), 0, torch.device("cpu"))
     tools = all_tools()
