@@ -96,7 +96,7 @@ def train_stage(args: argparse.Namespace) -> None:
 
     from agentkit.train.bpe import BPETokenizer
     from agentkit.train.evaluate import forced, replay
-    from agentkit.train.export import save_model
+    from agentkit.train.export import load_model, save_model
     from agentkit.train.trainer import TrainConfig, micro_config, pick_device, tiny_config, train
 
     data, out = Path(args.data), Path(args.out)
@@ -125,7 +125,16 @@ def train_stage(args: argparse.Namespace) -> None:
             f"{r['tokens'] / max(r['seconds'], 1e-9):,.0f} tok/s"
         )
 
-    model, hist = train(mcfg, packed, cfg, on_log=on_log)
+    start_model = None
+    if args.resume:
+        # continue from an earlier checkpoint (weights only: optimizer moments restart with the warmup),
+        # so training can accumulate over several short device sessions
+        start_model, old_tok = load_model(args.resume, device=device)
+        if old_tok.merges != tok.merges:
+            raise SystemExit(f"{args.resume} was trained with a different tokenizer than {data}")
+        mcfg = start_model.config
+        _log(f"resuming from {args.resume}")
+    model, hist = train(mcfg, packed, cfg, on_log=on_log, model=start_model)
     n_params = sum(p.numel() for p in model.parameters())
     _log(f"trained {n_params:,} params in {hist.records[-1]['seconds']:.0f} s")
     hist.save(out)
@@ -177,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--bpe-episodes", type=int, default=5000)
     g = p.add_argument_group("train")
     g.add_argument("--micro", action="store_true", help="the CPU-test config instead of agentkit-tiny")
+    g.add_argument("--resume", default=None, help="checkpoint directory to continue training from")
     g.add_argument("--steps", type=int, default=2000)
     g.add_argument("--batch", type=int, default=16)
     g.add_argument("--seq-len", type=int, default=2048)

@@ -60,3 +60,27 @@ def test_prepare_train_eval(tmp_path: Path) -> None:
     report = json.loads((out / "eval.json").read_text())
     assert report["heldout"]["episodes"] == 3 and report["train"]["episodes"] == 2
     assert report["replay_check"]["replay"] == report["replay_check"]["forced"]
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path: Path) -> None:
+    data, out, out2 = tmp_path / "data", tmp_path / "out", tmp_path / "out2"
+    common = ["--data", str(data), "--micro", "--batch", "1", "--seq-len", "2048", "--log-every", "1"]
+    common += ["--eval-heldout", "0", "--eval-train", "0", "--replay", "0"]
+    prep = ["--episodes", "6", "--heldout", "1", "--train-eval", "1", "--merges", "200"]
+    # a large step first, so the checkpoint is far from the seed's fresh initialization
+    first = ["--out", str(out), "--steps", "2", "--lr", "0.05", "--warmup", "1"]
+    assert train_tiny.main(["all", *common, *prep, *first]) == 0
+    # a near-zero learning rate: the resumed run's weights must stay those of the checkpoint
+    assert (
+        train_tiny.main(
+            ["train", *common, "--out", str(out2), "--resume", str(out), "--steps", "1", "--lr", "1e-9"]
+        )
+        == 0
+    )
+    a, _ = load_model(out)
+    b, _ = load_model(out2)
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        if pa.is_floating_point():
+            torch.testing.assert_close(pb, pa, rtol=0, atol=1e-2, msg=name)
+        else:
+            assert torch.equal(pa, pb), name
