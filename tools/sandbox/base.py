@@ -11,6 +11,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
+import anyio
+
 
 @dataclass(frozen=True, slots=True)
 class ExecResult:
@@ -80,3 +82,23 @@ class Sandbox(Protocol):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+
+class ClosesOnExit:
+    """`async with` support shared by the backends: leaving the block always closes the sandbox.
+
+    The close is shielded so a cancelled run (Ctrl-C, a task group torn down) still removes its
+    container or workspace instead of leaving it behind.
+    """
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.close()

@@ -23,14 +23,13 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import anyio
 
 from . import _proc
 from ._files import copy_tree_in, copy_tree_out, resolve_in
-from .base import ExecResult, SandboxError, SandboxUnavailable
+from .base import ClosesOnExit, ExecResult, SandboxError, SandboxUnavailable
 
 WORKSPACE = "/workspace"
 INNER_UID = 1000
@@ -115,7 +114,7 @@ def _count_processes(uid: int) -> int:
     return n
 
 
-class BwrapSandbox:
+class BwrapSandbox(ClosesOnExit):
     """A host directory plus one bubblewrap jail per exec; deleted on close."""
 
     workspace: str = WORKSPACE
@@ -338,12 +337,3 @@ class BwrapSandbox:
     async def __aenter__(self) -> BwrapSandbox:
         await self.start()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        with anyio.CancelScope(shield=True):
-            await self.close()

@@ -24,7 +24,7 @@ import anyio
 import anyio.lowlevel
 
 from . import _docker_exec, _proc
-from .base import ExecResult, SandboxError, SandboxUnavailable
+from .base import ClosesOnExit, ExecResult, SandboxError, SandboxUnavailable
 from .reaper import make_labels, reap_once
 
 DEFAULT_IMAGE = "agentkit-sandbox:latest"
@@ -139,7 +139,7 @@ class _suppress_docker:
         )
 
 
-class DockerSandbox:
+class DockerSandbox(ClosesOnExit):
     """A session's container. Use `async with DockerSandbox(...) as sb`, or get one from a SandboxPool."""
 
     workspace: str = WORKSPACE
@@ -402,12 +402,3 @@ class DockerSandbox:
     async def __aenter__(self) -> DockerSandbox:
         await self.start()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        with anyio.CancelScope(shield=True):
-            await self.close()

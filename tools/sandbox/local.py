@@ -12,16 +12,15 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from types import TracebackType
 
 import anyio
 
 from . import _proc
 from ._files import copy_tree_in, copy_tree_out, resolve_in
-from .base import ExecResult, SandboxError
+from .base import ClosesOnExit, ExecResult, SandboxError
 
 
-class LocalSandbox:
+class LocalSandbox(ClosesOnExit):
     """A host temp dir plus host subprocesses; the workspace is deleted on close."""
 
     def __init__(
@@ -116,12 +115,3 @@ class LocalSandbox:
 
     async def __aenter__(self) -> LocalSandbox:
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        with anyio.CancelScope(shield=True):
-            await self.close()
