@@ -614,9 +614,15 @@ def load_checkpoint(
     return config, out
 
 
+SHIPPED_NAMES = {"tiny": "agentkit-tiny"}  # model-string name -> folder under weights/
+
+
 def shipped_checkpoint(name: str) -> Path | None:
-    """The package-data checkpoint for a preset (`agentkit/runtime/weights/<name>/`), if one ships."""
-    d = Path(__file__).resolve().parent / "weights" / name
+    """The package-data checkpoint for a name (`agentkit/runtime/weights/<folder>/`), if one ships.
+
+    `embedded:tiny` means the shipped agentkit-tiny model, whose folder carries the full name.
+    """
+    d = Path(__file__).resolve().parent / "weights" / SHIPPED_NAMES.get(name, name)
     return d if (d / CONFIG_NAME).is_file() else None
 
 
