@@ -37,6 +37,7 @@ from agentkit.dsml.tokens import (
     THINK_START,
     USER,
 )
+from agentkit.runtime.tokenizer import AddedToken, Tokenizer
 
 PAD = "<｜▁pad▁｜>"
 
@@ -221,86 +222,21 @@ class BPETokenizer:
 
     # ---- HF tokenizer.json ------------------------------------------------------------------------
 
-    def to_hf_json(self) -> dict[str, object]:
-        enc = bytes_to_unicode()
-
-        def sym(b: bytes) -> str:
-            return "".join(enc[x] for x in b)
-
-        vocab: dict[str, int] = {}
-        for content, tid in self.added.items():
-            if tid < 3:
-                vocab[content] = tid
-        for tid in range(3, self.n_bpe):
-            vocab[sym(self.token_bytes[tid])] = tid
-        added_tokens = [
-            {
-                "id": tid,
-                "content": content,
-                "single_word": False,
-                "lstrip": False,
-                "rstrip": False,
-                "normalized": True,
-                "special": self.added_special.get(content, False),
-            }
+    def to_runtime(self) -> Tokenizer:
+        """The same vocabulary as the runtime's tokenizer, which owns the on-disk format (one writer)."""
+        vocab = {self.token_bytes[tid]: tid for tid in range(3, self.n_bpe)}
+        added = [
+            AddedToken(content, tid, self.added_special.get(content, False))
             for content, tid in sorted(self.added.items(), key=lambda kv: kv[1])
         ]
-        splits: list[dict[str, object]] = [
-            {"type": "Split", "pattern": {"Regex": p}, "behavior": "Isolated", "invert": False}
-            for p in SPLIT_PATTERNS
-        ]
-        splits.append(
-            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
-        )
-        return {
-            "version": "1.0",
-            "truncation": None,
-            "padding": None,
-            "added_tokens": added_tokens,
-            "normalizer": {"type": "Sequence", "normalizers": []},
-            "pre_tokenizer": {"type": "Sequence", "pretokenizers": splits},
-            "post_processor": None,
-            "decoder": {
-                "type": "ByteLevel",
-                "add_prefix_space": True,
-                "trim_offsets": True,
-                "use_regex": True,
-            },
-            "model": {
-                "type": "BPE",
-                "dropout": None,
-                "unk_token": None,
-                "continuing_subword_prefix": None,
-                "end_of_word_suffix": None,
-                "fuse_unk": False,
-                "byte_fallback": False,
-                "ignore_merges": False,
-                "vocab": vocab,
-                "merges": [f"{sym(a)} {sym(b)}" for a, b in self.merges],
-            },
-        }
+        return Tokenizer(self.merges, vocab, added, SPLIT_PATTERNS, name="agentkit-tiny")
+
+    def to_hf_json(self) -> dict[str, object]:
+        return self.to_runtime().to_hf_dict()
 
     def save(self, directory: str | Path) -> Path:
         """Write tokenizer.json + tokenizer_config.json (V4's flags) into `directory`; return the json."""
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        path = d / "tokenizer.json"
-        path.write_text(json.dumps(self.to_hf_json(), ensure_ascii=False, indent=1), encoding="utf-8")
-        config = {
-            "add_bos_token": False,
-            "add_eos_token": False,
-            "legacy": True,
-            "bos_token": BOS,
-            "eos_token": EOS,
-            "pad_token": EOS,
-            "unk_token": None,
-            "model_max_length": 1048576,
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "clean_up_tokenization_spaces": False,
-        }
-        config_text = json.dumps(config, ensure_ascii=False, indent=1)
-        (d / "tokenizer_config.json").write_text(config_text, encoding="utf-8")
-        return path
+        return self.to_runtime().save(directory)
 
     @classmethod
     def load(cls, path: str | Path) -> BPETokenizer:
