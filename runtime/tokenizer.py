@@ -31,6 +31,8 @@ from typing import Any, Literal
 import regex
 import tiktoken
 
+from agentkit.dsml.tokens import BOS, EOS
+
 __all__ = [
     "BOS",
     "EOS",
@@ -42,9 +44,6 @@ __all__ = [
     "Tokenizer",
     "TokenizerError",
 ]
-
-BOS = "<｜begin▁of▁sentence｜>"
-EOS = "<｜end▁of▁sentence｜>"
 
 
 @dataclass(frozen=True)
@@ -115,7 +114,7 @@ class TokenizerError(ValueError):
 
 
 @lru_cache(maxsize=1)
-def _byte_to_unicode() -> dict[int, str]:
+def byte_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> printable character table that byte-level BPE files write their tokens in."""
     keep = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
     table = {b: chr(b) for b in keep}
@@ -129,11 +128,11 @@ def _byte_to_unicode() -> dict[int, str]:
 
 @lru_cache(maxsize=1)
 def _unicode_to_byte() -> dict[str, int]:
-    return {c: b for b, c in _byte_to_unicode().items()}
+    return {c: b for b, c in byte_to_unicode().items()}
 
 
 def _sym(b: bytes) -> str:
-    table = _byte_to_unicode()
+    table = byte_to_unicode()
     return "".join(table[x] for x in b)
 
 
@@ -151,7 +150,7 @@ def _canonical(pattern: str) -> str:
     return pattern.replace("\r", r"\r").replace("\n", r"\n").replace("\t", r"\t")
 
 
-def _split_isolated(pieces: list[str], pattern: regex.Pattern[str]) -> list[str]:
+def split_isolated(pieces: list[str], pattern: regex.Pattern[str]) -> list[str]:
     """HF `Split(behavior=Isolated)`: every match and every gap between matches becomes its own piece."""
     out: list[str] = []
     for piece in pieces:
@@ -393,7 +392,7 @@ class Tokenizer:
     def _encode_ordinary_generic(self, text: str) -> list[int]:
         pieces = [text] if text else []
         for pat in self._split_res:
-            pieces = _split_isolated(pieces, pat)
+            pieces = split_isolated(pieces, pat)
         out: list[int] = []
         for piece in pieces:
             out += self._enc.encode_ordinary(piece)
@@ -403,7 +402,7 @@ class Tokenizer:
         """The pre-tokenizer's pieces of ordinary text (BPE never merges across them): the reference split."""
         out = [text] if text else []
         for pat in self._split_res:
-            out = _split_isolated(out, pat)
+            out = split_isolated(out, pat)
         return out
 
     # ---------------------------------------------------------------------------------------- decode

@@ -37,7 +37,14 @@ from agentkit.dsml.tokens import (
     THINK_START,
     USER,
 )
-from agentkit.runtime.tokenizer import AddedToken, Tokenizer
+from agentkit.runtime.tokenizer import (
+    V4_SPLIT_PATTERNS,
+    AddedToken,
+    Tokenizer,
+    TokenizerError,
+    split_isolated,
+)
+from agentkit.runtime.tokenizer import byte_to_unicode as bytes_to_unicode
 
 PAD = "<｜▁pad▁｜>"
 
@@ -57,35 +64,9 @@ V4_ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
     ("<｜image｜>", False),
 )
 
-# Spec §11: three Split steps (behaviour Isolated), applied in sequence, then ByteLevel without regex.
-SPLIT_PATTERNS: tuple[str, ...] = (
-    r"\p{N}{1,3}",
-    r"[一-龥぀-ゟ゠-ヿ]+",
-    r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"
-    r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-)
+# Spec §11: the three Split steps (behaviour Isolated) live with the runtime tokenizer, once.
+SPLIT_PATTERNS = V4_SPLIT_PATTERNS
 _COMPILED = tuple(regex.compile(p) for p in SPLIT_PATTERNS)
-
-
-class TokenizerError(ValueError):
-    """A tokenizer file or an id sequence is not what this codec can represent."""
-
-
-@lru_cache(maxsize=1)
-def bytes_to_unicode() -> dict[int, str]:
-    """The GPT-2 byte -> printable character table that byte-level BPE files store their symbols in."""
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    table = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
 
 
 @lru_cache(maxsize=1)
@@ -93,26 +74,11 @@ def unicode_to_bytes() -> dict[str, int]:
     return {c: b for b, c in bytes_to_unicode().items()}
 
 
-def _isolated_split(pieces: list[str], pattern: regex.Pattern[str]) -> list[str]:
-    out: list[str] = []
-    for piece in pieces:
-        pos = 0
-        for m in pattern.finditer(piece):
-            if m.start() > pos:
-                out.append(piece[pos : m.start()])
-            if m.end() > m.start():
-                out.append(m.group())
-            pos = m.end()
-        if pos < len(piece):
-            out.append(piece[pos:])
-    return out
-
-
 def pretokenize(text: str) -> list[str]:
     """Split ordinary text (no added tokens) into the words BPE never merges across."""
     pieces = [text] if text else []
     for pattern in _COMPILED:
-        pieces = _isolated_split(pieces, pattern)
+        pieces = split_isolated(pieces, pattern)
     return pieces
 
 
