@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from agentkit.runtime.config import ModelConfig
+from agentkit.runtime.layers.batched import BatchShape, core_batched, pool_fresh
 from agentkit.runtime.layers.compressor import Compressor
 from agentkit.runtime.layers.lowp import Linear, StorageFormat, fp4_roundtrip, fp8_kv_roundtrip, hadamard
 from agentkit.runtime.layers.norms import RMSNorm, rms_unweighted
@@ -134,8 +135,11 @@ class Attention(nn.Module):
         pos = (torch.arange(pooled.shape[0], device=pooled.device) + first) * 4
         return self.indexer.rotate_quant(apply_rope(e, pos, self.freqs))
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, seqs: list[SeqSlice]) -> torch.Tensor:
-        """x [T, D]: normalized sub-layer input of all chunks; updates every sequence's LayerState."""
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, seqs: list[SeqSlice] | BatchShape
+    ) -> torch.Tensor:
+        """x [T, D]: normalized sub-layer input of all chunks; updates every sequence's LayerState
+        (a `BatchShape` instead: equal rows from position 0, batched, no state; see layers/batched.py)."""
         t = x.shape[0]
         h, d = self.n_heads, self.head_dim
         qr = self.q_norm(self.wq_a(x))
@@ -153,6 +157,8 @@ class Attention(nn.Module):
             xi, qri = x.detach(), qr.detach()
             ikv, isc = self.indexer.compressor.project(xi, positions)
             iq, iw = self.indexer.queries(qri, xi, positions, self.freqs)
+        if isinstance(seqs, BatchShape):
+            return self._forward_batched(seqs, positions, q, k, ckv, csc, ikv, isc, iq, iw)
         outs = []
         for s in seqs:
             a, b, p, ls = s.start, s.end, s.pos, s.state
@@ -200,11 +206,44 @@ class Attention(nn.Module):
                 if idx_keys is not None:
                     ls.idx_tail_kv, ls.idx_tail_score = li_tail_kv, li_tail_sc
         o = torch.cat(outs, 0) if len(outs) > 1 else outs[0]
+        return self._output(o, positions)
+
+    def _output(self, o: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Head outputs o [T, h, d] -> [T, D]: inverse RoPE at the query position, grouped low-rank wo."""
+        t = o.shape[0]
         o = apply_rope(o, positions, self.freqs, inverse=True)
         g = self.o_groups
         wa = self.wo_a.dense(o.dtype).view(g, self.o_rank, -1)
         u = torch.bmm(o.reshape(t, g, -1).transpose(0, 1), wa.transpose(1, 2)).transpose(0, 1).reshape(t, -1)
         return self.wo_b(u)
+
+    def _forward_batched(
+        self,
+        shape: BatchShape,
+        positions: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        ckv: torch.Tensor | None,
+        csc: torch.Tensor | None,
+        ikv: torch.Tensor | None,
+        isc: torch.Tensor | None,
+        iq: torch.Tensor | None,
+        iw: torch.Tensor | None,
+    ) -> torch.Tensor:
+        b, s = shape.rows, shape.length
+        comp = idx_keys = None
+        if self.compressor is not None:
+            assert ckv is not None and csc is not None
+            pooled = pool_fresh(self.compressor, ckv.view(b, s, -1), csc.view(b, s, -1))
+            # entries [nb, B, w]: the leading dim carries the entry position for RoPE
+            comp = self._main_entries(pooled.transpose(0, 1), 0, k.dtype).transpose(0, 1)
+        if self.indexer is not None:
+            assert ikv is not None and isc is not None and iq is not None and iw is not None
+            ipooled = pool_fresh(self.indexer.compressor, ikv.view(b, s, -1), isc.view(b, s, -1))
+            idx_keys = self._index_entries(ipooled.transpose(0, 1), 0, k.dtype).transpose(0, 1)
+            iq, iw = iq.view(b, s, *iq.shape[1:]), iw.view(b, s, -1)
+        o = core_batched(self, q.view(b, s, *q.shape[1:]), k.view(b, s, -1), comp, idx_keys, iq, iw)
+        return self._output(o.reshape(b * s, *o.shape[2:]), positions)
 
     def _core(
         self,

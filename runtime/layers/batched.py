@@ -1,0 +1,214 @@
+"""Training attention for B rows that all start at position 0 with the same length S.
+
+The per-sequence path (`Attention.forward` with `SeqSlice`s) handles any chunk at any position, so it loops
+over sequences in Python; under training that loop, times query blocks, times layers, made a step cost ~80k
+operator dispatches and left a GPU idle. Here every row shares its positions, so the window masks, the
+visibility of compressed blocks (entry i of ratio r is visible to query t iff i < (t+1) // r, spec §4.4) and
+the block boundaries are the same for all rows: one [B, ...] tensor op replaces B of them. Nothing is stored:
+the training forward drops its states anyway. It computes the same function as `extend` from fresh states
+(tests/test_runtime_batched_forward.py checks values and gradients against the per-sequence path).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from agentkit.runtime.layers.attention import Attention
+    from agentkit.runtime.layers.compressor import Compressor
+
+
+BAND = 64
+"""Queries per band of the window part: each band scores BAND + W - 1 keys (smaller = less wasted work on
+masked keys, more and smaller GEMMs)."""
+
+
+DENSE_CSA = 4
+"""CSA attends all candidates densely (selection by mask) while they are at most this many times top-k;
+beyond that it gathers the k selected entries per query (dense scoring would waste more than it saves)."""
+
+
+@dataclass(frozen=True)
+class BatchShape:
+    """B rows of S tokens each, all from position 0, laid out row-major in the flat token batch."""
+
+    rows: int
+    length: int
+
+
+def pool_fresh(comp: Compressor, kv: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+    """Pooled entries [B, S // r, width] (fp32) of rows kv/score [B, S, c*width] starting from an empty tail.
+
+    Equals `Compressor.pool` on a fresh tail: the CSA entry 0 pools "previous block" slots of value 0 and
+    logit -inf, and a trailing partial block yields no entry.
+    """
+    r, c, w = comp.ratio, comp.c, comp.width
+    b, s, _ = kv.shape
+    nb = s // r
+    if nb == 0:
+        return kv.new_zeros(b, 0, w)
+    bkv = kv[:, : nb * r].reshape(b, nb, r, c * w)
+    bsc = score[:, : nb * r].reshape(b, nb, r, c * w)
+    if c == 2:
+        prev_kv = torch.cat((bkv.new_zeros(b, 1, r, c * w), bkv[:, :-1]), 1)
+        prev_sc = torch.cat((bsc.new_full((b, 1, r, c * w), float("-inf")), bsc[:, :-1]), 1)
+        kv8 = torch.cat((prev_kv[..., :w], bkv[..., w:]), 2)
+        sc8 = torch.cat((prev_sc[..., :w], bsc[..., w:]), 2)
+    else:
+        kv8, sc8 = bkv, bsc
+    return (torch.softmax(sc8, dim=2) * kv8).sum(dim=2)
+
+
+def _bscores(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """q [B, n, h, d] x keys [B, m, d] -> [B, n, h, m] as one batched GEMM."""
+    b, n, h, d = q.shape
+    return torch.bmm(q.reshape(b, n * h, d), keys.transpose(1, 2)).view(b, n, h, -1)
+
+
+def _select(
+    attn: Attention, iq: torch.Tensor, iw: torch.Tensor, idx_keys: torch.Tensor, visible: torch.Tensor
+) -> torch.Tensor:
+    """Top-k entry indices [B, n, k] by indexer score; same ranking rule as `Attention._select`."""
+    with torch.no_grad():
+        scores = (F.relu(_bscores(iq.float(), idx_keys.float())) * iw.float().unsqueeze(-1)).sum(dim=2)
+        scores = scores.masked_fill(~visible, float("-inf"))
+        k = min(attn.cfg.index_topk, idx_keys.shape[1])
+        return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
+
+
+def _indexer_kl(
+    attn: Attention,
+    q: torch.Tensor,
+    comp: torch.Tensor,
+    iq: torch.Tensor,
+    iw: torch.Tensor,
+    idx_keys: torch.Tensor,
+    visible: torch.Tensor,
+) -> None:
+    """Batched `Attention._indexer_kl`: the same per-query KL terms, summed over all rows at once."""
+    rows = visible.any(-1)  # [n]: the same for every batch row
+    n_rows = int(rows.sum())
+    if not n_rows:
+        return
+    vis = visible.expand(q.shape[0], -1, -1)
+    with torch.no_grad():
+        main = _bscores(q.detach(), comp.detach().float()).masked_fill(~vis[:, :, None, :], float("-inf"))
+        target = torch.softmax(main, -1).nan_to_num(0.0).sum(2)
+        target = target / target.sum(-1, keepdim=True).clamp_min(1e-12)
+    scores = (F.relu(_bscores(iq.float(), idx_keys.float())) * iw.float().unsqueeze(-1)).sum(dim=2)
+    logp = torch.log_softmax(scores.masked_fill(~vis, float("-inf")), -1)
+    kl = (target * (target.clamp_min(1e-12).log() - logp)).masked_fill(~vis, 0.0).sum(-1)
+    attn.indexer_loss_terms.append((kl[:, rows].sum(), n_rows * q.shape[0]))
+
+
+def core_batched(
+    attn: Attention,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    comp: torch.Tensor | None,
+    idx_keys: torch.Tensor | None,
+    iq: torch.Tensor | None,
+    iw: torch.Tensor | None,
+) -> torch.Tensor:
+    """Queries q [B, S, h, d] at positions 0..S-1 over their window keys k [B, S, d] plus the visible
+    (HCA: all; CSA: top-k selected) compressed entries comp [B, nc, d]; returns [B, S, h, d].
+
+    The window part is banded: queries go in sub-blocks of `band` positions, each scored against only the
+    band + W - 1 keys it can see, all sub-blocks in one batched GEMM (the per-sequence path scores a block of
+    256 queries against 256 + W - 1 keys, ~2x the work at W = 128). Query chunks (multiples of the band) are
+    sized so the [B, chunk, h, candidates] temporaries stay within the per-sequence path's budget.
+    """
+    from agentkit.runtime.layers.attention import SCORE_BUDGET
+
+    bsz, n, h, d = q.shape
+    dev = q.device
+    win, ratio = attn.window, attn.ratio
+    band = min(BAND, win)
+    span = band + win - 1
+    scale = 1.0 / math.sqrt(attn.head_dim)
+    sink = attn.attn_sink.float().view(1, 1, -1, 1)
+    n_comp = 0 if comp is None else comp.shape[1]
+    width = span + n_comp + (0 if iq is None else iq.shape[2] * n_comp // max(h, 1))
+    budget = SCORE_BUDGET.get(dev.type, 1 << 24)
+    block = max(1, budget // max(1, bsz * h * width * band)) * band
+    # pad: W - 1 key rows in front (position < 0, masked), up to a whole band at the end (discarded)
+    npad = -(-n // band) * band
+    qp = F.pad(q, (0, 0, 0, 0, 0, npad - n))
+    kp = F.pad(k, (0, 0, win - 1, npad - n))
+    offs = torch.arange(span, device=dev)
+    out = []
+    for i0 in range(0, npad, block):
+        i1 = min(npad, i0 + block)
+        nq, nb = i1 - i0, (i1 - i0) // band
+        qpos = torch.arange(i0, i1, device=dev)
+        kpos = (torch.arange(i0, i1, band, device=dev) - win + 1).view(nb, 1, 1) + offs  # [nb, 1, span]
+        qb_pos = qpos.view(nb, band, 1)
+        wmask = (kpos >= 0) & (kpos <= qb_pos) & (kpos > qb_pos - win)  # [nb, band, span]
+        mask = wmask.reshape(1, nq, span).expand(bsz, -1, -1)
+        kw = kp[:, i0 : i1 + win - 1].unfold(1, span, band).transpose(2, 3)  # [B, nb, span, d]
+        kw = kw.reshape(bsz * nb, span, d)
+        qb = qp[:, i0:i1].float()
+        logits = torch.bmm(qb.reshape(bsz * nb, band * h, d), kw.float().transpose(1, 2)).view(
+            bsz, nq, h, span
+        )
+        dense: torch.Tensor | None = None
+        gathered: torch.Tensor | None = None
+        if comp is not None and n_comp:
+            visible = torch.arange(n_comp, device=dev)[None] < ((qpos + 1) // ratio)[:, None]  # [nq, nc]
+            vis = visible.expand(bsz, -1, -1)
+            if idx_keys is not None:
+                assert iq is not None and iw is not None
+                iqb, iwb = F.pad(iq, (0, 0, 0, 0, 0, npad - n)), F.pad(iw, (0, 0, 0, npad - n))
+                order = _select(attn, iqb[:, i0:i1], iwb[:, i0:i1], idx_keys, vis)  # [B, nq, kk]
+                if attn.collect_indexer_loss and torch.is_grad_enabled():
+                    real = min(i1, n) - i0  # padded queries must not add KL terms
+                    _indexer_kl(
+                        attn,
+                        qb[:, :real] * scale,
+                        comp,
+                        iq[:, i0 : i0 + real],
+                        iw[:, i0 : i0 + real],
+                        idx_keys,
+                        visible[:real],
+                    )
+                kk = order.shape[-1]
+                if n_comp <= DENSE_CSA * kk:
+                    # few candidates: score them all in one GEMM and keep the selected visible ones by mask,
+                    # instead of gathering [B, chunk, k, d] copies of entries (and scattering their gradient)
+                    chosen = torch.zeros_like(vis).scatter_(2, order, vis.gather(2, order))
+                    logits = torch.cat((logits, _bscores(qb, comp.float())), -1)
+                    mask = torch.cat((mask, chosen), 2)
+                    dense = comp
+                else:
+                    gathered = comp[torch.arange(bsz, device=dev).view(-1, 1, 1), order]  # [B, nq, kk, d]
+                    lg = torch.bmm(
+                        qb.reshape(bsz * nq, h, d), gathered.float().reshape(bsz * nq, kk, d).transpose(1, 2)
+                    )
+                    logits = torch.cat((logits, lg.view(bsz, nq, h, kk)), -1)
+                    mask = torch.cat((mask, vis.gather(2, order)), 2)
+            else:
+                dense = comp
+                logits = torch.cat((logits, _bscores(qb, comp.float())), -1)
+                mask = torch.cat((mask, vis), 2)
+        logits = (logits * scale).masked_fill(~mask[:, :, None, :], float("-inf"))
+        full = torch.cat((logits, sink.expand(bsz, nq, -1, 1)), dim=-1)
+        probs = torch.softmax(full, dim=-1)[..., :-1].to(k.dtype)
+        pw = probs[..., :span].reshape(bsz * nb, band * h, span)
+        o = torch.bmm(pw, kw.to(probs.dtype)).view(bsz, nq, h, d)
+        if dense is not None:
+            nd = dense.shape[1]
+            o = o + torch.bmm(probs[..., span:].reshape(bsz, nq * h, nd), dense).view(bsz, nq, h, d)
+        if gathered is not None:
+            kk = gathered.shape[2]
+            g = torch.bmm(
+                probs[..., span:].reshape(bsz * nq, h, kk), gathered.to(probs.dtype).reshape(bsz * nq, kk, d)
+            )
+            o = o + g.view(bsz, nq, h, d)
+        out.append(o)
+    o = torch.cat(out, 1) if len(out) > 1 else out[0]
+    return o[:, :n]
