@@ -359,3 +359,30 @@ async def test_chat_structured_output_schema_in_system_text(server: Server) -> N
     assert system["content"].startswith("Answer in JSON.\n\n## Response Format:")
     assert '"required": ["x", "y"]' in system["content"] and "response_format" not in system
     assert "did not match the required output schema" in server.requests[1]["messages"][-1]["content"]
+
+
+def test_deepseek_without_a_key_fails_before_any_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DeepSeek API always needs a key: say so at once instead of a network or 401 error later."""
+    monkeypatch.delenv("DEEPSEEK_API_KEY", raising=False)
+    hits: list[str] = []
+
+    class Count(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            hits.append(self.path)
+            self.send_response(500)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Count)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        model = resolve("deepseek:deepseek-v4-flash", base_url=f"http://127.0.0.1:{server.server_port}")
+        agent = Agent(model)
+        with pytest.raises(ModelAuthError, match=r"DEEPSEEK_API_KEY"):
+            agent.run_sync("hi")
+    finally:
+        server.shutdown()
+    assert hits == []

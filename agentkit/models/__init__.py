@@ -84,6 +84,7 @@ def resolve(spec: str | Model, **kwargs: Any) -> Model:
         from agentkit.models.chat import DEEPSEEK_BASE_URL, ChatModel
 
         kwargs.setdefault("api_key_env", "DEEPSEEK_API_KEY")
+        kwargs.setdefault("require_key", True)
         base = kwargs.pop("base_url", DEEPSEEK_BASE_URL)
         return ChatModel(base, rest, flavor="deepseek", **kwargs)
     if kind == "embedded":

@@ -48,6 +48,7 @@ class HTTPBackend:
         backoff_s: float = 0.5,
         pricing: Pricing | None = None,
         headers: dict[str, str] | None = None,
+        require_key: bool = False,
     ) -> None:
         if not model:
             raise ValueError("a model name is required (spec form: '<kind>:<base_url>#<model>')")
@@ -57,6 +58,7 @@ class HTTPBackend:
             api_key if api_key is not None else (os.environ.get(api_key_env) if api_key_env else None)
         )
         self.api_key_env = api_key_env
+        self.require_key = require_key
         self.timeout = httpx.Timeout(timeout, connect=connect_timeout)
         self.max_retries = max_retries
         self.backoff_s = backoff_s
@@ -98,6 +100,9 @@ class HTTPBackend:
     async def sse(self, path: str, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """POST and yield each `data:` JSON object of the event stream until `[DONE]`."""
         url = self.root + path
+        if self.require_key and not self.api_key:
+            where = f"set ${self.api_key_env}" if self.api_key_env else "pass api_key=..."
+            raise ModelAuthError(f"{url} needs an API key and none was given ({where})")
         attempt = 0
         while True:
             started = False
