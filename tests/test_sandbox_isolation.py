@@ -134,14 +134,21 @@ for k in kids:
 """
 
 
+PROC_COUNT = "import os; print(sum(name.isdigit() for name in os.listdir('/proc')))"
+
+
 async def test_fork_bomb_is_stopped_by_pids_limit(sb: Sandbox) -> None:
     counted = await sb.exec(["python3", "-c", FORK_COUNT], timeout=60)
     assert counted.exit_code == 0, counted.stderr
     n = int(counted.stdout)
     assert 5 <= n < PIDS
-    bomb = await sb.exec("bomb() { bomb | bomb & }; bomb; wait", timeout=3)
-    # it either ran into the limit (fork failures) or was still spinning at the timeout and was killed
-    assert bomb.timed_out or "Resource temporarily unavailable" in bomb.stderr
+    await sb.exec("bomb() { bomb | bomb & }; bomb; wait", timeout=3)
+    # The bomb may end in several ways (killed at the timeout, fork failures reported, or its shells
+    # dying quietly once the limit bites and `wait` returning 0), so the test asserts what matters:
+    # the call came back, and the sandbox holds no more processes than its limit and still works.
+    procs = await sb.exec(["python3", "-c", PROC_COUNT], timeout=30)
+    assert procs.exit_code == 0, procs.stderr
+    assert 1 <= int(procs.stdout) < PIDS
     after = await sb.exec("echo alive")
     assert after.stdout == "alive\n"
 
