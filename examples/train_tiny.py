@@ -93,12 +93,15 @@ def _load_episodes(path: Path) -> list[Episode]:
 
 def train_stage(args: argparse.Namespace) -> None:
     import torch
+    from agentkit.runtime.model import V4Model
 
     from agentkit.train.bpe import BPETokenizer
     from agentkit.train.evaluate import forced, replay
     from agentkit.train.export import load_model, save_model
     from agentkit.train.trainer import TrainConfig, micro_config, pick_device, tiny_config, train
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tok = BPETokenizer.load(data / "tokenizer.json")
@@ -116,6 +119,7 @@ def train_stage(args: argparse.Namespace) -> None:
         device=str(device),
         log_every=args.log_every,
         max_seconds=args.max_minutes * 60 if args.max_minutes else None,
+        checkpoint_every=args.checkpoint_every,
     )
 
     def on_log(r: dict[str, float]) -> None:
@@ -134,7 +138,14 @@ def train_stage(args: argparse.Namespace) -> None:
             raise SystemExit(f"{args.resume} was trained with a different tokenizer than {data}")
         mcfg = start_model.config
         _log(f"resuming from {args.resume}")
-    model, hist = train(mcfg, packed, cfg, on_log=on_log, model=start_model)
+
+    def on_checkpoint(m: V4Model, step: int) -> None:
+        # weights only, into out/partial: a crash loses at most `checkpoint_every` steps, and the
+        # partial model can be evaluated (examples/eval_tiny.py --model out/partial) while training goes on
+        save_model(m, tok, out / "partial", meta={"step": step}, max_shard_bytes=args.shard_mb << 20)
+        _log(f"checkpoint at step {step} -> {out / 'partial'}")
+
+    model, hist = train(mcfg, packed, cfg, on_log=on_log, model=start_model, on_checkpoint=on_checkpoint)
     n_params = sum(p.numel() for p in model.parameters())
     _log(f"trained {n_params:,} params in {hist.records[-1]['seconds']:.0f} s")
     hist.save(out)
@@ -194,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--warmup", type=int, default=50)
     g.add_argument("--index-topk", type=int, default=512)
     g.add_argument("--max-minutes", type=float, default=0.0)
+    g.add_argument("--checkpoint-every", type=int, default=0, help="save out/partial every N steps")
+    g.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: its default)")
     g.add_argument("--device", default="auto")
     g.add_argument("--log-every", type=int, default=10)
     g.add_argument("--shard-mb", type=int, default=12)

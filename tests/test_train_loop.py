@@ -1,15 +1,15 @@
 """Training text == what the real agent loop produces: no drift between train and eval formats.
 
 A model forced (through the embedded backend's logits processor) to emit an episode's reference turns
-is run through the real `Agent` loop with the real tools in a real LocalSandbox. The loop's transcript
-must then be byte-identical to the episode text the model is trained on, and its answer must match.
+is run through the real `Agent` loop with the real tools in a real sandbox (bubblewrap and Docker; the
+generator itself ran the tools in a LocalSandbox). The loop's transcript must then be byte-identical to
+the episode text the model is trained on, every generated turn must pass the strict DSML parser, and the
+answer must match.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -21,11 +21,9 @@ from agentkit.models.embedded import EmbeddedModel
 from agentkit.train.bpe import train_bpe
 from agentkit.train.episodes import Episode, generate
 from agentkit.train.families import FAMILIES
+from agentkit.train.loop_eval import Outcome, run_episode
 from agentkit.train.toolbox import all_tools
 from agentkit.train.trainer import build_model, micro_config
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from eval_tiny import run_one
 
 
 @pytest.fixture(autouse=True)
@@ -50,8 +48,14 @@ def _forcer(turns: list[list[int]]) -> Any:
     return force
 
 
-@pytest.mark.parametrize("split", ["train", "heldout"])
-def test_loop_transcript_equals_training_text(split: str) -> None:
+@pytest.mark.parametrize(
+    ("split", "sandbox"),
+    [
+        pytest.param("train", "bwrap", marks=pytest.mark.bwrap),
+        pytest.param("heldout", "docker", marks=pytest.mark.docker),
+    ],
+)
+def test_loop_transcript_equals_training_text(split: str, sandbox: str) -> None:
     eps: list[Episode] = [generate(1, split=split, seed=21, family=f)[0] for f in FAMILIES]
     # both kinds of recovered error: a rejected calculator expression and a file that is not there
     errors = generate(12, split=split, seed=22, family="error")
@@ -61,7 +65,7 @@ def test_loop_transcript_equals_training_text(split: str) -> None:
     model = build_model(micro_config(tok.vocab_size), 0, torch.device("cpu"))
     tools = all_tools()
 
-    async def main() -> list[dict[str, Any]]:
+    async def main() -> list[Outcome]:
         rows = []
         for e in eps:
             # every assistant turn, the untrained mistake of an error episode included
@@ -69,12 +73,13 @@ def test_loop_transcript_equals_training_text(split: str) -> None:
             backend = EmbeddedModel(
                 model=model, tokenizer=tok, logits_processor=_forcer(turns), max_tokens=400
             )
-            rows.append(await run_one(backend, e, tools))
+            rows.append(await run_episode(backend, e, tools, sandbox))
         return rows
 
     rows = anyio.run(main)
-    assert {r["family"].split("_")[0] for r in rows} == {f.split("_")[0] for f in FAMILIES}
+    assert {r.family.split("_")[0] for r in rows} == {f.split("_")[0] for f in FAMILIES}
     for r in rows:
-        assert r["status"] == "completed", r
-        assert r["same_transcript"], r
-        assert r["ok"], r
+        assert r.status == "completed", r
+        assert r.same_transcript, r
+        assert r.ok, r
+        assert r.turns >= 1 and r.strict_turns == r.turns, r

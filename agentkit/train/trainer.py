@@ -30,15 +30,30 @@ from agentkit.train.muon import build_optimizers
 
 
 def tiny_config(vocab_size: int, **overrides: Any) -> ModelConfig:
-    """`agentkit-tiny`: every V4 feature at small size (about 15M params with a 6k vocabulary).
+    """`agentkit-tiny`: every V4 feature at small size (about 8M params with a 3k vocabulary).
 
-    CSA (ratio 4, with indexer) and HCA (ratio 128) layers, the 128-token window, hash routing in the
-    first layer, 4 mHC streams and one MTP block; plain float weights (bf16 in the checkpoint).
+    Four layers: sliding-window only (hash-routed MoE), CSA (ratio 4, with indexer), HCA (ratio 128),
+    sliding-window only, and one MTP block with CSA; the 128-token window, 4 mHC streams; plain float weights (bf16 in the
+    checkpoint). Sized so that it trains on two CPU cores in about 1.5 hours (~2.1k tokens/s there,
+    measured): half the layers of the `tiny` preset cut a step in half, and 5 Sinkhorn iterations
+    instead of V4's 20 cost nothing in quality at this size (the mixing matrices are near-uniform to
+    begin with) and save another ~25% of a CPU step.
     """
     base: dict[str, Any] = {
         "vocab_size": vocab_size,
         "n_hash_layers": 1,
         "max_seq_len": 65536,
+        "n_layers": 4,
+        "compress_ratios": (0, 4, 128, 0, 4),
+        "n_heads": 4,
+        "head_dim": 64,
+        "rope_head_dim": 32,
+        "index_n_heads": 4,
+        "index_head_dim": 32,
+        "index_topk": 512,
+        "n_routed_experts": 8,
+        "n_activated_experts": 2,
+        "hc_sinkhorn_iters": 5,
     }
     return ModelConfig.preset("tiny", **{**base, **overrides})
 
@@ -65,6 +80,9 @@ class TrainConfig:
     log_every: int = 10
     max_seconds: float | None = None
     """Stop early (with a consistent checkpoint) once this much wall time is spent; None = run all steps."""
+    checkpoint_every: int = 0
+    """Call `on_checkpoint(model, step)` every this many steps (0: never), so a long CPU run that dies
+    leaves a usable model behind and can be evaluated while it trains."""
     bias_update_rate: float = 1e-3
     """V4's auxiliary-loss-free MoE balancing: after each step every non-hash gate's bias moves by this
     much toward under-used experts (0 disables)."""
@@ -200,6 +218,7 @@ def _train(
     device: torch.device,
     on_log: Callable[[dict[str, float]], None] | None,
     model: V4Model | None,
+    on_checkpoint: Callable[[V4Model, int], None] | None = None,
 ) -> tuple[V4Model, History]:
     if len(data) == 0:
         raise ValueError("no training rows")
@@ -263,6 +282,10 @@ def _train(
                 on_log(rec)
         if over:
             break
+        if on_checkpoint is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+            model.eval()
+            on_checkpoint(model, step + 1)
+            model.train()
     balancer.close()
     model.eval()
     return model, hist
@@ -275,6 +298,7 @@ def train(
     *,
     on_log: Callable[[dict[str, float]], None] | None = None,
     model: V4Model | None = None,
+    on_checkpoint: Callable[[V4Model, int], None] | None = None,
 ) -> tuple[V4Model, History]:
     """Train from scratch (or continue `model`) on packed rows; returns the model and its loss history.
 
@@ -286,6 +310,6 @@ def train(
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
     try:
-        return _train(model_config, data, cfg, device, on_log, model)
+        return _train(model_config, data, cfg, device, on_log, model, on_checkpoint)
     finally:
         torch.use_deterministic_algorithms(previous)

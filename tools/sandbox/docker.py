@@ -139,6 +139,10 @@ class _suppress_docker:
         )
 
 
+class _NotFound(SandboxError):
+    """The archive API found nothing at a path (turned into the backend-neutral message by callers)."""
+
+
 class DockerSandbox(ClosesOnExit):
     """A session's container. Use `async with DockerSandbox(...) as sb`, or get one from a SandboxPool."""
 
@@ -254,7 +258,12 @@ class DockerSandbox(ClosesOnExit):
     async def read_file(self, path: str) -> bytes:
         inner = self._inner(path)
         if self._in_workspace(inner):
-            data = await anyio.to_thread.run_sync(self._get_file, inner)
+            try:
+                data = await anyio.to_thread.run_sync(self._get_file, inner)
+            except _NotFound:
+                # the same words as the host-workspace backends, so a tool result (which a model was
+                # trained on) does not depend on the backend
+                raise SandboxError(f"cannot read {path!r}: No such file or directory") from None
             if data is not None:
                 return data
         # /tmp and friends are tmpfs inside the container, invisible to the archive API, and the
@@ -262,7 +271,8 @@ class DockerSandbox(ClosesOnExit):
         raw = await self._exec_raw(["cat", "--", inner], timeout=60, cwd=None, env=None, stdin=None,
                                    output_limit=_READ_LIMIT)  # fmt: skip
         if raw.exit_code != 0:
-            raise SandboxError(f"cannot read {path!r}: {raw.stderr.decode(errors='replace').strip()}")
+            why = raw.stderr.decode(errors="replace").strip().removeprefix(f"cat: {inner}: ")
+            raise SandboxError(f"cannot read {path!r}: {why}")
         return raw.stdout
 
     async def write_file(self, path: str, data: str | bytes) -> None:
@@ -351,7 +361,7 @@ class DockerSandbox(ClosesOnExit):
         except Exception as e:
             text = str(e)
             if "Could not find the file" in text or "no such file" in text.lower():
-                raise SandboxError(f"no such file in sandbox: {inner}") from e
+                raise _NotFound(f"no such file in sandbox: {inner}") from e
             raise SandboxError(f"copy out of sandbox failed: {_docker_exec._explain(e)}") from e
 
     def _get_file(self, inner: str) -> bytes | None:
