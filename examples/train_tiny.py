@@ -107,6 +107,12 @@ def train_stage(args: argparse.Namespace) -> None:
     tok = BPETokenizer.load(data / "tokenizer.json")
     packed = _load_packed(data, args.seq_len)
     _log(f"{len(packed)} rows of {args.seq_len}; {packed.trained_tokens} trained tokens")
+    if args.copy_rows:
+        from agentkit.train.data import concat, copy_rows
+
+        aux = copy_rows(args.copy_rows, args.seq_len, (3, tok.n_bpe), seed=args.seed)
+        packed = concat(packed, aux)
+        _log(f"+ {args.copy_rows} synthetic copy rows ({aux.trained_tokens} trained tokens)")
     vocab = -(-tok.vocab_size // 64) * 64
     mcfg = micro_config(vocab) if args.micro else tiny_config(vocab, index_topk=args.index_topk)
     device = pick_device(args.device)
@@ -205,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--warmup", type=int, default=50)
     g.add_argument("--index-topk", type=int, default=512)
     g.add_argument("--max-minutes", type=float, default=0.0)
+    g.add_argument("--copy-rows", type=int, default=0, help="add N synthetic induction rows (data.copy_rows)")
     g.add_argument("--checkpoint-every", type=int, default=0, help="save out/partial every N steps")
     g.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: its default)")
     g.add_argument("--device", default="auto")

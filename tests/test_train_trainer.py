@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agentkit.dsml.tokens import BOS, USER
 from agentkit.train.bpe import BPETokenizer, train_bpe
-from agentkit.train.data import IGNORE, Example, pack, pack_flat, tokenize_episode
+from agentkit.train.data import IGNORE, Example, concat, copy_rows, pack, pack_flat, tokenize_episode
 from agentkit.train.episodes import Episode, Segment, generate
 from agentkit.train.evaluate import forced, replay
 from agentkit.train.export import load_model, save_model
@@ -198,3 +200,21 @@ def test_flat_packing_equals_list_packing(episodes: list[Episode], tok: BPEToken
     assert torch.equal(a.inputs, b.inputs) and torch.equal(a.labels, b.labels)
     # packing is first-fit in order: every row but the last is too full for the next episode
     assert len(a) < len(exs)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 4), st.integers(40, 300), st.integers(0, 2**31 - 1))
+def test_copy_rows_train_only_on_repeated_tokens(n_rows: int, seq_len: int, seed: int) -> None:
+    p = copy_rows(n_rows, seq_len, (3, 50), seed, span=(2, 9))
+    assert p.inputs.shape == p.labels.shape == (n_rows, seq_len)
+    assert int(p.inputs.min()) >= 3 and int(p.inputs.max()) < 50
+    for r in range(n_rows):
+        x, lab = p.inputs[r].tolist(), p.labels[r].tolist()
+        trained = [i for i in range(seq_len) if lab[i] != IGNORE]
+        # blocks of 2n hold n-1 trained tokens, n in 2..9 (the last block may be cut short)
+        assert len(trained) >= seq_len // 4 - 9
+        for i in trained:
+            assert lab[i] == x[i + 1]
+            # the target and the token before it both repeat what stood n places earlier
+            assert any(i - n >= 0 and x[i + 1 - n] == x[i + 1] and x[i - n] == x[i] for n in range(2, 10))
+    assert len(concat(p, p)) == 2 * n_rows

@@ -102,3 +102,40 @@ def example_lengths(examples: Sequence[Example]) -> dict[str, float]:
         "tokens_max": max(n),
         "trained_mean": sum(trained) / len(n),
     }
+
+
+def copy_rows(
+    n_rows: int, seq_len: int, token_range: tuple[int, int], seed: int, span: tuple[int, int] = (4, 48)
+) -> Packed:
+    """Synthetic induction rows: random token spans, each followed by an exact repeat; loss on the repeat.
+
+    Why: copying names and numbers out of the context is what the agent episodes need most and what a
+    small model learns last (agentkit-tiny sat at 73% token accuracy with every value wrong for 1,000
+    steps). On pure copy rows induction heads form within a few hundred steps, and they transfer. The
+    first token of a repeat is unpredictable, so the loss starts at its second token.
+    """
+    lo, hi = token_range
+    if not 0 <= lo < hi:
+        raise ValueError(f"bad token range {token_range}")
+    g = np.random.default_rng(seed)
+    inputs = np.zeros((n_rows, seq_len), dtype=np.int64)
+    trained = np.zeros((n_rows, seq_len), dtype=np.bool_)
+    for r in range(n_rows):
+        pos = 0
+        while pos < seq_len:
+            n = int(g.integers(span[0], span[1] + 1))
+            s = g.integers(lo, hi, size=n)
+            block = np.concatenate([s, s])
+            mask = np.zeros(2 * n, dtype=np.bool_)
+            mask[n + 1 :] = True
+            take = min(2 * n, seq_len - pos)
+            inputs[r, pos : pos + take] = block[:take]
+            trained[r, pos : pos + take] = mask[:take]
+            pos += take
+    labels = np.full((n_rows, seq_len), IGNORE, dtype=np.int64)
+    labels[:, :-1] = np.where(trained[:, 1:], inputs[:, 1:], IGNORE)
+    return Packed(torch.from_numpy(inputs), torch.from_numpy(labels))
+
+
+def concat(*parts: Packed) -> Packed:
+    return Packed(torch.cat([p.inputs for p in parts]), torch.cat([p.labels for p in parts]))
