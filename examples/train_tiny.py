@@ -189,9 +189,36 @@ def train_stage(args: argparse.Namespace) -> None:
         _log(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 
 
+def copy_stage(args: argparse.Namespace) -> None:
+    import torch
+
+    from agentkit.train.export import load_model, save_model
+    from agentkit.train.trainer import copy_phase
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.resume:
+        raise SystemExit("copy needs --resume <checkpoint dir> (the model to teach copying)")
+    model, tok = load_model(args.resume)
+    recs = copy_phase(
+        model,
+        (3, tok.n_bpe),
+        steps=args.copy_steps,
+        lr=args.lr,
+        seed=args.seed,
+        on_log=lambda r: _log(
+            f"copy step {int(r['step']):4d}  loss {r['loss']:.4f}  acc {r['copy_accuracy']:.3f}"
+        ),
+    )
+    out = Path(args.out)
+    meta = {"resumed_from": args.resume, "copy_phase": recs}
+    save_model(model, tok, out, meta=meta, max_shard_bytes=args.shard_mb << 20)
+    _log(f"copy phase done -> {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["prepare", "train", "all"])
+    p.add_argument("stage", choices=["prepare", "train", "copy", "all"])
     p.add_argument("--data", default="runtime/weights/agentkit-tiny-data")
     p.add_argument("--out", default="runtime/weights/agentkit-tiny")
     p.add_argument("--seed", type=int, default=0)
@@ -211,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--warmup", type=int, default=50)
     g.add_argument("--index-topk", type=int, default=512)
     g.add_argument("--max-minutes", type=float, default=0.0)
+    g.add_argument("--copy-steps", type=int, default=250, help="copy stage: steps of pure copy sequences")
     g.add_argument("--copy-rows", type=int, default=0, help="add N synthetic induction rows (data.copy_rows)")
     g.add_argument("--checkpoint-every", type=int, default=0, help="save out/partial every N steps")
     g.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: its default)")
@@ -226,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         prepare(args)
     if args.stage in ("train", "all"):
         train_stage(args)
+    if args.stage == "copy":
+        copy_stage(args)
     return 0
 
 
