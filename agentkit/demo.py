@@ -1,187 +1,134 @@
 """What `agentkit demo` and `agentkit run` do.
 
-The demo runs a handful of varied tasks through the real agent loop, the real DSML parser, real tools and
-a real sandbox. Until the shipped embedded model exists, its "model" is a scripted one whose outputs are
-canonical DSML computed from the tool results it receives: the loop, parser, dispatch and sandbox are the
-real ones, only the text generator is replaced. Every task has an expected answer computed independently
-of the run, so a wrong tool result or a parsing slip fails the demo (exit code 1).
+The demo is a real agent run on a model (the shipped embedded `agentkit-tiny` once its checkpoint is in
+the package, or any `--model`): a handful of tasks of different kinds, each in a fresh real sandbox
+holding the task's files, through the real loop, DSML parser and tools, streamed to the terminal. The
+tasks come from the episode generator's held-out split, at indices the evaluation never uses, so a model
+trained on the generator has never seen their names or values; each has an expected answer computed by
+the generator from the real tools, and a wrong answer fails the demo (exit code 1).
+
+While no trained checkpoint ships, a plain `agentkit demo` runs the scripted demo (`_demo_scripted`):
+real loop, parser, tools and sandbox, with canonical outputs in place of a model.
+
+`agentkit run "<task>"` gives one task to the model with every tool the episodes use.
 """
 
 from __future__ import annotations
 
-import ast
-import operator
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, cast
+import time
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from agentkit.cli import RunStats, stream_run, summary_table
-from agentkit.models.base import ModelRequest
-from agentkit.models.scripted import scripted_turn
-from agentkit.tools.sandbox.select import Backend
-from agentkit.tools.tool import tool
 
-_OPS: dict[type, Callable[[Any, Any], Any]] = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.FloorDiv: operator.floordiv,
-    ast.Mod: operator.mod,
-}
+if TYPE_CHECKING:
+    from agentkit.train.episodes import Episode
+
+DEFAULT_MODEL = "embedded:tiny"
+DEMO_FAMILIES = ("calc", "file", "csv", "chain", "choose", "parallel", "error", "direct")
+DEMO_SEED = 0
+DEMO_START = 1_000_000
+"""Held-out indices from here on are demo tasks; `eval_tiny` uses 0..N."""
+RUN_INSTRUCTIONS = "You help users by calling tools and reporting the result."
 
 
-def _eval(node: ast.AST) -> int:
-    if isinstance(node, ast.Expression):
-        return _eval(node.body)
-    if isinstance(node, ast.Constant) and type(node.value) is int:
-        return node.value
-    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-        return int(_OPS[type(node.op)](_eval(node.left), _eval(node.right)))
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        return -_eval(node.operand)
-    raise ValueError(f"unsupported expression element: {ast.dump(node)[:60]}")
+def _shipped_model() -> str | None:
+    from agentkit.runtime.checkpoint import shipped_checkpoint
+
+    return DEFAULT_MODEL if shipped_checkpoint("tiny") is not None else None
 
 
-@tool
-def calculator(expression: str) -> str:
-    """Evaluate an integer arithmetic expression exactly.
+def _load(console: Console, spec: Any) -> Any | None:
+    """A backend from a spec string (loaded behind a spinner, errors shown) or a ready Model object."""
+    from agentkit.models import resolve
+    from agentkit.models.base import ModelError
 
-    Args:
-        expression: Integers with + - * // % and parentheses, e.g. "(17 * 23) + 4".
-    """
-    return str(_eval(ast.parse(expression, mode="eval")))
-
-
-def _say(reasoning: str, content: str = "", calls: list[dict[str, Any]] | None = None) -> str:
-    return scripted_turn(reasoning, content, [(c["name"], c["arguments"]) for c in calls or []])
-
-
-def _last_results(req: ModelRequest) -> list[str]:
-    """Contents of the tool results the model has just been given, in call order."""
-    out: list[str] = []
-    for m in reversed(req.messages):
-        if m.role != "tool":
-            break
-        out.append(m.content)
-    return out[::-1]
+    if not isinstance(spec, str):
+        return spec
+    t0 = time.perf_counter()
+    try:
+        with console.status(f"loading {escape(spec)}…"):
+            model = resolve(spec)
+    except (ModelError, ValueError) as exc:
+        console.print(f"[red]cannot load {escape(spec)}:[/] {escape(str(exc))}")
+        return None
+    console.print(f"model: [cyan]{escape(spec)}[/] (loaded in {time.perf_counter() - t0:.1f} s)")
+    return model
 
 
-@dataclass(frozen=True, slots=True)
-class DemoTask:
-    task: str
-    expected: str
-    script: list[str | Callable[[ModelRequest], str]]
+async def demo_episodes() -> list[Episode]:
+    """The demo's tasks: one held-out episode per family in `DEMO_FAMILIES`, always the same ones."""
+    from agentkit.train.episodes import generate_async
+
+    episodes: list[Episode] = []
+    for i, family in enumerate(DEMO_FAMILIES):
+        episodes += await generate_async(
+            1, split="heldout", seed=DEMO_SEED, start=DEMO_START + i, family=family
+        )
+    return episodes
 
 
-CSV = "city,visits\nLisbon,12\nOslo,7\nLisbon,30\nKyoto,5\nOslo,11\n"
+async def run_demo(console: Console, model: Any, sandbox_backend: str) -> int:
+    """`model`: a spec string, a Model object, or None for the shipped model (the scripted demo if none)."""
+    from agentkit.train.episodes import answer_content
+    from agentkit.train.loop_eval import episode_agent, episode_sandbox
+    from agentkit.train.toolbox import all_tools
 
+    spec = model if model is not None else _shipped_model()
+    if spec is None:
+        from agentkit._demo_scripted import run_scripted_demo
 
-def scripted_tasks() -> list[DemoTask]:
-    csv_code = (
-        "import csv\nrows = list(csv.DictReader(open('visits.csv')))\n"
-        "print(sum(int(r['visits']) for r in rows if r['city'] == 'Lisbon'))"
-    )
-    return [
-        DemoTask(
-            "What is (17 * 23) + 4?",
-            "395",
-            [
-                _say(
-                    "Exact arithmetic: use the calculator.",
-                    calls=[{"name": "calculator", "arguments": {"expression": "(17 * 23) + 4"}}],
-                ),
-                lambda r: _say("The calculator answered.", _last_results(r)[0]),
-            ],
-        ),
-        DemoTask(
-            "How many visits did Lisbon get in total, according to visits.csv?",
-            "42",
-            [
-                _say(
-                    "Sum the Lisbon rows of the CSV with Python in the sandbox.",
-                    calls=[{"name": "python", "arguments": {"code": csv_code}}],
-                ),
-                lambda r: _say("The script printed the total.", _last_results(r)[0].split()[0]),
-            ],
-        ),
-        DemoTask(
-            "Which file in the workspace mentions a password, and what is the first word of notes.txt?",
-            "secrets.txt, Remember",
-            [
-                _say(
-                    "Two independent look-ups: grep and read at once.",
-                    calls=[
-                        {"name": "grep", "arguments": {"pattern": "password", "path": "."}},
-                        {"name": "read_file", "arguments": {"path": "notes.txt"}},
-                    ],
-                ),
-                lambda r: _say(
-                    "grep gives the file; the note's first word follows.",
-                    f"{_first_path(_last_results(r)[0])}, {_first_word(_last_results(r)[1])}",
-                ),
-            ],
-        ),
-        DemoTask("Say hello in French, one word.", "Bonjour", [_say("No tool needed.", "Bonjour")]),
-    ]
-
-
-def _first_path(grep_output: str) -> str:
-    line = grep_output.strip().splitlines()[0]
-    return line.split(":", 1)[0].removeprefix("./")
-
-
-def _first_word(read_output: str) -> str:
-    for line in read_output.splitlines():
-        words = [w for w in line.split() if w.isalpha()]
-        if words:
-            return words[0]
-    return ""
-
-
-async def _seed(sandbox: Any) -> None:
-    await sandbox.write_file("visits.csv", CSV)
-    await sandbox.write_file("notes.txt", "Remember to water the plants.\n")
-    await sandbox.write_file("secrets.txt", "the wifi password is on the fridge\n")
-
-
-async def run_demo(console: Console, model: str | None, sandbox_backend: str) -> int:
-    from agentkit.agent import Agent
-    from agentkit.models import ScriptedModel
-    from agentkit.tools.builtin import builtin_tools
-    from agentkit.tools.sandbox import open_sandbox
-
-    if model is not None:
-        console.print(f"[red]--model {model}: only the scripted demo exists until the shipped model lands[/]")
-        return 2
+        console.print(
+            "[bold]agentkit demo[/] — scripted model (agentkit-tiny is not shipped yet), real loop, "
+            "real DSML parser, real tools, real sandbox"
+        )
+        return await run_scripted_demo(console, sandbox_backend)
     console.print(
-        "[bold]agentkit demo[/] — scripted model, real loop, real DSML parser, real tools, real sandbox"
+        "[bold]agentkit demo[/] — real model, real loop, real DSML parser, real tools, real sandbox"
     )
-    with console.status(f"opening a {sandbox_backend} sandbox…"):
-        sandbox = await open_sandbox(cast(Backend, sandbox_backend))
+    backend = _load(console, spec)
+    if backend is None:
+        return 2
+    with console.status("preparing tasks…"):
+        episodes = await demo_episodes()
+    tools = all_tools()
     rows: list[RunStats] = []
-    async with sandbox:
-        await _seed(sandbox)
-        console.print(f"sandbox: [cyan]{type(sandbox).__name__}[/] workspace {sandbox.workspace}\n")
-        for t in scripted_tasks():
-            agent: Agent[None, str] = Agent(
-                ScriptedModel(t.script), tools=[calculator, *builtin_tools()], sandbox=sandbox
+    for e in episodes:
+        with console.status(f"opening a {sandbox_backend} sandbox…"):
+            sandbox = await episode_sandbox(e, sandbox_backend)
+        async with sandbox:
+            files = ", ".join(sorted(e.files)) or "none"
+            console.print(
+                f"[dim]{e.family} task · sandbox {type(sandbox).__name__} · files: {escape(files)}[/]"
             )
-            rows.append(await stream_run(agent, t.task, console, expected=t.expected))
+            agent = episode_agent(backend, e, tools, sandbox)
+            rows.append(await stream_run(agent, e.task, console, expected=answer_content(e.answer)))
     console.print(summary_table(rows))
-    return 0 if all(r.ok for r in rows) else 1
+    failed = [r for r in rows if not r.ok]
+    if failed:
+        console.print(f"[red]{len(failed)} of {len(rows)} tasks failed[/]")
+    return 0 if not failed else 1
 
 
 async def run_one(console: Console, task: str, model: str | None, sandbox_backend: str, thinking: str) -> int:
     from agentkit.agent import Agent
-    from agentkit.tools.builtin import builtin_tools
+    from agentkit.train.toolbox import all_tools
 
-    if model is None:
-        console.print("[red]agentkit run needs --model until the shipped embedded model lands[/]")
+    spec = model if model is not None else _shipped_model()
+    if spec is None:
+        console.print("[red]agentkit run needs --model until the shipped agentkit-tiny checkpoint lands[/]")
+        return 2
+    backend = _load(console, spec)
+    if backend is None:
         return 2
     agent: Agent[None, str] = Agent(
-        model, tools=[calculator, *builtin_tools()], sandbox=sandbox_backend, thinking=thinking
+        backend,
+        tools=list(all_tools().values()),
+        instructions=RUN_INSTRUCTIONS,
+        sandbox=sandbox_backend,
+        thinking=thinking,
     )
-    stats = await stream_run(agent, task, console)
+    stats: RunStats = await stream_run(agent, task, console)
     return 0 if stats.status == "completed" else 1

@@ -10,13 +10,12 @@ answer must match.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import anyio
 import pytest
 import torch
+from _forcing import forcer, reference_turns
 
-from agentkit.dsml.tokens import EOS, USER
 from agentkit.models.embedded import EmbeddedModel
 from agentkit.train.bpe import train_bpe
 from agentkit.train.episodes import Episode, generate
@@ -32,20 +31,6 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def _forcer(turns: list[list[int]]) -> Any:
-    state = {"turn": -1}
-
-    def force(generated: list[int], logits: torch.Tensor) -> torch.Tensor:
-        if not generated:
-            state["turn"] += 1
-        ref = turns[state["turn"]]
-        out = torch.full_like(logits, float("-inf"))
-        out[..., ref[len(generated)]] = 0.0
-        return out
-
-    return force
 
 
 @pytest.mark.parametrize(
@@ -69,9 +54,9 @@ def test_loop_transcript_equals_training_text(split: str, sandbox: str) -> None:
         rows = []
         for e in eps:
             # every assistant turn, the untrained mistake of an error episode included
-            turns = [tok.encode(s.text) for s in e.segments if s.text.endswith(EOS) and USER not in s.text]
+            turns = reference_turns(tok.encode, [e])
             backend = EmbeddedModel(
-                model=model, tokenizer=tok, logits_processor=_forcer(turns), max_tokens=400
+                model=model, tokenizer=tok, logits_processor=forcer(turns), max_tokens=400
             )
             rows.append(await run_episode(backend, e, tools, sandbox))
         return rows

@@ -220,14 +220,13 @@ def test_copy_rows_train_only_on_repeated_tokens(n_rows: int, seq_len: int, seed
     assert len(concat(p, p)) == 2 * n_rows
 
 
-def test_copy_phase_learns_to_repeat_a_span() -> None:
-    # the micro config on a 24-token vocabulary and 6-token spans learns copying within a few hundred
-    # steps; the first record is near chance, the last far above it
+def test_copy_phase_trains_in_place_on_copy_rows() -> None:
     model = build_model(micro_config(64), 0, torch.device("cpu"))
     before = [p.detach().clone() for p in model.parameters()]
-    recs = copy_phase(model, (3, 27), steps=300, lr=6e-3, batch=8, span=6, seed=0)
-    assert recs[0]["step"] == 0 and recs[-1]["step"] == 299
-    assert recs[0]["copy_accuracy"] < 0.2
-    assert recs[-1]["copy_accuracy"] > 0.8, recs
+    recs = copy_phase(model, (3, 27), steps=60, lr=6e-3, batch=4, seq_len=64, span=(2, 6), seed=0)
+    assert [r["step"] for r in recs] == [0.0, 25.0, 50.0, 59.0]
+    # at least the token range is learned (uniform over 64 outputs -> over 24 tokens)
+    assert recs[-1]["loss"] < recs[0]["loss"] - 0.5, recs
+    assert all(0.0 <= r["copy_accuracy"] <= 1.0 for r in recs)
     assert not model.training
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
