@@ -197,9 +197,15 @@ def copy_stage(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if not args.resume:
-        raise SystemExit("copy needs --resume <checkpoint dir> (the model to teach copying)")
-    model, tok = load_model(args.resume)
+    if args.resume:
+        model, tok = load_model(args.resume)
+    else:  # a fresh agentkit-tiny for the tokenizer in --data
+        from agentkit.train.bpe import BPETokenizer
+        from agentkit.train.trainer import build_model, tiny_config
+
+        tok = BPETokenizer.load(Path(args.data) / "tokenizer.json")
+        vocab = -(-tok.vocab_size // 64) * 64
+        model = build_model(tiny_config(vocab, index_topk=args.index_topk), args.seed, torch.device("cpu"))
     recs = copy_phase(
         model,
         (3, tok.n_bpe),
@@ -211,7 +217,7 @@ def copy_stage(args: argparse.Namespace) -> None:
         ),
     )
     out = Path(args.out)
-    meta = {"resumed_from": args.resume, "copy_phase": recs}
+    meta = {"resumed_from": args.resume or "fresh", "copy_phase": recs}
     save_model(model, tok, out, meta=meta, max_shard_bytes=args.shard_mb << 20)
     _log(f"copy phase done -> {out}")
 

@@ -84,3 +84,25 @@ def test_resume_continues_from_the_checkpoint(tmp_path: Path) -> None:
             torch.testing.assert_close(pb, pa, rtol=0, atol=1e-2, msg=name)
         else:
             assert torch.equal(pa, pb), name
+
+
+def test_copy_stage_then_training_with_copy_rows_and_checkpoints(tmp_path: Path) -> None:
+    data, first, copied, last = (tmp_path / n for n in ("data", "first", "copied", "last"))
+    common = ["--data", str(data), "--micro", "--batch", "1", "--seq-len", "2048", "--log-every", "1"]
+    common += ["--eval-heldout", "0", "--eval-train", "0", "--replay", "0"]
+    prep = ["--episodes", "6", "--heldout", "1", "--train-eval", "1", "--merges", "200"]
+    assert train_tiny.main(["all", *common, *prep, "--out", str(first), "--steps", "1"]) == 0
+    copy_args = ["--resume", str(first), "--out", str(copied), "--copy-steps", "2"]
+    assert train_tiny.main(["copy", *common, *copy_args]) == 0
+    meta = json.loads((copied / "training.json").read_text())
+    assert meta["resumed_from"] == str(first) and [r["step"] for r in meta["copy_phase"]] == [0.0, 1.0]
+    a, _ = load_model(first)
+    b, _ = load_model(copied)
+    assert any(
+        not torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
+
+    more = ["--resume", str(copied), "--out", str(last), "--steps", "2", "--copy-rows", "3"]
+    assert train_tiny.main(["train", *common, *more, "--checkpoint-every", "1"]) == 0
+    assert json.loads((last / "partial" / "training.json").read_text()) == {"step": 2}
+    load_model(last / "partial")
