@@ -193,19 +193,20 @@ def copy_stage(args: argparse.Namespace) -> None:
     import torch
 
     from agentkit.train.export import load_model, save_model
-    from agentkit.train.trainer import copy_phase
+    from agentkit.train.trainer import copy_phase, pick_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
     if args.resume:
-        model, tok = load_model(args.resume)
+        model, tok = load_model(args.resume, device=device)
     else:  # a fresh agentkit-tiny for the tokenizer in --data
         from agentkit.train.bpe import BPETokenizer
         from agentkit.train.trainer import build_model, tiny_config
 
         tok = BPETokenizer.load(Path(args.data) / "tokenizer.json")
         vocab = -(-tok.vocab_size // 64) * 64
-        model = build_model(tiny_config(vocab, index_topk=args.index_topk), args.seed, torch.device("cpu"))
+        model = build_model(tiny_config(vocab, index_topk=args.index_topk), args.seed, device)
     recs = copy_phase(
         model,
         (3, tok.n_bpe),
@@ -218,7 +219,7 @@ def copy_stage(args: argparse.Namespace) -> None:
     )
     out = Path(args.out)
     meta = {"resumed_from": args.resume or "fresh", "copy_phase": recs}
-    save_model(model, tok, out, meta=meta, max_shard_bytes=args.shard_mb << 20)
+    save_model(model.cpu(), tok, out, meta=meta, max_shard_bytes=args.shard_mb << 20)
     _log(f"copy phase done -> {out}")
 
 
