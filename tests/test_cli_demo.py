@@ -11,29 +11,20 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import pytest
 import torch
 from _forcing import forcer, reference_turns
-from agentkit.runtime.checkpoint import shipped_checkpoint
 from rich.console import Console
 
 from agentkit import cli, demo
 from agentkit.models.embedded import EmbeddedModel
 from agentkit.models.scripted import scripted_turn
+from agentkit.runtime.checkpoint import shipped_checkpoint
 from agentkit.train.bpe import train_bpe
 from agentkit.train.trainer import build_model, micro_config
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.docker

@@ -11,17 +11,10 @@ import random
 
 import pytest
 import torch
+
 from agentkit.runtime.config import ModelConfig
 from agentkit.runtime.model import ModelInputError, V4Model
 from agentkit.runtime.state import SequenceState
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():  # type: ignore[no-untyped-def]
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def random_config(seed: int, sims: bool) -> ModelConfig:

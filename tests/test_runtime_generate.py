@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from agentkit.runtime.config import ModelConfig
 from agentkit.runtime.generate import (
     GREEDY,
@@ -15,14 +16,6 @@ from agentkit.runtime.generate import (
     sample,
 )
 from agentkit.runtime.model import V4Model
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():  # type: ignore[no-untyped-def]
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

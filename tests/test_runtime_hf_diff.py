@@ -19,18 +19,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from agentkit.runtime.config import ModelConfig
 from agentkit.runtime.hf_compat import hf_from_ours
 from agentkit.runtime.model import V4Model
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():  # type: ignore[no-untyped-def]
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 CASES = [
     # (ratios incl. MTP entry, hash layers, index_topk, seq len, seed)

@@ -7,6 +7,7 @@ import random
 
 import pytest
 import torch
+
 from agentkit.runtime import quant
 from agentkit.runtime.config import ModelConfig
 from agentkit.runtime.layers.compressor import Compressor
@@ -15,14 +16,6 @@ from agentkit.runtime.layers.mhc import split_sinkhorn
 from agentkit.runtime.layers.rope import apply_rope, rope_frequencies
 from agentkit.runtime.model import V4Model
 from agentkit.runtime.state import fresh_tail
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():  # type: ignore[no-untyped-def]
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def naive_entries(kv: torch.Tensor, score: torch.Tensor, r: int, w: int) -> torch.Tensor:

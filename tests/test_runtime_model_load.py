@@ -6,17 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from agentkit.runtime.checkpoint import load_checkpoint, save_checkpoint, save_random_checkpoint
 from agentkit.runtime.config import ModelConfig
 from agentkit.runtime.model import ModelInputError, V4Model
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():  # type: ignore[no-untyped-def]
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def test_random_quantized_checkpoint_loads_and_runs(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from agentkit.runtime.config import ModelConfig
 from agentkit.runtime.model import V4Model
 from agentkit.runtime.state import (
@@ -18,14 +19,6 @@ from agentkit.runtime.state import (
     fixed_state_bytes,
     kv_bytes_per_token,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():  # type: ignore[no-untyped-def]
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _model(seed: int = 0) -> V4Model:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from agentkit.train.bpe import BPETokenizer
@@ -16,14 +14,6 @@ from agentkit.train.export import load_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import train_tiny
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_prepare_train_eval(tmp_path: Path) -> None:

@@ -9,8 +9,6 @@ answer must match.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import anyio
 import pytest
 import torch
@@ -23,14 +21,6 @@ from agentkit.train.families import FAMILIES
 from agentkit.train.loop_eval import Outcome, run_episode
 from agentkit.train.toolbox import all_tools
 from agentkit.train.trainer import build_model, micro_config
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize(

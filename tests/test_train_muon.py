@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -12,16 +11,6 @@ from hypothesis import strategies as st
 
 from agentkit.train.muon import UPDATE_RMS, Muon, build_optimizers, newton_schulz, uses_adamw
 from agentkit.train.trainer import build_model, micro_config
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny ops on a shared 2-core box: torch's intra-op threads only spin against other processes
-    (measured: one thread is ~20x faster here), so these tests run single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _polar(g: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,17 +18,6 @@ from agentkit.train.episodes import Episode, Segment, generate
 from agentkit.train.evaluate import forced, replay
 from agentkit.train.export import load_model, save_model
 from agentkit.train.trainer import LoadBalancer, TrainConfig, build_model, copy_phase, micro_config, train
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny ops on a shared 2-core box: torch's intra-op threads only spin against other processes
-    (measured: one thread is ~20x faster here), so these tests run single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 TAIL = 128  # tokens per smoke example: the end of an episode, where the assistant turns are
 

@@ -14,15 +14,12 @@ sandbox, and at least 90% must end with exactly the expected answer. The full ev
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
-import pytest
-import torch
+
 from agentkit.runtime.checkpoint import CONFIG_NAME, load_model, shipped_checkpoint
 from agentkit.runtime.config import ModelConfig
-
 from agentkit.train.episodes import Episode, generate_async
 from agentkit.train.families import FAMILIES
 from agentkit.train.loop_eval import evaluate
@@ -30,14 +27,6 @@ from agentkit.train.toolbox import all_tools
 
 PER_FAMILY = 4
 SUBSET_START = 2_000_000
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _shipped() -> Path:
