@@ -17,12 +17,12 @@ import anyio
 import pytest
 import torch
 from _forcing import forcer, reference_turns
+from agentkit.runtime.checkpoint import shipped_checkpoint
 from rich.console import Console
 
 from agentkit import cli, demo
 from agentkit.models.embedded import EmbeddedModel
 from agentkit.models.scripted import scripted_turn
-from agentkit.runtime.checkpoint import shipped_checkpoint
 from agentkit.train.bpe import train_bpe
 from agentkit.train.trainer import build_model, micro_config
 

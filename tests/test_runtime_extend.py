@@ -11,7 +11,6 @@ import random
 
 import pytest
 import torch
-
 from agentkit.runtime.config import ModelConfig
 from agentkit.runtime.model import ModelInputError, V4Model
 from agentkit.runtime.state import SequenceState

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from agentkit.runtime.config import ModelConfig
 from agentkit.runtime.generate import (
     GREEDY,

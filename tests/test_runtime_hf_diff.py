@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from agentkit.runtime.config import ModelConfig
 from agentkit.runtime.hf_compat import hf_from_ours
 from agentkit.runtime.model import V4Model

@@ -7,7 +7,6 @@ import random
 
 import pytest
 import torch
-
 from agentkit.runtime import quant
 from agentkit.runtime.config import ModelConfig
 from agentkit.runtime.layers.compressor import Compressor

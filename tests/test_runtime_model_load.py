@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from agentkit.runtime.checkpoint import load_checkpoint, save_checkpoint, save_random_checkpoint
 from agentkit.runtime.config import ModelConfig
 from agentkit.runtime.model import ModelInputError, V4Model

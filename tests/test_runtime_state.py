@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from agentkit.runtime.config import ModelConfig
 from agentkit.runtime.model import V4Model
 from agentkit.runtime.state import (

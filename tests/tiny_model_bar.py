@@ -17,9 +17,9 @@ import json
 from pathlib import Path
 
 import anyio
-
 from agentkit.runtime.checkpoint import CONFIG_NAME, load_model, shipped_checkpoint
 from agentkit.runtime.config import ModelConfig
+
 from agentkit.train.episodes import Episode, generate_async
 from agentkit.train.families import FAMILIES
 from agentkit.train.loop_eval import evaluate
