@@ -209,7 +209,7 @@ def copy_stage(args: argparse.Namespace) -> None:
         model = build_model(tiny_config(vocab, index_topk=args.index_topk), args.seed, device)
     recs = copy_phase(
         model,
-        (3, tok.n_bpe),
+        (3, min(tok.n_bpe, 3 + args.copy_vocab) if args.copy_vocab else tok.n_bpe),
         steps=args.copy_steps,
         lr=args.lr,
         seed=args.seed,
@@ -246,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--index-topk", type=int, default=512)
     g.add_argument("--max-minutes", type=float, default=0.0)
     g.add_argument("--copy-steps", type=int, default=250, help="copy stage: steps of pure copy sequences")
+    g.add_argument("--copy-vocab", type=int, default=0, help="copy stage: first N BPE ids only (0: all)")
     g.add_argument("--copy-rows", type=int, default=0, help="add N synthetic induction rows (data.copy_rows)")
     g.add_argument("--checkpoint-every", type=int, default=0, help="save out/partial every N steps")
     g.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: its default)")

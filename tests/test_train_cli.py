@@ -82,7 +82,7 @@ def test_copy_stage_then_training_with_copy_rows_and_checkpoints(tmp_path: Path)
     common += ["--eval-heldout", "0", "--eval-train", "0", "--replay", "0"]
     prep = ["--episodes", "6", "--heldout", "1", "--train-eval", "1", "--merges", "200"]
     assert train_tiny.main(["all", *common, *prep, "--out", str(first), "--steps", "1"]) == 0
-    copy_args = ["--resume", str(first), "--out", str(copied), "--copy-steps", "2"]
+    copy_args = ["--resume", str(first), "--out", str(copied), "--copy-steps", "2", "--copy-vocab", "40"]
     assert train_tiny.main(["copy", *common, *copy_args]) == 0
     meta = json.loads((copied / "training.json").read_text())
     assert meta["resumed_from"] == str(first) and [r["step"] for r in meta["copy_phase"]] == [0.0, 1.0]
