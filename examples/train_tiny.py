@@ -212,7 +212,10 @@ def copy_stage(args: argparse.Namespace) -> None:
         (3, min(tok.n_bpe, 3 + args.copy_vocab) if args.copy_vocab else tok.n_bpe),
         steps=args.copy_steps,
         lr=args.lr,
+        batch=args.copy_batch,
+        seq_len=args.copy_seq_len,
         seed=args.seed,
+        max_seconds=args.copy_minutes * 60 if args.copy_minutes else None,
         on_log=lambda r: _log(
             f"copy step {int(r['step']):4d}  loss {r['loss']:.4f}  acc {r['copy_accuracy']:.3f}"
         ),
@@ -246,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--index-topk", type=int, default=512)
     g.add_argument("--max-minutes", type=float, default=0.0)
     g.add_argument("--copy-steps", type=int, default=250, help="copy stage: steps of pure copy sequences")
+    g.add_argument("--copy-batch", type=int, default=8, help="copy stage: rows per step")
+    g.add_argument("--copy-seq-len", type=int, default=256, help="copy stage: tokens per row")
+    g.add_argument("--copy-minutes", type=float, default=0.0, help="copy stage: stop after this long")
     g.add_argument("--copy-vocab", type=int, default=0, help="copy stage: first N BPE ids only (0: all)")
     g.add_argument("--copy-rows", type=int, default=0, help="add N synthetic induction rows (data.copy_rows)")
     g.add_argument("--checkpoint-every", type=int, default=0, help="save out/partial every N steps")

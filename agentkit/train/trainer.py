@@ -126,9 +126,12 @@ class History:
 
 
 def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """The training device; on CUDA fp32 matmuls may use TF32 (the attention scores are computed in fp32
+    and the model is far too small for the lost mantissa bits to matter next to bf16 autocast)."""
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    if dev.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+    return dev
 
 
 def lr_at(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
@@ -325,6 +328,7 @@ def copy_phase(
     seq_len: int = 256,
     span: tuple[int, int] = (4, 48),
     seed: int = 0,
+    max_seconds: float | None = None,
     on_log: Callable[[dict[str, float]], None] | None = None,
 ) -> list[dict[str, float]]:
     """Train `model` in place on pure copy rows (`data.copy_rows`: random spans, each repeated).
@@ -342,14 +346,18 @@ def copy_phase(
     opts: list[torch.optim.Optimizer] = [o for o in (muon, adamw) if o is not None]
     base_lrs = [[g["lr"] for g in o.param_groups] for o in opts]
     records: list[dict[str, float]] = []
+    use_amp = device.type == "cuda"
+    t0 = time.perf_counter()
     for step in range(steps):
+        over = max_seconds is not None and time.perf_counter() - t0 > max_seconds
         rows = copy_rows(batch, seq_len, token_range, seed=seed * 1_000_003 + step, span=span)
         x, labels = rows.inputs.to(device), rows.labels.to(device)
         mult = min(1.0, (step + 1) / 20)
         for o, lrs in zip(opts, base_lrs, strict=True):
             for g, base in zip(o.param_groups, lrs, strict=True):
                 g["lr"] = base * mult
-        logits = model(x).logits
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
+            logits = model(x).logits
         flat = logits.reshape(-1, logits.shape[-1]).float()
         loss = F.cross_entropy(flat, labels.reshape(-1), ignore_index=IGNORE)
         for o in opts:
@@ -358,12 +366,19 @@ def copy_phase(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         for o in opts:
             o.step()
-        if step % 25 == 0 or step == steps - 1:
+        if step % 25 == 0 or step == steps - 1 or over:
             mask = labels != IGNORE
             acc = (logits.argmax(-1)[mask] == labels[mask]).float().mean()
-            rec = {"step": float(step), "loss": float(loss.detach()), "copy_accuracy": float(acc)}
+            rec = {
+                "step": float(step),
+                "loss": float(loss.detach()),
+                "copy_accuracy": float(acc),
+                "seconds": time.perf_counter() - t0,
+            }
             records.append(rec)
             if on_log is not None:
                 on_log(rec)
+        if over:
+            break
     model.eval()
     return records
