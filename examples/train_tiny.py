@@ -49,7 +49,13 @@ def prepare(args: argparse.Namespace) -> None:
         _log(f"generated {len(train_eps)}/{args.episodes} training episodes")
     heldout = generate(args.heldout, split="heldout", seed=args.seed)
     _log(f"generated {len(heldout)} held-out episodes in {time.perf_counter() - t0:.0f} s")
-    tok = train_bpe((e.text for e in train_eps[: args.bpe_episodes]), args.merges)
+    if args.tokenizer:
+        # reuse a tokenizer (so a model trained on earlier data can continue on this data)
+        from agentkit.train.bpe import BPETokenizer
+
+        tok = BPETokenizer.load(args.tokenizer)
+    else:
+        tok = train_bpe((e.text for e in train_eps[: args.bpe_episodes]), args.merges)
     tok.save(data)
     _log(f"BPE: {len(tok.merges)} merges, vocab {tok.vocab_size}")
     exs = [tokenize_episode(tok.encode, e) for e in train_eps]
@@ -238,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--train-eval", type=int, default=200)
     g.add_argument("--merges", type=int, default=4000)
     g.add_argument("--bpe-episodes", type=int, default=5000)
+    g.add_argument("--tokenizer", default=None, help="tokenizer.json to reuse instead of training one")
     g = p.add_argument_group("train")
     g.add_argument("--micro", action="store_true", help="the CPU-test config instead of agentkit-tiny")
     g.add_argument("--resume", default=None, help="checkpoint directory to continue training from")

@@ -202,3 +202,43 @@ def test_any_seed_family_split_gives_a_consistent_episode(seed: int, family: str
     assert trained and trained[-1].text.endswith("The answer is " + e.answer + ".<｜end▁of▁sentence｜>")
     for s in trained:
         parse_completion(s.text, "thinking")  # what the model learns to write is valid strict DSML
+
+
+def _invented(seed: int, index: int) -> list[str]:
+    kinds = ("noun", "adj", "person", "city", "item", "dir")
+    real = {w for k in kinds for w in getattr(vocab.pools("train"), k)}
+    ep = vocab.episode_pools(seed, "train", index)
+    return [w for k in kinds for w in getattr(ep, k) if w not in real]
+
+
+def test_invented_training_names_cover_heldout_letters(train_eps: list[Episode]) -> None:
+    """A held-out name must break into pieces the training split also contains: with real words only,
+    every training name was one whole BPE token and the pieces of a held-out name ("z", "ep", "h" of
+    "zephyr") never occurred in training, so they could not be learned (agentkit-tiny: 0% on every
+    family that copies a name). Checked on characters and character pairs, tokenizer-independently."""
+    kinds = ("noun", "adj", "person", "city", "item", "dir")
+    heldout_names = [w.lower() for k in kinds for w in getattr(vocab.pools("heldout"), k)]
+    invented = [w.lower() for i in range(40) for w in _invented(0, i)]
+    train_pairs = {w[i : i + 2] for w in invented for i in range(len(w) - 1)}
+    assert set("abcdefghijklmnopqrstuvwxyz") <= set("".join(invented))
+    pairs = [w[i : i + 2] for w in heldout_names for i in range(len(w) - 1)]
+    covered = sum(p in train_pairs for p in pairs) / len(pairs)
+    assert covered > 0.95, covered
+    # the invented words are really drawn: training tasks name things with their episode's invented words
+    hits = 0
+    for e in train_eps:
+        seed, index = (int(x) for x in e.id.split("-")[1:])
+        hits += bool({w.lower() for w in _invented(seed, index)} & {w.lower() for w in _words(e.task)})
+    assert hits > len(train_eps) // 4, hits
+
+
+def test_invented_names_are_fresh_per_episode_and_never_template_words() -> None:
+    """Invented names are seeded by the episode (the same data on every machine) but differ between
+    episodes (so they cannot be memorized, only copied), and never collide with a held-out name or a
+    word of the templates (or a held-out task's wording would count as a leak)."""
+    banned = vocab._banned_words()
+    a, b = _invented(0, 1), _invented(0, 2)
+    assert a == _invented(0, 1)
+    assert len(set(a) & set(b)) < len(a) // 10
+    assert not {w.lower() for w in a + b} & banned
+    assert vocab.episode_pools(0, "heldout", 1) == vocab.pools("heldout")

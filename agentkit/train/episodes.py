@@ -32,7 +32,7 @@ from agentkit.tools.context import RunContext
 from agentkit.tools.sandbox import LocalSandbox
 from agentkit.tools.tool import Tool
 from agentkit.train.families import FAMILIES, Draft, Final, Step
-from agentkit.train.vocab import Split, pools
+from agentkit.train.vocab import Split, episode_pools, pools
 
 THINKING_MODE = "thinking"
 SYSTEM_PROMPTS = (
@@ -241,7 +241,7 @@ def draft_episode(
     chosen = family or rng.choices(names, weights=[FAMILIES[n][1] for n in names])[0]
     if chosen not in FAMILIES:
         raise ValueError(f"unknown family {chosen!r}; known: {names}")
-    return FAMILIES[chosen][0](rng, pools(split)), rng
+    return FAMILIES[chosen][0](rng, episode_pools(seed, split, index)), rng
 
 
 async def generate_async(
