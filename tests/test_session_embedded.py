@@ -316,3 +316,7 @@ def test_embedded_spec_loads_a_checkpoint_directory(tmp_path: Path) -> None:
     assert [m.content for m in result.messages if m.role == "tool"] == ["5"]
     ids = [i for s in result.transcript.segments for i in (s.token_ids or [])]
     assert ids == tok.encode(result.transcript.text)  # the loaded tokenizer gives the training ids
+    # a bare checkpoint directory means the same backend; a bare path without config.json is an error
+    assert resolve(str(ckpt)).name == f"embedded:{ckpt}"
+    with pytest.raises(ValueError, match="must be '<kind>:<target>'"):
+        resolve(str(tmp_path))

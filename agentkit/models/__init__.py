@@ -52,11 +52,20 @@ def _split_url_model(kind: str, rest: str) -> tuple[str, str]:
 
 
 def resolve(spec: str | Model, **kwargs: Any) -> Model:
-    """Turn a model string into a backend; keyword arguments go to the backend's constructor."""
+    """Turn a model string into a backend; keyword arguments go to the backend's constructor.
+
+    A bare path to a checkpoint directory (one holding config.json) means `embedded:<path>`, so
+    `agentkit run --model ./my-checkpoint` works without knowing the spec syntax.
+    """
     if not isinstance(spec, str):
         if isinstance(spec, Model):
             return spec
         raise TypeError(f"expected a model spec string or a Model, got {type(spec).__name__}")
+    if ":" not in spec:
+        from pathlib import Path
+
+        if (Path(spec) / "config.json").is_file():
+            spec = f"embedded:{spec}"
     kind, sep, rest = spec.partition(":")
     if kind == "scripted":
         import json
