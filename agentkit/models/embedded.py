@@ -13,6 +13,7 @@ import functools
 import hashlib
 import inspect
 import json
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ import anyio
 
 from agentkit.dsml.tokens import EOS
 from agentkit.limits import Pricing
-from agentkit.messages import Transcript
+from agentkit.messages import Segment, Transcript
 from agentkit.models.base import Chunk, Finish, ModelError, ModelRequest, RawText
 
 KV_FORMAT = "agentkit-embedded-kv/1"
@@ -49,6 +50,55 @@ def text_encoder(tok: Any) -> Callable[[str, bool], list[int]]:
     if plain is not None:
         return lambda text, trusted: list(tok.encode(text) if trusted else plain(text))
     return lambda text, trusted: list(tok.encode(text))
+
+
+def encode_segments(tok: Any, segments: Sequence[Segment]) -> list[list[int]]:
+    """Ids for consecutive transcript segments, one list per segment, tokenized as the text they form
+    together rather than piece by piece.
+
+    Why: a V4 server (and our training data) tokenizes the rendered prompt in one piece, so where
+    framework text meets tool output BPE merges across the seam (`<tool_result>./records` holds the
+    token `>./`); encoding the pieces apart gave the embedded backend other ids than the model was
+    trained on, and agentkit-tiny copied paths out of tool results wrongly in the real loop only.
+    Special tokens are still recognised only in trusted text: untrusted text joins the plain run it
+    sits in. A token goes to the segment holding its first byte, so a segment may get no ids.
+    Tokenizers without `added` / `id_to_bytes` (the runtime's have both) are encoded per segment.
+    """
+    enc = text_encoder(tok)
+    added = getattr(tok, "added", None)
+    if not added or not hasattr(tok, "id_to_bytes"):
+        return [enc(seg.text, seg.trusted) for seg in segments]
+    specials = {t.content: t.id for t in added}
+    split = re.compile("(" + "|".join(re.escape(c) for c in sorted(specials, key=len, reverse=True)) + ")")
+    out: list[list[int]] = [[] for _ in segments]
+    run: list[tuple[int, str]] = []  # (segment index, plain text) pieces of the current plain run
+
+    def flush() -> None:
+        if not run:
+            return
+        ids = list(tok.encode("".join(t for _, t in run), allow_special=False))
+        bounds, total = [], 0  # byte offset at which each piece ends
+        for _, t in run:
+            total += len(t.encode("utf-8"))
+            bounds.append(total)
+        pos = piece = 0
+        for i in ids:
+            while piece < len(run) - 1 and pos >= bounds[piece]:
+                piece += 1
+            out[run[piece][0]].append(i)
+            pos += len(tok.id_to_bytes(i))
+        run.clear()
+
+    for k, seg in enumerate(segments):
+        parts = split.split(seg.text) if seg.trusted else [seg.text]
+        for j, part in enumerate(parts):
+            if j % 2:  # a special token (only trusted text is split)
+                flush()
+                out[k].append(specials[part])
+            elif part:
+                run.append((k, part))
+    flush()
+    return out
 
 
 @dataclass(slots=True)
@@ -159,9 +209,20 @@ class EmbeddedModel:
     def _fold(self, sess: _Session, transcript: Transcript) -> None:
         """Add the ids of new transcript segments, tokenizing only framework-written text (and keeping
         those ids on the segment, so the transcript carries exact ids from then on)."""
-        for seg in transcript.segments[sess.segments :]:
-            if seg.token_ids is None:
-                seg.token_ids = self._encode(seg.text, seg.trusted)
+        new = transcript.segments[sess.segments :]
+        k = 0
+        while k < len(new):
+            if new[k].token_ids is not None:
+                k += 1
+                continue
+            end = k
+            while end < len(new) and new[end].token_ids is None:
+                end += 1
+            for seg, ids in zip(new[k:end], encode_segments(self.tokenizer, new[k:end]), strict=True):
+                seg.token_ids = ids
+            k = end
+        for seg in new:
+            assert seg.token_ids is not None
             sess.ids.extend(seg.token_ids)
         sess.segments = len(transcript.segments)
 
