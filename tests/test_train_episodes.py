@@ -242,3 +242,15 @@ def test_invented_names_are_fresh_per_episode_and_never_template_words() -> None
     assert len(set(a) & set(b)) < len(a) // 10
     assert not {w.lower() for w in a + b} & banned
     assert vocab.episode_pools(0, "heldout", 1) == vocab.pools("heldout")
+
+
+def test_error_family_questions_also_have_trained_first_turns() -> None:
+    """The error family's first (mistaken) turn is context, not trained; a question like "What is 12 x
+    5?" must also appear in trained turns (the calc family, answered with * at once), or the model
+    meets it in the real loop with no trained first turn (measured: 4% of the error family there)."""
+    eps = generate(200, split="train", seed=3, family="calc")
+    direct = [e for e in eps if re.search(r"\d (x|×) \d", e.task)]
+    assert direct
+    for e in direct:
+        call = next(m for m in e.messages if m["role"] == "assistant")["tool_calls"][0]
+        assert " * " in call["function"]["arguments"] and " x " not in call["function"]["arguments"]

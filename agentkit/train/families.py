@@ -102,6 +102,13 @@ def calc_family(rng: random.Random, p: Pools) -> Draft:
                 f"How much do {n} of them cost?",
             ],
         )
+    elif p.split == "train" and rng.random() < 0.15:
+        # the error family's questions ("What is 12 x 5?") answered right the first time: that family's
+        # first, mistaken turn is context (never trained), so without these the model has never
+        # produced a first turn for such a question, which is exactly what the real loop asks of it
+        a, b = p.number(rng, 10, 9999), p.number(rng, 2, 999)
+        expr = f"{a} * {b}"
+        task = _pick(rng, [f"What is {a} {rng.choice(['x', '×'])} {b}?", f"Compute {a} x {b} please."])
     else:
         expr, spoken = _expression(rng, p)
         task = _pick(
