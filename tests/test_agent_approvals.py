@@ -204,7 +204,7 @@ async def test_cancel_run_with_docker_sandbox_leaves_no_container(anyio_backend:
         sb = ctx.require_sandbox()
         seen["session"] = sb.session  # type: ignore[attr-defined]
         started.set()
-        r = await sb.exec("sleep 30")
+        r = await sb.exec("sleep 120")
         return r.stdout
 
     model = ScriptedModel([out("", [("nap", {}), ("nap", {})]), out("never")])
@@ -273,7 +273,7 @@ def test_ctrl_c_closes_the_sandbox(tmp_path: Path) -> None:
         # The command sleeps 30 s, not 120: in full-suite runs on a loaded machine the process twice did
         # not exit within 120 s of the signal (it does in ~2 s alone); see session 3's closing note.
         deadline = time.monotonic() + 60
-        while not any("sleep 120" in str(c.top()) for c in _containers_of(session) if c.status == "running"):
+        while not any("sleep 30" in str(c.top()) for c in _containers_of(session) if c.status == "running"):
             assert time.monotonic() < deadline, "the sandbox never started the command"
             time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
