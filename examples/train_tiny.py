@@ -21,11 +21,12 @@ import gzip
 import json
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from agentkit.train.data import Packed, pack_flat
+from agentkit.train.data import Example, Packed, pack_flat, tokenize_episode
 from agentkit.train.episodes import Episode, load_jsonl
 
 
@@ -35,18 +36,22 @@ def _log(msg: str) -> None:
 
 def prepare(args: argparse.Namespace) -> None:
     from agentkit.train.bpe import train_bpe
-    from agentkit.train.data import example_lengths, tokenize_episode
+    from agentkit.train.data import example_lengths
     from agentkit.train.episodes import generate, save_jsonl
 
     data = Path(args.data)
     data.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    train_eps = []
+    train_eps: list[Episode] = []
     chunk = 1000
-    for start in range(0, args.episodes, chunk):
-        n = min(chunk, args.episodes - start)
-        train_eps += generate(n, split="train", seed=args.seed, start=start)
-        _log(f"generated {len(train_eps)}/{args.episodes} training episodes")
+    chunks = [(start, min(chunk, args.episodes - start)) for start in range(0, args.episodes, chunk)]
+    # Episodes are independent given (seed, split, index), so chunks can be generated in any process and
+    # the result is the same list as one process makes.
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = [pool.submit(_generate_chunk, args.seed, start, n) for start, n in chunks]
+        for fut in futures:
+            train_eps += fut.result()
+            _log(f"generated {len(train_eps)}/{args.episodes} training episodes")
     heldout = generate(args.heldout, split="heldout", seed=args.seed)
     _log(f"generated {len(heldout)} held-out episodes in {time.perf_counter() - t0:.0f} s")
     if args.tokenizer:
@@ -58,7 +63,9 @@ def prepare(args: argparse.Namespace) -> None:
         tok = train_bpe((e.text for e in train_eps[: args.bpe_episodes]), args.merges)
     tok.save(data)
     _log(f"BPE: {len(tok.merges)} merges, vocab {tok.vocab_size}")
-    exs = [tokenize_episode(tok.encode, e) for e in train_eps]
+    parts = [train_eps[i : i + chunk] for i in range(0, len(train_eps), chunk)]
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        exs = [x for part in pool.map(_tokenize_chunk, [str(data)] * len(parts), parts) for x in part]
     stats = example_lengths(exs)
     _log(f"tokenized: {stats}")
     lengths = np.array([len(x.ids) for x in exs], dtype=np.int32)
@@ -81,6 +88,19 @@ def prepare(args: argparse.Namespace) -> None:
     }
     (data / "meta.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     _log(f"prepared {data} in {time.perf_counter() - t0:.0f} s")
+
+
+def _generate_chunk(seed: int, start: int, n: int) -> list[Episode]:
+    from agentkit.train.episodes import generate
+
+    return generate(n, split="train", seed=seed, start=start)
+
+
+def _tokenize_chunk(tokenizer_dir: str, episodes: list[Episode]) -> list[Example]:
+    from agentkit.train.bpe import BPETokenizer
+
+    encode = BPETokenizer.load(tokenizer_dir).encode
+    return [tokenize_episode(encode, e) for e in episodes]
 
 
 def _load_packed(data: Path, seq_len: int) -> Packed:
@@ -245,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--merges", type=int, default=4000)
     g.add_argument("--bpe-episodes", type=int, default=5000)
     g.add_argument("--tokenizer", default=None, help="tokenizer.json to reuse instead of training one")
+    g.add_argument("--jobs", type=int, default=1, help="processes generating episodes (same result for any N)")
     g = p.add_argument_group("train")
     g.add_argument("--micro", action="store_true", help="the CPU-test config instead of agentkit-tiny")
     g.add_argument("--resume", default=None, help="checkpoint directory to continue training from")
