@@ -1,14 +1,11 @@
 """What `agentkit demo` and `agentkit run` do.
 
-The demo is a real agent run on a model (the shipped embedded `agentkit-tiny` once its checkpoint is in
-the package, or any `--model`): a handful of tasks of different kinds, each in a fresh real sandbox
-holding the task's files, through the real loop, DSML parser and tools, streamed to the terminal. The
-tasks come from the episode generator's held-out split, at indices the evaluation never uses, so a model
-trained on the generator has never seen their names or values; each has an expected answer computed by
-the generator from the real tools, and a wrong answer fails the demo (exit code 1).
-
-While no trained checkpoint ships, a plain `agentkit demo` runs the scripted demo (`_demo_scripted`):
-real loop, parser, tools and sandbox, with canonical outputs in place of a model.
+The demo is a real agent run on a model (the shipped embedded `agentkit-tiny`, or any `--model`): a
+handful of tasks of different kinds, each in a fresh real sandbox holding the task's files, through the
+real loop, DSML parser and tools, streamed to the terminal. The tasks come from the episode generator's
+held-out split, at indices the evaluation never uses, so a model trained on the generator has never seen
+their names or values; each has an expected answer computed by the generator from the real tools, and a
+wrong answer fails the demo (exit code 1).
 
 `agentkit run "<task>"` gives one task to the model with every tool the episodes use.
 """
@@ -34,10 +31,17 @@ DEMO_START = 1_000_000
 RUN_INSTRUCTIONS = "You help users by calling tools and reporting the result."
 
 
-def _shipped_model() -> str | None:
+def _shipped_model(console: Console) -> str | None:
     from agentkit.runtime.checkpoint import shipped_checkpoint
 
-    return DEFAULT_MODEL if shipped_checkpoint("tiny") is not None else None
+    if shipped_checkpoint("tiny") is None:
+        # only a broken install gets here: the checkpoint is package data
+        console.print(
+            "[red]the agentkit-tiny checkpoint is missing from the package "
+            "(agentkit/runtime/weights/agentkit-tiny); reinstall agentkit or pass --model[/]"
+        )
+        return None
+    return DEFAULT_MODEL
 
 
 def _load(console: Console, spec: Any) -> Any | None:
@@ -71,20 +75,14 @@ async def demo_episodes() -> list[Episode]:
 
 
 async def run_demo(console: Console, model: Any, sandbox_backend: str) -> int:
-    """`model`: a spec string, a Model object, or None for the shipped model (the scripted demo if none)."""
+    """`model`: a spec string, a Model object, or None for the shipped model."""
     from agentkit.train.episodes import answer_content
     from agentkit.train.loop_eval import episode_agent, episode_sandbox
     from agentkit.train.toolbox import all_tools
 
-    spec = model if model is not None else _shipped_model()
+    spec = model if model is not None else _shipped_model(console)
     if spec is None:
-        from agentkit._demo_scripted import run_scripted_demo
-
-        console.print(
-            "[bold]agentkit demo[/] — scripted model (agentkit-tiny is not shipped yet), real loop, "
-            "real DSML parser, real tools, real sandbox"
-        )
-        return await run_scripted_demo(console, sandbox_backend)
+        return 2
     console.print(
         "[bold]agentkit demo[/] — real model, real loop, real DSML parser, real tools, real sandbox"
     )
@@ -116,9 +114,8 @@ async def run_one(console: Console, task: str, model: str | None, sandbox_backen
     from agentkit.agent import Agent
     from agentkit.train.toolbox import all_tools
 
-    spec = model if model is not None else _shipped_model()
+    spec = model if model is not None else _shipped_model(console)
     if spec is None:
-        console.print("[red]agentkit run needs --model until the shipped agentkit-tiny checkpoint lands[/]")
         return 2
     backend = _load(console, spec)
     if backend is None:

@@ -15,8 +15,11 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -35,22 +38,46 @@ def _episodes(path: Path) -> list[Episode]:
     return list(load_jsonl(path))
 
 
-async def main_async(args: argparse.Namespace) -> Report:
+async def _load_episodes(args: argparse.Namespace) -> list[Episode]:
+    if args.generate:
+        return await generate_async(args.generate, split="heldout", seed=args.seed)
+    return _episodes(Path(args.episodes))[: args.limit]
+
+
+async def main_async(args: argparse.Namespace, part: int = 0) -> Report:
+    """Evaluate episodes part, part + jobs, part + 2 jobs, ... (all of them when jobs is 1)."""
     t0 = time.perf_counter()
     backend = EmbeddedModel(args.model, temperature=0.0, max_tokens=args.max_tokens, device=args.device)
-    print(f"loaded {backend.name} in {time.perf_counter() - t0:.1f} s", flush=True)
-    if args.generate:
-        eps = await generate_async(args.generate, split="heldout", seed=args.seed)
-    else:
-        eps = _episodes(Path(args.episodes))[: args.limit]
+    tag = f"[{part + 1}/{args.jobs}] " if args.jobs > 1 else ""
+    print(f"{tag}loaded {backend.name} in {time.perf_counter() - t0:.1f} s", flush=True)
+    eps = (await _load_episodes(args))[part :: args.jobs]
     t1 = time.perf_counter()
 
     def progress(i: int, report: Report) -> None:
         if i % 25 == 0 or i == len(eps):
             ok = sum(r.ok for r in report.rows)
-            print(f"{i}/{len(eps)}: {ok} ok ({time.perf_counter() - t1:.0f} s)", flush=True)
+            print(f"{tag}{i}/{len(eps)}: {ok} ok ({time.perf_counter() - t1:.0f} s)", flush=True)
 
     return await evaluate(backend, eps, all_tools(), sandbox=args.sandbox, on_progress=progress)
+
+
+def _run_part(args: argparse.Namespace, part: int) -> Report:
+    # One process per part: a 7.7M model decodes one token at a time, so two single-threaded processes
+    # on two cores do about twice the work of one process with two threads.
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.jobs))
+    return anyio.run(main_async, args, part)
+
+
+def run_all(args: argparse.Namespace) -> Report:
+    if args.jobs <= 1:
+        return anyio.run(main_async, args)
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
+        parts = list(pool.map(_run_part, [args] * args.jobs, range(args.jobs)))
+    # back into the episodes' order: part k holds episodes k, k + jobs, ...
+    rows = [p.rows[i] for i in range(max(len(p.rows) for p in parts)) for p in parts if i < len(p.rows)]
+    return Report(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,11 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sandbox", default="bwrap", choices=["auto", "docker", "bwrap"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-tokens", type=int, default=400)
+    p.add_argument("--jobs", type=int, default=1, help="evaluate in N processes (same rows, any N)")
     p.add_argument("--out", default=None, help="write the JSON report here too")
     args = p.parse_args(argv)
     if not args.generate and not args.episodes:
         p.error("give --episodes FILE or --generate N")
-    report = anyio.run(main_async, args)
+    report = run_all(args)
     print(report.table())
     summary: dict[str, Any] = report.to_json()
     print(json.dumps({k: v for k, v in summary.items() if k != "failures"}, indent=1))

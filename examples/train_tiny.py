@@ -254,7 +254,7 @@ def copy_stage(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["prepare", "train", "copy", "all"])
+    p.add_argument("stage", choices=["prepare", "train", "copy", "all", "plot"])
     p.add_argument("--data", default="runtime/weights/agentkit-tiny-data")
     p.add_argument("--out", default="runtime/weights/agentkit-tiny")
     p.add_argument("--seed", type=int, default=0)
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--merges", type=int, default=4000)
     g.add_argument("--bpe-episodes", type=int, default=5000)
     g.add_argument("--tokenizer", default=None, help="tokenizer.json to reuse instead of training one")
-    g.add_argument("--jobs", type=int, default=1, help="processes generating episodes (same result for any N)")
+    g.add_argument("--jobs", type=int, default=1, help="processes making episodes (same bytes, any N)")
     g = p.add_argument_group("train")
     g.add_argument("--micro", action="store_true", help="the CPU-test config instead of agentkit-tiny")
     g.add_argument("--resume", default=None, help="checkpoint directory to continue training from")
@@ -291,7 +291,23 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--eval-train", type=int, default=100)
     g.add_argument("--eval-batch", type=int, default=16)
     g.add_argument("--replay", type=int, default=16, help="held-out episodes to also decode step by step")
+    g = p.add_argument_group("plot")
+    g.add_argument(
+        "--stage-loss",
+        action="append",
+        default=[],
+        metavar="LABEL=LOSS_JSON",
+        help="plot: one stage's loss.json, in training order (repeat); writes OUT/loss.png",
+    )
     args = p.parse_args(argv)
+    if args.stage == "plot":
+        from agentkit.train.trainer import plot_stages
+
+        stages = [tuple(s.split("=", 1)) for s in args.stage_loss]
+        if not stages or any(len(s) != 2 for s in stages):
+            p.error("plot needs --stage-loss LABEL=LOSS_JSON at least once")
+        out = plot_stages(stages, Path(args.out) / "loss.png", "agentkit-tiny: every training stage")
+        _log(f"wrote {out}" if out else "matplotlib is missing; nothing plotted")
     if args.stage in ("prepare", "all"):
         prepare(args)
     if args.stage in ("train", "all"):

@@ -1,9 +1,9 @@
 """`agentkit demo` and `agentkit run`, as a user types them (the CLI entry point, output captured).
 
-The plain demo (the scripted one until agentkit-tiny ships) must pass all its tasks (it exits 1
-otherwise); the model-driven demo path runs here with a micro model forced to write the reference turns,
-and `run` with a scripted model, so these tests check the commands' plumbing (task set-up, real
-sandboxes, the embedded backend, rendering, exit codes), not a tiny model's luck.
+The plain demo runs the shipped agentkit-tiny and must pass all its tasks (it exits 1 otherwise). The
+other tests drive the same path with a micro model forced to write the reference turns, and `run` with a
+scripted model, so they check the commands' plumbing (task set-up, real sandboxes, the embedded backend,
+rendering, exit codes) independently of how well the shipped model does.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import anyio
 import pytest
 import torch
 from _forcing import forcer, reference_turns
-from agentkit.runtime.checkpoint import shipped_checkpoint
 from rich.console import Console
 
 from agentkit import cli, demo
@@ -28,17 +27,26 @@ from agentkit.train.trainer import build_model, micro_config
 
 
 @pytest.mark.docker
-def test_plain_demo_passes(capsys: pytest.CaptureFixture[str]) -> None:
+def test_plain_demo_passes_on_the_shipped_model(capsys: pytest.CaptureFixture[str]) -> None:
+    # the README's main command: the shipped agentkit-tiny on every demo task, each answer exact
     rc = cli.main(["demo", "--sandbox", "docker"])
     out = capsys.readouterr().out
     assert rc == 0, out[-4000:]
-    if shipped_checkpoint("tiny") is None:
-        # until agentkit-tiny ships: the scripted demo, said so on the first line
-        assert "scripted model (agentkit-tiny is not shipped yet)" in out
-        assert len(re.findall(r"^ok  \d+ steps,", out, re.M)) == 4
-    else:
-        assert "model: embedded:tiny" in out
+    assert "model: embedded:tiny" in out
+    assert len(re.findall(r"^ok  \d+ steps,", out, re.M)) == len(demo.DEMO_FAMILIES), out[-4000:]
     assert "tasks failed" not in out and "FAILED" not in out
+
+
+def test_demo_without_the_shipped_checkpoint_says_so_and_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a broken install (the package data removed): a clear message, no traceback, exit code 2
+    from agentkit.runtime import checkpoint
+
+    monkeypatch.setattr(checkpoint, "shipped_checkpoint", lambda name: None)
+    for argv in (["demo"], ["run", "What is 2 + 2?"]):
+        assert cli.main(argv) == 2
+        assert "agentkit-tiny checkpoint is missing" in capsys.readouterr().out
 
 
 @pytest.mark.docker

@@ -3,15 +3,16 @@ server and the training data tokenize it), with special tokens recognised only i
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from agentkit.runtime.checkpoint import shipped_checkpoint
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentkit.messages import Segment
 from agentkit.models.embedded import encode_segments, load_tokenizer
 
-TOK = load_tokenizer(Path(__file__).resolve().parents[1] / "checkpoints" / "agentkit-tiny-wip")
+_SHIPPED = shipped_checkpoint("tiny")
+assert _SHIPPED is not None, "agentkit-tiny is not in the package (runtime/weights/agentkit-tiny)"
+TOK = load_tokenizer(_SHIPPED)
 USER = "<｜User｜>"
 
 _TEXT = st.lists(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,6 +123,50 @@ class History:
         fig.savefig(ppath, dpi=120)
         plt.close(fig)
         return jpath, ppath
+
+
+def plot_stages(stages: Sequence[tuple[str, str | Path]], out: str | Path, title: str) -> Path | None:
+    """One loss curve across the stages a checkpoint went through (each a `loss.json` of a resumed run).
+
+    The x axis is cumulative training tokens, not steps, because stages differ in batch size (32 x 2048
+    on the GPU, 4 x 2048 on the CPU); a dashed line marks where each stage starts. Returns None when
+    matplotlib is missing.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    offset = 0.0
+    for k, (label, path) in enumerate(stages):
+        records = json.loads(Path(path).read_text(encoding="utf-8"))["records"]
+        x = [(offset + r["tokens"]) / 1e6 for r in records]
+        ax.plot(x, [r["loss"] for r in records], color="C0", label="next-token" if k == 0 else None)
+        ax.plot(x, [r["mtp_loss"] for r in records], color="C1", alpha=0.6, label="MTP" if k == 0 else None)
+        ax.axvline(offset / 1e6, color="grey", linestyle="--", linewidth=0.8)
+        ax.annotate(  # alternate heights: labels of short stages would overlap
+            label,
+            (offset / 1e6, 1.0 - 0.4 * (k % 2)),
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            va="top",
+            ha="right",
+            fontsize=8,
+        )
+        offset += records[-1]["tokens"]
+    ax.set_xlabel("training tokens (millions, all stages)")
+    ax.set_ylabel("cross-entropy on assistant tokens (nats)")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend(loc="lower left")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return Path(out)
 
 
 def pick_device(name: str) -> torch.device:

@@ -1,8 +1,6 @@
 """The shipped `agentkit-tiny` checkpoint: its format, and its behaviour through the real system.
 
-NOT COLLECTED YET (no `test_` prefix): no checkpoint that meets the bar ships so far (see the model card,
-runtime/weights/agentkit-tiny/README.md). When one lands, rename this file to `test_tiny_model.py`; under
-CI a missing checkpoint then fails the suite, as it should.
+Under CI a missing checkpoint fails the suite: the package must ship the model its demo runs.
 
 The behaviour test is the issue's CI bar: a fixed, family-stratified subset of held-out episodes (names
 and values never seen in training, at indices the full 500-episode evaluation does not use) runs through
