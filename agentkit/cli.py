@@ -157,6 +157,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--model", default=None, help="model spec (default: the shipped embedded model)")
     run.add_argument("--sandbox", default="auto", choices=SANDBOXES, help="local is unsafe (no isolation)")
     run.add_argument("--thinking", default="high", choices=["off", "high", "max"])
+    run.add_argument(
+        "--tools",
+        default=None,
+        help="comma-separated tools to offer (default: all; agentkit-tiny does best with few)",
+    )
     return p
 
 
@@ -167,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "demo":
         return anyio.run(demo.run_demo, console, args.model, args.sandbox)
-    return anyio.run(demo.run_one, console, args.task, args.model, args.sandbox, args.thinking)
+    tools = [t.strip() for t in args.tools.split(",") if t.strip()] if args.tools else None
+    return anyio.run(demo.run_one, console, args.task, args.model, args.sandbox, args.thinking, tools)
 
 
 if __name__ == "__main__":

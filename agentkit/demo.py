@@ -110,10 +110,24 @@ async def run_demo(console: Console, model: Any, sandbox_backend: str) -> int:
     return 0 if not failed else 1
 
 
-async def run_one(console: Console, task: str, model: str | None, sandbox_backend: str, thinking: str) -> int:
+async def run_one(
+    console: Console,
+    task: str,
+    model: str | None,
+    sandbox_backend: str,
+    thinking: str,
+    tool_names: list[str] | None = None,
+) -> int:
+    """One task; `tool_names` limits the tools offered (a small model was trained with 1-3 of them)."""
     from agentkit.agent import Agent
     from agentkit.train.toolbox import all_tools
 
+    available = all_tools()
+    unknown = sorted(set(tool_names or ()) - set(available))
+    if unknown:
+        console.print(f"[red]unknown tools: {', '.join(unknown)}; known: {', '.join(sorted(available))}[/]")
+        return 2
+    offered = [available[n] for n in tool_names] if tool_names else list(available.values())
     spec = model if model is not None else _shipped_model(console)
     if spec is None:
         return 2
@@ -122,7 +136,7 @@ async def run_one(console: Console, task: str, model: str | None, sandbox_backen
         return 2
     agent: Agent[None, str] = Agent(
         backend,
-        tools=list(all_tools().values()),
+        tools=offered,
         instructions=RUN_INSTRUCTIONS,
         sandbox=sandbox_backend,
         thinking=thinking,

@@ -48,7 +48,9 @@ def prepare(args: argparse.Namespace) -> None:
     # Episodes are independent given (seed, split, index), so chunks can be generated in any process and
     # the result is the same list as one process makes.
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = [pool.submit(_generate_chunk, args.seed, start, n) for start, n in chunks]
+        futures = [
+            pool.submit(_generate_chunk, args.seed, args.start + start, n, args.family) for start, n in chunks
+        ]
         for fut in futures:
             train_eps += fut.result()
             _log(f"generated {len(train_eps)}/{args.episodes} training episodes")
@@ -90,10 +92,10 @@ def prepare(args: argparse.Namespace) -> None:
     _log(f"prepared {data} in {time.perf_counter() - t0:.0f} s")
 
 
-def _generate_chunk(seed: int, start: int, n: int) -> list[Episode]:
+def _generate_chunk(seed: int, start: int, n: int, family: str | None) -> list[Episode]:
     from agentkit.train.episodes import generate
 
-    return generate(n, split="train", seed=seed, start=start)
+    return generate(n, split="train", seed=seed, start=start, family=family)
 
 
 def _tokenize_chunk(tokenizer_dir: str, episodes: list[Episode]) -> list[Example]:
@@ -133,6 +135,12 @@ def train_stage(args: argparse.Namespace) -> None:
     tok = BPETokenizer.load(data / "tokenizer.json")
     packed = _load_packed(data, args.seq_len)
     _log(f"{len(packed)} rows of {args.seq_len}; {packed.trained_tokens} trained tokens")
+    for extra in args.mix:
+        from agentkit.train.data import concat
+
+        more = _load_packed(Path(extra), args.seq_len)
+        packed = concat(packed, more)
+        _log(f"+ {len(more)} rows from {extra} ({more.trained_tokens} trained tokens)")
     if args.copy_rows:
         from agentkit.train.data import concat, copy_rows
 
@@ -265,9 +273,14 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--merges", type=int, default=4000)
     g.add_argument("--bpe-episodes", type=int, default=5000)
     g.add_argument("--tokenizer", default=None, help="tokenizer.json to reuse instead of training one")
+    g.add_argument("--start", type=int, default=0, help="first training episode index (extra data)")
+    g.add_argument("--family", default=None, help="generate only this task family (extra data)")
     g.add_argument("--jobs", type=int, default=1, help="processes making episodes (same bytes, any N)")
     g = p.add_argument_group("train")
     g.add_argument("--micro", action="store_true", help="the CPU-test config instead of agentkit-tiny")
+    g.add_argument(
+        "--mix", action="append", default=[], metavar="DIR", help="add another prepared DIR's rows (repeat)"
+    )
     g.add_argument("--resume", default=None, help="checkpoint directory to continue training from")
     g.add_argument("--steps", type=int, default=2000)
     g.add_argument("--batch", type=int, default=16)

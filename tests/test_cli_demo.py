@@ -98,3 +98,10 @@ def test_run_streams_a_task_with_real_tools(tmp_path: Path, capsys: pytest.Captu
     assert 'call calculator(expression="12 * (3 + 4)")' in out
     assert "result calculator: 84" in out
     assert "The answer is 84." in out
+
+
+def test_run_with_an_unknown_tool_names_the_known_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = cli.main(["run", "What is 2 + 2?", "--tools", "calculator,teleport", "--model", "scripted"])
+    out = capsys.readouterr().out
+    assert rc == 2
+    assert "unknown tools: teleport" in out and "calculator" in out.split("known:")[1]
