@@ -437,14 +437,18 @@ def error_family(rng: random.Random, p: Pools) -> Draft:
     value = kv[key]
     task = _pick(rng, [f"What is the {key} in {name}?", f"Tell me the {key} from {name}."])
 
+    # Every step restates the asked key: three tool results later the user's question is past the
+    # 128-token window, and a copy from the previous step (inside it) is what a small model learns
+    # reliably; without the restatement the answer was another key's value (run-cpu-4).
     def script_file() -> Script:
-        yield Step(f"I will read {name}.", [Call("read_file", {"path": name})])
+        yield Step(f"I will read {name} for the {key}.", [Call("read_file", {"path": name})])
         yield Step(
-            f"{name} is not in the top folder. I will search for it.",
+            f"{name} is not in the top folder. I will search for it to get the {key}.",
             [Call("shell", {"command": f"find . -name '{name}'"})],
         )
         yield Step(
-            f"It is {folder}/{name}. I will read it.", [Call("read_file", {"path": f"{folder}/{name}"})]
+            f"It is {folder}/{name}. I will read the {key} there.",
+            [Call("read_file", {"path": f"{folder}/{name}"})],
         )
         yield Final(f"The file says {key}: {value}.", value)
 
