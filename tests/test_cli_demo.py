@@ -54,6 +54,14 @@ def test_demo_without_the_shipped_checkpoint_says_so_and_exits_2(
         assert "agentkit-tiny checkpoint is missing" in capsys.readouterr().out
 
 
+def _forced_micro_model(episodes: list[Episode]) -> EmbeddedModel:
+    """A micro model that can only write the episodes' reference turns: the demo's plumbing, not skill."""
+    tok = train_bpe([e.text for e in episodes], 300)
+    model = build_model(micro_config(tok.vocab_size), 0, torch.device("cpu"))
+    force = forcer(reference_turns(tok.encode, episodes))
+    return EmbeddedModel(model=model, tokenizer=tok, logits_processor=force, max_tokens=400)
+
+
 @pytest.mark.docker
 def test_demo_runs_an_embedded_model_on_its_tasks_in_real_sandboxes() -> None:
     # A micro model forced to write each demo task's reference turns: the demo's whole path (task
@@ -61,10 +69,7 @@ def test_demo_runs_an_embedded_model_on_its_tasks_in_real_sandboxes() -> None:
     # verdicts) without depending on how well a trained model does.
     episodes = anyio.run(demo.demo_episodes)
     assert [e.family.split("_")[0] for e in episodes] == [f.split("_")[0] for f in demo.DEMO_FAMILIES]
-    tok = train_bpe([e.text for e in episodes], 300)
-    model = build_model(micro_config(tok.vocab_size), 0, torch.device("cpu"))
-    force = forcer(reference_turns(tok.encode, episodes))
-    backend = EmbeddedModel(model=model, tokenizer=tok, logits_processor=force, max_tokens=400)
+    backend = _forced_micro_model(episodes)
     buf = io.StringIO()
     console = Console(file=buf, width=120)
     rc = anyio.run(demo.run_demo, console, backend, "docker")
@@ -81,10 +86,7 @@ def test_a_failed_demo_task_is_reported_and_makes_the_exit_code_1(monkeypatch: p
     # The same forced micro model, but the demo expects another answer for its third task: that task
     # (and only it) is FAILED, the summary counts it, and the exit code is 1.
     episodes = anyio.run(demo.demo_episodes)
-    tok = train_bpe([e.text for e in episodes], 300)
-    model = build_model(micro_config(tok.vocab_size), 0, torch.device("cpu"))
-    force = forcer(reference_turns(tok.encode, episodes))
-    backend = EmbeddedModel(model=model, tokenizer=tok, logits_processor=force, max_tokens=400)
+    backend = _forced_micro_model(episodes)
     wrong = [dataclasses.replace(e, answer=e.answer + "0") if i == 2 else e for i, e in enumerate(episodes)]
 
     async def tasks() -> list[Episode]:
