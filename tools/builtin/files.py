@@ -11,7 +11,7 @@ import re
 from typing import Annotated
 
 from agentkit.tools.context import RunContext
-from agentkit.tools.sandbox.base import Sandbox, SandboxError
+from agentkit.tools.sandbox.base import FileTooLarge, Sandbox, SandboxError
 from agentkit.tools.tool import ToolError, tool
 from pydantic import Field
 
@@ -22,19 +22,33 @@ MAX_LIST_ENTRIES = 1000
 MAX_GREP_LINE_CHARS = 300
 
 
-async def _read(sandbox: Sandbox, path: str) -> bytes:
+async def _read(sandbox: Sandbox, path: str, *, partial: bool = False) -> bytes:
     try:
-        return await sandbox.read_file(path)
+        return await sandbox.read_file(path, partial=partial)
     except SandboxError as exc:
         raise ToolError(str(exc)) from exc
 
 
-async def _read_text(sandbox: Sandbox, path: str) -> str:
-    data = await _read(sandbox, path)
-    if b"\x00" in data[:8192]:
-        raise ToolError(f"{path} is a binary file ({len(data)} bytes); inspect it with the shell instead")
+async def _read_text(
+    sandbox: Sandbox, path: str, *, head_ok: bool = False
+) -> tuple[str, FileTooLarge | None]:
+    """The file as text, or with `head_ok` the whole lines of its first read-limit bytes if it is larger
+    (with the FileTooLarge that says so); a file too large to edit whole is an error otherwise."""
     try:
-        return data.decode("utf-8")
+        data, big = await sandbox.read_file(path), None
+    except FileTooLarge as exc:
+        if not head_ok:
+            raise ToolError(f"{exc}; it is too large to edit whole") from exc
+        big = exc
+        data = await _read(sandbox, path, partial=True)
+        data = data[: data.rfind(b"\n") + 1]  # only whole lines (and whole UTF-8 characters)
+    except SandboxError as exc:
+        raise ToolError(str(exc)) from exc
+    if b"\x00" in data[:8192]:
+        size = big.size if big else len(data)
+        raise ToolError(f"{path} is a binary file ({size} bytes); inspect it with the shell instead")
+    try:
+        return data.decode("utf-8"), big
     except UnicodeDecodeError as exc:
         raise ToolError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
 
@@ -60,10 +74,16 @@ async def read_file(
         offset: First line to show (1-based).
         limit: Maximum number of lines to show.
     """
-    text = await _read_text(ctx.require_sandbox(), path)
-    if not text:
+    text, big = await _read_text(ctx.require_sandbox(), path, head_ok=True)
+    if not text and big is None:
         return f"({path} is empty)"
     lines = text.splitlines()
+    if big is not None and offset + limit - 1 > len(lines):
+        span = f"{offset},{offset + limit - 1}p"
+        raise ToolError(
+            f"{path} is {big.size} bytes, over the read limit; only its first {len(lines)} lines can be "
+            f"read with read_file. Use the shell for the rest, e.g. sed -n '{span}' {path}"
+        )
     if offset > len(lines):
         raise ToolError(f"offset {offset} is past the end of {path} ({len(lines)} lines)")
     end = min(len(lines), offset - 1 + limit)
@@ -74,7 +94,9 @@ async def read_file(
         if len(line) > MAX_LINE_CHARS:
             line = line[:MAX_LINE_CHARS] + f" [... line cut, {len(line)} characters]"
         out.append(f"{n:>{width}}\t{line}")
-    if end < len(lines):
+    if big is not None:
+        out.append(f"[lines {offset}-{end} of a {big.size}-byte file; use offset={end + 1} to read on]")
+    elif end < len(lines):
         out.append(f"[lines {offset}-{end} of {len(lines)}; use offset={end + 1} to read on]")
     elif offset > 1:
         out.append(f"[lines {offset}-{end} of {len(lines)}]")
@@ -118,7 +140,7 @@ async def edit_file(
     if old_string == new_string:
         raise ToolError("old_string and new_string are identical; nothing would change")
     sandbox = ctx.require_sandbox()
-    text = await _read_text(sandbox, path)
+    text, _ = await _read_text(sandbox, path)
     count = text.count(old_string)
     if count == 0:
         raise ToolError(f"old_string was not found in {path}." + _near_miss_hint(text, old_string))

@@ -1,10 +1,16 @@
-"""One `docker exec` with a process-group kill on timeout, capped output and stdin, off the event loop.
+"""One `docker exec` whose whole process tree dies with it, with capped output and stdin, off the event loop.
 
 The docker SDK's `exec_run` blocks until the command ends and cannot time out or kill anything. We
 talk to the attach socket directly instead: a reader thread demultiplexes the 8-byte-header frames
-into capped buffers until EOF or a deadline, a writer thread feeds stdin then half-closes. The command
-runs under `setsid` in the container with its group id written to a pid file, so a timeout can kill the
-whole group *inside* the container with a second exec (killing the client side kills nothing).
+into capped sinks until EOF or a deadline, a writer thread feeds stdin then half-closes.
+
+Every exec runs under its own init: Docker mounts its init (tini) at /sbin/docker-init in a container
+made with `init=True`, and `-s` makes it a child subreaper, so every process the command starts stays in
+its tree even after `setsid` or a double fork (an orphan is reparented to the nearest subreaper, not to
+the container's pid 1). When the command ends, the supervisor shell under that init stops and then
+kills every other process in the tree before it exits; on a timeout or cancellation the host does the
+same from outside (`_kill_tree`, no fork needed inside, so it works when a fork bomb used up the pids
+limit), or, for a remote engine, a second exec does it from the init's pid in a pid file.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any, Protocol
 
 import anyio
 
@@ -29,18 +35,78 @@ from .base import SandboxError
 #: After a kill, how long the reader keeps collecting output that was already on its way.
 _DRAIN_AFTER_KILL_S = 2.0
 _POLL_S = 0.1
+INIT = "/sbin/docker-init"
 
-# The exec's own process is a small `sh` supervisor that stays *outside* the command's group: the
-# command runs under `setsid` (not forking: a background child is no group leader), so its pid is its
-# process group id. The supervisor records it, waits, then kills whatever the command left in its
-# group, so an exec ends completely on every backend (a daemon must `setsid` itself to outlive it).
-# stdin goes through fd 3: an asynchronous list gets /dev/null as stdin, even with `<&0` (dash).
-# Only builtins after the fork: this must still work when the command used up the pids limit.
+# Stop, then kill, every process below $1 except $2, top-down: a stopped process cannot fork, and its
+# children are listed only after it stopped, so nothing is missed; a second pass catches a child forked
+# while a stop was still on its way. Builtins only: it must work when the command used up the pids limit.
+_SWEEP = r"""
+sweep() {
+  r=$1 s=$2 all= n=0
+  while [ $n -lt 4 ]; do
+    n=$((n+1)) todo=$r found=
+    while [ -n "$todo" ]; do
+      set -- $todo; p=$1; shift; todo=$*
+      for f in /proc/$p/task/*/children; do
+        k=; read -r k 2>/dev/null <"$f"
+        for c in $k; do
+          [ "$c" = "$s" ] && continue
+          kill -STOP "$c" 2>/dev/null
+          case " $all " in *" $c "*) ;; *) all="$all $c" found=1;; esac
+          todo="$todo $c"
+        done
+      done
+    done
+    [ -z "$found" ] && break
+  done
+  [ -n "$all" ] && kill -KILL $all 2>/dev/null
+  return 0
+}
+"""
+# The supervisor, a child of the per-call init: records the init's pid, runs the command (stdin through
+# fd 3: an asynchronous list gets /dev/null as stdin, even with `<&0` in dash), waits, then sweeps the
+# init's tree (everything but itself) and exits with the command's status, which the init passes on.
 _WRAPPER = (
-    'p=$1; shift; exec 3<&0; setsid "$@" <&3 3<&- & c=$!; exec 3<&-; echo "$c" >"$p"; '
-    'wait "$c"; rc=$?; kill -KILL "-$c" 2>/dev/null; exit $rc'
+    _SWEEP
+    + r"""
+p=$1; shift; echo "$PPID" >"$p"
+exec 3<&0; "$@" <&3 3<&- & c=$!; exec 3<&-
+wait "$c"; rc=$?
+sweep "$PPID" $$
+exit $rc
+"""
 )
-_KILLER = 'read pg <"$0" && kill -KILL "-$pg" 2>/dev/null; exit 0'
+_KILLER = (
+    _SWEEP
+    + r"""
+read r <"$0" || exit 0
+sweep "$r" none
+kill -KILL "$r" 2>/dev/null
+exit 0
+"""
+)
+
+
+class Sink(Protocol):
+    """Where a stream's bytes go: a CappedBuffer in memory, or a FileSink for large transfers."""
+
+    dropped: int
+
+    def feed(self, chunk: bytes) -> None: ...
+
+
+class FileSink:
+    """Writes up to `limit` bytes to a file and counts the rest, for outputs too big to hold in memory."""
+
+    def __init__(self, file: IO[bytes], limit: int) -> None:
+        self.file, self.limit, self.size, self.dropped = file, limit, 0, 0
+
+    def feed(self, chunk: bytes) -> None:
+        room = self.limit - self.size
+        if room > 0:
+            self.file.write(chunk[:room])
+            self.size += min(room, len(chunk))
+        self.dropped += max(0, len(chunk) - max(room, 0))
 
 
 @dataclass(slots=True)
@@ -69,7 +135,7 @@ def _raw_socket(sock: Any) -> socket.socket:
 class _Reader:
     """Demultiplexes Docker's stream framing: [type, 0, 0, 0, size:uint32be] + payload."""
 
-    def __init__(self, sock: socket.socket, out: CappedBuffer, err: CappedBuffer) -> None:
+    def __init__(self, sock: socket.socket, out: Sink, err: Sink) -> None:
         self.sock, self.out, self.err = sock, out, err
         self.pending = bytearray()
         self.stop = threading.Event()
@@ -105,10 +171,14 @@ class _Reader:
         return False
 
 
-def _feed(sock: socket.socket, data: bytes | None) -> None:
+def _feed(sock: socket.socket, data: bytes | IO[bytes] | None) -> None:
     with contextlib.suppress(OSError):
-        if data:
-            sock.sendall(data)
+        if isinstance(data, bytes | bytearray):
+            if data:
+                sock.sendall(data)
+        elif data is not None:
+            while chunk := data.read(1 << 20):
+                sock.sendall(chunk)
         sock.shutdown(socket.SHUT_WR)
 
 
@@ -167,14 +237,69 @@ def _assert_running(api: Any, cid: str, settle_s: float = 0.0) -> None:
         time.sleep(0.1)
 
 
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/children") as f:
+                out.extend(int(x) for x in f.read().split())
+    return out
+
+
+def _wait_stopped(pid: int, limit_s: float = 0.05) -> None:
+    """A SIGSTOP lands asynchronously; wait (briefly) until the process shows it, so it forks no more."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                state = f.read().rpartition(b")")[2].split()[0]
+        except (OSError, IndexError):
+            return
+        if state in (b"T", b"t", b"Z", b"X"):
+            return
+        time.sleep(0.001)
+
+
+def _kill_tree(root: int) -> int:
+    """Stop every process of the tree under `root` (included) top-down, then SIGKILL them all.
+
+    Each process is pinned by a pidfd the moment it is found, so a pid recycled meanwhile is never
+    signalled. Passes repeat until one finds nothing new. Returns how many processes were killed.
+    """
+    fds: dict[int, int] = {}
+    try:
+        for _ in range(8):
+            found, todo = False, [root]
+            while todo:
+                pid = todo.pop()
+                if pid not in fds:
+                    try:
+                        fds[pid] = os.pidfd_open(pid)
+                    except OSError:
+                        continue
+                    found = True
+                    with contextlib.suppress(OSError):
+                        signal.pidfd_send_signal(fds[pid], signal.SIGSTOP)
+                    _wait_stopped(pid)
+                todo.extend(_children(pid))
+            if not found:
+                break
+        for fd in fds.values():
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+        return len(fds)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
 def _host_kill(api: Any, cid: str, exec_id: str) -> bool:
-    """Kill the exec's process group from the host, when the engine is local and we may signal.
+    """Kill the exec's whole tree from the host, when the engine is local and we may signal.
 
     Needed because a command that used up the pids limit leaves no room for a killer exec: the
-    engine's answer is "resource temporarily unavailable". `kill(-pgid)` from outside needs no fork,
-    and is atomic against a fork bomb racing it. The exec's host pid is the supervisor `sh`; its
-    child is the command's session and group leader. The pid's cgroup must name the container, so a
-    remote engine's pid numbers can never hit a local process.
+    engine's answer is "resource temporarily unavailable"; signals from outside need no fork. The
+    exec's host pid is its init; the pid's cgroup must name the container, so a remote engine's pid
+    numbers can never hit a local process.
     """
     errors: tuple[type[BaseException], ...] = (OSError, ValueError, *_docker_errors())
     try:
@@ -184,23 +309,15 @@ def _host_kill(api: Any, cid: str, exec_id: str) -> bool:
         with open(f"/proc/{pid}/cgroup") as f:
             if cid not in f.read():
                 return False
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            leaders = [int(x) for x in f.read().split()]
+        os.kill(pid, 0)
+    except PermissionError:
+        return False
     except errors:
         return False
-    killed = False
-    for pgid in leaders:
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-            killed = True
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            return False
-    return killed
+    return _kill_tree(pid) > 0
 
 
-def _kill_group(api: Any, cid: str, user: str, pidfile: str, exec_id: str) -> None:
+def _kill_exec(api: Any, cid: str, user: str, pidfile: str, exec_id: str) -> None:
     if _host_kill(api, cid, exec_id):
         return
     with contextlib.suppress(SandboxError, *_docker_errors()):
@@ -220,16 +337,20 @@ def run_blocking(
     user: str,
     workdir: str,
     env: dict[str, str],
-    stdin: bytes | None,
+    stdin: bytes | IO[bytes] | None,
     output_limit: int,
     cancel: threading.Event,
+    stdout: Sink | None = None,
 ) -> RawResult:
-    """The whole exec, in a worker thread. `cancel` (set by the event loop) ends it early, killing."""
+    """The whole exec, in a worker thread. `cancel` (set by the event loop) ends it early, killing.
+
+    `stdout` replaces the in-memory stdout buffer (then RawResult.stdout is empty).
+    """
     pidfile = f"/tmp/.agentkit-exec-{uuid.uuid4().hex}.pid"
-    wrapped = ["/bin/sh", "-c", _WRAPPER, "agentkit-exec", pidfile, *argv]
+    wrapped = [INIT, "-s", "--", "/bin/sh", "-c", _WRAPPER, "agentkit-exec", pidfile, *argv]
     exec_id, sock = _start(api, cid, wrapped, user=user, workdir=workdir, env=env, stdin=stdin is not None)
     out, err = CappedBuffer(output_limit), CappedBuffer(output_limit)
-    reader = _Reader(sock, out, err)
+    reader = _Reader(sock, stdout if stdout is not None else out, err)
     reader.stop = cancel
     writer = threading.Thread(target=_feed, args=(sock, stdin), daemon=True)
     writer.start()
@@ -238,7 +359,7 @@ def run_blocking(
         eof = reader.run_until(time.monotonic() + timeout_s)
         if not eof:
             timed_out = not cancel.is_set()
-            _kill_group(api, cid, user, pidfile, exec_id)
+            _kill_exec(api, cid, user, pidfile, exec_id)
             reader.stop = threading.Event()
             reader.run_until(time.monotonic() + _DRAIN_AFTER_KILL_S)
     finally:
@@ -249,7 +370,8 @@ def run_blocking(
     code = TIMEOUT_EXIT_CODE if timed_out else _exit_code(api, cid, exec_id)
     if code == -1 or (code == 137 and not timed_out):
         _assert_running(api, cid, settle_s=0.5)  # a dying container explains a missing status or a SIGKILL
-    return RawResult(code, bytes(out.data), bytes(err.data), timed_out, bool(out.dropped or err.dropped))
+    dropped = out.dropped or err.dropped or (stdout is not None and stdout.dropped)
+    return RawResult(code, bytes(out.data), bytes(err.data), timed_out, bool(dropped))
 
 
 async def run(
@@ -261,16 +383,17 @@ async def run(
     user: str,
     workdir: str,
     env: dict[str, str],
-    stdin: bytes | None,
+    stdin: bytes | IO[bytes] | None,
     output_limit: int,
+    stdout: Sink | None = None,
 ) -> RawResult:
-    """Async face of run_blocking: cancellation of the caller kills the group in the container."""
+    """Async face of run_blocking: cancellation of the caller kills the exec's tree in the container."""
     cancel = threading.Event()
     try:
         return await anyio.to_thread.run_sync(
             lambda: run_blocking(
                 api, cid, argv, timeout_s=timeout_s, user=user, workdir=workdir, env=env,
-                stdin=stdin, output_limit=output_limit, cancel=cancel,
+                stdin=stdin, output_limit=output_limit, cancel=cancel, stdout=stdout,
             ),
             abandon_on_cancel=True,
         )  # fmt: skip

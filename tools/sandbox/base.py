@@ -40,14 +40,47 @@ class SandboxUnavailable(SandboxError):
     """No backend of the kind asked for can run on this machine (no engine, no bwrap, no image)."""
 
 
+#: Default cap on one `read_file`: enough for any source file a model should read whole, small enough
+#: that parallel reads of hostile multi-GB files cannot balloon the host process.
+DEFAULT_READ_LIMIT = 8 << 20
+
+
+class FileTooLarge(SandboxError):
+    """A file holds more bytes than the read cap allows; nothing beyond the cap was read."""
+
+    def __init__(self, path: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"cannot read {path!r}: it is {_size(size)}, over the read limit of {_size(limit)} "
+            "(read part of it with partial=True, or with shell tools such as head, tail, sed -n)"
+        )
+        self.path, self.size, self.limit = path, size, limit
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f} {unit}"
+    return f"{n} bytes"
+
+
 @runtime_checkable
 class Sandbox(Protocol):
     """An isolated place to run commands and keep files; `workspace` is its writable root.
 
-    `exec` runs a string through bash (a list runs as an argv, unquoted) in its own process group;
-    when it ends, by exit or timeout, whatever it left in that group is killed too, so nothing from
-    one tool call lingers into the next (a daemon must `setsid` itself; under bubblewrap nothing
-    outlives its exec, since each exec is its own namespace).
+    `exec` runs a string through bash (a list runs as an argv, unquoted). When it ends, by exit,
+    timeout or cancellation, every process it started is killed: its whole process tree, including
+    children that called `setsid` or double-forked (bubblewrap: each exec is its own PID namespace;
+    Docker: each exec runs under its own subreaping init, whose tree is stopped and killed). Nothing
+    from one tool call lingers into the next. (LocalSandbox, which isolates nothing, kills the
+    process group only.)
+
+    The file API never lets a path leave the workspace, even while sandboxed code races it with
+    symlink swaps: it runs as the sandbox user inside the sandbox (Docker) or walks the path from a
+    directory fd one component at a time without following links (host-workspace backends).
+    `read_file` reads regular files only (a FIFO, socket or device is refused at once, never waited
+    on), at most `max_bytes` (the backend's `read_limit` by default): a larger file raises
+    FileTooLarge, or with `partial=True` returns its first `max_bytes`.
+
     Relative paths and `cwd` are under `workspace`. A missing cwd, a closed or dead sandbox, or a
     path the file API will not follow out of the workspace raise SandboxError.
     """
@@ -64,7 +97,7 @@ class Sandbox(Protocol):
         stdin: str | bytes | None = None,
     ) -> ExecResult: ...
 
-    async def read_file(self, path: str) -> bytes: ...
+    async def read_file(self, path: str, *, max_bytes: int | None = None, partial: bool = False) -> bytes: ...
 
     async def write_file(self, path: str, data: str | bytes) -> None: ...
 

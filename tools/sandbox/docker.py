@@ -2,34 +2,66 @@
 
 Defaults are the safe ones: no network, memory/CPU/pids limits, every capability dropped,
 no-new-privileges, read-only root, a non-root user, an init process, a size-limited tmpfs workspace at
-/workspace (a tmpfs-backed *volume*, so the archive API can still copy files in and out) and a tmpfs
-/tmp. The container's only own process is `sleep <ttl>`: it removes itself when the TTL ends even if
-nobody is left to clean up, and labels let the next start-up reap containers whose owner died.
+/workspace (a tmpfs-backed volume) and a tmpfs /tmp. The container's only own process is `sleep <ttl>`:
+it removes itself when the TTL ends even if nobody is left to clean up, and labels let the reaper
+remove containers whose owner died.
+
+Files cross the boundary only through execs run *as the sandbox user, inside the container*: a read is
+`head -c` under the read cap, a write is `cat >`, trees travel as tar streams packed or unpacked by the
+container's own `tar`. The engine's archive API (which resolves container paths as root in the daemon,
+the shape of the old `docker cp` symlink-swap races) is not used, so a symlink planted or swapped by
+sandboxed code can lead a file operation only where that code could go itself. A tar stream coming out
+is unpacked on the host by `_files.Tree`, never by tarfile's extraction, so hostile member names and
+links cannot reach outside the destination.
 """
 
 from __future__ import annotations
 
-import io
+import contextlib
 import posixpath
 import tarfile
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 import anyio
 import anyio.lowlevel
 
 from . import _docker_exec, _proc
-from .base import ClosesOnExit, ExecResult, SandboxError, SandboxUnavailable
-from .reaper import make_labels, reap_once
+from ._files import Tree
+from .base import DEFAULT_READ_LIMIT, ClosesOnExit, ExecResult, FileTooLarge, SandboxError, SandboxUnavailable
+from .reaper import make_labels, maybe_reap
 
 DEFAULT_IMAGE = "agentkit-sandbox:latest"
 WORKSPACE = "/workspace"
-_READ_LIMIT = 1 << 30
+#: Largest tar stream a download may produce; spooled to a host temp file, never held in memory.
+_TRANSFER_LIMIT = 8 << 30
+_FILE_OP_TIMEOUT_S = 60.0
+
+# Each script runs as the sandbox user. The checks give the same words as the host-workspace backends;
+# a race that swaps in a FIFO after them only makes `head`/`cat` wait, bounded by the op's timeout.
+_READ = r"""
+f=$1
+if [ -d "$f" ]; then echo "Is a directory" >&2; exit 3; fi
+if [ -p "$f" ]; then echo "it is a FIFO, not a regular file" >&2; exit 3; fi
+if [ -S "$f" ]; then echo "it is a socket, not a regular file" >&2; exit 3; fi
+if [ -c "$f" ] || [ -b "$f" ]; then echo "it is a device, not a regular file" >&2; exit 3; fi
+exec head -c "$2" -- "$f"
+"""
+_WRITE = r"""
+f=$1
+if [ -d "$f" ]; then echo "Is a directory" >&2; exit 3; fi
+if [ -e "$f" ] && [ ! -f "$f" ]; then echo "it is not a regular file" >&2; exit 3; fi
+d=${f%/*}
+if [ -n "$d" ] && [ ! -d "$d" ]; then mkdir -p -- "$d" || exit 3; fi
+exec cat >"$f"
+"""
+_UNTAR = r"""
+mkdir -p -- "$1" && exec tar -x -f - -C "$1"
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +81,7 @@ class DockerConfig:
     env: dict[str, str] = field(default_factory=dict)
     default_timeout: float = _proc.DEFAULT_TIMEOUT_S
     output_limit: int = _proc.DEFAULT_OUTPUT_LIMIT
+    read_limit: int = DEFAULT_READ_LIMIT
 
     def key(self) -> str:
         """Stable identity of the container shape (the pool label)."""
@@ -75,11 +108,11 @@ def _uid_gid(user: str) -> tuple[str, str]:
 
 
 def create_container(client: Any, cfg: DockerConfig, session: str, pool: str | None = None) -> Any:
-    """Create and start a container (blocking). Reaps stale containers first, once per process."""
+    """Create and start a container (blocking). Sweeps stale containers first when a sweep is due."""
     import docker.errors
     from docker.types import DriverConfig, Mount
 
-    reap_once(client)
+    maybe_reap(client)
     uid, gid = _uid_gid(cfg.user)
     ws_opts = f"size={cfg.workspace_size},uid={uid},gid={gid},mode=0755"
     tmpfs_volume = DriverConfig("local", {"type": "tmpfs", "device": "tmpfs", "o": ws_opts})
@@ -137,10 +170,6 @@ class _suppress_docker:
         return et is not None and issubclass(
             et, docker.errors.DockerException | requests.RequestException | OSError
         )
-
-
-class _NotFound(SandboxError):
-    """The archive API found nothing at a path (turned into the backend-neutral message by callers)."""
 
 
 class DockerSandbox(ClosesOnExit):
@@ -205,8 +234,9 @@ class DockerSandbox(ClosesOnExit):
         timeout: float | None,  # noqa: ASYNC109 (a per-command limit)
         cwd: str | None,
         env: dict[str, str] | None,
-        stdin: bytes | None,
+        stdin: bytes | IO[bytes] | None,
         output_limit: int,
+        stdout: _docker_exec.Sink | None = None,
     ) -> _docker_exec.RawResult:
         container = self._live()
         return await _docker_exec.run(
@@ -219,6 +249,7 @@ class DockerSandbox(ClosesOnExit):
             env={**self.config.env, **(env or {})},
             stdin=stdin,
             output_limit=output_limit,
+            stdout=stdout,
         )
 
     async def exec(
@@ -241,8 +272,6 @@ class DockerSandbox(ClosesOnExit):
         if raw.exit_code == 126 and b"OCI runtime exec failed" in raw.stdout and b"chdir" in raw.stdout:
             raise SandboxError(f"cwd {cwd!r} is not a directory in the sandbox")
         stderr = raw.stderr
-        if raw.exit_code == 127 and stderr.startswith(b"setsid: failed to execute "):
-            stderr = stderr.removeprefix(b"setsid: failed to execute ")  # same words as other backends
         note = _proc.killed_note(raw.exit_code, raw.timed_out, f"sandbox memory limit ({self.config.memory})")
         return ExecResult(
             exit_code=raw.exit_code,
@@ -252,149 +281,66 @@ class DockerSandbox(ClosesOnExit):
             truncated=raw.truncated,
         )
 
-    def _in_workspace(self, inner: str) -> bool:
-        return inner == WORKSPACE or inner.startswith(WORKSPACE + "/")
+    async def _file_op(
+        self, script: str, *args: str, stdin: bytes | IO[bytes] | None = None, limit: int = 65536,
+        stdout: _docker_exec.Sink | None = None,
+    ) -> _docker_exec.RawResult:  # fmt: skip
+        return await self._exec_raw(
+            ["/bin/sh", "-c", script, "agentkit-file", *args], timeout=_FILE_OP_TIMEOUT_S, cwd=None,
+            env=None, stdin=stdin, output_limit=limit, stdout=stdout,
+        )  # fmt: skip
 
-    async def read_file(self, path: str) -> bytes:
+    @staticmethod
+    def _why(raw: _docker_exec.RawResult) -> str:
+        """The reason a file script gave: its own words, or the tail of a tool's `prog: path: reason`."""
+        if raw.timed_out:
+            return "timed out (is it a FIFO or a device?)"
+        text = raw.stderr.decode(errors="replace").strip().splitlines()
+        last = text[-1] if text else f"exit code {raw.exit_code}"
+        return last.rsplit(": ", 1)[-1] if ": " in last and not last.startswith("it is") else last
+
+    async def read_file(self, path: str, *, max_bytes: int | None = None, partial: bool = False) -> bytes:
         inner = self._inner(path)
-        if self._in_workspace(inner):
-            try:
-                data = await anyio.to_thread.run_sync(self._get_file, inner)
-            except _NotFound:
-                # the same words as the host-workspace backends, so a tool result (which a model was
-                # trained on) does not depend on the backend
-                raise SandboxError(f"cannot read {path!r}: No such file or directory") from None
-            if data is not None:
-                return data
-        # /tmp and friends are tmpfs inside the container, invisible to the archive API, and the
-        # archive API hands out a symlink as a link: `cat` sees what the command would see
-        raw = await self._exec_raw(["cat", "--", inner], timeout=60, cwd=None, env=None, stdin=None,
-                                   output_limit=_READ_LIMIT)  # fmt: skip
+        limit = self.config.read_limit if max_bytes is None else max_bytes
+        want = limit if partial else limit + 1
+        raw = await self._file_op(_READ, inner, str(want), limit=want)
         if raw.exit_code != 0:
-            why = raw.stderr.decode(errors="replace").strip().removeprefix(f"cat: {inner}: ")
-            raise SandboxError(f"cannot read {path!r}: {why}")
+            raise SandboxError(f"cannot read {path!r}: {self._why(raw)}")
+        if len(raw.stdout) > limit:
+            size = await self._exec_raw(["stat", "-L", "-c", "%s", "--", inner], timeout=_FILE_OP_TIMEOUT_S,
+                                        cwd=None, env=None, stdin=None, output_limit=64)  # fmt: skip
+            known = size.stdout.strip()
+            raise FileTooLarge(path, int(known) if known.isdigit() else len(raw.stdout), limit)
         return raw.stdout
 
     async def write_file(self, path: str, data: str | bytes) -> None:
         inner = self._inner(path)
         raw_data = data.encode("utf-8") if isinstance(data, str) else data
-        if self._in_workspace(inner) and inner != WORKSPACE:
-            await anyio.to_thread.run_sync(self._put_files, {posixpath.relpath(inner, WORKSPACE): raw_data})
-            return
-        script = 'mkdir -p -- "$(dirname -- "$0")" && cat > "$0"'
-        raw = await self._exec_raw(["/bin/sh", "-c", script, inner], timeout=60, cwd=None, env=None,
-                                   stdin=raw_data, output_limit=65536)  # fmt: skip
+        raw = await self._file_op(_WRITE, inner, stdin=raw_data)
         if raw.exit_code != 0:
-            raise SandboxError(f"cannot write {path!r}: {raw.stderr.decode(errors='replace').strip()}")
+            raise SandboxError(f"cannot write {path!r}: {self._why(raw)}")
 
     async def upload(self, local: Path, remote: str) -> None:
         inner = self._inner(remote)
-        if not self._in_workspace(inner) or (inner == WORKSPACE and not await anyio.Path(local).is_dir()):
-            raise SandboxError(f"upload target {remote!r} must be inside {WORKSPACE}")
-        await anyio.to_thread.run_sync(self._put_tree, Path(local), posixpath.relpath(inner, WORKSPACE))
+        with tempfile.TemporaryFile() as spool:
+            target = await anyio.to_thread.run_sync(_pack, Path(local), inner, spool)
+            raw = await self._file_op(_UNTAR, target, stdin=spool)
+        if raw.exit_code != 0:
+            raise SandboxError(f"upload of {local} to {remote!r} failed: {self._why(raw)}")
 
     async def download(self, remote: str, local: Path) -> None:
         inner = self._inner(remote)
-        if not self._in_workspace(inner):
-            raise SandboxError(f"download source {remote!r} must be inside {WORKSPACE}")
-        await anyio.to_thread.run_sync(self._get_tree, inner, Path(local))
-
-    # ---- archive plumbing (blocking; always called through a worker thread) ----
-
-    def _tarinfo(self, name: str, *, is_dir: bool, size: int = 0, mode: int | None = None) -> tarfile.TarInfo:
-        uid, gid = _uid_gid(self.config.user)
-        ti = tarfile.TarInfo(name)
-        ti.type = tarfile.DIRTYPE if is_dir else tarfile.REGTYPE
-        ti.mode = mode if mode is not None else (0o755 if is_dir else 0o644)
-        ti.size = size
-        ti.mtime = int(time.time())
-        ti.uid, ti.gid = int(uid), int(gid)
-        return ti
-
-    def _parents(self, tf: tarfile.TarFile, rel: str, seen: set[str]) -> None:
-        parts = rel.split("/")[:-1]
-        for i in range(1, len(parts) + 1):
-            d = "/".join(parts[:i])
-            if d not in seen:
-                seen.add(d)
-                tf.addfile(self._tarinfo(d, is_dir=True))
-
-    def _put(self, payload: bytes) -> None:
-        container = self._live()
-        try:
-            ok = container.put_archive(WORKSPACE, payload)
-        except Exception as e:
-            raise SandboxError(f"copy into sandbox failed: {_docker_exec._explain(e)}") from e
-        if not ok:
-            raise SandboxError("copy into sandbox failed")
-
-    def _put_files(self, files: dict[str, bytes]) -> None:
-        buf, seen = io.BytesIO(), set[str]()
-        with tarfile.open(fileobj=buf, mode="w") as tf:
-            for rel, data in files.items():
-                self._parents(tf, rel, seen)
-                tf.addfile(self._tarinfo(rel, is_dir=False, size=len(data)), io.BytesIO(data))
-        self._put(buf.getvalue())
-
-    def _put_tree(self, src: Path, rel: str) -> None:
-        if not src.exists():
-            raise SandboxError(f"nothing to upload at {src}")
-        uid, gid = _uid_gid(self.config.user)
-
-        def own(ti: tarfile.TarInfo) -> tarfile.TarInfo:
-            ti.uid, ti.gid, ti.uname, ti.gname = int(uid), int(gid), "", ""
-            return ti
-
-        with tempfile.TemporaryFile() as spool:
-            with tarfile.open(fileobj=spool, mode="w") as tf:
-                seen: set[str] = set()
-                if rel != ".":
-                    self._parents(tf, rel if not src.is_dir() else rel + "/x", seen)
-                tf.add(src, arcname=rel, filter=own)
-            spool.seek(0)
-            self._put(spool.read())
-
-    def _archive(self, inner: str) -> tuple[Any, dict[str, Any]]:
-        container = self._live()
-        try:
-            return container.get_archive(inner)
-        except Exception as e:
-            text = str(e)
-            if "Could not find the file" in text or "no such file" in text.lower():
-                raise _NotFound(f"no such file in sandbox: {inner}") from e
-            raise SandboxError(f"copy out of sandbox failed: {_docker_exec._explain(e)}") from e
-
-    def _get_file(self, inner: str) -> bytes | None:
-        """The file's bytes; None for a symlink (the caller reads through it in the container)."""
-        stream, _ = self._archive(inner)
-        with tempfile.TemporaryFile() as spool:
-            for chunk in stream:
-                spool.write(chunk)
-            spool.seek(0)
-            with tarfile.open(fileobj=spool, mode="r") as tf:
-                first = tf.next()
-                if first is not None and first.issym():
-                    return None
-                if first is None or not first.isfile():
-                    raise SandboxError(f"{inner} is not a regular file")
-                f = tf.extractfile(first)
-                assert f is not None
-                return f.read()
-
-    def _get_tree(self, inner: str, dest: Path) -> None:
-        stream, stat = self._archive(inner)
-        is_dir = bool(int(stat.get("mode", 0)) & (1 << 31))
+        parent, name = posixpath.dirname(inner) or "/", posixpath.basename(inner) or "."
         with tempfile.TemporaryFile() as spool, tempfile.TemporaryDirectory() as tmp:
-            for chunk in stream:
-                spool.write(chunk)
+            sink = _docker_exec.FileSink(spool, _TRANSFER_LIMIT)
+            raw = await self._exec_raw(["tar", "-c", "-f", "-", "-C", parent, "--", name],
+                                       timeout=self.config.default_timeout, cwd=None, env=None,
+                                       stdin=None, output_limit=65536, stdout=sink)  # fmt: skip
+            if raw.exit_code != 0 or sink.dropped:
+                why = f"over {_TRANSFER_LIMIT >> 30} GiB" if sink.dropped else self._why(raw)
+                raise SandboxError(f"download of {remote!r} failed: {why}")
             spool.seek(0)
-            with tarfile.open(fileobj=spool, mode="r") as tf:
-                tf.extractall(tmp, filter="data")
-            from ._files import copy_tree_out
-
-            copy_tree_out(str(Path(tmp) / posixpath.basename(inner)), dest)
-            if is_dir and not dest.is_dir():
-                raise SandboxError(f"download of {inner} produced no directory")
+            await anyio.to_thread.run_sync(_unpack, spool, tmp, name, Path(local))
 
     async def close(self) -> None:
         if self._closed:
@@ -412,3 +358,52 @@ class DockerSandbox(ClosesOnExit):
     async def __aenter__(self) -> DockerSandbox:
         await self.start()
         return self
+
+
+def _plain_member(ti: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    """Upload: regular files, folders and links only; owned by whoever unpacks (the sandbox user)."""
+    if not (ti.isfile() or ti.isdir() or ti.issym()):
+        return None
+    ti.uid, ti.gid, ti.uname, ti.gname = 0, 0, "", ""
+    ti.mode &= 0o777
+    return ti
+
+
+def _pack(src: Path, inner: str, spool: IO[bytes]) -> str:
+    """Tar `src` into `spool` for unpacking at the returned folder: a directory's contents land in
+    `inner`, a file becomes `inner`."""
+    if not src.exists() and not src.is_symlink():
+        raise SandboxError(f"nothing to upload at {src}")
+    is_dir = src.is_dir() and not src.is_symlink()
+    if inner == WORKSPACE and not is_dir:
+        raise SandboxError(f"upload target must name a file, not {WORKSPACE}")
+    target, arcname = (inner, ".") if is_dir else (posixpath.dirname(inner), posixpath.basename(inner))
+    with tarfile.open(fileobj=spool, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        tf.add(src, arcname=arcname, filter=_plain_member)
+    spool.seek(0)
+    return target
+
+
+def _unpack(spool: IO[bytes], tmp: str, name: str, dest: Path) -> None:
+    """Unpack a tar stream the sandbox produced (hostile) into `tmp`, then copy `name` to `dest`.
+
+    Member by member through `Tree`, which refuses any path or link that leaves `tmp`; tarfile's own
+    extraction is not used on it (its path checks have had bypasses). Links are recreated as links,
+    never followed; anything but folders, files and links is skipped.
+    """
+    tree = Tree(tmp, tmp)
+    with tarfile.open(fileobj=spool, mode="r|") as tf:
+        for member in tf:
+            rel = posixpath.normpath(member.name.lstrip("/"))
+            if rel == ".." or rel.startswith("../"):
+                continue
+            with contextlib.suppress(SandboxError):
+                if member.isdir():
+                    tree.make_dir(rel)
+                elif member.isfile():
+                    f = tf.extractfile(member)
+                    if f is not None:
+                        tree.write_stream(rel, f, mode=member.mode & 0o777)
+                elif member.issym():
+                    tree.symlink(rel, member.linkname)
+    tree.copy_out(posixpath.normpath(name), dest)

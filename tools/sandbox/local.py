@@ -8,6 +8,7 @@ The file API is confined to the workspace; `exec` is not confined at all.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -16,8 +17,8 @@ from pathlib import Path
 import anyio
 
 from . import _proc
-from ._files import copy_tree_in, copy_tree_out, resolve_in
-from .base import ClosesOnExit, ExecResult, SandboxError
+from ._files import Tree, resolve_in
+from .base import DEFAULT_READ_LIMIT, ClosesOnExit, ExecResult, SandboxError
 
 
 class LocalSandbox(ClosesOnExit):
@@ -30,10 +31,13 @@ class LocalSandbox(ClosesOnExit):
         output_limit: int = _proc.DEFAULT_OUTPUT_LIMIT,
         env: dict[str, str] | None = None,
         workspace_parent: str | None = None,
+        read_limit: int = DEFAULT_READ_LIMIT,
     ) -> None:
         self.workspace = os.path.realpath(tempfile.mkdtemp(prefix="agentkit-local-", dir=workspace_parent))
         self.default_timeout = default_timeout
         self.output_limit = output_limit
+        self.read_limit = read_limit
+        self._tree = Tree(self.workspace, self.workspace)
         self._env = {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
             "HOME": self.workspace,
@@ -79,31 +83,24 @@ class LocalSandbox(ClosesOnExit):
             raise SandboxError("sandbox was closed while the command ran")
         return result
 
-    async def read_file(self, path: str) -> bytes:
+    async def read_file(self, path: str, *, max_bytes: int | None = None, partial: bool = False) -> bytes:
         self._check()
-        host = self._host(path)
-        try:
-            return await anyio.Path(host).read_bytes()
-        except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
-            raise SandboxError(f"cannot read {path!r}: {e.strerror}") from e
+        limit = self.read_limit if max_bytes is None else max_bytes
+        read = functools.partial(self._tree.read, path, limit, partial=partial)
+        return await anyio.to_thread.run_sync(read, abandon_on_cancel=True)
 
     async def write_file(self, path: str, data: str | bytes) -> None:
         self._check()
-        host = anyio.Path(self._host(path))
         raw = data.encode("utf-8") if isinstance(data, str) else data
-        try:
-            await host.parent.mkdir(parents=True, exist_ok=True)
-            await host.write_bytes(raw)
-        except (IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError) as e:
-            raise SandboxError(f"cannot write {path!r}: {e.strerror}") from e
+        await anyio.to_thread.run_sync(self._tree.write, path, raw)
 
     async def upload(self, local: Path, remote: str) -> None:
         self._check()
-        await anyio.to_thread.run_sync(copy_tree_in, Path(local), self._host(remote))
+        await anyio.to_thread.run_sync(self._tree.copy_in, Path(local), remote)
 
     async def download(self, remote: str, local: Path) -> None:
         self._check()
-        await anyio.to_thread.run_sync(copy_tree_out, self._host(remote), Path(local))
+        await anyio.to_thread.run_sync(self._tree.copy_out, remote, Path(local))
 
     async def close(self) -> None:
         if self._closed:
