@@ -1,4 +1,4 @@
-"""The `agentkit` command: `demo`, `run "<task>"`.
+"""The `agentkit` command: `demo`, `run "<task>"`, `sandbox gc`.
 
 The terminal view is a thin consumer of the run's event stream: the same events a library user gets from
 `agent.stream()`, rendered with rich (thinking dimmed, tool calls as calls with their arguments, tool
@@ -162,12 +162,43 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated tools to offer (default: all; agentkit-tiny does best with few)",
     )
+    sandbox = sub.add_parser("sandbox", help="operate on sandboxes left behind by killed processes")
+    sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", required=True)
+    gc = sandbox_sub.add_parser(
+        "gc",
+        help="remove sandboxes whose owner process is gone: Docker containers and volumes, "
+        "bubblewrap folders, mounts and cgroups",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+    gc.add_argument("--no-docker", action="store_true", help="leave the Docker engine alone")
+    gc.add_argument("--no-bwrap", action="store_true", help="leave bubblewrap leftovers alone")
     return p
+
+
+def _sandbox_gc(console: Console, args: argparse.Namespace) -> int:
+    """Sweep now what the in-process reaper would sweep eventually; print what went (or would go)."""
+    from agentkit.tools.sandbox.reaper import collect_garbage
+
+    report = collect_garbage(docker=not args.no_docker, bwrap=not args.no_bwrap, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    rows = [
+        ("Docker containers", [c[:12] for c in report.containers]),
+        ("Docker volumes", [v[:12] for v in report.volumes]),
+        ("bubblewrap folders", report.folders),
+        ("cgroups", report.cgroups),
+    ]
+    for what, items in rows:
+        console.print(f"{verb} {len(items)} {what}" + (": " + ", ".join(items) if items else ""))
+    for note in report.notes:
+        console.print(f"[dim]{escape(note)}[/dim]")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console(highlight=False)
+    if args.command == "sandbox":
+        return _sandbox_gc(console, args)
     from agentkit import demo
 
     if args.command == "demo":

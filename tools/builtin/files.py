@@ -34,21 +34,22 @@ async def _read_text(
 ) -> tuple[str, FileTooLarge | None]:
     """The file as text, or with `head_ok` the whole lines of its first read-limit bytes if it is larger
     (with the FileTooLarge that says so); a file too large to edit whole is an error otherwise."""
+    data: bytes | memoryview
     try:
         data, big = await sandbox.read_file(path), None
     except FileTooLarge as exc:
         if not head_ok:
             raise ToolError(f"{exc}; it is too large to edit whole") from exc
         big = exc
-        data = await _read(sandbox, path, partial=True)
-        data = data[: data.rfind(b"\n") + 1]  # only whole lines (and whole UTF-8 characters)
+        head = await _read(sandbox, path, partial=True)
+        data = memoryview(head)[: head.rfind(b"\n") + 1]  # whole lines (and characters), no copy
     except SandboxError as exc:
         raise ToolError(str(exc)) from exc
-    if b"\x00" in data[:8192]:
+    if b"\x00" in bytes(data[:8192]):
         size = big.size if big else len(data)
         raise ToolError(f"{path} is a binary file ({size} bytes); inspect it with the shell instead")
     try:
-        return data.decode("utf-8"), big
+        return str(data, "utf-8"), big
     except UnicodeDecodeError as exc:
         raise ToolError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
 
@@ -77,30 +78,50 @@ async def read_file(
     text, big = await _read_text(ctx.require_sandbox(), path, head_ok=True)
     if not text and big is None:
         return f"({path} is empty)"
-    lines = text.splitlines()
-    if big is not None and offset + limit - 1 > len(lines):
+    total = text.count("\n") + (not text.endswith("\n"))
+    if big is not None and offset + limit - 1 > total:
         span = f"{offset},{offset + limit - 1}p"
         raise ToolError(
-            f"{path} is {big.size} bytes, over the read limit; only its first {len(lines)} lines can be "
+            f"{path} is {big.size} bytes, over the read limit; only its first {total} lines can be "
             f"read with read_file. Use the shell for the rest, e.g. sed -n '{span}' {path}"
         )
-    if offset > len(lines):
-        raise ToolError(f"offset {offset} is past the end of {path} ({len(lines)} lines)")
-    end = min(len(lines), offset - 1 + limit)
+    if offset > total:
+        raise ToolError(f"offset {offset} is past the end of {path} ({total} lines)")
+    lines = _lines(text, offset, limit)
+    end = offset - 1 + len(lines)
     width = len(str(end))
     out = []
-    for n in range(offset, end + 1):
-        line = lines[n - 1]
+    for n, line in enumerate(lines, start=offset):
         if len(line) > MAX_LINE_CHARS:
             line = line[:MAX_LINE_CHARS] + f" [... line cut, {len(line)} characters]"
         out.append(f"{n:>{width}}\t{line}")
     if big is not None:
         out.append(f"[lines {offset}-{end} of a {big.size}-byte file; use offset={end + 1} to read on]")
-    elif end < len(lines):
-        out.append(f"[lines {offset}-{end} of {len(lines)}; use offset={end + 1} to read on]")
+    elif end < total:
+        out.append(f"[lines {offset}-{end} of {total}; use offset={end + 1} to read on]")
     elif offset > 1:
-        out.append(f"[lines {offset}-{end} of {len(lines)}]")
+        out.append(f"[lines {offset}-{end} of {total}]")
     return "\n".join(out)
+
+
+def _lines(text: str, offset: int, limit: int) -> list[str]:
+    """Lines `offset`.. (1-based, at most `limit`), cut from `text` without splitting all of it.
+
+    Lines end at "\n" (a "\r" before it is dropped), as grep -n and sed -n count them, so the line
+    numbers shown agree with the shell tools a model reaches for next.
+    """
+    pos = 0
+    for _ in range(offset - 1):
+        pos = text.find("\n", pos) + 1
+        if pos == 0:
+            return []
+    out: list[str] = []
+    while len(out) < limit and pos < len(text):
+        nl = text.find("\n", pos)
+        nl = len(text) if nl < 0 else nl
+        out.append(text[pos : nl - (nl > pos and text[nl - 1] == "\r")])
+        pos = nl + 1
+    return out
 
 
 @tool(sequential=True)

@@ -4,7 +4,7 @@
 than silently running on the host; `LocalSandbox` (no isolation) is used only when asked for by name.
 """
 
-from .base import ExecResult, Sandbox, SandboxError, SandboxUnavailable
+from .base import DEFAULT_READ_LIMIT, ExecResult, FileTooLarge, Sandbox, SandboxError, SandboxUnavailable
 from .bubblewrap import BwrapConfig, BwrapSandbox
 from .docker import DEFAULT_IMAGE, DockerConfig, DockerSandbox
 from .local import LocalSandbox
@@ -13,11 +13,13 @@ from .select import open_sandbox
 
 __all__ = [
     "DEFAULT_IMAGE",
+    "DEFAULT_READ_LIMIT",
     "BwrapConfig",
     "BwrapSandbox",
     "DockerConfig",
     "DockerSandbox",
     "ExecResult",
+    "FileTooLarge",
     "LocalSandbox",
     "Sandbox",
     "SandboxError",

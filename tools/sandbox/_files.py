@@ -231,16 +231,16 @@ class Tree:
                 _require_regular(st.st_mode, path, "read")
                 if st.st_size > limit and not partial:
                     raise FileTooLarge(path, st.st_size, limit)
-                chunks, got = [], 0
-                while got <= limit:
-                    chunk = os.read(fd, min(_CHUNK, limit + 1 - got))
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-                    got += len(chunk)
+                # one read of the expected size (a regular file rarely returns short), so the host holds
+                # the data once, not once per chunk and again joined
+                chunks = [os.read(fd, min(st.st_size, limit) + 1)]
+                got = len(chunks[0])
+                while chunks[-1] and got <= limit:
+                    chunks.append(os.read(fd, min(_CHUNK, limit + 1 - got)))
+                    got += len(chunks[-1])
             finally:
                 os.close(fd)
-        data = b"".join(chunks)
+        data = chunks[0] if len(chunks) == 1 or not chunks[1] else b"".join(chunks)
         if len(data) > limit:
             if not partial:
                 raise FileTooLarge(path, max(st.st_size, len(data)), limit)
