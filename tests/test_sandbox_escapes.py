@@ -65,6 +65,21 @@ async def iso(request: pytest.FixtureRequest) -> AsyncIterator[Sandbox]:
         yield box
 
 
+@pytest.fixture(params=[*ISOLATED, pytest.param("docker-remote", marks=pytest.mark.docker)])
+async def tree_sb(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Sandbox]:
+    """`iso`, plus Docker as if its engine were remote: the host can see none of the container's pids,
+    so every kill must be done from inside the container."""
+    backend = request.param
+    if backend == "docker-remote":
+        from agentkit.tools.sandbox import _docker_exec
+
+        monkeypatch.setattr(_docker_exec, "_host_kill", lambda *_: False)
+        monkeypatch.setattr(_docker_exec.Keeper, "find", classmethod(lambda cls, *_: None))
+        backend = "docker"
+    async with await open_sandbox(backend, default_timeout=120, memory_mb=512) as box:
+        yield box
+
+
 # ---------------------------------------------------------------- host-side views of a sandbox
 
 
@@ -383,12 +398,14 @@ async def test_read_file_refuses_fifos_and_devices_at_once(any_sb: Sandbox) -> N
         "setsid sh -c 'while :; do sleep 0.05; done; : {m}' & sleep 60",
         "(setsid sh -c 'while :; do sleep 0.05; done; : {m}' &); sleep 60",
         "sh -c 'sh -c \"setsid sleep 300 {m} & \" & wait'; sleep 60",
+        # the call kills its own init (same uid) to slip out of the tree before daemonizing
+        "read -r _ _ _ i _ </proc/$PPID/stat; kill -9 ${{i#0}} 1; setsid sh -c 'sleep 300; : {m}' & sleep 60",
     ],
-    ids=["setsid-child", "double-fork", "nested-setsid"],
+    ids=["setsid-child", "double-fork", "nested-setsid", "init-killed"],
 )
-async def test_timed_out_call_kills_its_whole_tree(iso: Sandbox, shape: str) -> None:
+async def test_timed_out_call_kills_its_whole_tree(tree_sb: Sandbox, shape: str) -> None:
     marker = f"agentkit-tree-{uuid.uuid4().hex}"
-    call = iso.exec(shape.format(m=marker), timeout=1.5)
+    call = tree_sb.exec(shape.format(m=marker), timeout=1.5)
     survivors: list[int] = []
 
     async def watch() -> None:
@@ -405,15 +422,18 @@ async def test_timed_out_call_kills_its_whole_tree(iso: Sandbox, shape: str) -> 
     assert survivors == [], f"processes outlived their timed-out call: {survivors}"
 
 
-async def test_finished_call_leaves_no_daemon(iso: Sandbox) -> None:
+@pytest.mark.parametrize("kill_init", [False, True], ids=["plain", "init-killed"])
+async def test_finished_call_leaves_no_daemon(tree_sb: Sandbox, kill_init: bool) -> None:
     marker = f"agentkit-daemon-{uuid.uuid4().hex}"
-    r = await iso.exec(
-        f"setsid -f sh -c 'sleep 300; : {marker}'; (setsid sleep 301 {marker} &); sleep 0.3; echo ok"
-    )
-    assert r.stdout == "ok\n", r.stderr
+    daemons = f"setsid -f sh -c 'sleep 300; : {marker}'; (setsid sleep 301 {marker} &)"
+    if kill_init:
+        daemons = f"read -r _ _ _ i _ </proc/$PPID/stat; kill -9 ${{i#0}} 1 2>/dev/null; {daemons}"
+    r = await tree_sb.exec(f"{daemons}; sleep 0.3; echo ok >&2", timeout=30)
+    assert "ok" in r.stderr, r.stderr
     await anyio.sleep(0.3)
     assert _host_cmdlines_with(marker) == []
-    assert len(_host_pids(iso)) <= 2  # Docker: its init and `sleep <ttl>`; bwrap: nothing
+    assert len(_host_pids(tree_sb)) <= 2  # Docker: its init and `sleep <ttl>`; bwrap: nothing
+    assert (await tree_sb.exec("echo alive")).stdout == "alive\n"  # and the sandbox still works
 
 
 # ---------------------------------------------------------------- 7. orphans of killed processes

@@ -7,11 +7,11 @@ handled: the unified v2 hierarchy (one directory: `memory.max`, `pids.max`, `cpu
 and v1 (one directory per controller hierarchy, as on hosts still booted with the legacy layout).
 
 Groups live at `<hierarchy>/<parent>/<name>` with `parent` "agentkit" by default (next to Docker's own
-"docker" group) or a delegated subtree the caller names. The name carries its owner's pid and start
-time (`<pid>-<start>-<random>`), so a later process can tell a group whose owner died from one in use
-without trusting any file a sandbox could have touched. Where no hierarchy can be written (not root,
-nothing delegated), CgroupUnavailable says why and the caller decides: refuse, or its documented
-weaker mode.
+"docker" group) or a delegated subtree the caller names. The name carries its owner's pid namespace,
+pid and start time (`<pidns>-<pid>-<start>-<random>`), so a later process can tell a group whose
+owner died from one in use without trusting any file a sandbox could have touched. Where no hierarchy
+can be written (not root, nothing delegated), CgroupUnavailable says why and the caller decides:
+refuse, or its documented weaker mode.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from ._owner import start_time
 
 DEFAULT_PARENT = "agentkit"
 _CONTROLLERS = ("memory", "pids", "cpu")
-_NAME = re.compile(r"^(\d+)-(\d+)-[0-9a-f]{8}$")
+_NAME = re.compile(r"^(\d+)-(\d+)-(\d+)-[0-9a-f]{8}$")
 _CPU_PERIOD_US = 100_000
 
 
@@ -100,14 +100,28 @@ def _layout() -> tuple[int, dict[str, str]]:
     raise CgroupUnavailable("neither cgroup v2 nor v1 offers both the memory and pids controllers here")
 
 
+def _pid_namespace() -> int:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
 def owner_name() -> str:
-    """A fresh group name naming this process (pid and start time; groups do not outlive a boot)."""
-    return f"{os.getpid()}-{start_time(os.getpid())}-{secrets.token_hex(4)}"
+    """A fresh group name naming this process: `<pid namespace>-<pid>-<start time>-<random>`.
+
+    Groups do not outlive a boot, so no boot id; the pid namespace keeps a reaper in one namespace
+    (a container sharing the hierarchy) from judging another's pids.
+    """
+    return f"{_pid_namespace()}-{os.getpid()}-{start_time(os.getpid())}-{secrets.token_hex(4)}"
 
 
 def owner_of(name: str) -> tuple[int, int] | None:
+    """(pid, start time) of a group name made in *this* pid namespace; None for anything else."""
     m = _NAME.match(name)
-    return (int(m.group(1)), int(m.group(2))) if m else None
+    if m is None or int(m.group(1)) != _pid_namespace():
+        return None
+    return int(m.group(2)), int(m.group(3))
 
 
 class Group:

@@ -11,6 +11,11 @@ the container's pid 1). When the command ends, the supervisor shell under that i
 kills every other process in the tree before it exits; on a timeout or cancellation the host does the
 same from outside (`_kill_tree`, no fork needed inside, so it works when a fork bomb used up the pids
 limit), or, for a remote engine, a second exec does it from the init's pid in a pid file.
+
+Code in a call runs as the same user as its init and may kill it to get out of the tree; its orphans
+then hang off the container's own init, where nothing of ours ever runs but `sleep <ttl>`. Those
+strays are killed at the end of every call: from the host (`Keeper`, a local engine) and from inside
+by the supervisor and the killer.
 """
 
 from __future__ import annotations
@@ -39,7 +44,10 @@ INIT = "/sbin/docker-init"
 
 # Stop, then kill, every process below $1 except $2, top-down: a stopped process cannot fork, and its
 # children are listed only after it stopped, so nothing is missed; a second pass catches a child forked
-# while a stop was still on its way. Builtins only: it must work when the command used up the pids limit.
+# while a stop was still on its way. `strays` does the same to every tree hanging off the container's
+# init except its oldest child (`sleep <ttl>`) and $1: a call's processes never hang there unless code
+# in a call killed its own init (same uid, so it may) to slip out. Builtins only: this must work when
+# the command used up the pids limit.
 _SWEEP = r"""
 sweep() {
   r=$1 s=$2 all= n=0
@@ -62,26 +70,37 @@ sweep() {
   [ -n "$all" ] && kill -KILL $all 2>/dev/null
   return 0
 }
+strays() {
+  me=$1 k=; read -r k 2>/dev/null </proc/1/task/1/children
+  set -- $k; keep=${1:-0}
+  for c; do [ "$c" -lt "$keep" ] && keep=$c; done
+  for c; do
+    [ "$c" = "$keep" ] || [ "$c" = "$me" ] || { sweep "$c" "$me"; kill -KILL "$c" 2>/dev/null; }
+  done
+  return 0
+}
 """
 # The supervisor, a child of the per-call init: records the init's pid, runs the command (stdin through
 # fd 3: an asynchronous list gets /dev/null as stdin, even with `<&0` in dash), waits, then sweeps the
-# init's tree (everything but itself) and exits with the command's status, which the init passes on.
+# init's tree (everything but itself) and any strays, and exits with the command's status, which the
+# init passes on. ($PPID stays the init's pid even if the init was killed meanwhile.)
 _WRAPPER = (
     _SWEEP
     + r"""
 p=$1; shift; echo "$PPID" >"$p"
 exec 3<&0; "$@" <&3 3<&- & c=$!; exec 3<&-
 wait "$c"; rc=$?
-sweep "$PPID" $$
+sweep "$PPID" $$; strays $$
 exit $rc
 """
 )
+# On a timeout, when the host cannot kill from outside (a remote engine): the call's tree from its
+# init's pid, then the strays.
 _KILLER = (
     _SWEEP
     + r"""
-read r <"$0" || exit 0
-sweep "$r" none
-kill -KILL "$r" 2>/dev/null
+if read r 2>/dev/null <"$0"; then sweep "$r" none; kill -KILL "$r" 2>/dev/null; fi
+strays none
 exit 0
 """
 )
@@ -293,6 +312,49 @@ def _kill_tree(root: int) -> int:
             os.close(fd)
 
 
+@dataclass(frozen=True, slots=True)
+class Keeper:
+    """The container's init and its one legitimate child (`sleep <ttl>`), as host pids.
+
+    A call's processes run under the call's own init, never under the container's: anything that
+    hangs off the container's init besides `sleep` is a stray, there only because code in a call
+    killed its own init (same uid, so it may) to slip out of the call's tree.
+    """
+
+    init: int
+    sleep: int
+    sleep_start: str
+
+    @classmethod
+    def find(cls, api: Any, cid: str) -> Keeper | None:
+        """Host pids of a fresh container (before any call ran); None for an engine we cannot see."""
+        from ._owner import start_time
+
+        errors: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, *_docker_errors())
+        try:
+            init = int(api.inspect_container(cid)["State"]["Pid"] or 0)
+            with open(f"/proc/{init}/cgroup") as f:
+                if init <= 0 or cid not in f.read():
+                    return None
+        except errors:
+            return None
+        deadline = time.monotonic() + 2.0
+        while len(kids := _children(init)) != 1 and time.monotonic() < deadline:
+            time.sleep(0.005)  # just started: the init may not have forked `sleep` yet
+        if len(kids) != 1:
+            return None
+        start = start_time(kids[0])
+        return cls(init, kids[0], start) if start is not None else None
+
+    def sweep(self) -> int:
+        """Kill every tree hanging off the container's init except `sleep`; returns processes killed."""
+        from ._owner import start_time
+
+        if start_time(self.sleep) != self.sleep_start:
+            return 0  # the container is gone or going; nothing of ours to judge
+        return sum(_kill_tree(k) for k in _children(self.init) if k != self.sleep)
+
+
 def _host_kill(api: Any, cid: str, exec_id: str) -> bool:
     """Kill the exec's whole tree from the host, when the engine is local and we may signal.
 
@@ -341,10 +403,12 @@ def run_blocking(
     output_limit: int,
     cancel: threading.Event,
     stdout: Sink | None = None,
+    keeper: Keeper | None = None,
 ) -> RawResult:
     """The whole exec, in a worker thread. `cancel` (set by the event loop) ends it early, killing.
 
-    `stdout` replaces the in-memory stdout buffer (then RawResult.stdout is empty).
+    `stdout` replaces the in-memory stdout buffer (then RawResult.stdout is empty). With a `keeper`
+    (a local engine), strays that escaped any call's tree are swept once this call is over.
     """
     pidfile = f"/tmp/.agentkit-exec-{uuid.uuid4().hex}.pid"
     wrapped = [INIT, "-s", "--", "/bin/sh", "-c", _WRAPPER, "agentkit-exec", pidfile, *argv]
@@ -365,6 +429,8 @@ def run_blocking(
     finally:
         with contextlib.suppress(OSError):
             sock.close()
+        if keeper is not None:
+            keeper.sweep()
     if cancel.is_set():
         raise SandboxError("exec cancelled")
     code = TIMEOUT_EXIT_CODE if timed_out else _exit_code(api, cid, exec_id)
@@ -386,6 +452,7 @@ async def run(
     stdin: bytes | IO[bytes] | None,
     output_limit: int,
     stdout: Sink | None = None,
+    keeper: Keeper | None = None,
 ) -> RawResult:
     """Async face of run_blocking: cancellation of the caller kills the exec's tree in the container."""
     cancel = threading.Event()
@@ -393,7 +460,7 @@ async def run(
         return await anyio.to_thread.run_sync(
             lambda: run_blocking(
                 api, cid, argv, timeout_s=timeout_s, user=user, workdir=workdir, env=env,
-                stdin=stdin, output_limit=output_limit, cancel=cancel, stdout=stdout,
+                stdin=stdin, output_limit=output_limit, cancel=cancel, stdout=stdout, keeper=keeper,
             ),
             abandon_on_cancel=True,
         )  # fmt: skip

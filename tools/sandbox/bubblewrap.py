@@ -170,13 +170,14 @@ class BwrapSandbox(ClosesOnExit):
         if self._host is None and not self._closed:
             self._bwrap = await anyio.to_thread.run_sync(find_bwrap)
             with anyio.CancelScope(shield=True):  # a half-made root would be left for the reaper
-                self._host = await anyio.to_thread.run_sync(self._make_host)
-            reaper.ensure_background()
+                host = await anyio.to_thread.run_sync(self._make_host)
+            self._host = host
             owner = Owner(self.host_uid, self.host_gid) if self._as_root else None
-            self._tree = Tree(self._host.workspace, WORKSPACE, owner)
+            self._tree = Tree(host.workspace, WORKSPACE, owner)
         return self
 
     def _make_host(self) -> HostRoot:
+        reaper.ensure_background()  # sweeps leftovers of killed processes when a sweep is due
         cfg = self.config
         quota = cfg.workspace_size_mb << 20 if cfg.workspace_size_mb else None
         host = HostRoot.create(

@@ -182,12 +182,14 @@ class DockerSandbox(ClosesOnExit):
         self.session = uuid.uuid4().hex
         self._client = client
         self._container: Any = None
+        self._keeper: _docker_exec.Keeper | None = None
         self._closed = False
 
     @classmethod
     def _adopt(cls, client: Any, container: Any, config: DockerConfig) -> DockerSandbox:
         sb = cls(config, client=client)
         sb._container = container
+        sb._keeper = _docker_exec.Keeper.find(client.api, container.id)
         sb.session = container.labels.get("io.agentkit.sandbox.session", sb.session)
         return sb
 
@@ -206,6 +208,9 @@ class DockerSandbox(ClosesOnExit):
             with anyio.CancelScope(shield=True):
                 self._container = await anyio.to_thread.run_sync(
                     create_container, self._client, self.config, self.session
+                )
+                self._keeper = await anyio.to_thread.run_sync(
+                    _docker_exec.Keeper.find, self._client.api, self._container.id
                 )
             try:
                 await anyio.lowlevel.checkpoint_if_cancelled()
@@ -250,6 +255,7 @@ class DockerSandbox(ClosesOnExit):
             stdin=stdin,
             output_limit=output_limit,
             stdout=stdout,
+            keeper=self._keeper,
         )
 
     async def exec(
