@@ -87,10 +87,11 @@ strays() {
 _WRAPPER = (
     _SWEEP
     + r"""
-p=$1; shift; echo "$PPID" >"$p"
+pf=$1; shift; echo "$PPID" >"$pf"
 exec 3<&0; "$@" <&3 3<&- & c=$!; exec 3<&-
 wait "$c"; rc=$?
 sweep "$PPID" $$; strays $$
+rm -f -- "$pf" 2>/dev/null
 exit $rc
 """
 )

@@ -18,6 +18,7 @@ import ctypes
 import ctypes.util
 import functools
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -29,6 +30,8 @@ from dataclasses import dataclass
 from ._cgroup import Group
 from ._owner import owner_alive, owner_token
 from .base import SandboxError
+
+log = logging.getLogger("agentkit.sandbox")
 
 PREFIX = "agentkit-bwrap-"
 INNER_UID = 1000
@@ -46,6 +49,15 @@ _ETC = {
     "hostname": "sandbox\n",
     "hosts": "127.0.0.1 localhost sandbox\n::1 localhost\n",
 }  # fmt: skip
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning("%s", message)
 
 
 @functools.cache
@@ -103,9 +115,13 @@ class HostRoot:
             os.chmod(etc, 0o755)
             os.mkdir(root.workspace, 0o755)
             if as_root and workspace_bytes:
-                _mount_tmpfs(root.workspace, workspace_bytes, uid, gid)
-                root.mounted = True
-            elif as_root:
+                try:
+                    _mount_tmpfs(root.workspace, workspace_bytes, uid, gid)
+                    root.mounted = True
+                except OSError as e:  # root without CAP_SYS_ADMIN (inside a container, say)
+                    _warn_once(f"sandbox: no workspace quota for bubblewrap ({e}); files are limited "
+                               "per file only (file_size_mb)")  # fmt: skip
+            if as_root and not root.mounted:
                 os.chown(root.workspace, uid, gid)
             os.chmod(path, 0o711)
         except BaseException:
