@@ -195,7 +195,7 @@ async def test_file_api_cannot_be_raced_out_of_the_workspace(any_sb: Sandbox, tm
         secret_dir = "/tmp/rootonly"
         _root_exec(any_sb, f"mkdir -m 700 {secret_dir} && echo CANARY > {secret_dir}/canary && chmod 600 "
                    f"{secret_dir}/canary")  # fmt: skip
-        reads, writes, copies = 150, 60, 15
+        reads, writes, copies = 1000, 500, 25  # each ~50 ms: an exec in the container
     else:
         secret = tmp_path / "secret"
         secret.mkdir(mode=0o700)
