@@ -17,8 +17,8 @@ _EXPORTS = {
     "RunResult": "agentkit.agent",
     "RunError": "agentkit.agent",
     "RunState": "agentkit.session",
-    "resolve": "agentkit.models",
-    "ScriptedModel": "agentkit.models",
+    "resolve": "agentkit.backends",
+    "ScriptedModel": "agentkit.backends",
     "Limits": "agentkit.limits",
     "Usage": "agentkit.limits",
     "tool": "agentkit.tools.tool",
@@ -32,9 +32,9 @@ _EXPORTS = {
 
 if TYPE_CHECKING:
     from agentkit.agent import Agent, RunError, RunResult
+    from agentkit.backends import ScriptedModel, resolve
     from agentkit.dsml import StreamParser, encode_messages, parse_completion
     from agentkit.limits import Limits, Usage
-    from agentkit.models import ScriptedModel, resolve
     from agentkit.session import RunState
     from agentkit.tools.context import RunContext
     from agentkit.tools.sandbox import open_sandbox

@@ -18,13 +18,13 @@ import anyio
 from pydantic import TypeAdapter, ValidationError
 
 from agentkit import events as ev
+from agentkit.backends import Model, resolve
+from agentkit.backends.base import check_thinking, encoder_mode
 from agentkit.dsml import encode as dsml_encode
 from agentkit.dsml.stream import StreamParser
 from agentkit.limits import Limits, Usage
 from agentkit.loop import Approver, Emit, Loop, extract_json
 from agentkit.messages import Message, SystemMessage, ToolCall, Transcript, UserMessage, message_to_dict
-from agentkit.models import Model, resolve
-from agentkit.models.base import check_thinking, encoder_mode
 from agentkit.session import RunState, load_session, save_session
 
 DepsT = TypeVar("DepsT")

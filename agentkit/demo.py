@@ -46,8 +46,8 @@ def _shipped_model(console: Console) -> str | None:
 
 def _load(console: Console, spec: Any) -> Any | None:
     """A backend from a spec string (loaded behind a spinner, errors shown) or a ready Model object."""
-    from agentkit.models import resolve
-    from agentkit.models.base import ModelError
+    from agentkit.backends import resolve
+    from agentkit.backends.base import ModelError
 
     if not isinstance(spec, str):
         return spec

@@ -24,8 +24,18 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from agentkit import events as ev
+from agentkit.backends.base import (
+    ContentChunk,
+    Finish,
+    ModelError,
+    ModelRequest,
+    RawText,
+    ReasoningChunk,
+    ToolCallChunk,
+    encoder_mode,
+)
 from agentkit.dsml import encode as dsml_encode
-from agentkit.dsml import models as dsml_models
+from agentkit.dsml import types as dsml_types
 from agentkit.dsml.tokens import EOS, TOOL_RESULT_CLOSE, TOOL_RESULT_OPEN, USER
 from agentkit.limits import Usage
 from agentkit.messages import (
@@ -36,16 +46,6 @@ from agentkit.messages import (
     Transcript,
     UserMessage,
     message_to_dict,
-)
-from agentkit.models.base import (
-    ContentChunk,
-    Finish,
-    ModelError,
-    ModelRequest,
-    RawText,
-    ReasoningChunk,
-    ToolCallChunk,
-    encoder_mode,
 )
 from agentkit.session import BlockResult, RunState
 
@@ -377,27 +377,27 @@ class Loop:
 
             async def on_parse(events: list[Any], offset: int) -> None:
                 for e in events:
-                    if isinstance(e, dsml_models.ReasoningDelta):
+                    if isinstance(e, dsml_types.ReasoningDelta):
                         turn.reasoning.append(e.text)
                         await self.emit(ev.ReasoningDelta(step, e.text))
-                    elif isinstance(e, dsml_models.ContentDelta):
+                    elif isinstance(e, dsml_types.ContentDelta):
                         turn.content.append(e.text)
                         await self.emit(ev.TextDelta(step, e.text))
-                    elif isinstance(e, dsml_models.ToolCallStart):
+                    elif isinstance(e, dsml_types.ToolCallStart):
                         idx = offset + e.index
                         await self.emit(ev.ToolCallStart(step, idx, f"call_{step}_{idx}", e.name))
-                    elif isinstance(e, dsml_models.ParameterDelta):
+                    elif isinstance(e, dsml_types.ParameterDelta):
                         await self.emit(ev.ToolCallArgDelta(step, offset + e.index, e.name, e.text))
-                    elif isinstance(e, dsml_models.ToolCallEnd):
+                    elif isinstance(e, dsml_types.ToolCallEnd):
                         idx = offset + e.index
                         call = ToolCall(f"call_{step}_{idx}", e.call.name, dict(e.call.arguments))
                         await self.close_call(turn, disp, idx, call)
-                    elif isinstance(e, dsml_models.ToolCallTorn):
+                    elif isinstance(e, dsml_types.ToolCallTorn):
                         turn.parse_error = f"the output ended inside the call to {e.torn.name!r}"
                         await self.emit(ev.ErrorEvent(step, "torn_call", turn.parse_error))
-                    elif isinstance(e, dsml_models.ParseWarning):
+                    elif isinstance(e, dsml_types.ParseWarning):
                         await self.emit(ev.ErrorEvent(step, "parse_warning", e.message))
-                    elif isinstance(e, dsml_models.ParseError):
+                    elif isinstance(e, dsml_types.ParseError):
                         turn.parse_error = e.reason
                         await self.emit(ev.ErrorEvent(step, "parse_error", e.reason))
 
@@ -479,7 +479,7 @@ class Loop:
             return
         events = [*parser.feed("\n\n" + reasoning[start:]), *parser.close()]
         for e in events:
-            if isinstance(e, dsml_models.ToolCallEnd):
+            if isinstance(e, dsml_types.ToolCallEnd):
                 idx = len(turn.calls)
                 await self.close_call(
                     turn,

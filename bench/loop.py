@@ -27,10 +27,10 @@ import anyio
 from agentkit.tools.tool import tool
 
 from agentkit.agent import Agent
+from agentkit.backends import ScriptedModel
 from agentkit.dsml import render_assistant_turn
 from agentkit.events import Event, StepStart
 from agentkit.limits import Limits
-from agentkit.models import ScriptedModel
 
 
 @tool(name="noop")
@@ -101,8 +101,8 @@ def resume_bench(history_chars: list[int], tmp: str) -> list[tuple[int, int, flo
     from agentkit.runtime.model import V4Model
     from agentkit.runtime.tokenizer import AddedToken, Tokenizer
 
+    from agentkit.backends.embedded import EmbeddedModel
     from agentkit.dsml import ASSISTANT, BOS, DSML, EOS, THINK_END, THINK_START, USER
-    from agentkit.models.embedded import EmbeddedModel
     from agentkit.session import load_session
 
     torch.set_num_threads(1)

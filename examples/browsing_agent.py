@@ -35,10 +35,10 @@ from rich.console import Console
 from rich.markup import escape
 
 from agentkit import Agent
+from agentkit.backends import Model, ModelError, ModelRequest, ScriptedModel, resolve
+from agentkit.backends.scripted import scripted_turn
 from agentkit.cli import RunStats, stream_run
 from agentkit.messages import AssistantMessage, ToolMessage, UserMessage
-from agentkit.models import Model, ModelError, ModelRequest, ScriptedModel, resolve
-from agentkit.models.scripted import scripted_turn
 
 INSTRUCTIONS = (
     "You answer questions from web pages. Open the start URL, follow links and search pages with the "
@@ -163,7 +163,7 @@ def scripted_policy(req: ModelRequest) -> str:
 
 
 def make_model(spec: str | Model) -> Model:
-    """`scripted` is this file's offline stand-in; any other string goes to `agentkit.models.resolve`
+    """`scripted` is this file's offline stand-in; any other string goes to `agentkit.backends.resolve`
     (a malformed spec raises ValueError there, before anything starts)."""
     if spec == "scripted":
         return ScriptedModel([scripted_policy] * 12)

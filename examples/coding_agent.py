@@ -46,10 +46,10 @@ from rich.panel import Panel
 
 from agentkit import Agent, RunResult, open_sandbox
 from agentkit import events as ev
+from agentkit.backends import Model, ModelError, ModelRequest, ScriptedModel, resolve
+from agentkit.backends.scripted import scripted_turn
 from agentkit.cli import EventRenderer, RunStats
 from agentkit.messages import AssistantMessage, ToolMessage, UserMessage
-from agentkit.models import Model, ModelError, ModelRequest, ScriptedModel, resolve
-from agentkit.models.scripted import scripted_turn
 from agentkit.session import RunState
 
 TEST_COMMAND = "python3 -m unittest -v"
@@ -206,7 +206,7 @@ def scripted_policy(req: ModelRequest) -> str:
 
 
 def make_model(spec: str | Model) -> Model:
-    """`scripted` is this file's offline stand-in; any other string goes to `agentkit.models.resolve`
+    """`scripted` is this file's offline stand-in; any other string goes to `agentkit.backends.resolve`
     (a malformed spec raises ValueError there, before anything starts)."""
     if spec == "scripted":
         return ScriptedModel([scripted_policy] * 20)

@@ -25,7 +25,7 @@ from typing import Any
 
 import anyio
 
-from agentkit.models.embedded import EmbeddedModel
+from agentkit.backends.embedded import EmbeddedModel
 from agentkit.train.episodes import Episode, generate_async, load_jsonl
 from agentkit.train.loop_eval import Report, evaluate
 from agentkit.train.toolbox import all_tools

@@ -22,9 +22,9 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from agentkit import Agent, RunResult, tool
+from agentkit.backends import Model, ModelError, ModelRequest, ScriptedModel, resolve
+from agentkit.backends.scripted import scripted_turn
 from agentkit.messages import ToolMessage
-from agentkit.models import Model, ModelError, ModelRequest, ScriptedModel, resolve
-from agentkit.models.scripted import scripted_turn
 
 Zone = Literal["domestic", "eu", "world"]
 # Base price and price per started kilogram, in euro cents, by zone.
@@ -69,7 +69,7 @@ def scripted_policy(req: ModelRequest) -> str:
 
 
 def make_model(spec: str | Model) -> Model:
-    """`scripted` is this file's offline stand-in; any other string goes to `agentkit.models.resolve`
+    """`scripted` is this file's offline stand-in; any other string goes to `agentkit.backends.resolve`
     (a malformed spec raises ValueError there, before anything starts)."""
     if spec == "scripted":
         return ScriptedModel([scripted_policy] * 8)

@@ -20,10 +20,10 @@ from pydantic import BaseModel
 
 from agentkit import events as ev
 from agentkit.agent import Agent, RunError
+from agentkit.backends import ModelRequest, ScriptedModel
 from agentkit.dsml import encode_messages, render_assistant_turn
 from agentkit.limits import Limits, Pricing
 from agentkit.messages import AssistantMessage, ToolMessage, message_to_dict
-from agentkit.models import ModelRequest, ScriptedModel
 from agentkit.session import RunState
 
 MODE = {"off": "chat", "high": "thinking", "max": "thinking"}

@@ -17,10 +17,10 @@ from agentkit.tools.context import RunContext
 from agentkit.tools.tool import tool
 
 from agentkit.agent import Agent, RunError
+from agentkit.backends import ScriptedModel
 from agentkit.dsml import encode_messages, render_assistant_turn
 from agentkit.events import ApprovalRequired, ToolResult
 from agentkit.messages import ToolMessage, message_to_dict
-from agentkit.models import ScriptedModel
 from agentkit.session import RunState, save_session
 
 
@@ -63,7 +63,7 @@ RESUME_SRC = textwrap.dedent(
     """
     import json, sys
     from agentkit.agent import Agent
-    from agentkit.models import ScriptedModel
+    from agentkit.backends import ScriptedModel
     from agentkit.session import load_session
     from agent_def import delete_file, list_dir
 
@@ -230,7 +230,7 @@ CTRL_C_SRC = textwrap.dedent(
     import json, sys
     from agentkit.agent import Agent
     from agentkit.dsml import render_assistant_turn
-    from agentkit.models import ScriptedModel
+    from agentkit.backends import ScriptedModel
     from agentkit.tools.context import RunContext
     from agentkit.tools.tool import tool
 

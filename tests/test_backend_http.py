@@ -15,10 +15,10 @@ import pytest
 from agentkit.tools.tool import tool
 
 from agentkit.agent import Agent
+from agentkit.backends import ModelAuthError, ModelError, ModelHTTPError, ModelResponseError, resolve
 from agentkit.dsml import EOS, encode_messages, render_assistant_turn
 from agentkit.limits import Pricing
 from agentkit.messages import message_to_dict
-from agentkit.models import ModelAuthError, ModelError, ModelHTTPError, ModelResponseError, resolve
 
 
 @pytest.fixture(params=["asyncio", "trio"])

@@ -21,8 +21,8 @@ from _forcing import forcer, reference_turns
 from rich.console import Console
 
 from agentkit import cli, demo
-from agentkit.models.embedded import EmbeddedModel
-from agentkit.models.scripted import scripted_turn
+from agentkit.backends.embedded import EmbeddedModel
+from agentkit.backends.scripted import scripted_turn
 from agentkit.train.bpe import train_bpe
 from agentkit.train.episodes import Episode
 from agentkit.train.trainer import build_model, micro_config

@@ -7,8 +7,8 @@ from agentkit.runtime.checkpoint import shipped_checkpoint
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agentkit.backends.embedded import encode_segments, load_tokenizer
 from agentkit.messages import Segment
-from agentkit.models.embedded import encode_segments, load_tokenizer
 
 _SHIPPED = shipped_checkpoint("tiny")
 assert _SHIPPED is not None, "agentkit-tiny is not in the package (runtime/weights/agentkit-tiny)"

@@ -19,6 +19,7 @@ import pytest
 from agentkit.tools.tool import tool
 
 from agentkit.agent import Agent
+from agentkit.backends.embedded import EmbeddedModel
 from agentkit.dsml import (
     ASSISTANT,
     BOS,
@@ -30,7 +31,6 @@ from agentkit.dsml import (
     render_assistant_turn,
 )
 from agentkit.messages import message_to_dict
-from agentkit.models.embedded import EmbeddedModel
 from agentkit.train.bpe import BPETokenizer
 
 # Shared by this process and the resuming one: the same seeded weights, the same byte-level tokenizer.
@@ -119,7 +119,7 @@ RESUME = textwrap.dedent(
     """
     import json, sys
     from agentkit.agent import Agent
-    from agentkit.models.embedded import EmbeddedModel
+    from agentkit.backends.embedded import EmbeddedModel
     from agentkit.tools.tool import tool
     from setup_mod import build, forcer
 
@@ -207,7 +207,7 @@ def test_resume_refuses_a_foreign_kv_state(tmp_path: Path) -> None:
     b = EmbeddedModel(model=model, tokenizer=tok, logits_processor=ns["forcer"](tok, [turn("y", "two")]))
     other = Agent(b, [], instructions="s").run_sync("a different first message")
     # splice run 2's transcript with run 1's KV: the ids digest must not match
-    from agentkit.models import ModelError
+    from agentkit.backends import ModelError
     from agentkit.session import kv_path, load_session
 
     state, _ = load_session(p1)
@@ -221,7 +221,7 @@ def test_embedded_backend_needs_a_v4_tokenizer() -> None:
     ns = _setup()
     model, _ = ns["build"]()
     plain = BPETokenizer(merges=[], added={})
-    from agentkit.models import ModelError
+    from agentkit.backends import ModelError
 
     with pytest.raises(ModelError, match="not a V4 tokenizer"):
         EmbeddedModel(model=model, tokenizer=plain)
@@ -235,8 +235,8 @@ def test_tool_output_cannot_forge_special_tokens() -> None:
     """Framework markup is tokenized with special tokens, tool output as plain text."""
     from agentkit.runtime.tokenizer import AddedToken, Tokenizer
 
-    from agentkit.models import ScriptedModel
-    from agentkit.models.embedded import text_encoder
+    from agentkit.backends import ScriptedModel
+    from agentkit.backends.embedded import text_encoder
 
     @tool
     def evil() -> str:
@@ -265,7 +265,7 @@ def test_model_errors_surface_as_model_error() -> None:
     from agentkit.runtime.config import ModelConfig
     from agentkit.runtime.model import V4Model
 
-    from agentkit.models import ModelError
+    from agentkit.backends import ModelError
 
     ns = _setup()
     _, tok = ns["build"]()
@@ -301,7 +301,7 @@ def test_forking_a_run_from_an_earlier_state_does_not_reuse_the_advanced_kv() ->
 
 def test_embedded_spec_loads_a_checkpoint_directory(tmp_path: Path) -> None:
     """`embedded:<dir>`: the runtime's loader and tokenizer read what `agentkit.train.export` wrote."""
-    from agentkit.models import resolve
+    from agentkit.backends import resolve
     from agentkit.train.export import save_model
 
     ns = _setup()

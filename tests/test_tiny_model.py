@@ -48,7 +48,7 @@ def test_shipped_checkpoint_is_a_small_v4_checkpoint() -> None:
 
 
 def test_shipped_model_solves_a_heldout_subset_through_the_real_loop() -> None:
-    from agentkit.models.embedded import EmbeddedModel
+    from agentkit.backends.embedded import EmbeddedModel
 
     _shipped()
 

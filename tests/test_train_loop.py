@@ -14,7 +14,7 @@ import pytest
 import torch
 from _forcing import forcer, reference_turns
 
-from agentkit.models.embedded import EmbeddedModel
+from agentkit.backends.embedded import EmbeddedModel
 from agentkit.train.bpe import train_bpe
 from agentkit.train.episodes import Episode, generate
 from agentkit.train.families import FAMILIES

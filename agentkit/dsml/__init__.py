@@ -16,20 +16,6 @@ from .encode import (
     render_user_turn,
 )
 from .errors import DSMLEncodeError, DSMLParseError
-from .models import (
-    AssistantMessage,
-    ContentDelta,
-    Event,
-    ParameterDelta,
-    ParseError,
-    ParseWarning,
-    ReasoningDelta,
-    ToolCall,
-    ToolCallEnd,
-    ToolCallStart,
-    ToolCallTorn,
-    TornCall,
-)
 from .parse import parse_completion
 from .stream import StreamParser, merge_deltas
 from .tokens import (
@@ -46,6 +32,20 @@ from .tokens import (
     TOOL_CALLS_START,
     USER,
     ThinkingMode,
+)
+from .types import (
+    AssistantMessage,
+    ContentDelta,
+    Event,
+    ParameterDelta,
+    ParseError,
+    ParseWarning,
+    ReasoningDelta,
+    ToolCall,
+    ToolCallEnd,
+    ToolCallStart,
+    ToolCallTorn,
+    TornCall,
 )
 
 __all__ = [

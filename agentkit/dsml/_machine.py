@@ -12,7 +12,8 @@ from typing import Any
 
 from .calls import build_call
 from .errors import DSMLParseError
-from .models import (
+from .tokens import DSML
+from .types import (
     ContentDelta,
     Event,
     ParameterDelta,
@@ -25,7 +26,6 @@ from .models import (
     ToolCallTorn,
     TornCall,
 )
-from .tokens import DSML
 
 
 def held_suffix(text: str, start: int, markers: Iterable[str]) -> int:

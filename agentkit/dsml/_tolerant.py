@@ -23,8 +23,8 @@ from __future__ import annotations
 from ._machine import _Base
 from .calls import decode_json_value
 from .lexer import PARTIAL, Tag, match_tag
-from .models import ParameterDelta
 from .tokens import BOS, EOS, THINK_END, THINK_START
+from .types import ParameterDelta
 
 _SPECIALS = (THINK_END, EOS, BOS, THINK_START)
 _BLOCK_NAMES = ("tool_calls", "function_calls")

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from .errors import DSMLParseError
-from .models import ToolCall, to_json
+from .types import ToolCall, to_json
 
 
 def decode_json_value(raw: str) -> tuple[bool, Any]:

@@ -18,7 +18,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .errors import DSMLEncodeError
-from .models import ToolCall, to_json
 from .tokens import (
     ASSISTANT,
     BOS,
@@ -39,6 +38,7 @@ from .tokens import (
     TOOLS_SECTION_TEMPLATE,
     USER,
 )
+from .types import ToolCall, to_json
 
 Message = Mapping[str, Any]
 

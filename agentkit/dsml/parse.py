@@ -21,10 +21,10 @@ chunking, so the two cannot drift.
 from __future__ import annotations
 
 from .errors import DSMLParseError
-from .models import AssistantMessage
 from .skeleton import Skeleton
 from .stream import StreamParser
 from .strict import parse_strict
+from .types import AssistantMessage
 
 
 def parse_completion(text: str, thinking_mode: str, *, strict: bool = True) -> AssistantMessage:

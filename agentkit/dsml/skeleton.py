@@ -35,8 +35,8 @@ from lxml import etree
 
 from .calls import build_call
 from .errors import DSMLParseError
-from .models import ToolCall, TornCall
 from .tokens import DSML
+from .types import ToolCall, TornCall
 
 BLOCK_TAG = f"{DSML}tool_calls"
 INVOKE_TAG = f"{DSML}invoke"

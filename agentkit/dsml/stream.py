@@ -37,14 +37,6 @@ from collections.abc import Callable, Iterable
 from ._machine import held_suffix
 from ._tolerant import _TolerantStates
 from .errors import DSMLParseError
-from .models import (
-    AssistantMessage,
-    ContentDelta,
-    Event,
-    ParameterDelta,
-    ParseError,
-    ReasoningDelta,
-)
 from .strict import invoke_name
 from .tokens import (
     BOS,
@@ -58,6 +50,14 @@ from .tokens import (
     THINK_START,
     TOOL_CALLS_CLOSE,
     TOOL_CALLS_START,
+)
+from .types import (
+    AssistantMessage,
+    ContentDelta,
+    Event,
+    ParameterDelta,
+    ParseError,
+    ReasoningDelta,
 )
 
 __all__ = ["StreamParser", "held_suffix", "merge_deltas"]

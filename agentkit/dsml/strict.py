@@ -25,7 +25,6 @@ the end once per invoke.
 from __future__ import annotations
 
 from .errors import DSMLParseError
-from .models import AssistantMessage, ToolCall
 from .skeleton import Skeleton
 from .tokens import (
     EOS,
@@ -38,6 +37,7 @@ from .tokens import (
     TOOL_CALLS_CLOSE,
     TOOL_CALLS_START,
 )
+from .types import AssistantMessage, ToolCall
 
 _STR_TRUE = '" string="true">'
 _STR_FALSE = '" string="false">'

@@ -21,10 +21,10 @@ from typing import Any, Literal, Protocol
 
 import anyio
 
+from agentkit.backends.base import Chunk, Finish, ModelError, ModelRequest, RawText
 from agentkit.dsml.tokens import EOS
 from agentkit.limits import Pricing
 from agentkit.messages import Segment, Transcript
-from agentkit.models.base import Chunk, Finish, ModelError, ModelRequest, RawText
 
 KV_FORMAT = "agentkit-embedded-kv/1"
 

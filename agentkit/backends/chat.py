@@ -12,11 +12,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from agentkit.dsml.models import to_json
-from agentkit.dsml.tokens import RESPONSE_FORMAT_TEMPLATE
-from agentkit.messages import AssistantMessage, ToolMessage, message_to_dict
-from agentkit.models._http import HTTPBackend, first_choice, usage_numbers
-from agentkit.models.base import (
+from agentkit.backends._http import HTTPBackend, first_choice, usage_numbers
+from agentkit.backends.base import (
     Chunk,
     ContentChunk,
     Finish,
@@ -25,6 +22,9 @@ from agentkit.models.base import (
     ReasoningChunk,
     ToolCallChunk,
 )
+from agentkit.dsml.tokens import RESPONSE_FORMAT_TEMPLATE
+from agentkit.dsml.types import to_json
+from agentkit.messages import AssistantMessage, ToolMessage, message_to_dict
 
 DEEPSEEK_BASE_URL = "https://api.deepseek.com"
 

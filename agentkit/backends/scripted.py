@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 import anyio
 
+from agentkit.backends.base import Chunk, Finish, ModelError, ModelRequest, RawText
 from agentkit.limits import Pricing
-from agentkit.models.base import Chunk, Finish, ModelError, ModelRequest, RawText
 
 Script = str | Callable[[ModelRequest], str]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agentkit.models.base import (
+from agentkit.backends.base import (
     Chunk,
     ContentChunk,
     Finish,
@@ -24,21 +24,21 @@ from agentkit.models.base import (
     ThinkingMode,
     ToolCallChunk,
 )
-from agentkit.models.scripted import ScriptedModel
+from agentkit.backends.scripted import ScriptedModel
 
 KINDS = ("scripted", "completions", "chat", "deepseek", "embedded")
 _LAZY = {
-    "CompletionsModel": "agentkit.models.completions",
-    "ChatModel": "agentkit.models.chat",
-    "EmbeddedModel": "agentkit.models.embedded",
+    "CompletionsModel": "agentkit.backends.completions",
+    "ChatModel": "agentkit.backends.chat",
+    "EmbeddedModel": "agentkit.backends.embedded",
 }
 
 
 def __getattr__(name: str) -> Any:
-    """Backends import on first use, so `import agentkit.models` never pulls in httpx or torch."""
+    """Backends import on first use, so `import agentkit.backends` never pulls in httpx or torch."""
     module = _LAZY.get(name)
     if module is None:
-        raise AttributeError(f"module 'agentkit.models' has no attribute {name!r}")
+        raise AttributeError(f"module 'agentkit.backends' has no attribute {name!r}")
     import importlib
 
     return getattr(importlib.import_module(module), name)
@@ -80,24 +80,24 @@ def resolve(spec: str | Model, **kwargs: Any) -> Model:
     if not sep or not rest:
         raise ValueError(f"model spec {spec!r} must be '<kind>:<target>' with kind one of {KINDS}")
     if kind == "completions":
-        from agentkit.models.completions import CompletionsModel
+        from agentkit.backends.completions import CompletionsModel
 
         url, model = _split_url_model(kind, rest)
         return CompletionsModel(url, model, **kwargs)
     if kind == "chat":
-        from agentkit.models.chat import ChatModel
+        from agentkit.backends.chat import ChatModel
 
         url, model = _split_url_model(kind, rest)
         return ChatModel(url, model, flavor="openai", **kwargs)
     if kind == "deepseek":
-        from agentkit.models.chat import DEEPSEEK_BASE_URL, ChatModel
+        from agentkit.backends.chat import DEEPSEEK_BASE_URL, ChatModel
 
         kwargs.setdefault("api_key_env", "DEEPSEEK_API_KEY")
         kwargs.setdefault("require_key", True)
         base = kwargs.pop("base_url", DEEPSEEK_BASE_URL)
         return ChatModel(base, rest, flavor="deepseek", **kwargs)
     if kind == "embedded":
-        from agentkit.models.embedded import EmbeddedModel
+        from agentkit.backends.embedded import EmbeddedModel
 
         return EmbeddedModel(rest, **kwargs)
     raise ValueError(f"unknown model kind {kind!r} in {spec!r}; expected one of {KINDS}")

@@ -17,8 +17,8 @@ import anyio
 import httpx
 from anyio.lowlevel import RunVar
 
+from agentkit.backends.base import ModelAuthError, ModelError, ModelHTTPError, ModelResponseError
 from agentkit.limits import Pricing
-from agentkit.models.base import ModelAuthError, ModelError, ModelHTTPError, ModelResponseError
 
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from agentkit.models._http import HTTPBackend, first_choice, usage_numbers
-from agentkit.models.base import Chunk, Finish, ModelRequest, ModelResponseError, RawText
+from agentkit.backends._http import HTTPBackend, first_choice, usage_numbers
+from agentkit.backends.base import Chunk, Finish, ModelRequest, ModelResponseError, RawText
 
 
 class CompletionsModel(HTTPBackend):
