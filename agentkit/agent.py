@@ -15,17 +15,16 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import anyio
-from pydantic import TypeAdapter, ValidationError
 
 from agentkit import events as ev
 from agentkit.backends import Model, resolve
 from agentkit.backends.base import check_thinking, encoder_mode
 from agentkit.dsml import encode as dsml_encode
-from agentkit.dsml.stream import StreamParser
 from agentkit.limits import Limits, Usage
-from agentkit.loop import Approver, Emit, Loop, extract_json
+from agentkit.loop import Approver, Emit, Loop
 from agentkit.messages import Message, SystemMessage, ToolCall, Transcript, UserMessage, message_to_dict
-from agentkit.session import RunState, load_session, save_session
+from agentkit.output import OutputSpec
+from agentkit.session import RunState, StepRecord, load_session, save_session
 
 DepsT = TypeVar("DepsT")
 OutputT = TypeVar("OutputT")
@@ -62,6 +61,11 @@ class RunResult(Generic[OutputT]):
     @property
     def pending_approvals(self) -> list[ToolCall]:
         return self.state.pending_calls
+
+    @property
+    def steps(self) -> list[StepRecord]:
+        """Per-step records: each model call's tokens, latency and finish, each tool call's outcome."""
+        return self.state.steps
 
 
 async def _ignore(_: ev.Event) -> None:
@@ -110,34 +114,18 @@ class Agent(Generic[DepsT, OutputT]):
             self.tools[obj.name] = obj
         self.tool_schemas = [t.openai_schema() for t in self.tools.values()]
         self.output_type = output_type
-        self.output_adapter: TypeAdapter[Any] | None = None
-        self.output_schema: dict[str, Any] | None = None
+        self.output: OutputSpec | None = None
         if output_type is not None and output_type is not str:
-            self.output_adapter = TypeAdapter(output_type)
-            self.output_schema = self.output_adapter.json_schema()
+            self.output = OutputSpec(output_type)
 
-    # -- pieces the loop asks for -----------------------------------------------------------------
-
-    def stream_parser(self, mode: str) -> Any:
-        return StreamParser(mode, strict=False)
-
-    def validate_output(self, text: str) -> str | None:
-        assert self.output_adapter is not None
-        try:
-            self.output_adapter.validate_json(extract_json(text))
-        except ValidationError as exc:
-            return str(exc)
-        return None
+    @property
+    def output_schema(self) -> dict[str, Any] | None:
+        return self.output.schema if self.output is not None else None
 
     def parse_output(self, text: str | None) -> Any:
-        if text is None:
-            return None
-        if self.output_adapter is None:
+        if self.output is None:
             return text
-        try:
-            return self.output_adapter.validate_json(extract_json(text))
-        except ValidationError:
-            return None
+        return self.output.parse(text)
 
     def initial_messages(self, task: str) -> list[Message]:
         system = SystemMessage(self.instructions, self.tool_schemas or None, self.output_schema)

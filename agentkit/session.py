@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,63 @@ class BlockResult:
     content: str
     is_error: bool
     error_kind: str | None = None
+
+
+@dataclass(slots=True)
+class ModelRecord:
+    """One model call: tokens (prompt, of them served from cache, actually prefilled, generated),
+    wall time to the first chunk and to the end, and why it ended ("stop" or "length")."""
+
+    prompt_tokens: int
+    cached_tokens: int
+    prefilled_tokens: int
+    completion_tokens: int
+    first_chunk_s: float | None
+    latency_s: float
+    finish_reason: str
+
+
+@dataclass(slots=True)
+class ToolRecord:
+    """One tool call's outcome: what was asked, how long it ran, and whether (and how) it failed."""
+
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+    duration_s: float
+    is_error: bool
+    error_kind: str | None = None
+
+
+@dataclass(slots=True)
+class StepRecord:
+    """A step as it happened: its model call and its tool calls (in the order their results landed).
+
+    The per-step view of cost and latency; the flat message list stays the conversation itself.
+    """
+
+    step: int
+    started_at: float  # seconds since the epoch
+    model: ModelRecord | None = None
+    tools: list[ToolRecord] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "started_at": self.started_at,
+            "model": None if self.model is None else asdict(self.model),
+            "tools": [asdict(t) for t in self.tools],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StepRecord:
+        model = data.get("model")
+        return cls(
+            step=int(data["step"]),
+            started_at=float(data["started_at"]),
+            model=None if model is None else ModelRecord(**model),
+            tools=[ToolRecord(**t) for t in data.get("tools", [])],
+        )
 
 
 @dataclass(slots=True)
@@ -56,6 +113,7 @@ class RunState:
     note: str | None = None  # framework text to send in the next user turn (limit, validation, task)
     baseline: dict[str, float] = field(default_factory=dict)  # step/usage at the start of this run
     has_kv: bool = False
+    steps: list[StepRecord] = field(default_factory=list)  # per-step records, every run of this state
 
     @property
     def pending_calls(self) -> list[ToolCall]:
@@ -88,6 +146,7 @@ class RunState:
             "note": self.note,
             "baseline": dict(self.baseline),
             "has_kv": self.has_kv,
+            "steps": [r.to_dict() for r in self.steps],
         }
 
     def to_json(self) -> str:
@@ -129,6 +188,7 @@ class RunState:
                 note=data.get("note"),
                 baseline={str(k): float(v) for k, v in data.get("baseline", {}).items()},
                 has_kv=bool(data.get("has_kv", False)),
+                steps=[StepRecord.from_dict(r) for r in data.get("steps", [])],
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             if isinstance(exc, SessionError):

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentkit.limits import Limits, Pricing, Usage
-from agentkit.loop import extract_json
+from agentkit.output import extract_json
 from agentkit.messages import (
     AssistantMessage,
     SystemMessage,

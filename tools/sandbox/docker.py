@@ -31,6 +31,7 @@ import anyio
 import anyio.lowlevel
 
 from . import _docker_exec, _proc
+from ._engine import docker_client
 from ._files import Tree
 from .base import DEFAULT_READ_LIMIT, ClosesOnExit, ExecResult, FileTooLarge, SandboxError, SandboxUnavailable
 from .reaper import make_labels, maybe_reap
@@ -86,20 +87,6 @@ class DockerConfig:
     def key(self) -> str:
         """Stable identity of the container shape (the pool label)."""
         return uuid.uuid5(uuid.NAMESPACE_OID, repr(replace(self, env=dict(sorted(self.env.items()))))).hex
-
-
-def docker_client() -> Any:
-    """A client whose engine answers, or SandboxUnavailable saying why not."""
-    try:
-        import docker
-    except ImportError as e:  # pragma: no cover - docker is a hard dependency
-        raise SandboxUnavailable("the `docker` Python package is not installed") from e
-    try:
-        client = docker.from_env(timeout=60)
-        client.ping()
-    except Exception as e:
-        raise SandboxUnavailable(f"no Docker engine answers ({e}); start dockerd or use bwrap") from e
-    return client
 
 
 def _uid_gid(user: str) -> tuple[str, str]:

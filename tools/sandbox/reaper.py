@@ -203,7 +203,7 @@ def collect_garbage(*, docker: bool = True, bwrap: bool = True, dry_run: bool = 
     report = Report()
     if docker:
         try:
-            from .docker import docker_client
+            from ._engine import docker_client
 
             client = docker_client()
         except Exception as e:

@@ -1,0 +1,194 @@
+"""One assistant turn out of a backend's chunk stream, whatever shape the backend streams in.
+
+Text backends stream raw DSML; the tolerant StreamParser finds the reasoning, the content and each tool
+call in it. Chat backends stream reasoning and content apart, plus structured tool-call deltas (OpenAI
+style: the pieces of one call share an index, and a call is complete when a later index starts or the
+stream ends); their content may itself carry DSML, which the parser heals into calls. Both shapes come
+out as the same run events and the same `Turn`, and every call is handed to `on_call` the moment it
+closes, so the loop can start it while the model is still writing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentkit import events as ev
+from agentkit.dsml import types as dsml_types
+from agentkit.dsml.stream import StreamParser
+from agentkit.messages import ToolCall
+
+from .base import Chunk, ContentChunk, Finish, RawText, ReasoningChunk, ToolCallChunk
+
+Emit = Callable[[ev.Event], Awaitable[None]]
+OnCall = Callable[[int, ToolCall], None]
+
+
+@dataclass(slots=True)
+class Turn:
+    """What one model call produced: its raw text (text backends), reasoning, content and calls."""
+
+    raw: list[str] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    content: list[str] = field(default_factory=list)
+    calls: list[ToolCall] = field(default_factory=list)
+    finish: Finish | None = None
+    parse_error: str | None = None
+    first_chunk_s: float | None = None  # seconds from the request to the first chunk
+
+
+@dataclass(slots=True)
+class _ChatCall:
+    """A structured call being assembled from deltas (chat backends)."""
+
+    id: str | None = None
+    name: str | None = None
+    arguments: list[str] = field(default_factory=list)
+    started: bool = False
+
+
+def stream_parser(mode: str) -> StreamParser:
+    """The parser every backend's DSML goes through: tolerant (real V4 output is not always canonical)."""
+    return StreamParser(mode, strict=False)
+
+
+class TurnAssembler:
+    """Feed it chunks; it fills `turn`, emits the run's events and reports each call as it closes."""
+
+    def __init__(self, step: int, mode: str, emit: Emit, on_call: OnCall) -> None:
+        self.step = step
+        self.mode = mode
+        self.turn = Turn()
+        self._emit = emit
+        self._on_call = on_call
+        self._t0 = time.monotonic()
+        self._text: StreamParser | None = None
+        self._content: StreamParser | None = None
+        self._chat: dict[int, _ChatCall] = {}
+
+    async def feed(self, chunk: Chunk) -> None:
+        turn = self.turn
+        if turn.first_chunk_s is None:
+            turn.first_chunk_s = time.monotonic() - self._t0
+        if isinstance(chunk, RawText):
+            if self._text is None:
+                self._text = stream_parser(self.mode)
+            turn.raw.append(chunk.text)
+            if chunk.token_ids:
+                turn.token_ids.extend(chunk.token_ids)
+            await self._parsed(self._text.feed(chunk.text), 0)
+        elif isinstance(chunk, ReasoningChunk):
+            turn.reasoning.append(chunk.text)
+            await self._emit(ev.ReasoningDelta(self.step, chunk.text))
+        elif isinstance(chunk, ContentChunk):
+            if self._content is None:
+                self._content = stream_parser("chat")
+            await self._parsed(self._content.feed(chunk.text), len(turn.calls))
+        elif isinstance(chunk, ToolCallChunk):
+            await self._chat_delta(chunk)
+        elif isinstance(chunk, Finish):
+            turn.finish = chunk
+
+    async def close(self) -> Turn:
+        """The stream ended: flush the parsers, close open chat calls, heal calls left in reasoning."""
+        turn = self.turn
+        if self._text is not None:
+            await self._parsed(self._text.close(), 0)
+        if self._content is not None:
+            await self._parsed(self._content.close(), len(turn.calls))
+        for index in sorted(self._chat):
+            await self._close_chat_call(index)
+        if not turn.calls and any("DSML" in r for r in turn.reasoning):
+            await self._heal_from_reasoning()
+        return turn
+
+    def _from_parser(self, index: int, parsed: Any) -> ToolCall:
+        return ToolCall(f"call_{self.step}_{index}", parsed.name, dict(parsed.arguments))
+
+    async def _call_closed(self, index: int, call: ToolCall) -> None:
+        self.turn.calls.append(call)
+        await self._emit(ev.ToolCallEnd(self.step, index, call))
+        self._on_call(index, call)
+
+    async def _parsed(self, events: list[Any], offset: int) -> None:
+        turn, step = self.turn, self.step
+        for e in events:
+            if isinstance(e, dsml_types.ReasoningDelta):
+                turn.reasoning.append(e.text)
+                await self._emit(ev.ReasoningDelta(step, e.text))
+            elif isinstance(e, dsml_types.ContentDelta):
+                turn.content.append(e.text)
+                await self._emit(ev.TextDelta(step, e.text))
+            elif isinstance(e, dsml_types.ToolCallStart):
+                idx = offset + e.index
+                await self._emit(ev.ToolCallStart(step, idx, f"call_{step}_{idx}", e.name))
+            elif isinstance(e, dsml_types.ParameterDelta):
+                await self._emit(ev.ToolCallArgDelta(step, offset + e.index, e.name, e.text))
+            elif isinstance(e, dsml_types.ToolCallEnd):
+                idx = offset + e.index
+                await self._call_closed(
+                    idx, ToolCall(f"call_{step}_{idx}", e.call.name, dict(e.call.arguments))
+                )
+            elif isinstance(e, dsml_types.ToolCallTorn):
+                turn.parse_error = f"the output ended inside the call to {e.torn.name!r}"
+                await self._emit(ev.ErrorEvent(step, "torn_call", turn.parse_error))
+            elif isinstance(e, dsml_types.ParseWarning):
+                await self._emit(ev.ErrorEvent(step, "parse_warning", e.message))
+            elif isinstance(e, dsml_types.ParseError):
+                turn.parse_error = e.reason
+                await self._emit(ev.ErrorEvent(step, "parse_error", e.reason))
+
+    async def _chat_delta(self, chunk: ToolCallChunk) -> None:
+        for other in [i for i in self._chat if i < chunk.index]:
+            await self._close_chat_call(other)
+        call = self._chat.setdefault(chunk.index, _ChatCall())
+        call.id = call.id or chunk.id
+        call.name = call.name or chunk.name
+        index = len(self.turn.calls)
+        if not call.started and call.name:
+            call.started = True
+            await self._emit(
+                ev.ToolCallStart(self.step, index, call.id or f"call_{self.step}_{index}", call.name)
+            )
+        if chunk.arguments:
+            call.arguments.append(chunk.arguments)
+            await self._emit(ev.ToolCallArgDelta(self.step, index, None, chunk.arguments))
+
+    async def _close_chat_call(self, key: int) -> None:
+        part = self._chat.pop(key)
+        raw = "".join(part.arguments) or "{}"
+        try:
+            args = json.loads(raw)
+        except json.JSONDecodeError:
+            args = None
+        index = len(self.turn.calls)
+        call = ToolCall(
+            part.id or f"call_{self.step}_{index}",
+            part.name or "",
+            args if isinstance(args, dict) else {},
+            None if isinstance(args, dict) else raw,
+        )
+        await self._call_closed(index, call)
+
+    async def _heal_from_reasoning(self) -> None:
+        """A model sometimes writes its tool block before `</think>`: recover the calls from there."""
+        turn = self.turn
+        reasoning = "".join(turn.reasoning)
+        start = reasoning.find("<")
+        while start != -1 and "DSML" not in reasoning[start : start + 12]:
+            start = reasoning.find("<", start + 1)
+        if start == -1:
+            return
+        parser = stream_parser("chat")
+        for e in [*parser.feed("\n\n" + reasoning[start:]), *parser.close()]:
+            if isinstance(e, dsml_types.ToolCallEnd):
+                idx = len(turn.calls)
+                await self._call_closed(
+                    idx, ToolCall(f"call_{self.step}_{idx}", e.call.name, dict(e.call.arguments))
+                )
+        if turn.calls:
+            turn.reasoning = [reasoning[:start].rstrip()]

@@ -1,0 +1,206 @@
+"""Tool calls from the moment they close to their results: eager start, ordering, approvals, failures.
+
+`Dispatcher` starts each call as soon as the stream assembler closes it, while the model is still
+writing the rest of the block; calls run concurrently in the step's task group, except around tools
+marked `sequential`. `ToolRunner` turns one call into a result the model can read, whatever happens:
+an unknown tool, a tool past its retry budget, a denial, bad arguments, an exception or a timeout all
+become results, and failures are counted per tool and per identical call so the model is told when it
+keeps repeating one. Nothing here knows how the model streams or how results enter the transcript.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+
+from agentkit import events as ev
+from agentkit.limits import Limits
+from agentkit.messages import ToolCall
+from agentkit.session import BlockResult, RunState, ToolRecord
+
+if TYPE_CHECKING:
+    from agentkit.tools.context import RunContext
+    from agentkit.tools.tool import Tool
+
+Approver = Callable[[ToolCall], "bool | str | Awaitable[bool | str]"]
+
+REPEAT_NOTE = (
+    "\n\n[agentkit] This exact call has now failed {count} times with the same arguments. Do not repeat "
+    "it unchanged: fix the arguments or try a different approach."
+)
+BUDGET_NOTE = (
+    "Tool `{name}` has failed {count} times in this run, which exhausts its retry budget; it was not run. "
+    "Continue without it."
+)
+
+
+class ToolRunner:
+    """Runs calls of one run to results, records them in the run state and reports them as events."""
+
+    def __init__(
+        self,
+        state: RunState,
+        tools: dict[str, Tool],
+        limits: Limits,
+        approver: Approver | None,
+        ctx: RunContext[Any],
+        emit_soon: Callable[[ev.Event], None],
+    ) -> None:
+        self.state = state
+        self.tools = tools
+        self.limits = limits
+        self.approver = approver
+        self.ctx = ctx
+        self.emit_soon = emit_soon
+
+    def calls_this_run(self) -> int:
+        return self.state.usage.tool_calls - int(self.state.baseline.get("tool_calls", 0))
+
+    async def execute(self, index: int, call: ToolCall) -> None:
+        """Run one call to a result; every failure becomes a result the model can read."""
+        from agentkit.tools.tool import ToolOutcome
+
+        st = self.state
+        tool = self.tools.get(call.name)
+        t0 = time.monotonic()
+        kind: str | None
+        if tool is None:
+            out = ToolOutcome.unknown_tool(call.name, self.tools)
+            content, is_error, kind = out.content, True, out.error_kind
+        elif st.tool_failures.get(call.name, 0) >= tool.retries + self.limits.max_tool_failures:
+            count = st.tool_failures[call.name]
+            content, is_error, kind = BUDGET_NOTE.format(name=call.name, count=count), True, "retry_budget"
+        else:
+            if tool.requires_approval and self.approver is not None:
+                decision = self.approver(call)
+                if inspect.isawaitable(decision):
+                    decision = await decision
+                if decision is not True:
+                    self.deny(index, call, decision)
+                    return
+            if call.raw_arguments is not None:
+                content = (
+                    f"Arguments for `{call.name}` must be a JSON object of named parameters; "
+                    f"got: {call.raw_arguments[:200]}"
+                )
+                is_error, kind = True, "validation"
+            else:
+                outcome = await tool.invoke(call.arguments, self.ctx, tool_call_id=call.id)
+                content, is_error, kind = outcome.content, outcome.is_error, outcome.error_kind
+        self.finish(index, call, content, is_error, kind, time.monotonic() - t0)
+
+    def deny(self, index: int, call: ToolCall, decision: bool | str) -> None:
+        from agentkit.tools.tool import ToolOutcome
+
+        denied = ToolOutcome.denied(call.name, decision if isinstance(decision, str) else "")
+        self.finish(index, call, denied.content, True, "denied")
+
+    def finish(
+        self,
+        index: int,
+        call: ToolCall,
+        content: str,
+        is_error: bool,
+        kind: str | None,
+        duration_s: float = 0.0,
+    ) -> None:
+        """Count the outcome (failures per tool and per identical call), then store it."""
+        st = self.state
+        if is_error and kind not in ("denied", "cancelled"):
+            st.tool_failures[call.name] = st.tool_failures.get(call.name, 0) + 1
+            sig = call.signature()
+            count = st.failing_calls.get(sig, 0) + 1
+            st.failing_calls[sig] = count
+            if count >= self.limits.identical_failure_threshold:
+                content += REPEAT_NOTE.format(count=count)
+        elif not is_error:
+            st.tool_failures.pop(call.name, None)
+        self.store(index, call, content, is_error, kind, duration_s)
+
+    def store(
+        self,
+        index: int,
+        call: ToolCall,
+        content: str,
+        is_error: bool,
+        kind: str | None,
+        duration_s: float = 0.0,
+    ) -> None:
+        st = self.state
+        st.block_results[index] = BlockResult(content, is_error, kind)
+        if st.steps:
+            st.steps[-1].tools.append(
+                ToolRecord(call.id, call.name, dict(call.arguments), duration_s, is_error, kind)
+            )
+        self.emit_soon(ev.ToolResult(st.step, index, call.id, call.name, content, is_error, kind))
+
+    async def resolve_pending(self, approvals: dict[str, bool | str]) -> None:
+        """Apply approve/deny decisions to the paused block, running the approved calls together."""
+        st = self.state
+        async with anyio.create_task_group() as tg:
+            for index in list(st.pending):
+                call = st.block[index]
+                decision = approvals[call.id]
+                if decision is True:
+                    st.usage.tool_calls += 1
+                    tg.start_soon(self.execute, index, call)
+                else:
+                    self.deny(index, call, decision)
+        st.pending = []
+
+
+class Dispatcher:
+    """Starts calls as they close; runs them concurrently except around `sequential` tools."""
+
+    def __init__(
+        self, runner: ToolRunner, tg: anyio.abc.TaskGroup, enabled: bool, wake: Callable[[], None]
+    ) -> None:
+        self.runner = runner
+        self.tg = tg
+        self.enabled = enabled
+        self._wake = wake
+        self._done: list[anyio.Event] = []
+        self._last_sequential: anyio.Event | None = None
+        self.active = 0
+
+    def submit(self, index: int, call: ToolCall) -> None:
+        runner = self.runner
+        st = runner.state
+        st.block.append(call)
+        if not self.enabled:
+            return
+        tool = runner.tools.get(call.name)
+        limit = runner.limits.max_tool_calls
+        if limit is not None and runner.calls_this_run() >= limit:
+            runner.store(index, call, "Not run: the run's tool-call limit was reached.", True, "limit")
+            return
+        if tool is not None and tool.requires_approval and runner.approver is None:
+            st.pending.append(index)
+            runner.emit_soon(ev.ApprovalRequired(st.step, call))
+            return
+        st.usage.tool_calls += 1
+        done = anyio.Event()
+        sequential = tool is not None and tool.sequential
+        waits = list(self._done) if sequential else []
+        if self._last_sequential is not None:
+            waits.append(self._last_sequential)
+        self._done.append(done)
+        if sequential:
+            self._last_sequential = done
+        self.active += 1
+        self.tg.start_soon(self._run, index, call, waits, done)
+
+    async def _run(self, index: int, call: ToolCall, waits: list[anyio.Event], done: anyio.Event) -> None:
+        try:
+            for w in waits:
+                await w.wait()
+            await self.runner.execute(index, call)
+        finally:
+            self.active -= 1
+            done.set()
+            self._wake()
