@@ -146,7 +146,9 @@ async def test_scalar_coercion_matches_pydantic_lax(value: Any) -> None:
         out = await _echo_tool(annotation).invoke({"v": value})
         assert out.is_error is (not ok), (annotation, value, out.content)
         if ok:
-            assert out.value["v"] == expected
+            got = out.value["v"]
+            # text like "nan" or "-inf" is a valid float in lax mode, and nan != nan
+            assert got == expected or (got != got and expected != expected), (annotation, value)
 
 
 @FAST
