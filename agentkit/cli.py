@@ -1,147 +1,23 @@
 """The `agentkit` command: `demo`, `run "<task>"`, `sandbox gc`.
 
-The terminal view is a thin consumer of the run's event stream: the same events a library user gets from
-`agent.stream()`, rendered with rich (thinking dimmed, tool calls as calls with their arguments, tool
-results, the final answer, tokens/s). Nothing here knows which backend produced the events.
+Argument parsing and dispatch only: what `demo` and `run` do is `agentkit.demo`, imported when one of them
+is asked for, and the terminal view of a run is `agentkit.terminal` (re-exported here, where the examples
+import it from).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 import anyio
 from rich.console import Console
 from rich.markup import escape
-from rich.panel import Panel
-from rich.table import Table
 
-from agentkit import events as ev
+from agentkit.terminal import EventRenderer, RunStats, stream_run, summary_table
 
-
-@dataclass(slots=True)
-class RunStats:
-    """What the renderer measured for one run (shown per task and summed in the demo's table)."""
-
-    task: str
-    status: str = "?"
-    answer: str | None = None
-    expected: str | None = None
-    steps: int = 0
-    tool_calls: int = 0
-    completion_tokens: int = 0
-    seconds: float = 0.0
-    errors: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        if self.status != "completed":
-            return False
-        if self.expected is None:
-            return True
-        return (self.answer or "").strip() == self.expected.strip()
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
-
-
-class EventRenderer:
-    """Streams one run's events to the console as they arrive."""
-
-    def __init__(self, console: Console, stats: RunStats) -> None:
-        self.console = console
-        self.stats = stats
-        self._mode: str | None = None  # "reasoning" | "text" while a delta run is open
-
-    def _close_line(self) -> None:
-        if self._mode is not None:
-            self.console.print()
-            self._mode = None
-
-    def _delta(self, mode: str, text: str, style: str) -> None:
-        if self._mode != mode:
-            self._close_line()
-            label = "thinking" if mode == "reasoning" else "answer"
-            self.console.print(f"[{style} bold]{label}:[/] ", end="")
-            self._mode = mode
-        self.console.print(escape(text), style=style, end="", soft_wrap=True, highlight=False)
-
-    def __call__(self, event: ev.Event) -> None:
-        s = self.stats
-        if isinstance(event, ev.StepStart):
-            self._close_line()
-            self.console.rule(f"[dim]step {event.step}", style="dim")
-        elif isinstance(event, ev.ReasoningDelta):
-            self._delta("reasoning", event.text, "dim italic")
-        elif isinstance(event, ev.TextDelta):
-            self._delta("text", event.text, "bold green")
-        elif isinstance(event, ev.ToolCallEnd):
-            self._close_line()
-            args = ", ".join(
-                f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in event.call.arguments.items()
-            )
-            self.console.print(f"[bold cyan]call[/] [cyan]{escape(event.call.name)}[/]({escape(args)})")
-            s.tool_calls += 1
-        elif isinstance(event, ev.ToolResult):
-            self._close_line()
-            style = "red" if event.is_error else "yellow"
-            body = event.content if len(event.content) <= 400 else event.content[:400] + " …"
-            self.console.print(f"[{style}]result[/] [dim]{escape(event.name)}:[/] {escape(body)}")
-        elif isinstance(event, ev.ApprovalRequired):
-            self._close_line()
-            self.console.print(f"[magenta]approval needed[/] for {escape(event.call.name)} ({event.call.id})")
-        elif isinstance(event, ev.ErrorEvent):
-            self._close_line()
-            self.console.print(f"[red]error ({escape(event.error_kind)}):[/] {escape(event.message)}")
-            s.errors.append(f"{event.error_kind}: {event.message}")
-        elif isinstance(event, ev.UsageUpdate):
-            s.completion_tokens = event.usage.completion_tokens
-        elif isinstance(event, ev.StepEnd):
-            s.steps = max(s.steps, event.step)
-        elif isinstance(event, ev.RunEnd):
-            self._close_line()
-            s.status = event.status
-            s.answer = event.output
-
-
-async def stream_run(agent: Any, task: str, console: Console, expected: str | None = None) -> RunStats:
-    """Run one task through `agent.stream`, rendering every event; returns what was measured."""
-    stats = RunStats(task=task, expected=expected)
-    render = EventRenderer(console, stats)
-    console.print(Panel(escape(task), title="task", border_style="blue"))
-    t0 = time.perf_counter()
-    async for event in agent.stream(task):
-        render(event)
-    stats.seconds = time.perf_counter() - t0
-    verdict = "[green]ok[/]" if stats.ok else f"[red]FAILED[/] (status {stats.status})"
-    console.print(
-        f"{verdict}  {stats.steps} steps, {stats.tool_calls} tool calls, "
-        f"{stats.completion_tokens} tokens in {stats.seconds:.2f}s ({stats.tokens_per_s:.1f} tok/s)\n"
-    )
-    return stats
-
-
-def summary_table(rows: Sequence[RunStats]) -> Table:
-    table = Table(title="agentkit demo")
-    for col in ("task", "result", "answer", "steps", "tools", "tok/s"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
-            escape(r.task[:48]),
-            "[green]ok[/]" if r.ok else "[red]failed[/]",
-            escape((r.answer or "").strip()[:30]),
-            str(r.steps),
-            str(r.tool_calls),
-            f"{r.tokens_per_s:.1f}",
-        )
-    return table
-
+__all__ = ["EventRenderer", "RunStats", "main", "stream_run", "summary_table"]
 
 SANDBOXES = ("auto", "docker", "bwrap", "local")
 

@@ -2,10 +2,12 @@
 
 The demo is a real agent run on a model (the shipped embedded `agentkit-tiny`, or any `--model`): a
 handful of tasks of different kinds, each in a fresh real sandbox holding the task's files, through the
-real loop, DSML parser and tools, streamed to the terminal. The tasks come from the episode generator's
-held-out split, at indices the evaluation never uses, so a model trained on the generator has never seen
-their names or values; each has an expected answer computed by the generator from the real tools, and a
-wrong answer fails the demo (exit code 1).
+real loop, DSML parser and tools, streamed to the terminal. The tasks are held-out episodes of the episode
+generator, at indices the evaluation never uses, so a model trained on the generator has never seen their
+names or values; each has an expected answer computed by the generator from the real tools, and a wrong
+answer fails the demo (exit code 1). They ship as data (`agentkit/tiny/demo_tasks.json`, written by
+`python -m agentkit.train.demo_tasks`; a test checks it still equals the generator's output) so that the
+CLI never imports the training code.
 
 `agentkit run "<task>"` gives one task to the model with every tool the episodes use.
 """
@@ -13,21 +15,15 @@ wrong answer fails the demo (exit code 1).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 
-from agentkit.cli import RunStats, stream_run, summary_table
-
-if TYPE_CHECKING:
-    from agentkit.train.episodes import Episode
+from agentkit.terminal import RunStats, stream_run, summary_table
+from agentkit.tiny.tasks import DEMO_TASKS, Task, load_tasks
 
 DEFAULT_MODEL = "embedded:tiny"
-DEMO_FAMILIES = ("calc", "file", "csv", "chain", "choose", "parallel", "error", "direct")
-DEMO_SEED = 0
-DEMO_START = 1_000_000
-"""Held-out indices from here on are demo tasks; `eval_tiny` uses 0..N."""
 RUN_INSTRUCTIONS = "You help users by calling tools and reporting the result."
 
 
@@ -62,23 +58,15 @@ def _load(console: Console, spec: Any) -> Any | None:
     return model
 
 
-async def demo_episodes() -> list[Episode]:
-    """The demo's tasks: one held-out episode per family in `DEMO_FAMILIES`, always the same ones."""
-    from agentkit.train.episodes import generate_async
-
-    episodes: list[Episode] = []
-    for i, family in enumerate(DEMO_FAMILIES):
-        episodes += await generate_async(
-            1, split="heldout", seed=DEMO_SEED, start=DEMO_START + i, family=family
-        )
-    return episodes
+def demo_tasks() -> list[Task]:
+    """The demo's tasks: one held-out episode per family, always the same ones (see the module docstring)."""
+    return load_tasks(DEMO_TASKS)
 
 
 async def run_demo(console: Console, model: Any, sandbox_backend: str) -> int:
     """`model`: a spec string, a Model object, or None for the shipped model."""
-    from agentkit.train.episodes import answer_content
-    from agentkit.train.loop_eval import episode_agent, episode_sandbox
-    from agentkit.train.toolbox import all_tools
+    from agentkit.tiny.tasks import task_agent, task_sandbox
+    from agentkit.tiny.tools import all_tools
 
     spec = model if model is not None else _shipped_model(console)
     if spec is None:
@@ -89,20 +77,19 @@ async def run_demo(console: Console, model: Any, sandbox_backend: str) -> int:
     backend = _load(console, spec)
     if backend is None:
         return 2
-    with console.status("preparing tasks…"):
-        episodes = await demo_episodes()
+    tasks = demo_tasks()
     tools = all_tools()
     rows: list[RunStats] = []
-    for e in episodes:
+    for t in tasks:
         with console.status(f"opening a {sandbox_backend} sandbox…"):
-            sandbox = await episode_sandbox(e, sandbox_backend)
+            sandbox = await task_sandbox(t, sandbox_backend)
         async with sandbox:
-            files = ", ".join(sorted(e.files)) or "none"
+            files = ", ".join(sorted(t.files)) or "none"
             console.print(
-                f"[dim]{e.family} task · sandbox {type(sandbox).__name__} · files: {escape(files)}[/]"
+                f"[dim]{t.family} task · sandbox {type(sandbox).__name__} · files: {escape(files)}[/]"
             )
-            agent = episode_agent(backend, e, tools, sandbox)
-            rows.append(await stream_run(agent, e.task, console, expected=answer_content(e.answer)))
+            agent = task_agent(backend, t, tools, sandbox)
+            rows.append(await stream_run(agent, t.prompt, console, expected=t.expected))
     console.print(summary_table(rows))
     failed = [r for r in rows if not r.ok]
     if failed:
@@ -120,7 +107,7 @@ async def run_one(
 ) -> int:
     """One task; `tool_names` limits the tools offered (a small model was trained with 1-3 of them)."""
     from agentkit.agent import Agent
-    from agentkit.train.toolbox import all_tools
+    from agentkit.tiny.tools import all_tools
 
     available = all_tools()
     unknown = sorted(set(tool_names or ()) - set(available))

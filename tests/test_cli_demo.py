@@ -23,7 +23,9 @@ from rich.console import Console
 from agentkit import cli, demo
 from agentkit.backends.embedded import EmbeddedModel
 from agentkit.backends.scripted import scripted_turn
+from agentkit.tiny.tasks import Task
 from agentkit.train.bpe import train_bpe
+from agentkit.train.demo_tasks import DEMO_FAMILIES, demo_episodes
 from agentkit.train.episodes import Episode
 from agentkit.train.trainer import build_model, micro_config
 
@@ -37,7 +39,7 @@ def test_plain_demo_runs_the_shipped_model_and_solves_every_task(capsys: pytest.
     assert "model: embedded:tiny" in out
     ok = len(re.findall(r"^ok  \d+ steps,", out, re.M))
     failed = len(re.findall(r"^FAILED \(", out, re.M))
-    assert (ok, failed) == (len(demo.DEMO_FAMILIES), 0), out[-4000:]
+    assert (ok, failed) == (len(demo.demo_tasks()), 0), out[-4000:]
     assert rc == 0
     assert "tasks failed" not in out
 
@@ -54,6 +56,14 @@ def test_demo_without_the_shipped_checkpoint_says_so_and_exits_2(
         assert "agentkit-tiny checkpoint is missing" in capsys.readouterr().out
 
 
+def test_the_shipped_demo_tasks_are_the_generators_heldout_episodes() -> None:
+    # The demo reads its tasks from package data so the CLI needs no training code; they must still be
+    # exactly what the generator makes (`python -m agentkit.train.demo_tasks` writes them again).
+    episodes = anyio.run(demo_episodes)
+    assert [e.family.split("_")[0] for e in episodes] == list(DEMO_FAMILIES)
+    assert demo.demo_tasks() == [e.as_task() for e in episodes]
+
+
 def _forced_micro_model(episodes: list[Episode]) -> EmbeddedModel:
     """A micro model that can only write the episodes' reference turns: the demo's plumbing, not skill."""
     tok = train_bpe([e.text for e in episodes], 300)
@@ -64,11 +74,11 @@ def _forced_micro_model(episodes: list[Episode]) -> EmbeddedModel:
 
 @pytest.mark.docker
 def test_demo_runs_an_embedded_model_on_its_tasks_in_real_sandboxes() -> None:
-    # A micro model forced to write each demo task's reference turns: the demo's whole path (task
-    # generation, one fresh Docker sandbox per task with its files, the embedded backend, rendering, the
-    # verdicts) without depending on how well a trained model does.
-    episodes = anyio.run(demo.demo_episodes)
-    assert [e.family.split("_")[0] for e in episodes] == [f.split("_")[0] for f in demo.DEMO_FAMILIES]
+    # A micro model forced to write each demo task's reference turns (from the generator, which the
+    # shipped tasks equal): the demo's whole path (the tasks, one fresh Docker sandbox per task with its
+    # files, the embedded backend, rendering, the verdicts) without depending on how well a trained model
+    # does.
+    episodes = anyio.run(demo_episodes)
     backend = _forced_micro_model(episodes)
     buf = io.StringIO()
     console = Console(file=buf, width=120)
@@ -85,14 +95,15 @@ def test_demo_runs_an_embedded_model_on_its_tasks_in_real_sandboxes() -> None:
 def test_a_failed_demo_task_is_reported_and_makes_the_exit_code_1(monkeypatch: pytest.MonkeyPatch) -> None:
     # The same forced micro model, but the demo expects another answer for its third task: that task
     # (and only it) is FAILED, the summary counts it, and the exit code is 1.
-    episodes = anyio.run(demo.demo_episodes)
+    episodes = anyio.run(demo_episodes)
     backend = _forced_micro_model(episodes)
-    wrong = [dataclasses.replace(e, answer=e.answer + "0") if i == 2 else e for i, e in enumerate(episodes)]
+    tasks = demo.demo_tasks()
+    wrong = [dataclasses.replace(t, answer=t.answer + "0") if i == 2 else t for i, t in enumerate(tasks)]
 
-    async def tasks() -> list[Episode]:
+    def wrong_tasks() -> list[Task]:
         return wrong
 
-    monkeypatch.setattr(demo, "demo_episodes", tasks)
+    monkeypatch.setattr(demo, "demo_tasks", wrong_tasks)
     buf = io.StringIO()
     rc = anyio.run(demo.run_demo, Console(file=buf, width=120), backend, "bwrap")
     out = buf.getvalue()

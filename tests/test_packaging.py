@@ -48,6 +48,7 @@ def test_wheel_holds_only_the_agentkit_namespace(wheel: Path) -> None:
     for module in ("agentkit/runtime/model.py", "agentkit/tools/tool.py", "agentkit/dsml/encode.py"):
         assert module in names
     assert "agentkit/py.typed" in names
+    assert "agentkit/tiny/demo_tasks.json" in names  # the demo's tasks are package data
 
 
 def test_wheel_imports_all_three_from_outside_the_repo(wheel: Path, tmp_path: Path) -> None:

@@ -18,10 +18,10 @@ import anyio
 from agentkit.runtime.checkpoint import CONFIG_NAME, load_model, shipped_checkpoint
 from agentkit.runtime.config import ModelConfig
 
+from agentkit.tiny.tools import all_tools
 from agentkit.train.episodes import Episode, generate_async
 from agentkit.train.families import FAMILIES
 from agentkit.train.loop_eval import evaluate
-from agentkit.train.toolbox import all_tools
 
 PER_FAMILY = 4
 SUBSET_START = 2_000_000

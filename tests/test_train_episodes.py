@@ -14,16 +14,11 @@ from hypothesis import strategies as st
 
 from agentkit.dsml.encode import encode_messages
 from agentkit.dsml.parse import parse_completion
+from agentkit.tiny.tasks import extract_answer
+from agentkit.tiny.tools import all_tools
 from agentkit.train import vocab
-from agentkit.train.episodes import (
-    Episode,
-    extract_answer,
-    generate,
-    load_jsonl,
-    save_jsonl,
-)
+from agentkit.train.episodes import Episode, generate, load_jsonl, save_jsonl
 from agentkit.train.families import FAMILIES
-from agentkit.train.toolbox import all_tools
 
 EXPECTED_FAMILIES = {
     "calc",

@@ -15,11 +15,11 @@ import torch
 from _forcing import forcer, reference_turns
 
 from agentkit.backends.embedded import EmbeddedModel
+from agentkit.tiny.tools import all_tools
 from agentkit.train.bpe import train_bpe
 from agentkit.train.episodes import Episode, generate
 from agentkit.train.families import FAMILIES
 from agentkit.train.loop_eval import Outcome, run_episode
-from agentkit.train.toolbox import all_tools
 from agentkit.train.trainer import build_model, micro_config
 
 

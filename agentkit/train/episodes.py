@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import anyio
 
 from agentkit.dsml.encode import encode_messages
+from agentkit.tiny.tasks import Task, answer_content
 from agentkit.tools.context import RunContext
 from agentkit.tools.sandbox import LocalSandbox
 from agentkit.tools.tool import Tool
@@ -40,8 +40,6 @@ SYSTEM_PROMPTS = (
     "You are an agent working in a sandbox workspace. Use the tools when they help.",
     "You help users by calling tools and reporting the result.",
 )
-ANSWER_TEMPLATE = "The answer is {answer}."
-_ANSWER_RE = re.compile(r"The answer is (.*)\.\s*\Z", re.S)
 
 
 class GenerationError(RuntimeError):
@@ -83,6 +81,19 @@ class Episode:
             pos += len(s.text)
         return out
 
+    def as_task(self) -> Task:
+        """The episode as a task to run through the real loop: what the run is set up with and judged by."""
+        system = self.messages[0]
+        return Task(
+            id=self.id,
+            family=self.family,
+            prompt=self.task,
+            instructions=str(system["content"]),
+            tools=tuple(t["function"]["name"] for t in system.get("tools", [])),
+            answer=self.answer,
+            files=dict(self.files),
+        )
+
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["segments"] = [[s.text, s.loss] for s in self.segments]
@@ -100,16 +111,6 @@ class Episode:
             answer=d["answer"],
             segments=segs,
         )
-
-
-def answer_content(answer: str) -> str:
-    return ANSWER_TEMPLATE.format(answer=answer)
-
-
-def extract_answer(content: str) -> str | None:
-    """The answer inside a final assistant message, or None if it does not follow the format."""
-    m = _ANSWER_RE.search(content.strip())
-    return m.group(1).strip() if m else None
 
 
 def render_segments(messages: Sequence[Mapping[str, Any]], trained: Sequence[bool]) -> list[Segment]:
@@ -259,7 +260,7 @@ async def generate_async(
         raise ValueError(f"unknown family {family!r}; known: {sorted(FAMILIES)}")
     pools(split)  # refuses an unknown split before any work starts
     if tools is None:
-        from agentkit.train.toolbox import all_tools
+        from agentkit.tiny.tools import all_tools
 
         tools = all_tools()
     out: list[Episode | None] = [None] * n

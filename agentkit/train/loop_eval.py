@@ -1,5 +1,6 @@
 """Episodes through the real system: the agent loop, the embedded backend, the DSML parser, real tools and
-a real sandbox. One place for this, used by `examples/eval_tiny.py`, the CI test and `agentkit demo`.
+a real sandbox. One place for this, used by `examples/eval_tiny.py` and the CI test; each episode runs as
+its `Task` (`agentkit.tiny.tasks`), set up exactly as `agentkit demo` sets up its tasks.
 
 An episode's run is judged only by what a user would see: the run completed and its final message states
 exactly the episode's expected answer. Two diagnostics come along: whether every generated turn parses
@@ -13,17 +14,14 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, cast
+from typing import Any
 
-from agentkit.agent import Agent
 from agentkit.dsml.errors import DSMLParseError
 from agentkit.dsml.parse import parse_completion
-from agentkit.limits import Limits
 from agentkit.messages import Transcript
-from agentkit.tools.sandbox import Sandbox, open_sandbox
-from agentkit.tools.sandbox.select import Backend
+from agentkit.tiny.tasks import extract_answer, task_agent, task_sandbox
 from agentkit.tools.tool import Tool
-from agentkit.train.episodes import Episode, extract_answer
+from agentkit.train.episodes import Episode
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,38 +64,11 @@ def strict_ok(turn: str, thinking_mode: str = "thinking") -> bool:
     return True
 
 
-def episode_agent(
-    backend: Any, episode: Episode, tools: Mapping[str, Tool], sandbox: Sandbox
-) -> Agent[None, str]:
-    """An agent set up exactly as the episode was rendered: its system prompt and its tools, in order."""
-    system = episode.messages[0]
-    names = [t["function"]["name"] for t in system.get("tools", [])]
-    return Agent(
-        backend,
-        tools=[tools[n] for n in names],
-        instructions=str(system["content"]),
-        thinking="high",
-        sandbox=sandbox,
-        limits=Limits(max_steps=8),
-    )
-
-
-async def episode_sandbox(episode: Episode, backend: str) -> Sandbox:
-    """A fresh sandbox holding the episode's workspace files."""
-    sb = await open_sandbox(cast(Backend, backend))
-    try:
-        for path, text in episode.files.items():
-            await sb.write_file(path, text)
-    except BaseException:
-        await sb.close()
-        raise
-    return sb
-
-
 async def run_episode(backend: Any, episode: Episode, tools: Mapping[str, Tool], sandbox: str) -> Outcome:
+    task = episode.as_task()
     t0 = time.perf_counter()
-    async with await episode_sandbox(episode, sandbox) as sb:
-        result = await episode_agent(backend, episode, tools, sb).run(episode.task)
+    async with await task_sandbox(task, sandbox) as sb:
+        result = await task_agent(backend, task, tools, sb).run(task.prompt)
     seconds = time.perf_counter() - t0
     answer = extract_answer(result.text or "")
     turns = generated_turns(result.transcript)

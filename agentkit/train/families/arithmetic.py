@@ -1,0 +1,135 @@
+"""Families answered by the number tools alone: arithmetic through the calculator, and choosing among
+the calculator, unit conversion, word count and dates by their descriptions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from typing import Any
+
+from agentkit.tiny import calc
+from agentkit.train.families.script import Call, Draft, Final, Script, Step, pick
+from agentkit.train.vocab import Pools
+
+# ---- arithmetic through the calculator ----------------------------------------------------------
+
+
+def expression(rng: random.Random, p: Pools) -> tuple[str, str]:
+    """An expression and how a user might say it; every result is exact."""
+    shape = rng.randrange(6)
+    if shape == 0:
+        a, b = p.number(rng, 10, 99999), p.number(rng, 10, 99999)
+        return f"{a} + {b}", pick(rng, [f"{a} + {b}", f"{a} plus {b}", f"the sum of {a} and {b}"])
+    if shape == 1:
+        a, b = p.number(rng, 100, 99999), p.number(rng, 10, 9999)
+        return f"{a} - {b}", pick(rng, [f"{a} - {b}", f"{a} minus {b}", f"{b} subtracted from {a}"])
+    if shape == 2:
+        a, b = p.number(rng, 10, 9999), p.number(rng, 2, 999)
+        return f"{a} * {b}", pick(rng, [f"{a} * {b}", f"{a} times {b}", f"the product of {a} and {b}"])
+    if shape == 3:
+        b, q = p.number(rng, 2, 999), p.number(rng, 2, 9999)
+        return f"{b * q} / {b}", pick(rng, [f"{b * q} / {b}", f"{b * q} divided by {b}"])
+    if shape == 4:
+        a, b, c = p.number(rng, 10, 999), p.number(rng, 10, 999), p.number(rng, 2, 99)
+        return f"({a} + {b}) * {c}", f"({a} + {b}) * {c}"
+    a, b, c = p.number(rng, 10, 999), p.number(rng, 10, 999), p.number(rng, 10, 9999)
+    return f"{a} * {b} - {c}", f"{a} * {b} - {c}"
+
+
+def calc_family(rng: random.Random, p: Pools) -> Draft:
+    if rng.random() < 0.3:
+        n, price = p.number(rng, 2, 999), p.number(rng, 2, 999)
+        expr = f"{n} * {price}"
+        task = pick(
+            rng,
+            [
+                f"{rng.choice(p.person)} buys {n} {rng.choice(p.item)} at {price} each. "
+                "What is the total cost?",
+                f"A shop in {rng.choice(p.city)} sells {rng.choice(p.item)} for {price} each. "
+                f"How much do {n} of them cost?",
+            ],
+        )
+    elif p.split == "train" and rng.random() < 0.15:
+        # the error family's questions ("What is 12 x 5?") answered right the first time: that family's
+        # first, mistaken turn is context (never trained), so without these the model has never
+        # produced a first turn for such a question, which is exactly what the real loop asks of it
+        a, b = p.number(rng, 10, 9999), p.number(rng, 2, 999)
+        expr = f"{a} * {b}"
+        task = pick(rng, [f"What is {a} {rng.choice(['x', '×'])} {b}?", f"Compute {a} x {b} please."])
+    else:
+        expr, spoken = expression(rng, p)
+        task = pick(
+            rng,
+            [
+                f"What is {spoken}?",
+                f"Compute {spoken}.",
+                f"Please calculate {spoken}.",
+                f"I need the result of {spoken}.",
+                f"Can you work out {spoken} for me?",
+                f"{spoken} = ?",
+            ],
+        )
+    answer = calc.calculate(expr)
+
+    def script() -> Script:
+        results = yield Step(
+            f"I need {expr}. I will use the calculator.", [Call("calculator", {"expression": expr})]
+        )
+        yield Final(f"The calculator returned {results[0]}.", results[0])
+
+    return Draft("calc", task, answer, ["calculator"], script)
+
+
+# ---- choosing among several tools by their descriptions -----------------------------------------
+
+
+def choose_family(rng: random.Random, p: Pools) -> Draft:
+    mode = rng.randrange(3)
+    offered = ["calculator", "convert_units", "count_words", "days_between"]
+    rng.shuffle(offered)
+    if mode == 0:
+        src, dst = rng.choice(list(calc.UNIT_FACTORS))
+        if rng.random() < 0.5:
+            value = p.number(rng, 2, 9999)
+            args: dict[str, Any] = {"value": value, "from_unit": src, "to_unit": dst}
+        else:
+            value = p.number(rng, 2, 999) * calc.UNIT_FACTORS[(src, dst)]
+            args = {"value": value, "from_unit": dst, "to_unit": src}
+        answer = calc.convert(args["value"], args["from_unit"], args["to_unit"])
+        task = pick(
+            rng,
+            [
+                f"Convert {args['value']} {args['from_unit']} to {args['to_unit']}.",
+                f"How many {args['to_unit']} is {args['value']} {args['from_unit']}?",
+            ],
+        )
+        call = Call("convert_units", args)
+        why = "This is a unit conversion."
+    elif mode == 1:
+        words = [rng.choice(p.noun + p.adj) for _ in range(rng.randint(3, 14))]
+        text = " ".join(words)
+        answer = calc.count_words(text)
+        task = pick(rng, [f'How many words are in "{text}"?', f"Count the words in this text: {text}"])
+        call = Call("count_words", {"text": text})
+        why = "This asks for a word count."
+    else:
+        start = dt.date(2020, 1, 1) + dt.timedelta(days=rng.randrange(2000))
+        span = p.number(rng, 1, 1500)
+        end = start + dt.timedelta(days=span)
+        answer = str(span)
+        task = pick(
+            rng,
+            [
+                f"How many days are there from {start.isoformat()} to {end.isoformat()}?",
+                f"Count the days between {start.isoformat()} and {end.isoformat()}.",
+            ],
+        )
+        call = Call("days_between", {"start": start.isoformat(), "end": end.isoformat()})
+        why = "This asks for the days between two dates."
+
+    def script() -> Script:
+        results = yield Step(f"{why} I will use {call.name}.", [call])
+        yield Final(f"{call.name} returned {results[0]}.", results[0])
+
+    return Draft("choose", task, answer, offered, script)
