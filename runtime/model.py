@@ -5,23 +5,28 @@ one forward implementation: prefill is extend from position 0, decode is extend 
 turn is extend by a few thousand tokens on a long prefix. The training forward has all rows at position 0
 with one length, so its attention runs batched over rows without state (layers/batched.py); `batched=False`
 runs it as extend from fresh states instead, and tests/test_runtime_batched_forward.py holds the two equal.
+
+Inference (`extend`, `Block.forward`) computes outputs only. Training losses are return values of the
+training forward (`forward`, `Block.forward_train`): the indexer's distillation terms come back from each
+CSA layer and are summed into `ForwardOutput.indexer_loss`; no module holds loss state between calls.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from agentkit.runtime.checkpoint_read import load_checkpoint
 from agentkit.runtime.config import ModelConfig
 from agentkit.runtime.layers.attention import Attention, SeqSlice
-from agentkit.runtime.layers.batched import BatchShape
+from agentkit.runtime.layers.batched import BatchShape, IndexerKL
 from agentkit.runtime.layers.lowp import Linear, StorageFormat
 from agentkit.runtime.layers.mhc import hc_head, hc_post, hc_pre
-from agentkit.runtime.layers.moe import Gate, MoE
+from agentkit.runtime.layers.moe import MoE
 from agentkit.runtime.layers.norms import RMSNorm
+from agentkit.runtime.random_weights import random_init_tensors
 from agentkit.runtime.state import LayerState, SequenceState, StateError, config_key
 from torch import nn
 
@@ -39,8 +44,9 @@ class ForwardOutput:
     loss: torch.Tensor | None
     """Mean next-token cross-entropy over labels != -100 (plus `mtp_weight` x the MTP loss when requested)."""
     indexer_loss: torch.Tensor | None = None
-    """Mean KL(dense main attention || indexer) over CSA queries (only with `indexer_loss=True`); its
-    gradient reaches only the indexer, whose top-k choice gets no gradient from `loss`."""
+    """Mean KL(dense main attention || indexer) over CSA queries (only with `indexer_loss=True` and autograd
+    on): the sum of the terms every CSA layer returns over their query count. Its gradient reaches only the
+    indexer, whose top-k choice gets no gradient from `loss`."""
 
 
 class Block(nn.Module):
@@ -68,27 +74,37 @@ class Block(nn.Module):
         self.ffn = MoE(config, layer, fmt, efmt, wdtype, wdtype)
 
     def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, token_ids: torch.Tensor, seqs: list[SeqSlice]
+    ) -> torch.Tensor:
+        """Inference: streams x [T, hc, D] -> [T, hc, D], extending each sequence's state."""
+        u, post, comb = self._pre(x, self.hc_attn_fn, self.hc_attn_base, self.hc_attn_scale)
+        x = hc_post(self.attn(self.attn_norm(u), positions, seqs), x, post, comb)
+        return self._ffn(x, token_ids)
+
+    def forward_train(
         self,
         x: torch.Tensor,
         positions: torch.Tensor,
         token_ids: torch.Tensor,
         seqs: list[SeqSlice] | BatchShape,
-    ) -> torch.Tensor:
+        *,
+        indexer_loss: bool,
+    ) -> tuple[torch.Tensor, IndexerKL | None]:
+        """Training: the same streams, and this layer's indexer distillation terms when asked."""
+        u, post, comb = self._pre(x, self.hc_attn_fn, self.hc_attn_base, self.hc_attn_scale)
+        a, kl = self.attn.forward_train(self.attn_norm(u), positions, seqs, indexer_loss=indexer_loss)
+        return self._ffn(hc_post(a, x, post, comb), token_ids), kl
+
+    def _pre(
+        self, x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, scale: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         c = self.cfg
-        it, he, ne = c.hc_sinkhorn_iters, c.hc_eps, c.norm_eps
-        u, post, comb = hc_pre(
-            x,
-            self.hc_attn_fn,
-            self.hc_attn_base,
-            self.hc_attn_scale,
-            sinkhorn_iters=it,
-            hc_eps=he,
-            norm_eps=ne,
+        return hc_pre(
+            x, fn, base, scale, sinkhorn_iters=c.hc_sinkhorn_iters, hc_eps=c.hc_eps, norm_eps=c.norm_eps
         )
-        x = hc_post(self.attn(self.attn_norm(u), positions, seqs), x, post, comb)
-        u, post, comb = hc_pre(
-            x, self.hc_ffn_fn, self.hc_ffn_base, self.hc_ffn_scale, sinkhorn_iters=it, hc_eps=he, norm_eps=ne
-        )
+
+    def _ffn(self, x: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        u, post, comb = self._pre(x, self.hc_ffn_fn, self.hc_ffn_base, self.hc_ffn_scale)
         return hc_post(self.ffn(self.ffn_norm(u), token_ids), x, post, comb)
 
 
@@ -146,52 +162,14 @@ class V4Model(nn.Module):
 
     # ------------------------------------------------------------------ initialization
     @torch.no_grad()
-    def init_random_(self, seed: int = 0, std: float | None = None) -> V4Model:
-        """Random weights of a sensible scale (linear ~ N(0, 1/in)), quantized where storage is quantized.
-
-        Every parameter gets a non-trivial value (sinks, ape, mHC bases, gate bias, tid2eid included) so tests
-        that compare implementations exercise every term.
+    def init_random_(self, seed: int = 0) -> V4Model:
+        """Random weights from `random_init_tensors` (runtime/random_weights.py, the one generator): linear
+        ~ N(0, 1/in), quantized where storage is quantized, and every other tensor non-trivial (norm gains,
+        sinks, ape, mHC bases and scales, gate bias, tid2eid) so tests that compare implementations exercise
+        every term. Drawn on the CPU from per-(seed, tensor name) streams, so the values do not depend on the
+        device; float-format weights are drawn as fp32 (not rounded to the checkpoint's bf16).
         """
-        g = torch.Generator().manual_seed(seed)
-        cfg = self.config
-
-        def rnd(*shape: int, s: float = 1.0) -> torch.Tensor:
-            return torch.randn(*shape, generator=g) * s
-
-        for mod in self.modules():
-            if isinstance(mod, Linear):
-                s = std if std is not None else 1.0 / math.sqrt(mod.in_features)
-                mod.set_dense(rnd(mod.out_features, mod.in_features, s=s).to(self.device))
-            elif isinstance(mod, RMSNorm):
-                mod.weight.copy_(1.0 + rnd(*mod.weight.shape, s=0.1))
-            elif isinstance(mod, nn.Embedding):
-                mod.weight.copy_(rnd(*mod.weight.shape))
-            elif isinstance(mod, Gate):
-                mod.weight.copy_(rnd(*mod.weight.shape, s=1.0 / math.sqrt(cfg.dim)))
-        for name, p in self.named_parameters():
-            leaf = name.rsplit(".", 1)[-1]
-            if leaf.endswith("_fn"):
-                p.copy_(rnd(*p.shape, s=0.5 / math.sqrt(p.shape[1])))
-            elif leaf.endswith("_base"):
-                p.copy_(rnd(*p.shape, s=0.5))
-            elif leaf.endswith("_scale") and p.dtype == torch.float32:
-                p.copy_(1.0 + rnd(*p.shape, s=0.1))
-            elif leaf == "attn_sink":
-                p.copy_(rnd(*p.shape))
-            elif leaf == "ape":
-                p.copy_(rnd(*p.shape, s=0.5))
-            elif leaf == "bias":
-                p.copy_(rnd(*p.shape, s=0.1))
-        for name, b in self.named_buffers():
-            if name.endswith("tid2eid"):
-                b.copy_(
-                    torch.stack(
-                        [
-                            torch.randperm(cfg.n_routed_experts, generator=g)[: cfg.n_activated_experts]
-                            for _ in range(cfg.vocab_size)
-                        ]
-                    )
-                )
+        self.load_weights(dict(random_init_tensors(self.config, seed)))
         return self
 
     # ------------------------------------------------------------------ weights
@@ -226,8 +204,6 @@ class V4Model(nn.Module):
         **config_overrides: object,
     ) -> V4Model:
         """Build a model from a V4 checkpoint directory (real layout; see agentkit.runtime.checkpoint)."""
-        from agentkit.runtime.checkpoint import load_checkpoint
-
         config, tensors = load_checkpoint(path, device=device or "cpu")
         if config_overrides:
             config = config.with_(**config_overrides)
@@ -305,16 +281,26 @@ class V4Model(nn.Module):
             s.pos += c.numel()
         return x
 
-    def _streams_batched(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Main stack on B equal rows from position 0, no state (training); streams [B*S, hc, D]."""
+    def _train_streams(
+        self, input_ids: torch.Tensor, states: list[SequenceState] | None, indexer_loss: bool
+    ) -> tuple[torch.Tensor, IndexerKL | None]:
+        """Main stack on B equal rows from position 0 (training): streams [B*S, hc, D] and the indexer
+        distillation terms of all CSA layers. `states=None` runs attention batched without state
+        (layers/batched.py); fresh states run it as the per-sequence extend path."""
         b, s = input_ids.shape
         ids = input_ids.to(self.device).reshape(-1)
         positions = torch.arange(s, device=self.device).repeat(b)
         x = self.embed(ids).to(self.dtype)
         x = x.unsqueeze(1).expand(-1, self.config.hc_mult, -1).contiguous()
-        for block in self.layers:
-            x = block(x, positions, ids, BatchShape(b, s))
-        return x
+        kl: IndexerKL | None = None
+        for li, block in enumerate(self.layers):
+            assert isinstance(block, Block)
+            seqs: list[SeqSlice] | BatchShape = BatchShape(b, s)
+            if states is not None:
+                seqs = [SeqSlice(i * s, (i + 1) * s, 0, st.layers[li]) for i, st in enumerate(states)]
+            x, layer_kl = block.forward_train(x, positions, ids, seqs, indexer_loss=indexer_loss)
+            kl = IndexerKL.add(kl, layer_kl)
+        return x, kl
 
     def _logits(
         self, x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, scale: torch.Tensor, norm: RMSNorm
@@ -380,18 +366,10 @@ class V4Model(nn.Module):
         states = [self.new_state() for _ in range(b)]
         chunks = list(input_ids.unbind(0))
         self._check(states, chunks)
-        csa = [m for m in self.layers.modules() if isinstance(m, Attention) and m.indexer is not None]
-        for a in csa:
-            a.collect_indexer_loss, a.indexer_loss_terms = indexer_loss, []
-        try:
-            x = self._streams_batched(input_ids) if batched else self._streams(states, chunks)
-        finally:
-            terms = [t for a in csa for t in a.indexer_loss_terms]
-            for a in csa:
-                a.collect_indexer_loss, a.indexer_loss_terms = False, []
-        idx_loss = None
-        if indexer_loss and terms:
-            idx_loss = torch.stack([t[0] for t in terms]).sum() / sum(t[1] for t in terms)
+        # the distillation loss exists for training: without autograd there is nothing to train
+        x, kl = self._train_streams(
+            input_ids, None if batched else states, indexer_loss and torch.is_grad_enabled()
+        )
         logits = self._logits(x, self.hc_head_fn, self.hc_head_base, self.hc_head_scale, self.norm).view(
             b, s, -1
         )
@@ -409,6 +387,7 @@ class V4Model(nn.Module):
                     mtp_logits.reshape(b * (s - 1), -1), labels[:, 1:].reshape(-1), ignore_index=-100
                 )
                 loss = loss + mtp_weight * mtp_loss
+        idx_loss = None if kl is None else kl.mean()
         return ForwardOutput(logits=logits, mtp_logits=mtp_logits, loss=loss, indexer_loss=idx_loss)
 
     def _mtp_forward(self, streams: torch.Tensor, input_ids: torch.Tensor, batched: bool) -> torch.Tensor:
@@ -444,7 +423,7 @@ class V4Model(nn.Module):
                 )
                 for i in range(b)
             ]
-        y = blk(xin, positions, nxt.reshape(-1), seqs)
+        y, _ = blk.forward_train(xin, positions, nxt.reshape(-1), seqs, indexer_loss=False)  # window-only
         logits = self._logits(y, blk.hc_head_fn, blk.hc_head_base, blk.hc_head_scale, blk.norm)
         return logits.view(b, n, -1)
 

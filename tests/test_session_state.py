@@ -9,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentkit.limits import Limits, Pricing, Usage
-from agentkit.output import extract_json
 from agentkit.messages import (
     AssistantMessage,
     SystemMessage,
@@ -20,6 +19,7 @@ from agentkit.messages import (
     message_from_dict,
     message_to_dict,
 )
+from agentkit.output import extract_json
 from agentkit.session import BlockResult, RunState, SessionError, load_session, save_session
 
 text = st.text(max_size=30)

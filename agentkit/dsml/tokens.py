@@ -1,31 +1,27 @@
-"""The special strings of DeepSeek-V4's chat format, in one place.
+"""The special strings of DeepSeek-V4's chat format, in one place for the agent layer.
 
-Every other module (encoder, parsers, the agent loop that appends suffixes, the runtime tokenizer) reads
-them from here, so a spelling can never drift between the side that writes a prompt and the side that
-reads a completion. Values are those of DeepSeek's `encoding/encoding_dsv4.py` (spec §11-§12).
+Every module of the agent layer (encoder, parsers, the loop that appends suffixes) reads them from here, so a
+spelling can never drift between the side that writes a prompt and the side that reads a completion. Values
+are those of DeepSeek's `encoding/encoding_dsv4.py` (spec §11-§12). The strings that are also added tokens of
+the V4 vocabulary are defined in `agentkit.runtime.special_tokens` (the runtime imports nothing from the agent
+layer, and its tokenizer needs them) and re-exported here under the same names.
 """
 
 from __future__ import annotations
 
 from typing import Final, Literal
 
-BOS: Final = "<｜begin▁of▁sentence｜>"
-EOS: Final = "<｜end▁of▁sentence｜>"
-THINK_START: Final = "<think>"
-THINK_END: Final = "</think>"
-DSML: Final = "｜DSML｜"
-USER: Final = "<｜User｜>"
-ASSISTANT: Final = "<｜Assistant｜>"
-LATEST_REMINDER: Final = "<｜latest_reminder｜>"
+from agentkit.runtime import special_tokens as _added
 
-TASK_TOKENS: Final[dict[str, str]] = {
-    "action": "<｜action｜>",
-    "query": "<｜query｜>",
-    "authority": "<｜authority｜>",
-    "domain": "<｜domain｜>",
-    "title": "<｜title｜>",
-    "read_url": "<｜read_url｜>",
-}
+BOS: Final = _added.BOS
+EOS: Final = _added.EOS
+THINK_START: Final = _added.THINK_START
+THINK_END: Final = _added.THINK_END
+DSML: Final = _added.DSML
+USER: Final = _added.USER
+ASSISTANT: Final = _added.ASSISTANT
+LATEST_REMINDER: Final = _added.LATEST_REMINDER
+TASK_TOKENS: Final[dict[str, str]] = _added.TASK_TOKENS
 
 TOOL_CALLS_BLOCK: Final = "tool_calls"
 TOOL_CALLS_OPEN: Final = f"<{DSML}{TOOL_CALLS_BLOCK}>"

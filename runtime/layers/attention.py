@@ -3,17 +3,22 @@
 Projections, norms and RoPE run on all tokens of a batch at once; the window/compressor/indexer logic runs per
 sequence, because sequences of a batch sit at different positions and complete blocks at different tokens.
 Queries are processed in blocks so that the window part costs O(n * (block + W)) instead of O(n^2).
+
+`forward` is inference: it extends sequence states and returns the attention output, nothing else.
+`forward_train` is the training forward's entry: the same function (batched over equal rows from position 0
+via layers/batched.py, or per sequence), and it also returns the indexer's distillation terms when asked.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from agentkit.runtime.config import ModelConfig
-from agentkit.runtime.layers.batched import BatchShape, core_batched, pool_fresh
+from agentkit.runtime.layers.batched import BatchShape, IndexerKL, core_batched, indexer_kl, pool_fresh
 from agentkit.runtime.layers.compressor import Compressor
 from agentkit.runtime.layers.lowp import Linear, StorageFormat, fp4_roundtrip, fp8_kv_roundtrip, hadamard
 from agentkit.runtime.layers.norms import RMSNorm, rms_unweighted
@@ -39,6 +44,19 @@ class SeqSlice:
     end: int
     pos: int
     state: LayerState
+
+
+class _Projected(NamedTuple):
+    """Per-token projections of one sub-layer input (the indexer's only in CSA layers)."""
+
+    q: torch.Tensor  # [T, h, d] queries, RoPE applied
+    k: torch.Tensor  # [T, d] the shared key/value, RoPE applied
+    ckv: torch.Tensor | None  # compressor kv / score projections
+    csc: torch.Tensor | None
+    ikv: torch.Tensor | None  # indexer compressor kv / score projections
+    isc: torch.Tensor | None
+    iq: torch.Tensor | None  # indexer queries [T, hi, di] and head weights [T, hi]
+    iw: torch.Tensor | None
 
 
 def _append(buf: torch.Tensor, count: int, rows: torch.Tensor) -> torch.Tensor:
@@ -117,9 +135,6 @@ class Attention(nn.Module):
             self.indexer = Indexer(config, fmt, dtype, norm_dtype)
         self.freqs: torch.Tensor
         self.register_buffer("freqs", rope_frequencies(config, self.ratio > 0), persistent=False)
-        # Indexer distillation loss terms (sum, rows) collected during a training forward when enabled.
-        self.collect_indexer_loss = False
-        self.indexer_loss_terms: list[tuple[torch.Tensor, int]] = []
 
     # --- per-entry post-processing of pooled compressor output (spec §4.5) ---
     def _main_entries(self, pooled: torch.Tensor, first: int, dtype: torch.dtype) -> torch.Tensor:
@@ -135,11 +150,28 @@ class Attention(nn.Module):
         pos = (torch.arange(pooled.shape[0], device=pooled.device) + first) * 4
         return self.indexer.rotate_quant(apply_rope(e, pos, self.freqs))
 
-    def forward(
-        self, x: torch.Tensor, positions: torch.Tensor, seqs: list[SeqSlice] | BatchShape
-    ) -> torch.Tensor:
-        """x [T, D]: normalized sub-layer input of all chunks; updates every sequence's LayerState
-        (a `BatchShape` instead: equal rows from position 0, batched, no state; see layers/batched.py)."""
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, seqs: list[SeqSlice]) -> torch.Tensor:
+        """x [T, D]: normalized sub-layer input of all chunks; updates every sequence's LayerState."""
+        out, _ = self._extend(self._project(x, positions), positions, seqs, indexer_loss=False)
+        return out
+
+    def forward_train(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        seqs: list[SeqSlice] | BatchShape,
+        *,
+        indexer_loss: bool,
+    ) -> tuple[torch.Tensor, IndexerKL | None]:
+        """Training: the output as `forward` computes it, and the indexer's distillation terms (sums over
+        queries) when `indexer_loss` and this is a CSA layer. A `BatchShape` runs equal rows from position 0
+        batched, without state (layers/batched.py); `SeqSlice`s run the per-sequence extend path."""
+        p = self._project(x, positions)
+        if isinstance(seqs, BatchShape):
+            return self._forward_batched(seqs, positions, p, indexer_loss)
+        return self._extend(p, positions, seqs, indexer_loss=indexer_loss)
+
+    def _project(self, x: torch.Tensor, positions: torch.Tensor) -> _Projected:
         t = x.shape[0]
         h, d = self.n_heads, self.head_dim
         qr = self.q_norm(self.wq_a(x))
@@ -157,14 +189,20 @@ class Attention(nn.Module):
             xi, qri = x.detach(), qr.detach()
             ikv, isc = self.indexer.compressor.project(xi, positions)
             iq, iw = self.indexer.queries(qri, xi, positions, self.freqs)
-        if isinstance(seqs, BatchShape):
-            return self._forward_batched(seqs, positions, q, k, ckv, csc, ikv, isc, iq, iw)
+        return _Projected(q, k, ckv, csc, ikv, isc, iq, iw)
+
+    def _extend(
+        self, proj: _Projected, positions: torch.Tensor, seqs: list[SeqSlice], *, indexer_loss: bool
+    ) -> tuple[torch.Tensor, IndexerKL | None]:
+        """Per-sequence path: each chunk extends its state (window ring, compressed and indexer entries)."""
+        q, k, ckv, csc, ikv, isc, iq, iw = proj
+        kl: IndexerKL | None = None
         outs = []
         for s in seqs:
             a, b, p, ls = s.start, s.end, s.pos, s.state
             n = b - a
             w_old = min(p, self.window - 1)
-            slots = torch.arange(p - w_old, p, device=x.device) % self.window
+            slots = torch.arange(p - w_old, p, device=k.device) % self.window
             keys_win = torch.cat((ls.window[slots].to(k.dtype), k[a:b]), 0)
             comp = idx_keys = None
             if self.compressor is not None:
@@ -185,28 +223,23 @@ class Attention(nn.Module):
                 inew = self._index_entries(ipooled, ifirst, k.dtype)
                 ls.idx = _append(ls.idx, p // 4, inew)
                 idx_keys = _with_new(ls.idx, (p + n) // 4, inew, k.dtype)
-            o = self._core(
-                q[a:b],
-                keys_win,
-                w_old,
-                p,
-                comp,
-                idx_keys,
-                None if iq is None else iq[a:b],
-                None if iw is None else iw[a:b],
-            )
-            outs.append(o)
+            siq = None if iq is None else iq[a:b]
+            siw = None if iw is None else iw[a:b]
+            outs.append(self._core(q[a:b], keys_win, w_old, p, comp, idx_keys, siq, siw))
+            if indexer_loss and comp is not None and idx_keys is not None:
+                assert siq is not None and siw is not None
+                kl = IndexerKL.add(kl, self._distillation(q[a:b], p, comp, siq, siw, idx_keys))
             # --- commit the new state (detached: a training graph never leaks into stored state) ---
             with torch.no_grad():
                 keep = min(n, self.window)
-                wslots = torch.arange(p + n - keep, p + n, device=x.device) % self.window
+                wslots = torch.arange(p + n - keep, p + n, device=k.device) % self.window
                 ls.window[wslots] = k[b - keep : b].detach().to(ls.window.dtype)
                 if comp is not None:
                     ls.comp_tail_kv, ls.comp_tail_score = ls_tail_kv, ls_tail_sc
                 if idx_keys is not None:
                     ls.idx_tail_kv, ls.idx_tail_score = li_tail_kv, li_tail_sc
         o = torch.cat(outs, 0) if len(outs) > 1 else outs[0]
-        return self._output(o, positions)
+        return self._output(o, positions), kl
 
     def _output(self, o: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Head outputs o [T, h, d] -> [T, D]: inverse RoPE at the query position, grouped low-rank wo."""
@@ -221,15 +254,10 @@ class Attention(nn.Module):
         self,
         shape: BatchShape,
         positions: torch.Tensor,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        ckv: torch.Tensor | None,
-        csc: torch.Tensor | None,
-        ikv: torch.Tensor | None,
-        isc: torch.Tensor | None,
-        iq: torch.Tensor | None,
-        iw: torch.Tensor | None,
-    ) -> torch.Tensor:
+        proj: _Projected,
+        indexer_loss: bool,
+    ) -> tuple[torch.Tensor, IndexerKL | None]:
+        q, k, ckv, csc, ikv, isc, iq, iw = proj
         b, s = shape.rows, shape.length
         comp = idx_keys = None
         if self.compressor is not None:
@@ -242,8 +270,18 @@ class Attention(nn.Module):
             ipooled = pool_fresh(self.indexer.compressor, ikv.view(b, s, -1), isc.view(b, s, -1))
             idx_keys = self._index_entries(ipooled.transpose(0, 1), 0, k.dtype).transpose(0, 1)
             iq, iw = iq.view(b, s, *iq.shape[1:]), iw.view(b, s, -1)
-        o = core_batched(self, q.view(b, s, *q.shape[1:]), k.view(b, s, -1), comp, idx_keys, iq, iw)
-        return self._output(o.reshape(b * s, *o.shape[2:]), positions)
+        o, kl = core_batched(
+            self,
+            q.view(b, s, *q.shape[1:]),
+            k.view(b, s, -1),
+            comp,
+            idx_keys,
+            iq,
+            iw,
+            budget=SCORE_BUDGET.get(q.device.type, 1 << 24),
+            indexer_loss=indexer_loss,
+        )
+        return self._output(o.reshape(b * s, *o.shape[2:]), positions), kl
 
     def _core(
         self,
@@ -288,8 +326,6 @@ class Attention(nn.Module):
                 if idx_keys is not None:
                     assert iq is not None and iw is not None
                     order = self._select(iq[i0:i1], iw[i0:i1], idx_keys, visible)
-                    if self.collect_indexer_loss and torch.is_grad_enabled():
-                        self._indexer_kl(qb * scale, comp, iq[i0:i1], iw[i0:i1], idx_keys, visible)
                     gathered = comp[order]  # [b, k, d]
                     lg = torch.bmm(qb, gathered.float().transpose(1, 2))  # [b, h, k]
                     logits = torch.cat((logits, lg), -1)
@@ -308,31 +344,31 @@ class Attention(nn.Module):
             out.append(o)
         return torch.cat(out, 0) if len(out) > 1 else out[0]
 
-    def _indexer_kl(
+    def _distillation(
         self,
         q: torch.Tensor,
+        pos: int,
         comp: torch.Tensor,
         iq: torch.Tensor,
         iw: torch.Tensor,
         idx_keys: torch.Tensor,
-        visible: torch.Tensor,
-    ) -> None:
-        """KL(main attention over all visible entries, summed over heads || softmax of indexer scores).
-
-        The main side is detached: this trains only the indexer, the way DeepSeek's sparse-attention models
-        distill the indexer from dense attention. Rows with no visible entry contribute nothing.
-        """
-        rows = visible.any(-1)
-        if not rows.any():
-            return
-        with torch.no_grad():
-            main = _scores(q.detach(), comp.detach().float()).masked_fill(~visible[:, None, :], float("-inf"))
-            target = torch.softmax(main, -1).nan_to_num(0.0).sum(1)
-            target = target / target.sum(-1, keepdim=True).clamp_min(1e-12)
-        scores = (F.relu(_scores(iq.float(), idx_keys.float())) * iw.float().unsqueeze(-1)).sum(dim=1)
-        logp = torch.log_softmax(scores.masked_fill(~visible, float("-inf")), -1)
-        kl = (target * (target.clamp_min(1e-12).log() - logp)).masked_fill(~visible, 0.0).sum(-1)
-        self.indexer_loss_terms.append((kl[rows].sum(), int(rows.sum())))
+    ) -> IndexerKL | None:
+        """Training through the per-sequence path: the indexer's distillation terms of one sequence's queries
+        at pos..pos+n-1, from the batched path's `indexer_kl` with one row. The terms are per query, so the
+        query blocks (bounding the [block, heads, entries] temporaries) do not change their sum."""
+        n, h = q.shape[0], q.shape[1]
+        n_comp = comp.shape[0]
+        scale = 1.0 / math.sqrt(self.head_dim)
+        block = max(1, min(QUERY_BLOCK, SCORE_BUDGET.get(q.device.type, 1 << 24) // max(1, h * n_comp)))
+        kl: IndexerKL | None = None
+        for i0 in range(0, n, block):
+            i1 = min(n, i0 + block)
+            qpos = torch.arange(pos + i0, pos + i1, device=q.device)
+            visible = torch.arange(n_comp, device=q.device)[None] < ((qpos + 1) // self.ratio)[:, None]
+            qb = q[None, i0:i1].float() * scale  # one row: [1, block, h, d]
+            terms = indexer_kl(qb, comp[None], iq[None, i0:i1], iw[None, i0:i1], idx_keys[None], visible)
+            kl = IndexerKL.add(kl, terms)
+        return kl
 
     def _select(
         self, iq: torch.Tensor, iw: torch.Tensor, idx_keys: torch.Tensor, visible: torch.Tensor

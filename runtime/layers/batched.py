@@ -7,6 +7,10 @@ visibility of compressed blocks (entry i of ratio r is visible to query t iff i 
 the block boundaries are the same for all rows: one [B, ...] tensor op replaces B of them. Nothing is stored:
 the training forward drops its states anyway. It computes the same function as `extend` from fresh states
 (tests/test_runtime_batched_forward.py checks values and gradients against the per-sequence path).
+
+The indexer's distillation loss is a training-only term, so it lives here too (`indexer_kl`), and is
+returned, never stored on a module: `core_batched` returns it next to its output, and the per-sequence path
+calls the same function with one row when the training forward runs through it (`batched=False`).
 """
 
 from __future__ import annotations
@@ -70,40 +74,72 @@ def _bscores(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     return torch.bmm(q.reshape(b, n * h, d), keys.transpose(1, 2)).view(b, n, h, -1)
 
 
+def _index_scores(iq: torch.Tensor, iw: torch.Tensor, idx_keys: torch.Tensor) -> torch.Tensor:
+    """Indexer scores [B, n, m] = sum over index heads j of w_j * relu(q_j . key) (spec §4.6)."""
+    return (F.relu(_bscores(iq.float(), idx_keys.float())) * iw.float().unsqueeze(-1)).sum(dim=2)
+
+
 def _select(
     attn: Attention, iq: torch.Tensor, iw: torch.Tensor, idx_keys: torch.Tensor, visible: torch.Tensor
 ) -> torch.Tensor:
     """Top-k entry indices [B, n, k] by indexer score; same ranking rule as `Attention._select`."""
     with torch.no_grad():
-        scores = (F.relu(_bscores(iq.float(), idx_keys.float())) * iw.float().unsqueeze(-1)).sum(dim=2)
-        scores = scores.masked_fill(~visible, float("-inf"))
+        scores = _index_scores(iq, iw, idx_keys).masked_fill(~visible, float("-inf"))
         k = min(attn.cfg.index_topk, idx_keys.shape[1])
         return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
 
 
-def _indexer_kl(
-    attn: Attention,
+@dataclass(frozen=True)
+class IndexerKL:
+    """Indexer distillation terms: the sum of per-query KL values and how many queries they cover.
+
+    Sums, not means, so terms of query blocks, sequences and layers add up exactly; the training forward
+    divides once at the end (`mean`).
+    """
+
+    total: torch.Tensor
+    queries: int
+
+    def __add__(self, other: IndexerKL) -> IndexerKL:
+        return IndexerKL(self.total + other.total, self.queries + other.queries)
+
+    @staticmethod
+    def add(a: IndexerKL | None, b: IndexerKL | None) -> IndexerKL | None:
+        return b if a is None else a if b is None else a + b
+
+    def mean(self) -> torch.Tensor:
+        return self.total / self.queries
+
+
+def indexer_kl(
     q: torch.Tensor,
     comp: torch.Tensor,
     iq: torch.Tensor,
     iw: torch.Tensor,
     idx_keys: torch.Tensor,
     visible: torch.Tensor,
-) -> None:
-    """Batched `Attention._indexer_kl`: the same per-query KL terms, summed over all rows at once."""
+) -> IndexerKL | None:
+    """KL(main attention over all visible entries, summed over heads || softmax of indexer scores).
+
+    q [B, n, h, d] already scaled by 1/sqrt(d), comp [B, m, d], iq [B, n, hi, di], iw [B, n, hi],
+    idx_keys [B, m, di], visible [n, m] (the same for every row). For query t the target is
+    p_t = normalize(sum_heads softmax_visible(q_t . comp)) and the term is sum_i p_t,i (log p_t,i - log
+    softmax_visible(index_scores_t)_i). The main side is detached: this trains only the indexer, the way
+    DeepSeek's sparse-attention models distill the indexer from dense attention. Queries with no visible
+    entry contribute nothing; None when no query has one.
+    """
     rows = visible.any(-1)  # [n]: the same for every batch row
     n_rows = int(rows.sum())
     if not n_rows:
-        return
+        return None
     vis = visible.expand(q.shape[0], -1, -1)
     with torch.no_grad():
         main = _bscores(q.detach(), comp.detach().float()).masked_fill(~vis[:, :, None, :], float("-inf"))
         target = torch.softmax(main, -1).nan_to_num(0.0).sum(2)
         target = target / target.sum(-1, keepdim=True).clamp_min(1e-12)
-    scores = (F.relu(_bscores(iq.float(), idx_keys.float())) * iw.float().unsqueeze(-1)).sum(dim=2)
-    logp = torch.log_softmax(scores.masked_fill(~vis, float("-inf")), -1)
+    logp = torch.log_softmax(_index_scores(iq, iw, idx_keys).masked_fill(~vis, float("-inf")), -1)
     kl = (target * (target.clamp_min(1e-12).log() - logp)).masked_fill(~vis, 0.0).sum(-1)
-    attn.indexer_loss_terms.append((kl[:, rows].sum(), n_rows * q.shape[0]))
+    return IndexerKL(kl[:, rows].sum(), n_rows * q.shape[0])
 
 
 def core_batched(
@@ -114,17 +150,20 @@ def core_batched(
     idx_keys: torch.Tensor | None,
     iq: torch.Tensor | None,
     iw: torch.Tensor | None,
-) -> torch.Tensor:
+    *,
+    budget: int,
+    indexer_loss: bool = False,
+) -> tuple[torch.Tensor, IndexerKL | None]:
     """Queries q [B, S, h, d] at positions 0..S-1 over their window keys k [B, S, d] plus the visible
-    (HCA: all; CSA: top-k selected) compressed entries comp [B, nc, d]; returns [B, S, h, d].
+    (HCA: all; CSA: top-k selected) compressed entries comp [B, nc, d]; returns ([B, S, h, d], the
+    indexer's distillation terms when `indexer_loss` and the layer has an indexer, else None).
 
     The window part is banded: queries go in sub-blocks of `band` positions, each scored against only the
     band + W - 1 keys it can see, all sub-blocks in one batched GEMM (the per-sequence path scores a block of
     256 queries against 256 + W - 1 keys, ~2x the work at W = 128). Query chunks (multiples of the band) are
-    sized so the [B, chunk, h, candidates] temporaries stay within the per-sequence path's budget.
+    sized so the [B, chunk, h, candidates] temporaries stay within `budget` elements (the per-sequence
+    path's `SCORE_BUDGET` for the device).
     """
-    from agentkit.runtime.layers.attention import SCORE_BUDGET
-
     bsz, n, h, d = q.shape
     dev = q.device
     win, ratio = attn.window, attn.ratio
@@ -134,7 +173,6 @@ def core_batched(
     sink = attn.attn_sink.float().view(1, 1, -1, 1)
     n_comp = 0 if comp is None else comp.shape[1]
     width = span + n_comp + (0 if iq is None else iq.shape[2] * n_comp // max(h, 1))
-    budget = SCORE_BUDGET.get(dev.type, 1 << 24)
     block = max(1, budget // max(1, bsz * h * width * band)) * band
     # pad: W - 1 key rows in front (position < 0, masked), up to a whole band at the end (discarded)
     npad = -(-n // band) * band
@@ -142,6 +180,7 @@ def core_batched(
     kp = F.pad(k, (0, 0, win - 1, npad - n))
     offs = torch.arange(span, device=dev)
     out = []
+    kl: IndexerKL | None = None
     for i0 in range(0, npad, block):
         i1 = min(npad, i0 + block)
         nq, nb = i1 - i0, (i1 - i0) // band
@@ -165,10 +204,9 @@ def core_batched(
                 assert iq is not None and iw is not None
                 iqb, iwb = F.pad(iq, (0, 0, 0, 0, 0, npad - n)), F.pad(iw, (0, 0, 0, npad - n))
                 order = _select(attn, iqb[:, i0:i1], iwb[:, i0:i1], idx_keys, vis)  # [B, nq, kk]
-                if attn.collect_indexer_loss and torch.is_grad_enabled():
+                if indexer_loss:
                     real = min(i1, n) - i0  # padded queries must not add KL terms
-                    _indexer_kl(
-                        attn,
+                    block_kl = indexer_kl(
                         qb[:, :real] * scale,
                         comp,
                         iq[:, i0 : i0 + real],
@@ -176,6 +214,7 @@ def core_batched(
                         idx_keys,
                         visible[:real],
                     )
+                    kl = IndexerKL.add(kl, block_kl)
                 kk = order.shape[-1]
                 if n_comp <= DENSE_CSA * kk:
                     # few candidates: score them all in one GEMM and keep the selected visible ones by mask,
@@ -211,4 +250,4 @@ def core_batched(
             o = o + g.view(bsz, nq, h, d)
         out.append(o)
     o = torch.cat(out, 1) if len(out) > 1 else out[0]
-    return o[:, :n]
+    return o[:, :n], kl
