@@ -33,6 +33,10 @@ REPEAT_NOTE = (
     "\n\n[agentkit] This exact call has now failed {count} times with the same arguments. Do not repeat "
     "it unchanged: fix the arguments or try a different approach."
 )
+REFUSED_NOTE = (
+    "[agentkit] This call was not run: {reason}. Nothing was executed; write the call again, correctly, "
+    "if you still need it."
+)
 BUDGET_NOTE = (
     "Tool `{name}` has failed {count} times in this run, which exhausts its retry budget; it was not run. "
     "Continue without it."
@@ -194,6 +198,11 @@ class Dispatcher:
             self._last_sequential = done
         self.active += 1
         self.tg.start_soon(self._run, index, call, waits, done)
+
+    def refuse(self, index: int, call: ToolCall, reason: str) -> None:
+        """A call the parse policy will not run: it still gets a result, saying why (`dsml.policy`)."""
+        self.runner.state.block.append(call)
+        self.runner.store(index, call, REFUSED_NOTE.format(reason=reason), True, "malformed")
 
     async def _run(self, index: int, call: ToolCall, waits: list[anyio.Event], done: anyio.Event) -> None:
         try:

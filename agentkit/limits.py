@@ -70,6 +70,12 @@ class Limits:
     this run (the model is told so); the same failing call repeated `identical_failure_threshold` times
     gets a note telling the model to change course.
 
+    `malformed_retries`: how many turns in a row the model may write something the run cannot take as
+    written (a tool call the parse policy refuses, a block with no call, a torn call) and get a
+    correction; one more and the run ends with status "malformed". `output_retries`: the same for a
+    final answer that fails the output schema ("output_invalid"). `empty_retries`: how many empty
+    final answers get a note asking for an answer before the run ends with status "empty" (0: at once).
+
     `context_budget_tokens` is not a stop condition: when the live context grows past
     `compact_at` x budget, whole old turns are dropped until it is under `compact_to` x budget. The
     gap between the two keeps compaction rare, so a remote prefix cache stays valid for long stretches.
@@ -86,6 +92,8 @@ class Limits:
     compact_at: float = 0.9
     compact_to: float = 0.5
     output_retries: int = 1
+    malformed_retries: int = 2
+    empty_retries: int = 1
     identical_failure_threshold: int = 2
     max_tool_failures: int = 3
 
@@ -99,8 +107,8 @@ class Limits:
                 f"need 0 < compact_to < compact_at <= 1, got compact_to={self.compact_to}, "
                 f"compact_at={self.compact_at}"
             )
-        if self.output_retries < 0:
-            raise ValueError("Limits.output_retries must be >= 0")
+        if min(self.output_retries, self.malformed_retries, self.empty_retries) < 0:
+            raise ValueError("Limits.output_retries, malformed_retries and empty_retries must be >= 0")
 
     def tripped(self, usage: Usage, steps: int, elapsed_s: float) -> str | None:
         """Name of the first exhausted budget, checked between steps."""

@@ -47,6 +47,9 @@ MALFORMED_NOTE = (
     "[agentkit] Your last reply contained a tool call that could not be parsed ({reason}); that call was "
     "not run. Write it again using exactly the DSML format described in the system prompt."
 )
+EMPTY_NOTE = (
+    "[agentkit] Your last reply was empty. Give your final answer, or call a tool if you still need one."
+)
 OUTPUT_NOTE = (
     "[agentkit] Your final answer did not match the required output schema:\n{error}\n"
     "Reply again with only a JSON value that matches this schema:\n{schema}"
@@ -121,28 +124,49 @@ class Loop:
         return turn, msg
 
     async def decide(self, turn: Turn, msg: AssistantMessage) -> bool:
-        """After a step: True to go on, or False with the run's final status set on the state."""
+        """After a step: True to go on, or False with the run's final status set on the state.
+
+        The one place the run's outcome is decided. A turn the run cannot take as written (a refused
+        call, a block with no call, a torn call: `Turn.malformed`) is never accepted silently: the model
+        is told what was wrong (refused calls through their results, the rest through a note) and may
+        try again `Limits.malformed_retries` turns in a row before the run ends as "malformed". An empty
+        final answer is never "completed".
+        """
         st = self.state
         limits = self.spec.limits
         assert turn.finish is not None
+        st.malformed_streak = st.malformed_streak + 1 if turn.malformed else 0
+        out_of_retries = st.malformed_streak > limits.malformed_retries
+        if turn.malformed and (turn.lost or turn.parse_error):
+            self.add_note(
+                MALFORMED_NOTE.format(
+                    reason="; ".join([*turn.lost, *([turn.parse_error] if turn.parse_error else [])])
+                )
+            )
         if st.final_requested is not None:
             st.block, st.block_results, st.pending = [], {}, []
             st.status, st.output = f"limit:{st.final_requested}", msg.content
         elif st.pending:
             st.status = "paused"
-        elif turn.calls:
-            if turn.parse_error is not None:  # e.g. a second call cut off after a good first one
-                self.add_note(MALFORMED_NOTE.format(reason=turn.parse_error))
+        elif turn.malformed and out_of_retries:
+            st.block, st.block_results, st.note = [], {}, None
+            st.status, st.output = "malformed", msg.content
+            why = f"{st.malformed_streak} malformed turns in a row; the run stops"
+            await self.emit(ev.ErrorEvent(st.step, "malformed", why))
+        elif turn.calls or turn.malformed:
             return True
         elif turn.finish.reason == "length":
             # Cut by the per-step token budget: not an answer, and saying so beats returning half a
             # sentence as if the model had finished.
             st.status, st.output = "truncated", msg.content
             await self.emit(ev.ErrorEvent(st.step, "truncated", "the model's turn hit max_tokens_per_step"))
-        elif turn.parse_error is not None and st.output_retries_used < limits.output_retries:
-            st.output_retries_used += 1
-            self.add_note(MALFORMED_NOTE.format(reason=turn.parse_error))
-            return True
+        elif not msg.content.strip():
+            await self.emit(ev.ErrorEvent(st.step, "empty_answer", "the model's final answer is empty"))
+            if st.empty_answers < limits.empty_retries:
+                st.empty_answers += 1
+                self.add_note(EMPTY_NOTE)
+                return True
+            st.status, st.output = "empty", msg.content
         elif self.spec.output is not None and (error := self.spec.output.validate(msg.content)) is not None:
             await self.emit(ev.ErrorEvent(st.step, "output_validation", error))
             if st.output_retries_used < limits.output_retries:
@@ -172,7 +196,7 @@ class Loop:
         try:
             async with anyio.create_task_group() as tg:
                 disp = Dispatcher(self.tools, tg, allow_tools, self._wake.set)
-                asm = TurnAssembler(st.step, self.mode, self.emit, disp.submit)
+                asm = TurnAssembler(st.step, self.mode, self.emit, disp.submit, disp.refuse)
                 async for chunk in spec.model.stream(request):
                     await asm.feed(chunk)
                     await self.flush()

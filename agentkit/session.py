@@ -109,6 +109,8 @@ class RunState:
     tool_failures: dict[str, int] = field(default_factory=dict)
     failing_calls: dict[str, int] = field(default_factory=dict)
     output_retries_used: int = 0
+    malformed_streak: int = 0  # turns in a row the model wrote something the run could not take
+    empty_answers: int = 0
     final_requested: str | None = None
     note: str | None = None  # framework text to send in the next user turn (limit, validation, task)
     baseline: dict[str, float] = field(default_factory=dict)  # step/usage at the start of this run
@@ -142,6 +144,8 @@ class RunState:
             "tool_failures": dict(self.tool_failures),
             "failing_calls": dict(self.failing_calls),
             "output_retries_used": self.output_retries_used,
+            "malformed_streak": self.malformed_streak,
+            "empty_answers": self.empty_answers,
             "final_requested": self.final_requested,
             "note": self.note,
             "baseline": dict(self.baseline),
@@ -184,6 +188,8 @@ class RunState:
                 tool_failures={str(k): int(v) for k, v in data.get("tool_failures", {}).items()},
                 failing_calls={str(k): int(v) for k, v in data.get("failing_calls", {}).items()},
                 output_retries_used=int(data.get("output_retries_used", 0)),
+                malformed_streak=int(data.get("malformed_streak", 0)),
+                empty_answers=int(data.get("empty_answers", 0)),
                 final_requested=data.get("final_requested"),
                 note=data.get("note"),
                 baseline={str(k): float(v) for k, v in data.get("baseline", {}).items()},

@@ -348,9 +348,9 @@ async def test_malformed_block_is_fed_back_not_returned() -> None:
     nameless = 'y</think>\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke nam="add">\n</｜DSML｜tool_calls>'
     model = ScriptedModel([torn, nameless, out("", "fine")])
     result = await Agent(model, [add]).run("go")
-    assert result.output == "fine" and result.usage.tool_calls == 1
+    assert result.output == "fine" and result.usage.tool_calls == 0  # the nameless call never runs
     assert "could not be parsed (the output ended inside the call to 'add')" in model.prompts[1].suffix
-    assert "Unknown tool ``" in model.prompts[2].suffix
+    assert "This call was not run: invoke without a name attribute" in model.prompts[2].suffix
 
 
 @pytest.mark.anyio

@@ -77,6 +77,7 @@ class _Base:
         self._explicit = True
         self._in_reasoning_block = False
         self._after_block = False
+        self._block_invokes = 0  # invokes started in the current tool-call block
         self._pending_ws_from = -1
         self._at_start = True
         self._stray_warned = False
@@ -132,9 +133,9 @@ class _Base:
         self._out.append(self._error)
         return False
 
-    def _warn(self, message: str, at: int) -> None:
+    def _warn(self, message: str, at: int, code: str = "repair") -> None:
         self._warnings.append(message)
-        self._out.append(ParseWarning(message, self._abs(at)))
+        self._out.append(ParseWarning(message, self._abs(at), code))
 
     def _reason(self, text: str) -> None:
         if text:
@@ -173,6 +174,7 @@ class _Base:
     # ------------------------------------------------------------------------------- call assembly
 
     def _start_call(self, name: str) -> None:
+        self._block_invokes += 1
         self._inv_name = name
         self._params = {}
         self._out.append(ToolCallStart(len(self._calls), name))
@@ -203,7 +205,7 @@ class _Base:
             self._out.append(self._error)
             return False
         for w in call.warnings:
-            self._warn(w, at)
+            self._warn(w, at, "invalid_json")
         self._out.append(ToolCallEnd(len(self._calls), call))
         self._calls.append(call)
         self._inv_name = None

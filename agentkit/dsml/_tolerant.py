@@ -20,9 +20,12 @@ tolerant mode reports as torn, because a call cut short may be missing arguments
 
 from __future__ import annotations
 
+import json
+
 from ._machine import _Base
 from .calls import decode_json_value
 from .lexer import PARTIAL, Tag, match_tag
+from .policy import valid_tool_name
 from .tokens import BOS, EOS, THINK_END, THINK_START
 from .types import ParameterDelta
 
@@ -90,6 +93,14 @@ class _TolerantStates(_Base):
             while j < len(buf) and buf[j].isspace():
                 j += 1
             if j > pos:
+                # Whitespace after the block: dropped before the end of the turn, kept before more text.
+                if j == len(buf) and not final:
+                    return self._wait_for(_not_blank, 0)
+                if j == len(buf) or buf.startswith(EOS, j):
+                    return self._goto(self._state, j)
+                if not final and len(buf) - j < len(EOS) and EOS.startswith(buf[j:]):
+                    return False
+                self._emit_text(buf[pos:j], reasoning)
                 return self._goto(self._state, j)
         i = max(pos, self._scan)
         hold = len(buf)
@@ -147,11 +158,20 @@ class _TolerantStates(_Base):
             self._emit_text(seg, reasoning)
             self._warn(f"stray DSML tag <{'/' if tag.closing else ''}{tag.name}> dropped", tag.start)
             return self._goto(self._state, tag.end)
-        # The canonical block follows a blank line that belongs to neither side.
-        self._emit_text(seg[:-2] if seg.endswith("\n\n") else seg.rstrip(), reasoning)
+        if tag.name == "invoke" and (not tag.canonical or "name" not in tag.attrs):
+            name = tag.attrs.get("name", "")
+            if not valid_tool_name(name):
+                # Not a call: prose that quotes (part of) a DSML tag. It stays text, word for word.
+                self._emit_text(self._buf[self._pos : tag.start + 1], reasoning)
+                return self._goto(self._state, tag.start + 1)
+        # The canonical block follows a blank line that belongs to neither side; other whitespace is text.
+        self._emit_text(seg[:-2] if seg.endswith("\n\n") else seg, reasoning)
         if reasoning:
             self._in_reasoning_block = True
-            self._warn("tool call block inside the reasoning (no </think> before it)", tag.start)
+            self._warn(
+                "tool call block inside the reasoning (no </think> before it)", tag.start, "call_in_reasoning"
+            )
+        self._block_invokes = 0
         self._open_block(tag.start)
         self._dialect = tag.delim
         self._explicit = tag.name != "invoke"
@@ -197,7 +217,7 @@ class _TolerantStates(_Base):
                 self._tear(j)
             if self._explicit:
                 self._warn("tool call block not closed before the end-of-sentence token", j)
-            self._close_block(j)
+            self._finish_block(j)
             return self._goto(self._t_done, j + len(EOS))
         if buf.startswith(THINK_END, j):
             self._ws_run, self._ws_at = "", -1
@@ -228,7 +248,7 @@ class _TolerantStates(_Base):
     def _t_stray(self, j: int, final: bool) -> bool:
         if not self._explicit and self._inv_name is None:
             # A wrapper-less block ends where ordinary text resumes.
-            self._close_block(j)
+            self._finish_block(j)
             self._after_block = True
             return self._goto(self._t_content, j)
         k = self._buf.find("<", j + 1)
@@ -236,8 +256,30 @@ class _TolerantStates(_Base):
             if not final:
                 return self._wait_for(_has_lt, 0)
             k = len(self._buf)
-        self._warn("stray text inside the tool call block ignored", j)
+        if self._json_body(self._buf[j:k], j):
+            return self._goto(self._t_block, k)
+        self._warn("stray text inside the tool call block ignored", j, "lost_text")
         return self._goto(self._t_block, k)
+
+    def _finish_block(self, at: int) -> None:
+        if self._block_invokes == 0:
+            self._warn("tool call block holds no call", at, "empty_block")
+        self._close_block(at)
+
+    def _json_body(self, text: str, at: int) -> bool:
+        """An invoke whose body is a JSON object instead of parameters (a variant SGLang accepts):
+        its members become the arguments, exactly as written. Anything else is not a body."""
+        if self._inv_name is None or self._params or self._in_value:
+            return False
+        ok, value = decode_json_value(text.strip())
+        if not ok or not isinstance(value, dict) or not value:
+            return False
+        for key, v in value.items():
+            raw, is_string = (v, True) if isinstance(v, str) else (json.dumps(v, ensure_ascii=False), False)
+            self._set_param(str(key), raw, is_string, self._abs(at))
+            self._out.append(ParameterDelta(len(self._calls), str(key), is_string, raw))
+        self._warn("invoke body written as a JSON object; read as its arguments", at, "json_body")
+        return True
 
     def _t_handle_block_tag(self, tag: Tag) -> bool:
         self._note_variant(tag)
@@ -254,10 +296,10 @@ class _TolerantStates(_Base):
             if self._inv_name is not None:
                 self._warn(f"invoke {self._inv_name!r} not closed before the next one", tag.start)
                 self._end_call(tag.start)
-            if "name" not in attrs:
-                self._warn("invoke without a name attribute", tag.start)
             self._inv_at = self._abs(tag.start)
             self._start_call(attrs.get("name", ""))
+            if "name" not in attrs:  # after the start: the warning belongs to this call
+                self._warn("invoke without a name attribute", tag.start, "no_name")
             if tag.self_closing:
                 self._warn("self-closing invoke read as a call without arguments", tag.start)
                 self._end_call(tag.end)
@@ -265,10 +307,12 @@ class _TolerantStates(_Base):
         if tag.name == "parameter" and not tag.closing:
             discard = self._inv_name is None
             if discard:
-                self._warn("parameter outside an invoke ignored", tag.start)
+                self._warn("parameter outside an invoke ignored", tag.start, "lost_text")
             name, flag = attrs.get("name", ""), attrs.get("string")
             if name in self._params and not discard:
-                self._warn(f"duplicate parameter {name!r}: the later value wins", tag.start)
+                self._warn(
+                    f"duplicate parameter {name!r}: the later value wins", tag.start, "duplicate_parameter"
+                )
             if tag.self_closing:
                 if not discard:
                     self._set_param(name, attrs.get("value", ""), flag != "false", self._abs(tag.start))
@@ -285,10 +329,12 @@ class _TolerantStates(_Base):
             if self._inv_name is not None:
                 self._warn(f"invoke {self._inv_name!r} closed by </tool_calls>", tag.start)
                 self._end_call(tag.start)
-            self._close_block(tag.start)
+            self._finish_block(tag.start)
             self._after_block = True
             return self._goto(self._t_content, tag.end)
-        self._warn(f"unexpected DSML tag <{'/' if tag.closing else ''}{tag.name}> ignored", tag.start)
+        self._warn(
+            f"unexpected DSML tag <{'/' if tag.closing else ''}{tag.name}> ignored", tag.start, "unknown_tag"
+        )
         return True
 
     # -------------------------------------------------------------------------------------- value

@@ -341,6 +341,8 @@ class StreamParser(_TolerantStates):
             return
         if self._in_value or self._inv_name is not None:
             self._tear(len(self._buf))
+        if self._state == self._t_block and self._block_invokes == 0:
+            self._warn("tool call block holds no call", len(self._buf), "empty_block")
         if self._state in (self._t_reasoning,):
             self._warn("output ended without </think>", len(self._buf))
         if self._state in (self._t_reasoning, self._t_content, self._t_block, self._t_value):

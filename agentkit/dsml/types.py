@@ -138,10 +138,12 @@ class ToolCallTorn:
 
 @dataclass(frozen=True, slots=True)
 class ParseWarning:
-    """Tolerant mode repaired something; `position` is the offset in the whole text."""
+    """Tolerant mode repaired something; `position` is the offset in the whole text. `code` names the
+    repair; `policy.changes_meaning(code)` says whether it may pass silently."""
 
     message: str
     position: int
+    code: str = "repair"
 
 
 @dataclass(frozen=True, slots=True)
