@@ -7,6 +7,7 @@ process and resumed with the same agent definition.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -24,7 +25,9 @@ from agentkit.limits import Limits, Usage
 from agentkit.loop import Approver, Emit, Loop
 from agentkit.messages import Message, SystemMessage, ToolCall, Transcript, UserMessage, message_to_dict
 from agentkit.output import OutputSpec
+from agentkit.recovery import recover
 from agentkit.session import RunState, StepRecord, load_session, save_session
+from agentkit.store import RunStore, open_store
 
 DepsT = TypeVar("DepsT")
 OutputT = TypeVar("OutputT")
@@ -82,6 +85,10 @@ class Agent(Generic[DepsT, OutputT]):
     `output_type`: validate the final answer as this type (JSON), feeding failures back to the model.
     `deps`: handed to tools through `RunContext.deps`. `approver`: decides `requires_approval` calls
     in-process (True, False or a denial reason); without one such calls pause the run.
+    `store`: make runs durable: a `RunStore`, a folder (one JSON file per run) or a `*.db` path
+    (SQLite). Each run is saved at every point it could resume from; `agent.resume(run_id)` continues
+    one whose process died. The embedded backend's KV state is saved along when it is at most
+    `kv_limit` bytes (else a resumed run re-prefills its transcript).
     """
 
     def __init__(
@@ -96,6 +103,8 @@ class Agent(Generic[DepsT, OutputT]):
         output_type: type[OutputT] | None = None,
         deps: DepsT | None = None,
         approver: Approver | None = None,
+        store: RunStore | str | Path | None = None,
+        kv_limit: int = 64 << 20,
     ) -> None:
         from agentkit.tools.tool import Tool, tool
 
@@ -106,6 +115,9 @@ class Agent(Generic[DepsT, OutputT]):
         self.sandbox = sandbox
         self.deps = deps
         self.approver = approver
+        self.store: RunStore | None = open_store(store) if store is not None else None
+        self.kv_limit = kv_limit
+        self._kv_too_big: set[str] = set()
         self.tools: dict[str, Tool] = {}
         for t in tools:
             obj = t if isinstance(t, Tool) else tool(t)
@@ -204,6 +216,41 @@ class Agent(Generic[DepsT, OutputT]):
         state.status = "running"
         return state
 
+    # -- durable runs -----------------------------------------------------------------------------
+
+    def _checkpoint(self, st: RunState, with_kv: bool) -> None:
+        """Save the run to the store; with `with_kv`, the backend's KV state too when small enough."""
+        assert self.store is not None
+        kv, keep = None, True
+        export = getattr(self.model, "export_state", None)
+        if with_kv and export is not None and st.run_id not in self._kv_too_big:
+            try:
+                blob = export(st.run_id)
+            except Exception:  # no state for this run (yet): keep whatever was saved before
+                blob = None
+            if blob is not None and len(blob) <= self.kv_limit:
+                kv, keep = blob, False
+            elif blob is not None:  # too big to save each step: a resume re-prefills instead
+                self._kv_too_big.add(st.run_id)
+                keep = False
+        self.store.save(st, kv, keep_kv=keep)
+
+    def _load(self, run_id: str, force: bool) -> tuple[RunState, bool]:
+        """(state, crashed) from the store; a crashed run's KV goes back to the backend if it fits."""
+        if self.store is None:
+            raise RunError("resume(run_id) needs an agent with a store (Agent(..., store=...))")
+        record = self.store.load(run_id)
+        state = record.state
+        if state.status == "running" and record.owner_alive() and not force:
+            raise RunError(
+                f"run {run_id!r} is still running in process {record.owner} (force=True to take it over)"
+            )
+        importer = getattr(self.model, "import_state", None)
+        if record.kv is not None and importer is not None:
+            with contextlib.suppress(Exception):  # a KV that no longer fits is recomputed instead
+                importer(state.run_id, record.kv, state.transcript)
+        return state, state.status == "running"
+
     async def _open_sandbox(self) -> tuple[Any, bool]:
         """(sandbox, owned): a string or factory opens one for this run, which the run then closes."""
         spec = self.sandbox
@@ -225,7 +272,9 @@ class Agent(Generic[DepsT, OutputT]):
             raise RunError("the sandbox factory must return a sandbox (or an awaitable of one)")
         return sb, True
 
-    async def _drive(self, loop: Loop, ctx: Any, approvals: dict[str, bool | str] | None) -> None:
+    async def _drive(
+        self, loop: Loop, ctx: Any, approvals: dict[str, bool | str] | None, crashed: bool = False
+    ) -> None:
         """Run the loop; with a wall-time limit, a watchdog cancels the tools still running when it
         expires (they report "cancelled"), and the loop then asks for the final answer."""
         st = loop.state
@@ -239,10 +288,13 @@ class Agent(Generic[DepsT, OutputT]):
                         ctx.cancellation.cancel("the run's wall-time limit was reached")
 
                     tg.start_soon(watchdog)
-                if st.status == "paused":
-                    st.status = "running"
-                    await loop.resolve_pending(approvals or {})
-                await loop.run()
+                if crashed:
+                    await recover(loop)
+                else:
+                    if st.status == "paused":
+                        st.status = "running"
+                        await loop.resolve_pending(approvals or {})
+                    await loop.run()
                 tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             if len(group.exceptions) == 1:
@@ -255,15 +307,28 @@ class Agent(Generic[DepsT, OutputT]):
         state: RunState | None,
         approvals: dict[str, bool | str] | None,
         emit: Emit,
+        *,
+        run_id: str | None = None,
+        resume_id: str | None = None,
+        force: bool = False,
     ) -> RunResult[OutputT]:
         from agentkit.tools.context import RunContext
 
-        st = self._prepare(task, state, approvals)
+        crashed = False
+        if resume_id is not None:
+            state, crashed = self._load(resume_id, force)
+        st = self._prepare(task, state, approvals) if not crashed else state
+        assert st is not None
+        if run_id is not None and state is None:
+            st.run_id = run_id
         sandbox, owned = await self._open_sandbox()
         ctx: RunContext[Any] = RunContext(deps=self.deps, sandbox=sandbox, run_id=st.run_id)
         loop = Loop(self, st, emit, ctx)
+        if self.store is not None:
+            loop.checkpoint = lambda with_kv: self._checkpoint(st, with_kv)
+            loop.checkpoint(False)
         try:
-            await self._drive(loop, ctx, approvals)
+            await self._drive(loop, ctx, approvals, crashed)
         except anyio.get_cancelled_exc_class():
             st.status = "cancelled"
             ctx.cancellation.cancel("the run was cancelled")
@@ -274,6 +339,8 @@ class Agent(Generic[DepsT, OutputT]):
             raise
         finally:
             st.elapsed_s = loop.elapsed()
+            if self.store is not None and st.status != "running":
+                self._checkpoint(st, with_kv=True)
             if owned and sandbox is not None:
                 with anyio.CancelScope(shield=True):
                     await sandbox.close()
@@ -293,12 +360,25 @@ class Agent(Generic[DepsT, OutputT]):
         *,
         state: RunState | str | None = None,
         approvals: dict[str, bool | str] | None = None,
+        run_id: str | None = None,
     ) -> RunResult[OutputT]:
         """Run a new task, resume a paused run (`state=..., approvals={call_id: True/False/"reason"}`),
-        or continue a finished one with a follow-up task (`state=..., task=...`)."""
+        or continue a finished one with a follow-up task (`state=..., task=...`). `run_id` names a new
+        run (with a store, the key to resume it by)."""
         if isinstance(state, str):
             state = RunState.from_json(state)
-        return await self._execute(task, state, approvals, _ignore)
+        return await self._execute(task, state, approvals, _ignore, run_id=run_id)
+
+    async def resume(
+        self, run_id: str, *, approvals: dict[str, bool | str] | None = None, force: bool = False
+    ) -> RunResult[OutputT]:
+        """Continue a run from the agent's store: one whose process died mid-run (from its last
+        checkpoint: no finished tool call runs again), or a paused one with `approvals`.
+
+        Refuses a run whose owner process is still alive on this host (it would run tools twice),
+        unless `force`.
+        """
+        return await self._execute(None, None, approvals, _ignore, resume_id=run_id, force=force)
 
     async def stream(
         self,

@@ -33,6 +33,10 @@ REPEAT_NOTE = (
     "\n\n[agentkit] This exact call has now failed {count} times with the same arguments. Do not repeat "
     "it unchanged: fix the arguments or try a different approach."
 )
+INTERRUPTED_NOTE = (
+    "[agentkit] This call was interrupted: the run stopped while it ran (its process ended) and has "
+    "been resumed since. It may or may not have taken effect; check before running it again."
+)
 REFUSED_NOTE = (
     "[agentkit] This call was not run: {reason}. Nothing was executed; write the call again, correctly, "
     "if you still need it."
@@ -61,6 +65,11 @@ class ToolRunner:
         self.approver = approver
         self.ctx = ctx
         self.emit_soon = emit_soon
+        self.on_result: Callable[[], None] = lambda: None  # a durable run checkpoints here
+        # after a crash during a model call (agentkit.recovery): results of the calls that attempt had
+        # finished, and the calls it had started, by "index:signature"
+        self.carried: dict[str, BlockResult] = {}
+        self.in_flight: set[str] = set()
 
     def calls_this_run(self) -> int:
         return self.state.usage.tool_calls - int(self.state.baseline.get("tool_calls", 0))
@@ -142,20 +151,66 @@ class ToolRunner:
                 ToolRecord(call.id, call.name, dict(call.arguments), duration_s, is_error, kind)
             )
         self.emit_soon(ev.ToolResult(st.step, index, call.id, call.name, content, is_error, kind))
+        self.on_result()
+
+    def interrupted(self, index: int, call: ToolCall) -> bool:
+        """A call that was running when the process died: True if it got its result here (reported as
+        interrupted), False if it may simply run again (its tool is idempotent)."""
+        tool = self.tools.get(call.name)
+        if tool is not None and tool.idempotent:
+            return False
+        self.store(index, call, INTERRUPTED_NOTE, True, "interrupted")
+        return True
+
+    def recovered(self, index: int, call: ToolCall) -> bool:
+        """Recovery after a crash during a model call: True if this call (same place, same arguments)
+        already has its outcome from the interrupted attempt, so it must not run again."""
+        key = f"{index}:{call.signature()}"
+        done = self.carried.pop(key, None)
+        if done is not None:
+            self.store(index, call, done.content, done.is_error, done.error_kind)
+            return True
+        if key in self.in_flight:
+            self.in_flight.discard(key)
+            return self.interrupted(index, call)
+        return False
 
     async def resolve_pending(self, approvals: dict[str, bool | str]) -> None:
-        """Apply approve/deny decisions to the paused block, running the approved calls together."""
+        """Apply approve/deny decisions to the paused block, running the approved calls together.
+
+        The decisions are recorded (and checkpointed) before any approved call starts, so a crash in
+        between leaves a run that knows exactly which calls were approved and may have run.
+        """
         st = self.state
+        approved = []
+        for index in list(st.pending):
+            call = st.block[index]
+            decision = approvals[call.id]
+            if decision is True:
+                approved.append(index)
+            else:
+                self.deny(index, call, decision)
+        st.pending = []
+        st.phase = "approving"
+        self.on_result()
         async with anyio.create_task_group() as tg:
-            for index in list(st.pending):
-                call = st.block[index]
-                decision = approvals[call.id]
-                if decision is True:
+            for index in approved:
+                st.usage.tool_calls += 1
+                tg.start_soon(self.execute, index, st.block[index])
+
+    async def settle(self) -> None:
+        """After a crash: every call of the block without a result and not awaiting approval was running
+        when the process died; run it again if idempotent, else report it interrupted."""
+        st = self.state
+        if st.final_requested is not None:
+            return  # a final-answer step dispatches nothing
+        async with anyio.create_task_group() as tg:
+            for index, call in enumerate(st.block):
+                if index in st.block_results or index in st.pending:
+                    continue
+                if not self.interrupted(index, call):
                     st.usage.tool_calls += 1
                     tg.start_soon(self.execute, index, call)
-                else:
-                    self.deny(index, call, decision)
-        st.pending = []
 
 
 class Dispatcher:
@@ -176,7 +231,7 @@ class Dispatcher:
         runner = self.runner
         st = runner.state
         st.block.append(call)
-        if not self.enabled:
+        if not self.enabled or runner.recovered(index, call):
             return
         tool = runner.tools.get(call.name)
         limit = runner.limits.max_tool_calls

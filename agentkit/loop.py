@@ -47,6 +47,10 @@ MALFORMED_NOTE = (
     "[agentkit] Your last reply contained a tool call that could not be parsed ({reason}); that call was "
     "not run. Write it again using exactly the DSML format described in the system prompt."
 )
+RESUMED_NOTE = (
+    "[agentkit] The run was interrupted and resumed. Before the interruption these tool calls had "
+    "already run or started, and their effects may remain: {calls}."
+)
 EMPTY_NOTE = (
     "[agentkit] Your last reply was empty. Give your final answer, or call a tool if you still need one."
 )
@@ -81,18 +85,32 @@ class Loop:
         self._queue: list[ev.Event] = []
         self._wake = anyio.Event()
         self.tools = ToolRunner(state, spec.tools, spec.limits, spec.approver, ctx, self.emit_soon)
+        # durable runs: called at every point the run could resume from (True: the backend's KV state
+        # may be saved with it); the agent sets it when it has a store
+        self.checkpoint: Callable[[bool], None] = lambda with_kv: None
+        self.tools.on_result = lambda: self.checkpoint(False)
 
     # -- the loop ---------------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Steps until the run ends: each sends what is pending, lets the model answer, then decides."""
+    async def run(self, *, at_step: bool = False) -> None:
+        """Steps until the run ends: each sends what is pending, lets the model answer, then decides.
+
+        `at_step`: the pending turn was already sent (a run resumed at a "ready" checkpoint).
+        """
+        st = self.state
         while True:
-            await self.check_limits()
-            self.append_user_turn()
-            await self.maybe_compact()
+            if not at_step:
+                await self.check_limits()
+                self.append_user_turn()
+                await self.maybe_compact()
+                st.phase = "ready"
+                self.checkpoint(False)
+            at_step = False
             turn, msg = await self.step()
             if not await self.decide(turn, msg):
                 return
+            st.phase = "decided"
+            self.checkpoint(True)
 
     async def check_limits(self) -> None:
         """Once a limit trips, the next step asks for a final answer without tools."""
@@ -113,15 +131,21 @@ class Loop:
         st = self.state
         st.step += 1
         st.steps.append(StepRecord(st.step, time.time()))
+        st.phase = "generating"
         await self.emit(ev.StepStart(st.step))
         t0 = time.monotonic()
         turn = await self.generate(allow_tools=st.final_requested is None)
-        msg = self.record_turn(turn, time.monotonic() - t0)
+        return turn, await self.end_step(turn, time.monotonic() - t0)
+
+    async def end_step(self, turn: Turn, latency_s: float) -> AssistantMessage:
+        st = self.state
+        msg = self.record_turn(turn, latency_s)
+        st.partial = None
         st.elapsed_s = self.elapsed()
         assert turn.finish is not None
         await self.emit(ev.UsageUpdate(st.step, st.usage.copy()))
         await self.emit(ev.StepEnd(st.step, turn.finish.reason))
-        return turn, msg
+        return msg
 
     async def decide(self, turn: Turn, msg: AssistantMessage) -> bool:
         """After a step: True to go on, or False with the run's final status set on the state.
@@ -204,10 +228,18 @@ class Loop:
                 await self.flush()
                 if turn.finish is None:
                     raise ModelError(f"model {spec.model.name!r} ended its stream without a Finish")
+                st.phase, st.partial = "streamed", turn.to_dict()
+                self.checkpoint(False)  # from here a crash costs no model call, only the tools in flight
                 while disp.active:  # hand out each tool's result as it lands, not all at the end
                     await self._wake.wait()
                     self._wake = anyio.Event()
                     await self.flush()
+            leftover = [*self.tools.carried, *self.tools.in_flight]
+            if leftover:  # a resumed call that did not write again what the lost attempt had started
+                names = ", ".join(sorted({k.split(":", 1)[1].split("\x00")[0] for k in leftover}))
+                self.add_note(RESUMED_NOTE.format(calls=names))
+                self.tools.carried.clear()
+                self.tools.in_flight.clear()
         except BaseExceptionGroup as group:
             # A task group wraps even a single failure; callers should see the ModelError itself.
             if len(group.exceptions) == 1:

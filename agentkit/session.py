@@ -116,6 +116,12 @@ class RunState:
     baseline: dict[str, float] = field(default_factory=dict)  # step/usage at the start of this run
     has_kv: bool = False
     steps: list[StepRecord] = field(default_factory=list)  # per-step records, every run of this state
+    # where a durable run stood at its last checkpoint (agentkit.recovery reads these after a crash):
+    # "ready" (the next model call is due), "generating" (a model call was under way; `block` holds
+    # the calls it had closed and `block_results` those finished), "streamed" (the model's turn is in
+    # `partial`, tools may still run), "approving" (approved calls running), "decided" (a step ended)
+    phase: str = "decided"
+    partial: dict[str, Any] | None = None
 
     @property
     def pending_calls(self) -> list[ToolCall]:
@@ -123,14 +129,22 @@ class RunState:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "version": FORMAT_VERSION,
-            "run_id": self.run_id,
-            "thinking": self.thinking,
+            **self.small_dict(),
             "transcript": self.transcript.to_dict(),
             "messages": [message_to_dict(m) for m in self.messages],
             "tool_message_errors": [
                 i for i, m in enumerate(self.messages) if m.role == "tool" and getattr(m, "is_error", False)
             ],
+            "steps": [r.to_dict() for r in self.steps],
+        }
+
+    def small_dict(self) -> dict[str, Any]:
+        """Everything but the three append-only parts (transcript, messages, step records), whose
+        size grows with the run: a store saves those as they grow, this in full each time."""
+        return {
+            "version": FORMAT_VERSION,
+            "run_id": self.run_id,
+            "thinking": self.thinking,
             "usage": self.usage.to_dict(),
             "step": self.step,
             "status": self.status,
@@ -150,7 +164,8 @@ class RunState:
             "note": self.note,
             "baseline": dict(self.baseline),
             "has_kv": self.has_kv,
-            "steps": [r.to_dict() for r in self.steps],
+            "phase": self.phase,
+            "partial": self.partial,
         }
 
     def to_json(self) -> str:
@@ -195,6 +210,8 @@ class RunState:
                 baseline={str(k): float(v) for k, v in data.get("baseline", {}).items()},
                 has_kv=bool(data.get("has_kv", False)),
                 steps=[StepRecord.from_dict(r) for r in data.get("steps", [])],
+                phase=str(data.get("phase", "decided")),
+                partial=data.get("partial"),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             if isinstance(exc, SessionError):

@@ -10,6 +10,7 @@ number that must not grow with N.
     python bench/loop.py --backend trio --steps 10 100 1000 --repeat 3
     python bench/loop.py --sync-tool      # a sync tool adds its worker-thread hop
     python bench/loop.py --resume 500 2000 8000   # embedded: resume a saved session with vs without KV
+    python bench/loop.py --store-overhead         # durable runs: file / file+fsync / SQLite store per step
 
 Anchors (same harness idea, 2-vCPU VM; see research/agent-anchors.md §7.1): smolagents 0.47 ms/turn,
 LangGraph 2.0 ms, pydantic-ai 3.8-4.4 ms, OpenAI Agents SDK 3.9-6.9 ms.
@@ -57,10 +58,13 @@ def completion(step: int) -> str:
 FINAL = render_assistant_turn({"reasoning_content": "done", "content": "finished"}, "thinking")
 
 
-async def one_run(steps: int, chunk: int | None, sync_tool: bool = False) -> tuple[float, list[float]]:
+async def one_run(
+    steps: int, chunk: int | None, sync_tool: bool = False, store: Any = None
+) -> tuple[float, list[float]]:
     outputs = [completion(i) for i in range(steps)] + [FINAL]
     model = ScriptedModel(outputs, chunk_size=chunk, record_prompts=False)
-    agent: Agent[None, str] = Agent(model, [noop_sync if sync_tool else noop], limits=Limits(max_steps=None))
+    tools = [noop_sync if sync_tool else noop]
+    agent: Agent[None, str] = Agent(model, tools, limits=Limits(max_steps=None), store=store)
     stamps: list[float] = []
     t0 = time.perf_counter()
     async for event in agent.stream("benchmark"):
@@ -86,6 +90,33 @@ async def bench(
             means.append(total / (steps + 1))
             tails.append(statistics.median(per_step[-10:]))
         rows.append((steps, statistics.median(means) * 1e3, statistics.median(tails) * 1e3))
+    return rows
+
+
+async def store_bench(steps_list: list[int], repeat: int, tmp: str) -> list[tuple[str, int, float, float]]:
+    """Mean ms/step with each store against none (every checkpoint of every step saved)."""
+    from agentkit.store import FileStore, SQLiteStore
+
+    kinds = {
+        "none": lambda d: None,
+        "file": lambda d: FileStore(d),
+        "file, fsync": lambda d: FileStore(d, fsync=True),
+        "sqlite (WAL)": lambda d: SQLiteStore(f"{d}.db"),
+    }
+    await one_run(10, None)
+    rows = []
+    for steps in steps_list:
+        base = 0.0
+        for name, make in kinds.items():
+            means = []
+            for r in range(repeat):
+                total, _ = await one_run(
+                    steps, None, store=make(f"{tmp}/{name}-{steps}-{r}".replace(" ", ""))
+                )
+                means.append(total / (steps + 1) * 1e3)
+            mean = statistics.median(means)
+            base = mean if name == "none" else base
+            rows.append((name, steps, mean, mean - base))
     return rows
 
 
@@ -155,7 +186,19 @@ def main() -> None:
         metavar="CHARS",
         help="instead: embedded session resume with/without KV",
     )
+    ap.add_argument("--store-overhead", action="store_true", help="instead: per-step cost of each run store")
     args = ap.parse_args()
+    if args.store_overhead:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            srows = anyio.run(store_bench, [20, 200], args.repeat, tmp)
+        print("durable-run store overhead (scripted model, async no-op tool, every checkpoint saved)")
+        print("| store | steps | mean ms/step | overhead ms/step |")
+        print("|---|---:|---:|---:|")
+        for name, steps, mean, over in srows:
+            print(f"| {name} | {steps} | {mean:.3f} | {over:+.3f} |")
+        return
     if args.resume is not None:
         import tempfile
 

@@ -70,7 +70,9 @@ class ToolOptions:
     (seconds) bounds each attempt; `retries` re-runs after an exception or timeout; `sequential=True`
     asks the loop to run this call alone rather than in parallel with others; `requires_approval=True`
     asks the loop to get a human's yes before invoking it; `max_output_chars` bounds the result text
-    (a run's `RunContext.max_output_chars` wins over it).
+    (a run's `RunContext.max_output_chars` wins over it); `idempotent=True` says running the same call
+    twice does no more than running it once, so a durable run resumed after a crash may run again a
+    call that was in flight (otherwise the model is told it was interrupted).
     """
 
     name: str | None = None
@@ -80,6 +82,7 @@ class ToolOptions:
     sequential: bool = False
     requires_approval: bool = False
     max_output_chars: int | None = None
+    idempotent: bool = False
 
     def __call__(self, function: Callable[..., Any], /) -> Tool:
         return Tool(function, self)
@@ -125,6 +128,7 @@ class Tool:
         self.sequential = opts.sequential
         self.requires_approval = opts.requires_approval
         self.max_output_chars = opts.max_output_chars
+        self.idempotent = opts.idempotent
         schema = function_schema(function, self.name)
         self.function_schema: FunctionSchema = schema
         self._unbound_method = schema.unbound_method

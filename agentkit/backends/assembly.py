@@ -57,6 +57,29 @@ class Turn:
         """The model wrote something the run could not take as written (it gets told so)."""
         return bool(self.refused or self.lost or self.parse_error)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, so a durable run can keep a finished model turn across a crash."""
+        f = self.finish
+        return {
+            "raw": self.raw, "token_ids": self.token_ids, "reasoning": self.reasoning,
+            "content": self.content, "calls": [c.to_dict() for c in self.calls],
+            "finish": None if f is None else [f.reason, f.prompt_tokens, f.cached_tokens,
+                                              f.prefilled_tokens, f.completion_tokens],
+            "parse_error": self.parse_error, "first_chunk_s": self.first_chunk_s,
+            "refused": self.refused, "lost": self.lost,
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Turn:
+        f = data.get("finish")
+        return cls(
+            raw=list(data["raw"]), token_ids=list(data["token_ids"]), reasoning=list(data["reasoning"]),
+            content=list(data["content"]), calls=[ToolCall.from_dict(c) for c in data["calls"]],
+            finish=None if f is None else Finish(f[0], *f[1:]), parse_error=data.get("parse_error"),
+            first_chunk_s=data.get("first_chunk_s"), refused=list(data.get("refused", [])),
+            lost=list(data.get("lost", [])),
+        )  # fmt: skip
+
 
 @dataclass(slots=True)
 class _ChatCall:

@@ -32,8 +32,15 @@ class LocalSandbox(ClosesOnExit):
         env: dict[str, str] | None = None,
         workspace_parent: str | None = None,
         read_limit: int = DEFAULT_READ_LIMIT,
+        workspace: str | None = None,
     ) -> None:
-        self.workspace = os.path.realpath(tempfile.mkdtemp(prefix="agentkit-local-", dir=workspace_parent))
+        # `workspace`: an existing folder to work in, kept on close (it is the caller's)
+        self._owned = workspace is None
+        if workspace is not None and not os.path.isdir(workspace):
+            raise SandboxError(f"workspace {workspace!r} is not a directory")
+        self.workspace = os.path.realpath(
+            workspace or tempfile.mkdtemp(prefix="agentkit-local-", dir=workspace_parent)
+        )
         self.default_timeout = default_timeout
         self.output_limit = output_limit
         self.read_limit = read_limit
@@ -108,7 +115,8 @@ class LocalSandbox(ClosesOnExit):
         self._closed = True
         for pgid in self._groups:
             _proc._killpg(pgid)
-        await anyio.to_thread.run_sync(lambda: shutil.rmtree(self.workspace, ignore_errors=True))
+        if self._owned:
+            await anyio.to_thread.run_sync(lambda: shutil.rmtree(self.workspace, ignore_errors=True))
 
     async def __aenter__(self) -> LocalSandbox:
         return self

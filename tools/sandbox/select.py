@@ -22,7 +22,7 @@ Backend = Literal["auto", "docker", "bwrap", "local"]
 _BACKENDS = ("auto", "docker", "bwrap", "local")
 _DOCKER_FIELDS = set(DockerConfig.__dataclass_fields__) | {"client", "memory_mb"}
 _BWRAP_FIELDS = set(BwrapConfig.__dataclass_fields__)
-_LOCAL_FIELDS = {"default_timeout", "output_limit", "env", "workspace_parent", "read_limit"}
+_LOCAL_FIELDS = {"default_timeout", "output_limit", "env", "workspace_parent", "read_limit", "workspace"}
 
 
 def _check_options(backend: str, options: dict[str, Any], allowed: set[str]) -> None:
