@@ -90,6 +90,10 @@ class ModelConfig(BaseModel):
     """FP8 e4m3 quantize->dequantize of the non-RoPE dims of window and compressed KV (spec §4.8)."""
     sim_fp4_indexer: bool = True
     """FP4 e2m1 quantize->dequantize of indexer queries and keys (spec §4.8)."""
+    sim_fp8_act: bool = True
+    """Round the input of every FP8 / FP4 linear to e4m3 in 1x128 blocks with power-of-two scales, as the
+    reference's `linear()` does (`act_quant` before `fp8_gemm` / `fp4_gemm`, spec §10). Only linears whose
+    weights are stored FP8 or FP4 (`weight_format="quantized"`) have it; float-stored models never do."""
     hadamard: bool = True
     """Walsh-Hadamard rotation of indexer queries and keys (only changes results through FP4 rounding)."""
 
@@ -248,6 +252,7 @@ class ModelConfig(BaseModel):
                 "weight_format": self.weight_format,
                 "sim_fp8_kv": self.sim_fp8_kv,
                 "sim_fp4_indexer": self.sim_fp4_indexer,
+                "sim_fp8_act": self.sim_fp8_act,
                 "hadamard": self.hadamard,
                 "dtype": self.dtype,
             },

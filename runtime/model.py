@@ -155,6 +155,9 @@ class V4Model(nn.Module):
             self.mtp = nn.ModuleList(
                 MTPBlock(config, config.n_layers + i, dtype) for i in range(config.n_mtp_layers)
             )
+        for m in self.modules():  # the reference rounds activations before every FP8 / FP4 GEMM
+            if isinstance(m, Linear) and m.fmt != "float":
+                m.act_quant = config.sim_fp8_act
 
     @property
     def device(self) -> torch.device:

@@ -95,8 +95,14 @@ class Linear(nn.Module):
     """y = x W^T with W stored as a float parameter, FP8 e4m3 + E8M0 128x128 tiles, or packed FP4 + E8M0/32.
 
     Quantized weights are buffers named `weight` and `scale` (the checkpoint's names) and are dequantized per
-    use through `agentkit.runtime.quant`, so the resident size stays that of the checkpoint.
+    use through `agentkit.runtime.quant`, so the resident size stays that of the checkpoint. With
+    `act_quant` (the model sets it from `ModelConfig.sim_fp8_act` on FP8 / FP4 layers) the input is first
+    rounded exactly as the reference's `act_quant` rounds it for `fp8_gemm` / `fp4_gemm`: e4m3, blocks
+    of 128 along K, power-of-two scales; the product is then the reference's fallback, both operands
+    dequantized.
     """
+
+    act_quant: bool = False
 
     def __init__(
         self,
@@ -163,6 +169,8 @@ class Linear(nn.Module):
                 self.scale.copy_(s)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act_quant:
+            x = fp8_roundtrip(x, 128)
         return F.linear(x, self.dense(x.dtype))
 
     def extra_repr(self) -> str:
