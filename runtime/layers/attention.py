@@ -18,6 +18,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from agentkit.runtime.config import ModelConfig
+from agentkit.runtime.kernels import sparse_attn as sparse_kernel
 from agentkit.runtime.layers.batched import BatchShape, IndexerKL, core_batched, indexer_kl, pool_fresh
 from agentkit.runtime.layers.compressor import Compressor
 from agentkit.runtime.layers.lowp import Linear, StorageFormat, fp4_roundtrip, fp8_kv_roundtrip, hadamard
@@ -27,6 +28,9 @@ from agentkit.runtime.state import LayerState
 from torch import nn
 
 QUERY_BLOCK = 256
+#: Up to this many query rows per sequence (decode, short extends) go through the sparse-attention kernel
+#: on CUDA; longer extends keep the blocked path. `AGENTKIT_KERNELS=0` turns the kernels off.
+KERNEL_ROWS = 16
 # elements of one [block, heads, candidates] fp32 score temporary: 64 MiB on CPU, 512 MiB on a GPU
 SCORE_BUDGET = {"cpu": 1 << 24, "cuda": 1 << 27}
 
@@ -301,6 +305,8 @@ class Attention(nn.Module):
         shrink as the number of candidates grows, bounding the [block, heads, candidates] temporaries.
         """
         n, h = q.shape[0], q.shape[1]
+        if n <= KERNEL_ROWS and sparse_kernel.supported(q) and sparse_kernel.enabled():
+            return self._core_kernel(q, keys_win, w_old, pos, comp, idx_keys, iq, iw)
         dev = q.device
         scale = 1.0 / math.sqrt(self.head_dim)
         sink = self.attn_sink.float().view(1, -1, 1)
@@ -343,6 +349,47 @@ class Attention(nn.Module):
                 o = o + torch.bmm(probs[..., nd:], gathered.to(probs.dtype))
             out.append(o)
         return torch.cat(out, 0) if len(out) > 1 else out[0]
+
+    def _core_kernel(
+        self,
+        q: torch.Tensor,
+        keys_win: torch.Tensor,
+        w_old: int,
+        pos: int,
+        comp: torch.Tensor | None,
+        idx_keys: torch.Tensor | None,
+        iq: torch.Tensor | None,
+        iw: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """`_core` for a few query rows through the sparse-attention kernel: each query's candidate rows
+        (its window, then its selected or visible compressed entries) as indices into one small buffer."""
+        n = q.shape[0]
+        dev = q.device
+        qpos = torch.arange(pos, pos + n, device=dev)
+        lo = max(0, w_old - self.window + 1)
+        kw = keys_win[lo : n + w_old]
+        kpos = torch.arange(lo, n + w_old, device=dev) + (pos - w_old)
+        win_ok = (kpos[None] <= qpos[:, None]) & (kpos[None] > qpos[:, None] - self.window)
+        slots = torch.arange(kw.shape[0], device=dev).expand(n, -1)
+        idx = torch.where(win_ok, slots, -1)
+        buf = kw
+        n_comp = 0 if comp is None else comp.shape[0]
+        if comp is not None and n_comp:
+            visible = torch.arange(n_comp, device=dev)[None] < ((qpos + 1) // self.ratio)[:, None]
+            if idx_keys is not None:
+                assert iq is not None and iw is not None
+                order = self._select(iq, iw, idx_keys, visible)  # [n, k]
+                k = order.shape[1]
+                buf = torch.cat((kw, comp[order.reshape(-1)]), 0)
+                picked = kw.shape[0] + torch.arange(n * k, device=dev).view(n, k)
+                idx = torch.cat((idx, torch.where(visible.gather(1, order), picked, -1)), 1)
+            else:
+                buf = torch.cat((kw, comp), 0)
+                idx = torch.cat(
+                    (idx, torch.where(visible, kw.shape[0] + torch.arange(n_comp, device=dev), -1)), 1
+                )
+        scale = 1.0 / math.sqrt(self.head_dim)
+        return sparse_kernel.sparse_attn(q, buf, idx, self.attn_sink, scale)
 
     def _distillation(
         self,
