@@ -21,30 +21,37 @@ from agentkit.runtime.config import ModelConfig
 from agentkit.runtime.kernels.sparse_attn import sparse_attn, sparse_attn_ref
 from agentkit.runtime.model import V4Model
 
+DEV = "cuda"
+
+
+def sync() -> None:
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+
 
 def kernel_checks(cfg: ModelConfig) -> list[dict[str, Any]]:
-    g = torch.Generator(device="cuda").manual_seed(0)
+    g = torch.Generator(device=DEV).manual_seed(0)
     rows = []
     h, d = cfg.n_heads, cfg.head_dim
     for dtype in (torch.bfloat16, torch.float32):
         for t, k, n in ((1, cfg.window_size + cfg.index_topk, 4096), (4, 640, 2048), (1, 128 + 8192, 9000)):
-            q = torch.randn(t, h, d, device="cuda", generator=g, dtype=dtype)
-            kv = torch.randn(n, d, device="cuda", generator=g, dtype=dtype)
-            idx = torch.randint(-1, n, (t, k), device="cuda", generator=g)
-            sink = torch.randn(h, device="cuda", generator=g)
+            q = torch.randn(t, h, d, device=DEV, generator=g, dtype=dtype)
+            kv = torch.randn(n, d, device=DEV, generator=g, dtype=dtype)
+            idx = torch.randint(-1, n, (t, k), device=DEV, generator=g)
+            sink = torch.randn(h, device=DEV, generator=g)
             with torch.no_grad():
                 got = sparse_attn(q, kv, idx, sink, d**-0.5).float()
                 ref = sparse_attn_ref(q, kv, idx, sink, d**-0.5).float()
-                torch.cuda.synchronize()
+                sync()
                 t0 = time.perf_counter()
                 for _ in range(20):
                     sparse_attn(q, kv, idx, sink, d**-0.5)
-                torch.cuda.synchronize()
+                sync()
                 t_kernel = (time.perf_counter() - t0) / 20
                 t0 = time.perf_counter()
                 for _ in range(20):
                     sparse_attn_ref(q, kv, idx, sink, d**-0.5)
-                torch.cuda.synchronize()
+                sync()
                 t_ref = (time.perf_counter() - t0) / 20
             err = (got - ref).abs().max().item()
             rows.append({
@@ -56,23 +63,23 @@ def kernel_checks(cfg: ModelConfig) -> list[dict[str, Any]]:
 
 def decode(model: V4Model, state: Any, first: int, steps: int) -> tuple[list[int], torch.Tensor, float]:
     toks, logits = [first], []
-    torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     with torch.no_grad():
         for _ in range(steps):
             out = model.extend(state, [toks[-1]], last_only=True)[-1]
             logits.append(out.float())
             toks.append(int(out.argmax()))
-    torch.cuda.synchronize()
+    sync()
     return toks[1:], torch.stack(logits), steps / (time.perf_counter() - t0)
 
 
 def ab(cfg: ModelConfig, dtype: torch.dtype, prompt_len: int, steps: int, label: str) -> dict[str, Any]:
-    model = V4Model(cfg, dtype=dtype, device="cuda").init_random_(0).eval()
+    model = V4Model(cfg, dtype=dtype, device=DEV).init_random_(0).eval()
     prompt = torch.randint(0, cfg.vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(0))
     st = model.new_state()
     with torch.no_grad():
-        first = int(model.extend(st, prompt.cuda(), last_only=True)[-1].argmax())
+        first = int(model.extend(st, prompt.to(DEV), last_only=True)[-1].argmax())
     snap = st.snapshot()
     result: dict[str, Any] = {"model": label}
     runs = {}
@@ -93,7 +100,8 @@ def ab(cfg: ModelConfig, dtype: torch.dtype, prompt_len: int, steps: int, label:
         torch_tok_s=s0, kernels_tok_s=s1,
     )  # fmt: skip
     del model
-    torch.cuda.empty_cache()
+    if DEV == "cuda":
+        torch.cuda.empty_cache()
     return result
 
 
@@ -101,18 +109,17 @@ def act_quant_cost(cfg: ModelConfig, prompt_len: int, steps: int) -> dict[str, A
     out: dict[str, Any] = {"model": "quantized FP8/FP4, activation rounding on vs off"}
     os.environ["AGENTKIT_KERNELS"] = "1"
     for sim in (False, True):
-        model = (
-            V4Model(cfg.with_(sim_fp8_act=sim), dtype=torch.bfloat16, device="cuda").init_random_(0).eval()
-        )
+        model = V4Model(cfg.with_(sim_fp8_act=sim), dtype=torch.bfloat16, device=DEV).init_random_(0).eval()
         prompt = torch.randint(0, cfg.vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(0))
         st = model.new_state()
         with torch.no_grad():
-            first = int(model.extend(st, prompt.cuda(), last_only=True)[-1].argmax())
+            first = int(model.extend(st, prompt.to(DEV), last_only=True)[-1].argmax())
         decode(model, st, first, 4)
         _, _, rate = decode(model, st, first, steps)
         out[f"tok_s_sim_{sim}"] = rate
         del model
-        torch.cuda.empty_cache()
+        if DEV == "cuda":
+            torch.cuda.empty_cache()
     return out
 
 
@@ -122,25 +129,36 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=4096)
     ap.add_argument("--decode", type=int, default=64)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--device", default="cuda", help="cpu only to check this script (TRITON_INTERPRET=1)")
     a = ap.parse_args()
+    global DEV
+    DEV = a.device
     cfg = ModelConfig.preset(a.config, weight_format="float", max_seq_len=1 << 20)
     report: dict[str, Any] = {
-        "gpu": torch.cuda.get_device_name(),
+        "gpu": torch.cuda.get_device_name() if DEV == "cuda" else "cpu",
         "torch": torch.__version__,
         "triton": __import__("triton").__version__,
         "command": f"python bench/kernel_ab.py --config {a.config} --prompt {a.prompt} --decode {a.decode}",
-        "kernels": kernel_checks(cfg),
-        "decode_ab": [ab(cfg, torch.bfloat16, a.prompt, a.decode, f"{a.config} bf16")],
     }
+
+    def save() -> None:  # after every stage: a run cut short by its time limit still reports
+        if a.out:
+            with open(a.out, "w") as f:
+                f.write(json.dumps(report, indent=1))
+
+    t0 = time.perf_counter()
+    report["kernels"] = kernel_checks(cfg)
+    save()
+    print(f"kernels checked ({time.perf_counter() - t0:.0f} s)", flush=True)
+    report["decode_ab"] = [ab(cfg, torch.bfloat16, a.prompt, a.decode, f"{a.config} bf16")]
+    save()
+    print(f"decode A/B done ({time.perf_counter() - t0:.0f} s)", flush=True)
     qcfg = ModelConfig.preset(a.config, weight_format="quantized", max_seq_len=1 << 20)
     if qcfg.expert_dtype is None:
         qcfg = qcfg.with_(dtype="fp8", expert_dtype="fp4")
     report["act_quant"] = act_quant_cost(qcfg, a.prompt, a.decode // 2)
-    text = json.dumps(report, indent=1)
-    print(text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text)
+    save()
+    print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":
