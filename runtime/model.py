@@ -310,6 +310,12 @@ class V4Model(nn.Module):
     ) -> torch.Tensor:
         c = self.config
         u = norm(hc_head(x, fn, base, scale, hc_eps=c.hc_eps, norm_eps=c.norm_eps))
+        w = self.head.weight
+        if u.is_cuda and u.dtype == w.dtype == torch.bfloat16 and not torch.is_grad_enabled():
+            # bf16 x bf16 products are exact in fp32: one GEMM with fp32 output equals the fp32 product of
+            # the same values, without copying the [vocab, dim] head to fp32 at every step
+            flat = u.reshape(-1, u.shape[-1])
+            return torch.mm(flat, w.t(), out_dtype=torch.float32).view(*u.shape[:-1], -1)
         return F.linear(u.float(), self.head.dense(torch.float32))
 
     def extend(

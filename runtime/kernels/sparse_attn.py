@@ -15,6 +15,7 @@ memory-bound, and the scores never leave registers.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -104,6 +105,11 @@ if HAVE_TRITON:
         tl.store(acc_ptr + base[:, None] * D + dims[None, :], acc, mask=hmask[:, None] & dmask[None, :])
 
 
+@functools.cache
+def _sms(device: torch.device) -> int:
+    return int(torch.cuda.get_device_properties(device).multi_processor_count)
+
+
 def supported(q: torch.Tensor) -> bool:
     return HAVE_TRITON and q.is_cuda and not torch.is_grad_enabled()
 
@@ -146,7 +152,7 @@ def sparse_attn(
     idx = idx.to(torch.int32).contiguous()
     head_blocks = triton.cdiv(h, block_h)
     if splits is None:
-        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 4
+        sms = _sms(q.device) if q.is_cuda else 4
         splits = max(1, min(triton.cdiv(k, block_k), math.ceil(4 * sms / max(1, t * head_blocks))))
     per_split = triton.cdiv(triton.cdiv(k, splits), block_k) * block_k
     splits = triton.cdiv(k, per_split)
