@@ -105,3 +105,57 @@ def test_sparse_attention_kernel_matches_reference_interpreted() -> None:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok")
+
+
+_LOWP_CHILD = textwrap.dedent(
+    """
+    import torch
+    from agentkit.runtime.kernels import lowp_gemm as LG
+    from agentkit.runtime.layers.lowp import Linear, fp8_roundtrip
+    g = torch.Generator().manual_seed(0)
+    # e4m3 ties (x.0625 lies half way between 1.0 and 1.125 at scale 1: ties go to the even code) and the
+    # amax-floor block, ragged N, several K blocks, with and without the activation rounding
+    ties = torch.tensor([448.0, 1.0625, 1.1875, -2.125, 0.0029296875, 1e-3, 240.0, 3.0] * 16)
+    shapes = ((1, 130, 256, True), (3, 64, 384, False), (17, 200, 256, True), (2, 128, 128, True))
+    for fmt in ("fp8", "fp4"):
+        for m, n, k, act in shapes:
+            lin = Linear(k, n, fmt)
+            lin.set_dense(torch.randn(n, k, generator=g) * 0.05)
+            x = torch.randn(m, k, generator=g) * 3
+            x[:, :128] *= 1e-6
+            x[0, -128:] = ties
+            ref = (fp8_roundtrip(x, 128) if act else x) @ lin.dense(torch.float32).t()
+            got = LG.lowp_linear(x, lin.weight, lin.scale, fmt, act)
+            tol = 1e-5 * ref.abs().max().item()
+            assert torch.allclose(got, ref, rtol=1e-5, atol=tol), (fmt, m, n, k, act, (got - ref).abs().max())
+
+    # the quantized model's decode with every kernel on == its torch path
+    from agentkit.runtime.config import ModelConfig
+    from agentkit.runtime.kernels import sparse_attn as SA
+    from agentkit.runtime.model import V4Model
+    cfg = ModelConfig.preset("tiny-test", weight_format="quantized", dtype="fp8", expert_dtype="fp4",
+                             moe_inter_dim=64, window_size=16)
+    model = V4Model(cfg).init_random_(4).eval()
+    ids = torch.randint(0, cfg.vocab_size, (40,), generator=g).tolist()
+    def run(kernels):
+        SA.supported = LG.supported = (lambda x: True) if kernels else (lambda x: False)
+        st, out = model.new_state(), []
+        with torch.no_grad():
+            model.extend(st, ids[:30])
+            for tok in ids[30:]:
+                out.append(model.extend(st, [tok])[-1])
+        return torch.stack(out)
+    a, b = run(True), run(False)
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-4), (a - b).abs().max()
+    print("ok")
+    """
+)
+
+
+def test_fp8_fp4_linear_kernels_match_reference_interpreted() -> None:
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", _LOWP_CHILD], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")

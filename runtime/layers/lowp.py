@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from agentkit.runtime import quant
+from agentkit.runtime.kernels import lowp_gemm
 from torch import nn
 
 StorageFormat = Literal["float", "fp8", "fp4"]
@@ -169,6 +170,14 @@ class Linear(nn.Module):
                 self.scale.copy_(s)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            self.fmt != "float"
+            and self._materialized is None
+            and lowp_gemm.supported(x)
+            and lowp_gemm.enabled()
+        ):
+            # CUDA: from the stored bytes, the input rounded in the kernel (runtime/kernels/lowp_gemm.py)
+            return lowp_gemm.lowp_linear(x, self.weight, self.scale, self.fmt, self.act_quant)
         if self.act_quant:
             x = fp8_roundtrip(x, 128)
         return F.linear(x, self.dense(x.dtype))

@@ -1,0 +1,167 @@
+"""FP8 and FP4 linears straight from the stored weights: the reference's `act_quant` + `fp8_gemm` / `fp4_gemm`
+(spec §10) as Triton kernels, beside the torch path (`layers/lowp.Linear`: round the input, dequantize the
+weight, multiply).
+
+Decode is memory-bound, and the torch path reads each FP8 weight as a dequantized bf16 copy it first wrote
+(1 byte stored, 5 moved per parameter) and rounds the activation in a dozen small kernels. Here each program
+reads its weight tile once in its stored bytes (FP8 e4m3 with one E8M0 scale per 128x128 tile, or packed FP4
+e2m1 with one E8M0 per 32 values of a row), decodes it in registers, rounds its slice of the input to e4m3
+in 1x128 blocks with power-of-two scales (when the layer asks for it), and accumulates in fp32.
+
+Every decoded value is exact in bf16 (3 or 1 mantissa bits times a power of two), so the bf16 dot products
+with fp32 accumulation are the reference's fp32 products up to summation order. The codes are decoded from
+their bits with integer arithmetic, and the e4m3 rounding is done explicitly (nearest, ties to even), so the
+same code runs natively and under Triton's CPU interpreter (which cannot multiply bf16 or fp8 itself).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+
+    HAVE_TRITON = True
+except ImportError:  # pragma: no cover - triton is a dependency on Linux x86-64
+    HAVE_TRITON = False
+
+
+if HAVE_TRITON:
+
+    @triton.jit
+    def _e4m3_round(v):  # type: ignore[no-untyped-def]
+        """fp32 (already clamped to +-448) -> the nearest e4m3 value, ties to even, as fp32."""
+        a = tl.abs(v)
+        bits = a.to(tl.int32, bitcast=True)
+        e = tl.maximum(((bits >> 23) & 0xFF) - 127, -6)  # below 2^-6: the subnormal step 2^-9
+        step = tl.exp2((e - 3).to(tl.float32))
+        t = a / step
+        f = tl.floor(t)
+        d = t - f
+        odd = (f - 2.0 * tl.floor(f * 0.5)) == 1.0
+        r = tl.where(d > 0.5, f + 1.0, tl.where(d < 0.5, f, tl.where(odd, f + 1.0, f)))
+        return tl.where(v < 0, -r * step, r * step)
+
+    @triton.jit
+    def _act_quant(x, ACT: tl.constexpr):  # type: ignore[no-untyped-def]
+        """x [BM, 128] fp32 -> its e4m3 rounding per row with a power-of-two scale (amax floor 1e-4)."""
+        if ACT:
+            amax = tl.maximum(tl.max(tl.abs(x), axis=1), 1.0e-4)
+            abits = (amax / 448.0).to(tl.int32, bitcast=True)
+            # 2^ceil(log2(r)) from the bits: the exponent, plus one unless r is already a power of two
+            ex = ((abits >> 23) & 0xFF) - 127 + ((abits & 0x7FFFFF) != 0).to(tl.int32)
+            scale = tl.exp2(ex.to(tl.float32))
+            q = _e4m3_round(tl.minimum(tl.maximum(x / scale[:, None], -448.0), 448.0))
+            x = q * scale[:, None]
+        return x
+
+    @triton.jit
+    def _e8m0(b):  # type: ignore[no-untyped-def]
+        return tl.exp2((b.to(tl.int32) - 127).to(tl.float32))
+
+    @triton.jit
+    def _fp8_linear(  # type: ignore[no-untyped-def]
+        x_ptr, w_ptr, s_ptr, o_ptr, M, N, K,
+        stride_xm, stride_wn, stride_sn, stride_om,
+        ACT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, UPCAST: tl.constexpr,
+    ):  # fmt: skip
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        rm = pid_m * BM + tl.arange(0, BM)
+        rn = pid_n * BN + tl.arange(0, BN)
+        mm, nm = rm < M, rn < N
+        acc = tl.zeros((BM, BN), tl.float32)
+        for k0 in range(0, K, 128):
+            rk = k0 + tl.arange(0, 128)
+            km = rk < K
+            xm = mm[:, None] & km[None, :]
+            x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=xm, other=0.0)
+            x = _act_quant(x.to(tl.float32), ACT)
+            wm = nm[:, None] & km[None, :]
+            b = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=wm, other=0)
+            b = b.to(tl.int32) & 0xFF
+            e = (b >> 3) & 15
+            m = (b & 7).to(tl.float32)
+            normal = (1.0 + m * 0.125) * tl.exp2((e - 7).to(tl.float32))
+            mag = tl.where(e == 0, m * 0.125 * 0.015625, normal)  # e == 0: subnormal m/8 * 2^-6
+            w = tl.where(b >= 128, -mag, mag)
+            s = _e8m0(tl.load(s_ptr + (rn // 128) * stride_sn + k0 // 128, mask=nm, other=127))
+            w = w * s[:, None]
+            if UPCAST:
+                acc += tl.dot(x, tl.trans(w), input_precision="ieee")
+            else:
+                acc += tl.dot(x.to(tl.bfloat16), tl.trans(w.to(tl.bfloat16)))
+        tl.store(o_ptr + rm[:, None] * stride_om + rn[None, :], acc, mask=mm[:, None] & nm[None, :])
+
+    @triton.jit
+    def _fp4_linear(  # type: ignore[no-untyped-def]
+        x_ptr, w_ptr, s_ptr, o_ptr, M, N, K,
+        stride_xm, stride_wn, stride_sn, stride_om,
+        ACT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, UPCAST: tl.constexpr,
+    ):  # fmt: skip
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        rm = pid_m * BM + tl.arange(0, BM)
+        rn = pid_n * BN + tl.arange(0, BN)
+        mm, nm = rm < M, rn < N
+        acc = tl.zeros((BM, BN), tl.float32)
+        for k0 in range(0, K, 128):
+            rk = k0 + tl.arange(0, 128)
+            km = rk < K
+            xm = mm[:, None] & km[None, :]
+            x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=xm, other=0.0)
+            x = _act_quant(x.to(tl.float32), ACT)
+            wm = nm[:, None] & km[None, :]
+            byte = tl.load(w_ptr + rn[:, None] * stride_wn + (rk // 2)[None, :], mask=wm, other=0)
+            byte = byte.to(tl.int32) & 0xFF
+            c = tl.where((rk % 2 == 0)[None, :], byte & 15, (byte >> 4) & 15)  # low nibble first
+            e = (c >> 1) & 3
+            m = (c & 1).to(tl.float32)
+            mag = tl.where(e == 0, m * 0.5, (1.0 + m * 0.5) * tl.exp2((e - 1).to(tl.float32)))
+            w = tl.where(c >= 8, -mag, mag)
+            s = _e8m0(tl.load(s_ptr + rn[:, None] * stride_sn + (rk // 32)[None, :],
+                              mask=nm[:, None] & km[None, :], other=127))  # fmt: skip
+            w = w * s
+            if UPCAST:
+                acc += tl.dot(x, tl.trans(w), input_precision="ieee")
+            else:
+                acc += tl.dot(x.to(tl.bfloat16), tl.trans(w.to(tl.bfloat16)))
+        tl.store(o_ptr + rm[:, None] * stride_om + rn[None, :], acc, mask=mm[:, None] & nm[None, :])
+
+
+def supported(x: torch.Tensor) -> bool:
+    return HAVE_TRITON and x.is_cuda and not torch.is_grad_enabled()
+
+
+def enabled() -> bool:
+    """`AGENTKIT_KERNELS=0` keeps every op on its torch reference (for A/B runs and debugging)."""
+    return os.environ.get("AGENTKIT_KERNELS", "1") != "0"
+
+
+def lowp_linear(
+    x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, fmt: str, act_quant: bool
+) -> torch.Tensor:
+    """y = x W^T for an FP8 (`weight` e4m3 [N, K], `scale` E8M0 [ceil(N/128), ceil(K/128)]) or FP4 (`weight`
+    int8 [N, K/2] packed low nibble first, `scale` E8M0 [N, K/32]) linear; y in x's dtype."""
+    lead, k = x.shape[:-1], x.shape[-1]
+    x2 = x.reshape(-1, k).contiguous()
+    m = x2.shape[0]
+    n = weight.shape[0]
+    out = torch.empty(m, n, dtype=torch.float32, device=x.device)
+    if m == 0:
+        return out.to(x.dtype).view(*lead, n)
+    w = weight.view(torch.uint8) if weight.dtype != torch.int8 else weight
+    s = scale.view(torch.uint8)
+    bm = 16 if m <= 16 else 32 if m <= 32 else 64
+    bn = 64
+    grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
+    kernel = _fp8_linear if fmt == "fp8" else _fp4_linear
+    kernel[grid](
+        x2, w, s, out, m, n, k,
+        x2.stride(0), w.stride(0), s.stride(0), out.stride(0),
+        ACT=act_quant, BM=bm, BN=bn, UPCAST=os.environ.get("TRITON_INTERPRET") == "1",
+    )  # fmt: skip
+    return out.to(x.dtype).view(*lead, n)
