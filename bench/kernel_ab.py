@@ -156,6 +156,9 @@ def main() -> None:
     qcfg = ModelConfig.preset(a.config, weight_format="quantized", max_seq_len=1 << 20)
     if qcfg.expert_dtype is None:
         qcfg = qcfg.with_(dtype="fp8", expert_dtype="fp4")
+    report["decode_ab"].append(ab(qcfg, torch.bfloat16, a.prompt, a.decode, f"{a.config} FP8/FP4 stored"))
+    save()
+    print(f"quantized decode A/B done ({time.perf_counter() - t0:.0f} s)", flush=True)
     report["act_quant"] = act_quant_cost(qcfg, a.prompt, a.decode // 2)
     save()
     print(json.dumps(report, indent=1))
