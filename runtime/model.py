@@ -227,8 +227,9 @@ class V4Model(nn.Module):
         return total
 
     # ------------------------------------------------------------------ state
-    def new_state(self) -> SequenceState:
-        return SequenceState.fresh(self.config, self.device, self.dtype)
+    def new_state(self, max_len: int | None = None) -> SequenceState:
+        """An empty sequence state; `max_len` preallocates it for that many tokens (written in place)."""
+        return SequenceState.fresh(self.config, self.device, self.dtype, max_len=max_len)
 
     def _check(self, states: Sequence[SequenceState], chunks: Sequence[torch.Tensor]) -> None:
         if len(states) != len(chunks) or not states:
@@ -253,6 +254,10 @@ class V4Model(nn.Module):
             if lo < 0 or hi >= self.config.vocab_size:
                 raise ModelInputError(
                     f"token id out of range [0, {self.config.vocab_size}): min {lo}, max {hi}"
+                )
+            if s.capacity is not None and s.pos + c.numel() > s.capacity:
+                raise ModelInputError(
+                    f"sequence would reach {s.pos + c.numel()} tokens > its state's capacity {s.capacity}"
                 )
             if s.pos + c.numel() > self.config.max_seq_len:
                 raise ModelInputError(

@@ -6,6 +6,11 @@ keys (CSA) and the compressor tail state in the reference layout (fp32 projectio
 CSA also keeps the last complete block, whose A-halves the next entry pools). A fresh state starts with
 value 0 / logit -inf in every tail row, never with a previous request's leftovers (spec §5.7).
 
+A state made with `max_len` (or by a `runtime.decode.StaticDecoder`, whose states are rows of one slab per
+layer) holds its compressed arrays preallocated for that many tokens and is only ever written in place: an
+extend never allocates or moves state, so a decode step has fixed addresses and shapes (what a CUDA graph
+needs). Such a state refuses to grow past `capacity`; one without it grows its arrays by doubling.
+
 Serialization is a safetensors blob with a format version and a SHA-256 over the tensor bytes, so a state
 survives a restart and a damaged blob is rejected with `StateFormatError` instead of decoding garbage.
 """
@@ -75,11 +80,23 @@ class SequenceState:
     broken: str | None = None
     """Set when an extend failed half-way (e.g. out of memory): the layers may disagree about the position.
     Such a state is refused until `restore()` puts a snapshot back."""
+    capacity: int | None = None
+    """Tokens the preallocated arrays hold (None: arrays grow on demand)."""
+    slot: int | None = None
+    """Row of a `StaticDecoder` slab this state lives in (None: it owns its tensors)."""
 
     @classmethod
     def fresh(
-        cls, config: ModelConfig, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+        cls,
+        config: ModelConfig,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        *,
+        max_len: int | None = None,
     ) -> SequenceState:
+        """An empty state; with `max_len` its arrays are allocated for that many tokens up front."""
+        if max_len is not None and not 0 < max_len <= config.max_seq_len:
+            raise StateError(f"max_len must be in [1, {config.max_seq_len}], got {max_len}")
         layers: list[LayerState] = []
         for i in range(config.n_layers):
             r = config.ratio(i)
@@ -87,13 +104,15 @@ class SequenceState:
                 ratio=r, window=torch.zeros(config.window_size, config.head_dim, dtype=dtype, device=device)
             )
             if r:
-                ls.comp = torch.zeros(0, config.head_dim, dtype=dtype, device=device)
+                rows = 0 if max_len is None else entry_capacity(max_len, r)
+                ls.comp = torch.zeros(rows, config.head_dim, dtype=dtype, device=device)
                 ls.comp_tail_kv, ls.comp_tail_score = fresh_tail(r, config.head_dim, device)
             if r == 4:
-                ls.idx = torch.zeros(0, config.index_head_dim, dtype=dtype, device=device)
+                rows = 0 if max_len is None else entry_capacity(max_len, r)
+                ls.idx = torch.zeros(rows, config.index_head_dim, dtype=dtype, device=device)
                 ls.idx_tail_kv, ls.idx_tail_score = fresh_tail(r, config.index_head_dim, device)
             layers.append(ls)
-        return cls(pos=0, layers=layers, dtype=dtype, config_key=config_key(config))
+        return cls(pos=0, layers=layers, dtype=dtype, config_key=config_key(config), capacity=max_len)
 
     @property
     def device(self) -> torch.device:
@@ -115,16 +134,31 @@ class SequenceState:
         return SequenceState(self.pos, layers, self.dtype, self.config_key, dict(self.meta), self.broken)
 
     def restore(self, snap: SequenceState) -> None:
-        """Make this state equal to `snap` (which stays untouched and reusable)."""
+        """Make this state equal to `snap` (which stays untouched and reusable). A preallocated state is
+        written in place (it keeps its addresses, e.g. its slab row); `snap` must then fit its capacity."""
         if snap.config_key != self.config_key or len(snap.layers) != len(self.layers):
             raise StateError("snapshot belongs to a model with a different configuration")
         if snap.broken:
             raise StateError(f"cannot restore from a broken state: {snap.broken}")
-        copy = snap.snapshot()
-        self.pos, self.layers, self.dtype, self.meta = copy.pos, copy.layers, copy.dtype, copy.meta
-        self.broken = None
+        if self.capacity is None:
+            copy = snap.snapshot()
+            self.pos, self.layers, self.dtype, self.meta = copy.pos, copy.layers, copy.dtype, copy.meta
+            self.broken = None
+            return
+        if snap.pos > self.capacity:
+            raise StateError(f"snapshot at {snap.pos} tokens does not fit this state ({self.capacity})")
+        if snap.dtype != self.dtype:
+            raise StateError(f"snapshot dtype {snap.dtype} != state dtype {self.dtype}")
+        with torch.no_grad():
+            for mine, theirs in zip(self.layers, snap.layers, strict=True):
+                for k, v in theirs.tensors().items():
+                    src = snap._trimmed(theirs, k, v)
+                    getattr(mine, k)[: src.shape[0]].copy_(src)
+        self.pos, self.meta, self.broken = snap.pos, dict(snap.meta), None
 
     def to(self, device: torch.device | str) -> SequenceState:
+        if self.slot is not None:
+            raise StateError("a decoder slab state cannot move; snapshot() it and move the copy")
         for ls in self.layers:
             for k, v in ls.tensors().items():
                 setattr(ls, k, v.to(device))
@@ -186,6 +220,12 @@ class SequenceState:
         except (KeyError, ValueError, TypeError, AttributeError) as e:
             raise StateFormatError(f"inconsistent sequence state metadata: {e}") from e
         return cls(pos=pos, layers=layers, dtype=dtype, config_key=meta["config_key"], meta=user_meta)
+
+
+def entry_capacity(max_len: int, ratio: int) -> int:
+    """Rows a compressed array needs for `max_len` tokens, plus one: a static decode step writes the
+    entry being pooled at index pos // ratio before it completes (invisible until then)."""
+    return max_len // ratio + 1
 
 
 def _digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -272,6 +312,7 @@ __all__ = [
     "StateError",
     "StateFormatError",
     "config_key",
+    "entry_capacity",
     "fixed_state_bytes",
     "fresh_tail",
     "kv_bytes_per_token",

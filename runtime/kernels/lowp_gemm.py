@@ -63,6 +63,37 @@ if HAVE_TRITON:
         return tl.exp2((b.to(tl.int32) - 127).to(tl.float32))
 
     @triton.jit
+    def _fp8_tile(w_ptr, s_ptr, rn, rk, k0, nm, wm, stride_wn, stride_sn):  # type: ignore[no-untyped-def]
+        """Rows rn x columns rk (one 128-wide K block starting at k0) of an FP8 e4m3 weight with 128x128
+        E8M0 tile scales, decoded to fp32 (exact: 3 mantissa bits times a power of two)."""
+        b = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=wm, other=0)
+        b = b.to(tl.int32) & 0xFF
+        e = (b >> 3) & 15
+        m = (b & 7).to(tl.float32)
+        normal = (1.0 + m * 0.125) * tl.exp2((e - 7).to(tl.float32))
+        mag = tl.where(e == 0, m * 0.125 * 0.015625, normal)  # e == 0: subnormal m/8 * 2^-6
+        w = tl.where(b >= 128, -mag, mag)
+        s = _e8m0(tl.load(s_ptr + (rn // 128) * stride_sn + k0 // 128, mask=nm, other=127))
+        w = w * s[:, None]
+        return w
+
+    @triton.jit
+    def _fp4_tile(w_ptr, s_ptr, rn, rk, nm, km, wm, stride_wn, stride_sn):  # type: ignore[no-untyped-def]
+        """Rows rn x columns rk of a packed FP4 e2m1 weight (two codes per byte, low nibble first) with one
+        E8M0 scale per 32 values of a row, decoded to fp32."""
+        byte = tl.load(w_ptr + rn[:, None] * stride_wn + (rk // 2)[None, :], mask=wm, other=0)
+        byte = byte.to(tl.int32) & 0xFF
+        c = tl.where((rk % 2 == 0)[None, :], byte & 15, (byte >> 4) & 15)  # low nibble first
+        e = (c >> 1) & 3
+        m = (c & 1).to(tl.float32)
+        mag = tl.where(e == 0, m * 0.5, (1.0 + m * 0.5) * tl.exp2((e - 1).to(tl.float32)))
+        w = tl.where(c >= 8, -mag, mag)
+        s = _e8m0(tl.load(s_ptr + rn[:, None] * stride_sn + (rk // 32)[None, :],
+                          mask=nm[:, None] & km[None, :], other=127))  # fmt: skip
+        w = w * s
+        return w
+
+    @triton.jit
     def _fp8_linear(  # type: ignore[no-untyped-def]
         x_ptr, w_ptr, s_ptr, o_ptr, M, N, K,
         stride_xm, stride_wn, stride_sn, stride_om,
@@ -81,15 +112,7 @@ if HAVE_TRITON:
             x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=xm, other=0.0)
             x = _act_quant(x.to(tl.float32), ACT)
             wm = nm[:, None] & km[None, :]
-            b = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=wm, other=0)
-            b = b.to(tl.int32) & 0xFF
-            e = (b >> 3) & 15
-            m = (b & 7).to(tl.float32)
-            normal = (1.0 + m * 0.125) * tl.exp2((e - 7).to(tl.float32))
-            mag = tl.where(e == 0, m * 0.125 * 0.015625, normal)  # e == 0: subnormal m/8 * 2^-6
-            w = tl.where(b >= 128, -mag, mag)
-            s = _e8m0(tl.load(s_ptr + (rn // 128) * stride_sn + k0 // 128, mask=nm, other=127))
-            w = w * s[:, None]
+            w = _fp8_tile(w_ptr, s_ptr, rn, rk, k0, nm, wm, stride_wn, stride_sn)
             if UPCAST:
                 acc += tl.dot(x, tl.trans(w), input_precision="ieee")
             else:
@@ -115,16 +138,7 @@ if HAVE_TRITON:
             x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=xm, other=0.0)
             x = _act_quant(x.to(tl.float32), ACT)
             wm = nm[:, None] & km[None, :]
-            byte = tl.load(w_ptr + rn[:, None] * stride_wn + (rk // 2)[None, :], mask=wm, other=0)
-            byte = byte.to(tl.int32) & 0xFF
-            c = tl.where((rk % 2 == 0)[None, :], byte & 15, (byte >> 4) & 15)  # low nibble first
-            e = (c >> 1) & 3
-            m = (c & 1).to(tl.float32)
-            mag = tl.where(e == 0, m * 0.5, (1.0 + m * 0.5) * tl.exp2((e - 1).to(tl.float32)))
-            w = tl.where(c >= 8, -mag, mag)
-            s = _e8m0(tl.load(s_ptr + rn[:, None] * stride_sn + (rk // 32)[None, :],
-                              mask=nm[:, None] & km[None, :], other=127))  # fmt: skip
-            w = w * s
+            w = _fp4_tile(w_ptr, s_ptr, rn, rk, nm, km, wm, stride_wn, stride_sn)
             if UPCAST:
                 acc += tl.dot(x, tl.trans(w), input_precision="ieee")
             else:

@@ -76,6 +76,12 @@ def _append(buf: torch.Tensor, count: int, rows: torch.Tensor) -> torch.Tensor:
     return buf
 
 
+def _entry_index(pooled: torch.Tensor, first: int | torch.Tensor) -> torch.Tensor:
+    if isinstance(first, torch.Tensor):
+        return first
+    return torch.arange(pooled.shape[0], device=pooled.device) + first
+
+
 def _with_new(buf: torch.Tensor, total: int, new: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """All entries so far; under autograd the new rows are the graph-connected ones, not the stored copy."""
     if new.requires_grad:
@@ -141,18 +147,22 @@ class Attention(nn.Module):
         self.register_buffer("freqs", rope_frequencies(config, self.ratio > 0), persistent=False)
 
     # --- per-entry post-processing of pooled compressor output (spec §4.5) ---
-    def _main_entries(self, pooled: torch.Tensor, first: int, dtype: torch.dtype) -> torch.Tensor:
+    def _main_entries(
+        self, pooled: torch.Tensor, first: int | torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """Pooled rows -> compressed entries (norm, RoPE at the block's first position, FP8 simulation).
+        `first`: the index of the first entry (consecutive ones follow), or a tensor of each row's index."""
         assert self.compressor is not None
         e = self.compressor.norm(pooled.to(dtype))
-        pos = (torch.arange(pooled.shape[0], device=pooled.device) + first) * self.ratio
-        e = apply_rope(e, pos, self.freqs)
+        e = apply_rope(e, _entry_index(pooled, first) * self.ratio, self.freqs)
         return fp8_kv_roundtrip(e, self.rope_dim) if self.cfg.sim_fp8_kv else e
 
-    def _index_entries(self, pooled: torch.Tensor, first: int, dtype: torch.dtype) -> torch.Tensor:
+    def _index_entries(
+        self, pooled: torch.Tensor, first: int | torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor:
         assert self.indexer is not None
         e = self.indexer.compressor.norm(pooled.to(dtype))
-        pos = (torch.arange(pooled.shape[0], device=pooled.device) + first) * 4
-        return self.indexer.rotate_quant(apply_rope(e, pos, self.freqs))
+        return self.indexer.rotate_quant(apply_rope(e, _entry_index(pooled, first) * 4, self.freqs))
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, seqs: list[SeqSlice]) -> torch.Tensor:
         """x [T, D]: normalized sub-layer input of all chunks; updates every sequence's LayerState."""
@@ -238,10 +248,15 @@ class Attention(nn.Module):
                 keep = min(n, self.window)
                 wslots = torch.arange(p + n - keep, p + n, device=k.device) % self.window
                 ls.window[wslots] = k[b - keep : b].detach().to(ls.window.dtype)
+                # in place: a preallocated state (a decoder slab row) keeps its addresses
                 if comp is not None:
-                    ls.comp_tail_kv, ls.comp_tail_score = ls_tail_kv, ls_tail_sc
+                    assert ls.comp_tail_kv is not None and ls.comp_tail_score is not None
+                    ls.comp_tail_kv.copy_(ls_tail_kv)
+                    ls.comp_tail_score.copy_(ls_tail_sc)
                 if idx_keys is not None:
-                    ls.idx_tail_kv, ls.idx_tail_score = li_tail_kv, li_tail_sc
+                    assert ls.idx_tail_kv is not None and ls.idx_tail_score is not None
+                    ls.idx_tail_kv.copy_(li_tail_kv)
+                    ls.idx_tail_score.copy_(li_tail_sc)
         o = torch.cat(outs, 0) if len(outs) > 1 else outs[0]
         return self._output(o, positions), kl
 

@@ -1,10 +1,17 @@
-"""Mixture of experts (spec §7): sqrt(softplus) gate, selection-only bias, hash routing, clamped SwiGLU."""
+"""Mixture of experts (spec §7): sqrt(softplus) gate, selection-only bias, hash routing, clamped SwiGLU.
+
+`MoE.forward` on CUDA runs the routed experts through the fused grouped kernel (runtime/kernels/moe.py), which
+reads every expert's weight from one stacked tensor per projection; elsewhere (and with AGENTKIT_KERNELS=0)
+it runs the per-expert loop below, the reference. The experts' own `Linear` weights are views into those
+stacked tensors, so the checkpoint names and `load_weights` stay as they are and nothing is stored twice.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from agentkit.runtime.config import ModelConfig
+from agentkit.runtime.kernels import moe as moe_kernel
 from agentkit.runtime.layers.lowp import Linear, StorageFormat
 from torch import nn
 
@@ -80,9 +87,45 @@ class MoE(nn.Module):
             Expert(config.dim, config.moe_inter_dim, expert_fmt, dtype, lim) for _ in range(self.n_experts)
         )
         self.shared_experts = Expert(config.dim, config.moe_inter_dim, fmt, dtype, lim)
+        self._stack: dict[str, torch.Tensor] = {}
+        self._stack_key: tuple[int, ...] = ()
+
+    def stacked(self) -> dict[str, torch.Tensor]:
+        """{w1, w3, w2 (+ s1, s3, s2 for quantized experts)}: [E, ...] tensors of all routed experts.
+
+        The first call gathers the experts' weights into one tensor per name and makes each expert's own
+        weight a view into it (freeing the separate copies); later calls return the same tensors as long as
+        the experts still point into them (a device move re-stacks)."""
+        lin = [(e.w1, e.w3, e.w2) for e in self.experts]  # type: ignore[union-attr]
+        key = tuple(m.weight.data_ptr() for m in (lin[0][0], lin[-1][0], lin[0][2], lin[-1][2]))
+        if key == self._stack_key and self._stack:
+            return self._stack
+        out: dict[str, torch.Tensor] = {}
+        with torch.no_grad(), torch.inference_mode(False):
+            for j, name in enumerate(("1", "3", "2")):
+                mods = [row[j] for row in lin]
+                fields = ["weight"] + (["scale"] if mods[0].fmt != "float" else [])
+                for field in fields:
+                    parts = [getattr(m, field).detach() for m in mods]
+                    byte = parts[0].element_size() == 1
+                    big = torch.stack([p.view(torch.uint8) if byte else p for p in parts])
+                    big = big.view(parts[0].dtype) if byte else big
+                    for m, view in zip(mods, big.unbind(0), strict=True):
+                        cur = getattr(m, field)
+                        if isinstance(cur, nn.Parameter):
+                            cur.data = view
+                        else:
+                            setattr(m, field, view)
+                    out[("w" if field == "weight" else "s") + name] = big
+        self._stack = out
+        self._stack_key = tuple(m.weight.data_ptr() for m in (lin[0][0], lin[-1][0], lin[0][2], lin[-1][2]))
+        return out
 
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
         weights, idx = self.gate(x, token_ids)
+        if moe_kernel.supported(x) and moe_kernel.enabled() and x.dtype in (torch.float32, torch.bfloat16):
+            routed = self.fused(x, weights, idx)
+            return (routed + self.shared_experts(x).float()).to(x.dtype)
         out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
         # Group (token, slot) pairs by expert with one device->host copy (a decode step has only T*k pairs).
         flat = idx.flatten()
@@ -98,3 +141,14 @@ class MoE(nn.Module):
             out = out.index_add(0, tok, y.float())
         out = out + self.shared_experts(x).float()
         return out.to(x.dtype)
+
+    def fused(self, x: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The routed experts' weighted sum [T, D] fp32 through the fused kernel (no host sync)."""
+        st = self.stacked()
+        first = self.experts[0]
+        assert isinstance(first, Expert)
+        scales = (st["s1"], st["s3"], st["s2"]) if "s1" in st else None
+        return moe_kernel.fused_moe(
+            x, weights, idx, (st["w1"], st["w3"], st["w2"]), scales, first.w1.fmt,
+            act_quant=first.w1.act_quant, limit=first.limit,
+        )  # fmt: skip

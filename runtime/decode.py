@@ -1,0 +1,392 @@
+"""Static decode: one token for each of B sequences as a fixed-shape step over preallocated slabs, replayable
+as a CUDA graph.
+
+`V4Model.extend` is the one general forward (any chunk, any position) and the reference. Its decode step is
+launch-bound on a GPU: Python loops over sequences, shapes that change every step (window length, number of
+compressed entries), host syncs for expert grouping. This module runs the same math for the case that
+dominates serving - every sequence gets exactly one new token - with every shape fixed by (batch, max_len)
+and every position a device tensor, so a step launches the same kernels on the same addresses each time and
+can be captured once per batch size and replayed:
+
+- State lives in slabs, one per layer: `kv [slots, W + entries, head_dim]` holds each sequence's window
+  ring (rows 0..W-1, slot = pos mod W) followed by its compressed entries; indexer keys and compressor tails
+  likewise. A `SequenceState` handed out by `new_state()` is plain views of one slab row, so prefill,
+  snapshots, `to_bytes` and `restore` work on it as on any state (the general path writes it in place).
+- The compressor runs branch-free: the new token's projections go into the tail at row pos mod r, the entry
+  being pooled is computed every step and written at index pos // r, where it stays invisible (attention sees
+  entries below (pos + 1) // r) until the step that completes its block; then the tail rolls over.
+- Attention is the sparse kernel over one candidate list per query: its W window rows in position order, then
+  the indexer's top-k entries (CSA) or all entries (HCA), empty slots -1. The indexer scores every slot of
+  the preallocated entries and masks the invisible ones.
+- The MoE uses the fused grouped kernel on CUDA (no host sync); everything else is the model's own modules.
+
+Results equal `extend`'s up to fp32 summation order (the candidate lists hold the same rows in the same
+order; the split of the candidate loop differs), which tests/test_runtime_decode.py checks on CPU; on CUDA,
+bench/kernel_ab.py compares greedy tokens with kernels and graphs on and off.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from agentkit.runtime.kernels import indexer as indexer_kernel
+from agentkit.runtime.kernels import sparse_attn as sparse_kernel
+from agentkit.runtime.layers.attention import Attention
+from agentkit.runtime.layers.compressor import Compressor
+from agentkit.runtime.layers.mhc import hc_post
+from agentkit.runtime.state import LayerState, SequenceState, StateError, config_key, entry_capacity
+
+if TYPE_CHECKING:
+    from agentkit.runtime.model import V4Model
+
+#: Batch sizes that get a CUDA graph; a step of B sequences replays the smallest one >= B (padding rows
+#: decode a scratch slot).
+GRAPH_BATCHES = (1, 2, 4, 8, 16, 32)
+
+
+class DecodeError(ValueError):
+    """A static decode request the decoder cannot serve (foreign state, full slab, beyond max_len)."""
+
+
+@dataclass
+class LayerSlab:
+    """One layer's state for every slot (see the module docstring for the layout)."""
+
+    ratio: int
+    kv: torch.Tensor
+    comp_tail_kv: torch.Tensor | None = None
+    comp_tail_score: torch.Tensor | None = None
+    idx: torch.Tensor | None = None
+    idx_tail_kv: torch.Tensor | None = None
+    idx_tail_score: torch.Tensor | None = None
+
+
+def _tails(slots: int, ratio: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    c = 2 if ratio == 4 else 1
+    kv = torch.zeros(slots, c * ratio, c * width, dtype=torch.float32, device=device)
+    return kv, torch.full_like(kv, float("-inf"))
+
+
+class StaticDecoder:
+    """Slab-backed states for up to `max_batch` sequences of up to `max_len` tokens, and their decode step."""
+
+    def __init__(self, model: V4Model, *, max_batch: int = 32, max_len: int = 8192, graphs: bool = True):
+        cfg = model.config
+        if not 0 < max_len <= cfg.max_seq_len:
+            raise DecodeError(f"max_len must be in [1, {cfg.max_seq_len}], got {max_len}")
+        if max_batch < 1:
+            raise DecodeError(f"max_batch must be >= 1, got {max_batch}")
+        self.model, self.max_batch, self.max_len = model, max_batch, max_len
+        self.window = cfg.window_size
+        dev, dt = model.device, model.dtype
+        self.n_slots = max_batch + 1  # the last slot is scratch: graph warm-up and padding rows write there
+        self.scratch = max_batch
+        self.layers: list[LayerSlab] = []
+        for i in range(cfg.n_layers):
+            r = cfg.ratio(i)
+            rows = self.window + (entry_capacity(max_len, r) if r else 0)
+            ls = LayerSlab(r, torch.zeros(self.n_slots, rows, cfg.head_dim, dtype=dt, device=dev))
+            if r:
+                ls.comp_tail_kv, ls.comp_tail_score = _tails(self.n_slots, r, cfg.head_dim, dev)
+            if r == 4:
+                cap = entry_capacity(max_len, 4)
+                ls.idx = torch.zeros(self.n_slots, cap, cfg.index_head_dim, dtype=dt, device=dev)
+                ls.idx_tail_kv, ls.idx_tail_score = _tails(self.n_slots, 4, cfg.index_head_dim, dev)
+            self.layers.append(ls)
+        self._free = list(range(max_batch - 1, -1, -1))
+        self._owned: weakref.WeakValueDictionary[int, SequenceState] = weakref.WeakValueDictionary()
+        self._key = config_key(cfg)
+        self.graphs = graphs and model.device.type == "cuda"
+        self._graph_runner: _Graphs | None = None
+
+    # ------------------------------------------------------------------ slots
+    def new_state(self) -> SequenceState:
+        """A fresh state living in a free slab row (freed again when the state is garbage or released)."""
+        if not self._free:
+            raise DecodeError(f"all {self.max_batch} decoder slots are in use")
+        slot = self._free.pop()
+        self._reset(slot)
+        layers = []
+        for ls in self.layers:
+            st = LayerState(ratio=ls.ratio, window=ls.kv[slot, : self.window])
+            if ls.ratio:
+                st.comp = ls.kv[slot, self.window :]
+                st.comp_tail_kv, st.comp_tail_score = ls.comp_tail_kv[slot], ls.comp_tail_score[slot]  # type: ignore[index]
+            if ls.idx is not None:
+                st.idx = ls.idx[slot]
+                st.idx_tail_kv, st.idx_tail_score = ls.idx_tail_kv[slot], ls.idx_tail_score[slot]  # type: ignore[index]
+            layers.append(st)
+        state = SequenceState(
+            pos=0,
+            layers=layers,
+            dtype=self.model.dtype,
+            config_key=self._key,
+            capacity=self.max_len,
+            slot=slot,
+        )
+        self._owned[slot] = state
+        weakref.finalize(state, self._free.append, slot)
+        return state
+
+    def release(self, state: SequenceState) -> None:
+        """Give the state's slot back now; the state is unusable afterwards."""
+        if not self.owns(state):
+            raise DecodeError("this state does not belong to this decoder")
+        assert state.slot is not None
+        del self._owned[state.slot]
+        self._free.append(state.slot)
+        state.slot, state.capacity = None, None
+        state.layers = []
+        state.broken = "released from its decoder"
+
+    def owns(self, state: SequenceState) -> bool:
+        return state.slot is not None and self._owned.get(state.slot) is state
+
+    @property
+    def free_slots(self) -> int:
+        return len(self._free)
+
+    @torch.no_grad()
+    def _reset(self, slot: int) -> None:
+        for ls in self.layers:
+            ls.kv[slot].zero_()
+            for t, fill in (
+                (ls.comp_tail_kv, 0.0),
+                (ls.comp_tail_score, float("-inf")),
+                (ls.idx, 0.0),
+                (ls.idx_tail_kv, 0.0),
+                (ls.idx_tail_score, float("-inf")),
+            ):
+                if t is not None:
+                    t[slot].fill_(fill)
+
+    # ------------------------------------------------------------------ the step
+    def step(self, states: Sequence[SequenceState], tokens: Sequence[int]) -> torch.Tensor:
+        """Append one token to each state; fp32 next-token logits [B, V]. Inputs are checked first."""
+        if len(states) != len(tokens) or not states:
+            raise DecodeError(f"need one token per state, got {len(states)} states and {len(tokens)} tokens")
+        if len(states) > self.max_batch:
+            raise DecodeError(f"batch of {len(states)} > max_batch={self.max_batch}")
+        if len({id(s) for s in states}) != len(states):
+            raise DecodeError("the same state appears twice in one batch")
+        vocab = self.model.config.vocab_size
+        for s, t in zip(states, tokens, strict=True):
+            if not self.owns(s):
+                raise DecodeError("state was not made by this decoder (use decoder.new_state())")
+            if s.broken:
+                raise StateError(f"state is broken ({s.broken}); restore a snapshot before extending it")
+            if s.pos + 1 > self.max_len:
+                raise DecodeError(f"sequence would reach {s.pos + 1} tokens > max_len={self.max_len}")
+            if not isinstance(t, int) or not 0 <= t < vocab:
+                raise DecodeError(f"token id {t!r} out of range [0, {vocab})")
+        slots = [s.slot for s in states]
+        pos = [s.pos for s in states]
+        try:
+            with torch.inference_mode():
+                if self.graphs:
+                    if self._graph_runner is None:
+                        self._graph_runner = _Graphs(self)
+                    logits = self._graph_runner.run(slots, pos, list(tokens))  # type: ignore[arg-type]
+                else:
+                    dev = self.model.device
+                    logits = self.forward(
+                        torch.tensor(slots, device=dev),
+                        torch.tensor(pos, device=dev),
+                        torch.tensor(list(tokens), device=dev),
+                    )
+        except BaseException as e:
+            for s in states:
+                s.broken = f"decode step failed at position {s.pos}: {type(e).__name__}: {e}"
+            raise
+        for s in states:
+            s.pos += 1
+        return logits
+
+    def forward(self, slots: torch.Tensor, pos: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The fixed-shape step: slots, positions, token ids [B] (device) -> logits [B, V] fp32."""
+        m = self.model
+        c = m.config
+        x = m.embed(ids).to(m.dtype)
+        x = x.unsqueeze(1).expand(-1, c.hc_mult, -1).contiguous()
+        for block, slab in zip(m.layers, self.layers, strict=True):
+            u, post, comb = block._pre(x, block.hc_attn_fn, block.hc_attn_base, block.hc_attn_scale)
+            a = self._attention(block.attn, block.attn_norm(u), pos, slots, slab)
+            x = block._ffn(hc_post(a, x, post, comb), ids)
+        return m._logits(x, m.hc_head_fn, m.hc_head_base, m.hc_head_scale, m.norm)
+
+    def _attention(
+        self, attn: Attention, x: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor, slab: LayerSlab
+    ) -> torch.Tensor:
+        p = attn._project(x, pos)
+        w, rows = self.window, slab.kv.shape[1]
+        with torch.no_grad():
+            slab.kv[slots, pos % w] = p.k.to(slab.kv.dtype)
+        base = slots * rows
+        ppos = pos[:, None] - (w - 1) + torch.arange(w, device=pos.device)[None]
+        cand = torch.where(ppos >= 0, base[:, None] + ppos.remainder(w), -1)
+        r = attn.ratio
+        if r:
+            assert attn.compressor is not None and p.ckv is not None and p.csc is not None
+            assert slab.comp_tail_kv is not None and slab.comp_tail_score is not None
+            pooled = _pool_step(
+                attn.compressor, slab.comp_tail_kv, slab.comp_tail_score, p.ckv, p.csc, pos, slots
+            )
+            with torch.no_grad():
+                slab.kv[slots, w + pos // r] = attn._main_entries(pooled, pos // r, x.dtype).to(slab.kv.dtype)
+            count = (pos + 1) // r
+            if attn.indexer is not None:
+                assert (
+                    slab.idx is not None and slab.idx_tail_kv is not None and slab.idx_tail_score is not None
+                )
+                assert p.ikv is not None and p.isc is not None and p.iq is not None and p.iw is not None
+                ipooled = _pool_step(
+                    attn.indexer.compressor, slab.idx_tail_kv, slab.idx_tail_score, p.ikv, p.isc, pos, slots
+                )
+                with torch.no_grad():
+                    slab.idx[slots, pos // 4] = attn._index_entries(ipooled, pos // 4, x.dtype).to(
+                        slab.idx.dtype
+                    )
+                sel = _select(p.iq, p.iw, slab.idx, slots, count, attn.cfg.index_topk)
+                comp_rows = torch.where(sel >= 0, base[:, None] + w + sel, -1)
+            else:
+                e = torch.arange(rows - w, device=pos.device)[None]
+                comp_rows = torch.where(e < count[:, None], base[:, None] + w + e, -1)
+            cand = torch.cat((cand, comp_rows), 1)
+        kv = slab.kv.view(-1, slab.kv.shape[-1])
+        scale = 1.0 / math.sqrt(attn.head_dim)
+        if sparse_kernel.supported(p.q) and sparse_kernel.enabled():
+            o = sparse_kernel.sparse_attn(p.q, kv, cand, attn.attn_sink, scale)
+        else:
+            o = sparse_kernel.sparse_attn_ref(p.q, kv, cand, attn.attn_sink, scale)
+        return attn._output(o, pos)
+
+
+def _pool_step(
+    comp: Compressor,
+    tail_kv: torch.Tensor,
+    tail_score: torch.Tensor,
+    kv: torch.Tensor,
+    score: torch.Tensor,
+    pos: torch.Tensor,
+    slots: torch.Tensor,
+) -> torch.Tensor:
+    """Branch-free `Compressor.pool` for one token per slot: write the token into its tail row, pool the block
+    it belongs to (meaningful once complete), roll the tail over where the block completed. Returns the pooled
+    entries [B, width] fp32; the tails are updated in place with the same bytes `pool` would leave."""
+    r, c, w = comp.ratio, comp.c, comp.width
+    off = r if c == 2 else 0
+    rem = pos % r
+    with torch.no_grad():
+        tail_kv[slots, off + rem] = kv
+        tail_score[slots, off + rem] = score
+    tk, ts = tail_kv[slots], tail_score[slots]  # [B, c*r, c*w]
+    if c == 2:  # overlap: the previous block's first halves, this block's second halves
+        kv8 = torch.cat((tk[:, :r, :w], tk[:, r:, w:]), 1)
+        sc8 = torch.cat((ts[:, :r, :w], ts[:, r:, w:]), 1)
+    else:
+        kv8, sc8 = tk, ts
+    pooled = (torch.softmax(sc8, dim=1) * kv8).sum(dim=1)
+    done = (rem == r - 1)[:, None, None]
+    with torch.no_grad():
+        if c == 2:
+            new_kv = torch.cat((torch.where(done, tk[:, r:], tk[:, :r]), tk[:, r:].masked_fill(done, 0.0)), 1)
+            new_sc = torch.cat(
+                (torch.where(done, ts[:, r:], ts[:, :r]), ts[:, r:].masked_fill(done, float("-inf"))), 1
+            )
+        else:
+            new_kv, new_sc = tk.masked_fill(done, 0.0), ts.masked_fill(done, float("-inf"))
+        tail_kv[slots] = new_kv
+        tail_score[slots] = new_sc
+    return pooled
+
+
+def _select(
+    iq: torch.Tensor,
+    iw: torch.Tensor,
+    keys: torch.Tensor,
+    slots: torch.Tensor,
+    count: torch.Tensor,
+    topk: int,
+) -> torch.Tensor:
+    """Top-k indexer entries per query over the whole preallocated row [B, k], -1 where fewer are visible.
+
+    Same scores as `Attention._select` (ReLU-weighted head sum, invisible entries -inf) and the same set,
+    ties included: where several entries tie at the k-th score (ReLU makes exact zeros common when the
+    indexer has few heads), the lowest indices win, as the stable sort there decides. The order inside the
+    list is by score (only the summation order of attention depends on it)."""
+    with torch.no_grad():
+        if indexer_kernel.supported(iq) and indexer_kernel.enabled():
+            scores = indexer_kernel.index_scores(iq, iw, keys, slots, count)
+        else:
+            scores = indexer_kernel.index_scores_ref(iq, iw, keys, slots, count)
+        k = min(topk, keys.shape[1])
+        kth = torch.topk(scores, k, dim=-1).values[:, -1:]
+        above, tied = scores > kth, scores == kth
+        room = k - above.sum(-1, keepdim=True)
+        chosen = above | (tied & (torch.cumsum(tied, -1) <= room))
+        # -inf entries are exactly the invisible ones, so ties among them do not matter
+        sel = torch.topk(scores.masked_fill(~chosen, float("-inf")), k, dim=-1).indices
+        return torch.where(sel < count[:, None], sel, -1)
+
+
+class _Graphs:
+    """CUDA graphs of `StaticDecoder.forward`, one per batch size in GRAPH_BATCHES, captured on first use.
+
+    Inputs are copied into static buffers (padding rows point at the scratch slot), the graph is replayed,
+    and the logits rows of the real sequences are returned (a view of the graph's output: valid until the
+    next step)."""
+
+    def __init__(self, dec: StaticDecoder) -> None:
+        self.dec = dec
+        dev = dec.model.device
+        self.batches = [b for b in GRAPH_BATCHES if b < dec.max_batch] + [dec.max_batch]
+        top = self.batches[-1]
+        self.inputs = torch.zeros(3, top, dtype=torch.long, device=dev)  # slots, positions, ids
+        self.host = torch.zeros(3, top, dtype=torch.long).pin_memory()
+        self.copied = torch.cuda.Event()
+        self.pool = torch.cuda.graph_pool_handle()
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+
+    def _fill(self, b: int, slots: list[int], pos: list[int], ids: list[int]) -> None:
+        n = len(slots)
+        h = self.host
+        self.copied.synchronize()  # the previous step's copy out of this pinned buffer has finished
+        h[0, :b] = self.dec.scratch
+        h[1:, :b] = 0
+        if n:
+            h[0, :n] = torch.tensor(slots)
+            h[1, :n] = torch.tensor(pos)
+            h[2, :n] = torch.tensor(ids)
+        self.inputs[:, :b].copy_(h[:, :b], non_blocking=True)
+        self.copied.record()
+
+    def _capture(self, b: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        self._fill(b, [], [], [])
+        args = (self.inputs[0, :b], self.inputs[1, :b], self.inputs[2, :b])
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up: Triton compiles, cuBLAS picks algorithms, caches fill
+                self.dec.forward(*args)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            out = self.dec.forward(*args)
+        return graph, out
+
+    def run(self, slots: list[int], pos: list[int], ids: list[int]) -> torch.Tensor:
+        b = next(x for x in self.batches if x >= len(slots))
+        if b not in self.graphs:
+            self.graphs[b] = self._capture(b)
+        graph, out = self.graphs[b]
+        self._fill(b, slots, pos, ids)
+        graph.replay()
+        return out[: len(slots)]
+
+
+__all__ = ["GRAPH_BATCHES", "DecodeError", "LayerSlab", "StaticDecoder"]

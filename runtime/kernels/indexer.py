@@ -1,0 +1,106 @@
+"""Lightning Indexer scores (spec §4.6) for a decode step, as a Triton kernel beside its torch reference.
+
+For each query b and each indexer key e of its sequence, score = sum_h w[b, h] * relu(q[b, h] . key[e]).
+The keys live in the static decoder's slab ([slots, capacity, dim], one row per sequence); only entries
+below `count[b]` exist. The torch path gathers every query's whole row of keys (a [B, capacity, dim] copy)
+and materializes [B, heads, capacity] scores; the kernel reads each existing key once per query, keeps the
+[heads, block] products in registers, and never touches the keys beyond `count` (masked loads), so a step's
+cost follows the sequence's length, not the slab's capacity. Top-k stays torch.topk on the [B, capacity]
+scores (invisible entries are -inf).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+
+    HAVE_TRITON = True
+except ImportError:  # pragma: no cover - triton is a dependency on Linux x86-64
+    HAVE_TRITON = False
+
+
+def index_scores_ref(
+    q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, slots: torch.Tensor, count: torch.Tensor
+) -> torch.Tensor:
+    """q [B, H, D], w [B, H], keys [S, C, D], slots, count [B] -> scores [B, C] fp32 (-inf from count on)."""
+    s = torch.einsum("bhd,bed->bhe", q.float(), keys[slots.long()].float())
+    scores = (torch.relu(s) * w.float().unsqueeze(-1)).sum(dim=1)
+    e = torch.arange(keys.shape[1], device=q.device)[None]
+    return scores.masked_fill(e >= count[:, None], float("-inf"))
+
+
+if HAVE_TRITON:
+
+    @triton.jit
+    def _index_scores(  # type: ignore[no-untyped-def]
+        q_ptr, w_ptr, k_ptr, slot_ptr, count_ptr, out_ptr,
+        H, D, C,
+        stride_qb, stride_qh, stride_wb, stride_ks, stride_ke, stride_ob,
+        BH: tl.constexpr, BE: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+    ):  # fmt: skip
+        b = tl.program_id(0)
+        eb = tl.program_id(1)
+        heads = tl.arange(0, BH)
+        dims = tl.arange(0, BD)
+        ents = eb * BE + tl.arange(0, BE)
+        cnt = tl.load(count_ptr + b)
+        slot = tl.load(slot_ptr + b).to(tl.int64)
+        live = ents < cnt
+        hm = heads < H
+        dm = dims < D
+        q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + dims[None, :],
+                    mask=hm[:, None] & dm[None, :], other=0.0)  # fmt: skip
+        keys = tl.load(k_ptr + slot * stride_ks + ents[:, None] * stride_ke + dims[None, :],
+                       mask=live[:, None] & dm[None, :], other=0.0)  # fmt: skip
+        if UPCAST:  # Triton's CPU interpreter multiplies bf16 as raw bits: give it the fp32 values
+            q = q.to(tl.float32)
+            keys = keys.to(tl.float32)
+        s = tl.dot(q, tl.trans(keys), input_precision=PREC)  # [BH, BE], fp32 accumulation
+        wh = tl.load(w_ptr + b * stride_wb + heads, mask=hm, other=0.0).to(tl.float32)
+        score = tl.sum(tl.maximum(s, 0.0) * wh[:, None], axis=0)
+        score = tl.where(live, score, float("-inf"))
+        tl.store(out_ptr + b * stride_ob + ents, score, mask=ents < C)
+
+
+def supported(q: torch.Tensor) -> bool:
+    return HAVE_TRITON and q.is_cuda and not torch.is_grad_enabled()
+
+
+def enabled() -> bool:
+    """`AGENTKIT_KERNELS=0` keeps every op on its torch reference (for A/B runs and debugging)."""
+    return os.environ.get("AGENTKIT_KERNELS", "1") != "0"
+
+
+def index_scores(
+    q: torch.Tensor,
+    w: torch.Tensor,
+    keys: torch.Tensor,
+    slots: torch.Tensor,
+    count: torch.Tensor,
+    *,
+    block_e: int = 64,
+) -> torch.Tensor:
+    """Same contract as `index_scores_ref`; q is cast to the keys' dtype (bf16 products are exact in fp32)."""
+    bsz, h, d = q.shape
+    cap = keys.shape[1]
+    out = torch.empty(bsz, cap, dtype=torch.float32, device=q.device)
+    if bsz == 0 or cap == 0:
+        return out
+    q = q.to(keys.dtype).contiguous()
+    w = w.float().contiguous()
+    assert keys.stride(2) == 1
+    bh = max(16, triton.next_power_of_2(h))
+    bd = max(16, triton.next_power_of_2(d))
+    _index_scores[(bsz, triton.cdiv(cap, block_e))](
+        q, w, keys, slots, count, out,
+        h, d, cap,
+        q.stride(0), q.stride(1), w.stride(0), keys.stride(0), keys.stride(1), out.stride(0),
+        BH=bh, BE=block_e, BD=bd, PREC="ieee" if keys.dtype == torch.float32 else "tf32",
+        UPCAST=os.environ.get("TRITON_INTERPRET") == "1",
+    )  # fmt: skip
+    return out

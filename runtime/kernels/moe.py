@@ -1,0 +1,254 @@
+"""Fused routed experts (spec §7): the selected experts' clamped SwiGLU as two grouped GEMMs over the
+(token, expert) pairs, reading the experts' stored weights (bf16/fp32, FP8 + 128x128 E8M0 tiles, or packed
+FP4 + E8M0 per 32) in the kernel, beside the torch loop of `layers/moe.MoE` that is its reference.
+
+The torch loop visits each selected expert with a host sync to learn which ones are selected, so it cannot be
+captured in a CUDA graph, and it launches a dozen kernels per expert. Here the grouping is computed on the
+device with fixed shapes: pairs sorted by expert, each expert's pairs cut into blocks of BM rows, a static
+upper bound on the number of blocks (ceil(P / BM) + min(E, P)) with unused blocks doing nothing. Then:
+
+- `_moe_up`: per (block, tile of the hidden dim), x rows of the block's tokens times w1 and w3 of its expert;
+  each product rounded to the activation dtype (the reference's linear output), the gate clamped above at L,
+  the up projection to [-L, L], silu(gate) * up * routing weight, stored in the activation dtype;
+- `_moe_down`: per (block, tile of the model dim), those rows times w2, rounded likewise, stored per pair;
+- the combine adds each token's pairs in ascending expert order, the order in which the reference's
+  `index_add` accumulates them (fp32, starting from the first term).
+
+With `act_quant` (FP8/FP4 experts) both GEMMs first round their input to e4m3 in 1x128 blocks with
+power-of-two scales, as DeepSeek's reference does before `fp4_gemm`. Every decoded weight value is exact in
+bf16, so results equal the torch path up to the summation order inside a dot product.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+    from agentkit.runtime.kernels.lowp_gemm import _act_quant, _fp4_tile, _fp8_tile
+
+    HAVE_TRITON = True
+except ImportError:  # pragma: no cover - triton is a dependency on Linux x86-64
+    HAVE_TRITON = False
+
+FORMATS = {"float": 0, "fp8": 1, "fp4": 2}
+
+
+if HAVE_TRITON:
+
+    @triton.jit
+    def _w_tile(w_ptr, s_ptr, e, rn, rk, k0, nm, km,  # type: ignore[no-untyped-def]
+                stride_we, stride_wn, stride_se, stride_sn, FMT: tl.constexpr):  # fmt: skip
+        """Expert e's weight rows rn x columns rk (one 128-wide K block at k0), decoded to fp32."""
+        wm = nm[:, None] & km[None, :]
+        wp = w_ptr + e.to(tl.int64) * stride_we
+        sp = s_ptr + e.to(tl.int64) * stride_se
+        if FMT == 0:
+            w = tl.load(wp + rn[:, None] * stride_wn + rk[None, :], mask=wm, other=0.0).to(tl.float32)
+        elif FMT == 1:
+            w = _fp8_tile(wp, sp, rn, rk, k0, nm, wm, stride_wn, stride_sn)
+        else:
+            w = _fp4_tile(wp, sp, rn, rk, nm, km, wm, stride_wn, stride_sn)
+        return w
+
+    @triton.jit
+    def _mm(x, w, F32: tl.constexpr):  # type: ignore[no-untyped-def]
+        """x [BM, 128] @ w [BN, 128]^T with fp32 accumulation: IEEE fp32 for fp32 activations, else bf16
+        operands (exact for bf16 values and for every decoded FP8/FP4 weight)."""
+        if F32:
+            return tl.dot(x, tl.trans(w), input_precision="ieee")
+        return tl.dot(x.to(tl.bfloat16), tl.trans(w.to(tl.bfloat16)))
+
+    @triton.jit
+    def _round_act(v, BF16: tl.constexpr):  # type: ignore[no-untyped-def]
+        """A linear's fp32 accumulator as the reference sees it: its output in the activation dtype, kept as
+        fp32. The bf16 rounding (nearest, ties to even) is done on the bits: Triton's CPU interpreter
+        truncates in `.to(tl.bfloat16)`, and one unit of difference here can move a value across an e4m3
+        rounding boundary of the next GEMM's input."""
+        if BF16:
+            bits = v.to(tl.int32, bitcast=True)
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+            return bits.to(tl.float32, bitcast=True)
+        return v
+
+    @triton.jit
+    def _moe_up(  # type: ignore[no-untyped-def]
+        x_ptr, w1_ptr, s1_ptr, w3_ptr, s3_ptr, rw_ptr, order_ptr, bexp_ptr, blo_ptr, bhi_ptr, h_ptr,
+        N, K, limit,
+        stride_x, stride_we, stride_wn, stride_se, stride_sn, stride_h,
+        TOPK: tl.constexpr, FMT: tl.constexpr, ACT: tl.constexpr, F32: tl.constexpr, BF16: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr,
+    ):  # fmt: skip
+        blk = tl.program_id(0)
+        lo = tl.load(blo_ptr + blk)
+        hi = tl.load(bhi_ptr + blk)
+        if lo < hi:
+            e = tl.load(bexp_ptr + blk)
+            rows = lo + tl.arange(0, BM)
+            rm = rows < hi
+            pair = tl.load(order_ptr + rows, mask=rm, other=0)
+            tok = (pair // TOPK).to(tl.int64)
+            rn = tl.program_id(1) * BN + tl.arange(0, BN)
+            nm = rn < N
+            acc1 = tl.zeros((BM, BN), tl.float32)
+            acc3 = tl.zeros((BM, BN), tl.float32)
+            for k0 in range(0, K, 128):
+                rk = k0 + tl.arange(0, 128)
+                km = rk < K
+                x = tl.load(x_ptr + tok[:, None] * stride_x + rk[None, :], mask=rm[:, None] & km[None, :],
+                            other=0.0).to(tl.float32)  # fmt: skip
+                x = _act_quant(x, ACT)
+                w1 = _w_tile(
+                    w1_ptr, s1_ptr, e, rn, rk, k0, nm, km, stride_we, stride_wn, stride_se, stride_sn, FMT
+                )
+                acc1 += _mm(x, w1, F32)
+                w3 = _w_tile(
+                    w3_ptr, s3_ptr, e, rn, rk, k0, nm, km, stride_we, stride_wn, stride_se, stride_sn, FMT
+                )
+                acc3 += _mm(x, w3, F32)
+            a = tl.minimum(_round_act(acc1, BF16), limit)
+            b = tl.minimum(tl.maximum(_round_act(acc3, BF16), -limit), limit)
+            rw = tl.load(rw_ptr + pair, mask=rm, other=0.0)
+            h = _round_act((a / (1.0 + tl.exp(-a))) * b * rw[:, None], BF16)  # exact in h's dtype
+            tl.store(h_ptr + pair.to(tl.int64)[:, None] * stride_h + rn[None, :],
+                     h.to(h_ptr.dtype.element_ty), mask=rm[:, None] & nm[None, :])  # fmt: skip
+
+    @triton.jit
+    def _moe_down(  # type: ignore[no-untyped-def]
+        h_ptr, w2_ptr, s2_ptr, order_ptr, bexp_ptr, blo_ptr, bhi_ptr, y_ptr,
+        N, K,
+        stride_h, stride_we, stride_wn, stride_se, stride_sn, stride_y,
+        FMT: tl.constexpr, ACT: tl.constexpr, F32: tl.constexpr, BF16: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr,
+    ):  # fmt: skip
+        blk = tl.program_id(0)
+        lo = tl.load(blo_ptr + blk)
+        hi = tl.load(bhi_ptr + blk)
+        if lo < hi:
+            e = tl.load(bexp_ptr + blk)
+            rows = lo + tl.arange(0, BM)
+            rm = rows < hi
+            pair = tl.load(order_ptr + rows, mask=rm, other=0).to(tl.int64)
+            rn = tl.program_id(1) * BN + tl.arange(0, BN)
+            nm = rn < N
+            acc = tl.zeros((BM, BN), tl.float32)
+            for k0 in range(0, K, 128):
+                rk = k0 + tl.arange(0, 128)
+                km = rk < K
+                h = tl.load(h_ptr + pair[:, None] * stride_h + rk[None, :], mask=rm[:, None] & km[None, :],
+                            other=0.0).to(tl.float32)  # fmt: skip
+                h = _act_quant(h, ACT)
+                w2 = _w_tile(
+                    w2_ptr, s2_ptr, e, rn, rk, k0, nm, km, stride_we, stride_wn, stride_se, stride_sn, FMT
+                )
+                acc += _mm(h, w2, F32)
+            tl.store(y_ptr + pair[:, None] * stride_y + rn[None, :], _round_act(acc, BF16),
+                     mask=rm[:, None] & nm[None, :])  # fmt: skip
+
+
+def supported(x: torch.Tensor) -> bool:
+    return HAVE_TRITON and x.is_cuda and not torch.is_grad_enabled()
+
+
+def enabled() -> bool:
+    """`AGENTKIT_KERNELS=0` keeps every op on its torch reference (for A/B runs and debugging)."""
+    return os.environ.get("AGENTKIT_KERNELS", "1") != "0"
+
+
+def _bytes(t: torch.Tensor) -> torch.Tensor:
+    """1-byte weights as raw bytes (FP8 codes are decoded in the kernel); other dtypes as they are."""
+    return t.view(torch.uint8) if t.element_size() == 1 else t
+
+
+def route_blocks(
+    idx: torch.Tensor, n_experts: int, block_m: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Group the T*k (token, slot) pairs by expert on the device, without a host sync.
+
+    Returns (order [P]: pair ids sorted by expert, stable; block_expert, block_lo, block_hi [NB]: block b
+    covers order[lo:hi] of one expert). NB = ceil(P / BM) + min(E, P) bounds the blocks whatever the
+    routing; blocks past the real ones have lo == hi and do nothing."""
+    flat = idx.reshape(-1)
+    p = flat.numel()
+    order = torch.argsort(flat, stable=True)
+    counts = torch.zeros(n_experts, dtype=torch.long, device=idx.device)
+    counts.scatter_add_(0, flat.long(), torch.ones_like(flat, dtype=torch.long))
+    n_blocks = (counts + block_m - 1) // block_m
+    blk_end = torch.cumsum(n_blocks, 0)
+    row_end = torch.cumsum(counts, 0)
+    nb = -(-p // block_m) + min(n_experts, p)
+    b = torch.arange(nb, device=idx.device)
+    e = torch.searchsorted(blk_end, b, right=True)
+    used = e < n_experts
+    ec = e.clamp(max=n_experts - 1)
+    lo = row_end[ec] - counts[ec] + (b - (blk_end[ec] - n_blocks[ec])) * block_m
+    hi = row_end[ec]
+    lo = torch.where(used, lo, 0)
+    hi = torch.where(used, torch.minimum(hi, lo + block_m), 0)
+    i32 = torch.int32
+    return order.to(i32), ec.to(i32), lo.to(i32), hi.to(i32)
+
+
+def fused_moe(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    idx: torch.Tensor,
+    w: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    scales: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+    fmt: str,
+    *,
+    act_quant: bool,
+    limit: float,
+    block_n: int = 64,
+) -> torch.Tensor:
+    """Sum over each token's routed experts of weight * expert(x), fp32 [T, D].
+
+    x [T, D]; weights [T, k] fp32 and idx [T, k] from the gate; w = (w1, w3, w2) stacked over experts
+    ([E, I, D], [E, I, D], [E, D, I]; FP8 e4m3 or packed FP4 int8 for quantized formats) with their stacked
+    E8M0 `scales`."""
+    t, d = x.shape
+    k = idx.shape[1]
+    w1, w3, w2 = w
+    n_exp, inter = w1.shape[0], w1.shape[1]
+    if t == 0:
+        return torch.zeros(0, d, dtype=torch.float32, device=x.device)
+    bm = 16 if t * k <= 64 else 32 if t * k <= 512 else 64
+    order, bexp, blo, bhi = route_blocks(idx, n_exp, bm)
+    nb = bexp.shape[0]
+    x2 = x.contiguous()
+    # fp32 dot for fp32 activations, and under Triton's CPU interpreter (which cannot multiply bf16)
+    f32 = x.dtype == torch.float32 or os.environ.get("TRITON_INTERPRET") == "1"
+    bf16 = x.dtype == torch.bfloat16
+    if x.dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"fused_moe: activations must be fp32 or bf16, got {x.dtype}")
+    fcode = FORMATS[fmt]
+    if scales is None:
+        s1 = s3 = s2 = torch.zeros(1, 1, 1, dtype=torch.uint8, device=x.device)
+    else:
+        s1, s3, s2 = (s.view(torch.uint8) for s in scales)
+    w1, w3, w2 = (_bytes(t_) for t_ in (w1, w3, w2))
+    rw = weights.reshape(-1).float().contiguous()
+    h = torch.empty(t * k, inter, dtype=x.dtype, device=x.device)
+    _moe_up[(nb, triton.cdiv(inter, block_n))](
+        x2, w1, s1, w3, s3, rw, order, bexp, blo, bhi, h,
+        inter, d, limit,
+        x2.stride(0), w1.stride(0), w1.stride(1), s1.stride(0), s1.stride(1), h.stride(0),
+        TOPK=k, FMT=fcode, ACT=act_quant, F32=f32, BF16=bf16, BM=bm, BN=block_n,
+    )  # fmt: skip
+    y = torch.empty(t * k, d, dtype=torch.float32, device=x.device)
+    _moe_down[(nb, triton.cdiv(d, block_n))](
+        h, w2, s2, order, bexp, blo, bhi, y,
+        d, inter,
+        h.stride(0), w2.stride(0), w2.stride(1), s2.stride(0), s2.stride(1), y.stride(0),
+        FMT=fcode, ACT=act_quant, F32=f32, BF16=bf16, BM=bm, BN=block_n,
+    )  # fmt: skip
+    # each token's terms in ascending expert order, summed left to right like the reference's index_add
+    by_expert = torch.argsort(idx, dim=1, stable=True)
+    terms = y.view(t, k, d).gather(1, by_expert.unsqueeze(-1).expand(-1, -1, d))
+    out = terms[:, 0]
+    for j in range(1, k):
+        out = out + terms[:, j]
+    return out
