@@ -2,8 +2,9 @@
 
 Run on a CUDA machine: `python bench/profile_decode.py [--config flash-reduced] [--prompt 4096]
 [--out f.json]`.
-Builds the random-weight model in bf16, prefills `--prompt` tokens, then profiles `--steps` decode steps and
-reports per step: CUDA kernel launches, cudaStreamSynchronize / cudaMemcpy calls, GPU-busy time against wall
+Builds the random-weight model in bf16, prefills `--prompt` tokens, then profiles `--steps` decode steps
+(`--path`: the general extend, the static decoder eagerly, or its CUDA graphs) and reports per step: CUDA
+kernel launches, cudaStreamSynchronize / cudaMemcpy calls, GPU-busy time against wall
 time, and the ten kernels with the most GPU time. The baseline the runtime's kernel and CUDA-graph work is
 measured against (issue 16).
 """
@@ -22,7 +23,7 @@ from agentkit.runtime.model import V4Model
 from torch.profiler import ProfilerActivity, profile
 
 RUNTIME_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpyAsync", "cudaLaunchKernel",
-                 "cuLaunchKernel", "cudaMemsetAsync")  # fmt: skip
+                 "cuLaunchKernel", "cudaMemsetAsync", "cudaGraphLaunch")  # fmt: skip
 
 
 def main() -> None:
@@ -31,11 +32,20 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=4096)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--out", default=None)
+    ap.add_argument(
+        "--path", default="graphs", choices=["general", "static", "graphs"],
+        help="general: extend on a plain state; static: StaticDecoder.step eagerly; graphs: its CUDA graphs",
+    )  # fmt: skip
     a = ap.parse_args()
     cfg = ModelConfig.preset(a.config, weight_format="float", max_seq_len=1 << 20)
     model = V4Model(cfg, dtype=torch.bfloat16, device="cuda").init_random_(0).eval()
     prompt = torch.randint(0, cfg.vocab_size, (a.prompt,), generator=torch.Generator().manual_seed(0)).cuda()
-    st = model.new_state()
+    if a.path == "general":
+        st = model.new_state()
+    else:
+        st = model.static_decoder(
+            max_batch=1, max_len=a.prompt + a.steps + 8, graphs=a.path == "graphs"
+        ).new_state()
     with torch.no_grad():
         tok = int(model.extend(st, prompt, last_only=True)[-1].argmax())
         for _ in range(3):  # warm-up (Triton compiles, allocator settles)
@@ -63,7 +73,7 @@ def main() -> None:
         "gpu": torch.cuda.get_device_name(),
         "torch": torch.__version__,
         "command": f"python bench/profile_decode.py --config {a.config} --prompt {a.prompt} "
-        f"--steps {a.steps}",
+        f"--steps {a.steps} --path {a.path}",
         "wall_ms_per_step": wall * 1e3,
         "gpu_busy_ms_per_step": busy / 1e3 / a.steps,
         "kernels_per_step": sum(kernels.values()) / a.steps,

@@ -31,7 +31,7 @@ import math
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from agentkit.runtime.kernels import indexer as indexer_kernel
@@ -42,7 +42,7 @@ from agentkit.runtime.layers.mhc import hc_post
 from agentkit.runtime.state import LayerState, SequenceState, StateError, config_key, entry_capacity
 
 if TYPE_CHECKING:
-    from agentkit.runtime.model import V4Model
+    from agentkit.runtime.model import Block, V4Model
 
 #: Batch sizes that get a CUDA graph; a step of B sequences replays the smallest one >= B (padding rows
 #: decode a scratch slot).
@@ -213,7 +213,8 @@ class StaticDecoder:
         c = m.config
         x = m.embed(ids).to(m.dtype)
         x = x.unsqueeze(1).expand(-1, c.hc_mult, -1).contiguous()
-        for block, slab in zip(m.layers, self.layers, strict=True):
+        for mod, slab in zip(m.layers, self.layers, strict=True):
+            block = cast("Block", mod)
             u, post, comb = block._pre(x, block.hc_attn_fn, block.hc_attn_base, block.hc_attn_scale)
             a = self._attention(block.attn, block.attn_norm(u), pos, slots, slab)
             x = block._ffn(hc_post(a, x, post, comb), ids)
@@ -338,8 +339,8 @@ class _Graphs:
     """CUDA graphs of `StaticDecoder.forward`, one per batch size in GRAPH_BATCHES, captured on first use.
 
     Inputs are copied into static buffers (padding rows point at the scratch slot), the graph is replayed,
-    and the logits rows of the real sequences are returned (a view of the graph's output: valid until the
-    next step)."""
+    and a copy of the real sequences' logits rows is returned (the graph's output buffer is reused by the
+    next replay)."""
 
     def __init__(self, dec: StaticDecoder) -> None:
         self.dec = dec
@@ -386,7 +387,7 @@ class _Graphs:
         graph, out = self.graphs[b]
         self._fill(b, slots, pos, ids)
         graph.replay()
-        return out[: len(slots)]
+        return out[: len(slots)].clone()
 
 
 __all__ = ["GRAPH_BATCHES", "DecodeError", "LayerSlab", "StaticDecoder"]

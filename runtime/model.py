@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from agentkit.runtime.checkpoint_read import load_checkpoint
 from agentkit.runtime.config import ModelConfig
+from agentkit.runtime.decode import StaticDecoder
 from agentkit.runtime.layers.attention import Attention, SeqSlice
 from agentkit.runtime.layers.batched import BatchShape, IndexerKL
 from agentkit.runtime.layers.lowp import Linear, StorageFormat
@@ -231,6 +232,17 @@ class V4Model(nn.Module):
         """An empty sequence state; `max_len` preallocates it for that many tokens (written in place)."""
         return SequenceState.fresh(self.config, self.device, self.dtype, max_len=max_len)
 
+    def static_decoder(
+        self, *, max_batch: int = 32, max_len: int = 8192, graphs: bool = True
+    ) -> StaticDecoder:
+        """Slab-backed states (`decoder.new_state()`) for up to `max_batch` sequences of up to `max_len`
+        tokens. From then on `extend` runs one-token steps of such states as the decoder's fixed-shape step
+        (CUDA graphs on a GPU, see runtime/decode.py); everything else stays on the general path."""
+        self._decoder = StaticDecoder(self, max_batch=max_batch, max_len=max_len, graphs=graphs)
+        return self._decoder
+
+    _decoder: StaticDecoder | None = None
+
     def _check(self, states: Sequence[SequenceState], chunks: Sequence[torch.Tensor]) -> None:
         if len(states) != len(chunks) or not states:
             raise ModelInputError(
@@ -346,6 +358,16 @@ class V4Model(nn.Module):
                 raise ModelInputError("a batch of states needs a list of token lists")
             chunks = [_as_ids(t) for t in tokens]  # type: ignore[arg-type]
         self._check(st, chunks)
+        dec = self._decoder
+        if (
+            dec is not None
+            and len(st) <= dec.max_batch
+            and all(c.numel() == 1 for c in chunks)
+            and all(dec.owns(s) for s in st)
+        ):
+            logits = dec.step(st, [int(c) for c in chunks])
+            out = list(logits.unbind(0)) if last_only else [row[None] for row in logits]
+            return out[0] if single else out
         with torch.inference_mode():
             x = self._streams(st, chunks)
             if last_only:

@@ -52,7 +52,7 @@ def test_static_decode_equals_extend_batched_over_block_edges(model: V4Model) ->
     v = model.config.vocab_size
     # lengths around the window (16), the CSA block (4) and the HCA block (128) edges, decoded past 128
     prompts = [torch.randint(0, v, (n,), generator=g).tolist() for n in (1, 15, 17, 126)]
-    dec, slab, ref, a, b, worst = _greedy_pair(model, prompts, 40)
+    _, slab, ref, a, b, worst = _greedy_pair(model, prompts, 40)
     assert a == b
     assert worst < 1e-4, worst
     for s, r in zip(slab, ref, strict=True):
@@ -66,8 +66,8 @@ def test_static_decode_equals_extend_batched_over_block_edges(model: V4Model) ->
 
 @pytest.mark.parametrize("ratio", [4, 8])
 def test_branch_free_compressor_step_equals_pool_bytes(ratio: int) -> None:
-    """Property: feeding tokens one at a time through `_pool_step` leaves the same tail bytes as `pool`, and the
-    pooled entry equals pool's wherever a block completes."""
+    """Property: feeding tokens one at a time through `_pool_step` leaves the same tail bytes as `pool`, and
+    the pooled entry equals pool's wherever a block completes."""
     torch.manual_seed(ratio)
     comp = Compressor(32, 8, ratio, 1e-6, torch.float32, torch.float32)
     c = comp.c
@@ -197,7 +197,8 @@ _KERNELS_CHILD = textwrap.dedent(
                     again = moe(x, ids).float()  # the loop still works on the stacked views
                 assert torch.equal(ref, again)
                 if dtype == torch.float32:
-                    assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5), (over, layer, t, (got - ref).abs().max())
+                    err = (got - ref).abs().max()
+                    assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5), (over, layer, t, err)
                 else:  # bf16: equal up to the summation order inside a dot
                     assert torch.allclose(got, ref, rtol=1e-2, atol=1e-2 * ref.abs().max().item()), (over, t)
 
@@ -257,3 +258,36 @@ def test_cuda_graph_decode_equals_eager_static_decode() -> None:
             toks.append(cur)
         outs.append(toks)
     assert outs[0] == outs[1]
+
+
+def test_extend_and_generate_route_decoder_states_through_the_static_step(model: V4Model) -> None:
+    """With `model.static_decoder(...)` set, one-token extends of its states run `StaticDecoder.step` and
+    give what the general path gives; plain states and multi-token chunks keep the general path."""
+    from agentkit.runtime.generate import SamplingParams, generate_batch
+
+    twin = V4Model(model.config).eval()
+    twin.load_state_dict(model.state_dict())
+    dec = twin.static_decoder(max_batch=3, max_len=200, graphs=False)
+    calls: list[int] = []
+    step = dec.step
+
+    def counting(states, tokens):  # type: ignore[no-untyped-def]
+        calls.append(len(states))
+        return step(states, tokens)
+
+    dec.step = counting  # type: ignore[method-assign]
+    prompts = [[3, 4, 5, 6, 7], list(range(40, 60)), [9]]
+    params = SamplingParams(temperature=0.0, max_tokens=30)
+    owned = [dec.new_state() for _ in prompts]
+    got = generate_batch(twin, owned, prompts, params)
+    want = generate_batch(model, [model.new_state() for _ in prompts], prompts, params)
+    assert [r.token_ids for r in got] == [r.token_ids for r in want]
+    assert calls and max(calls) == 3  # the batched decode steps went through the static step
+    n = len(calls)
+    plain = twin.new_state()
+    twin.extend(plain, [1, 2])
+    twin.extend(plain, [3])  # not the decoder's: general path
+    dec.release(owned[0])
+    mixed = [dec.new_state(), twin.new_state()]
+    twin.extend(mixed, [[1], [2]])  # one state is not the decoder's: general path for the batch
+    assert len(calls) == n

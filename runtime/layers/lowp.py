@@ -53,17 +53,34 @@ def fp8_roundtrip(x: torch.Tensor, block: int = 64) -> torch.Tensor:
     return _ste(x, y)
 
 
+_TABLES: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _fp4_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The e2m1 rounding bounds and grid on `device`, made once: a host->device copy per call would be a
+    sync point, and is not allowed at all while a CUDA graph is being captured."""
+    key = str(device)
+    t = _TABLES.get(key)
+    if t is None:
+        with torch.inference_mode(False):
+            t = (
+                torch.tensor(_FP4_BOUNDS, dtype=torch.float32, device=device),
+                torch.tensor(_FP4_GRID, dtype=torch.float32, device=device),
+            )
+        _TABLES[key] = t
+    return t
+
+
 def fp4_roundtrip(x: torch.Tensor, block: int = 32) -> torch.Tensor:
     """e2m1 quantize->dequantize per `block` values, power-of-two scale, nearest with ties to even."""
     xb, d = _blocks(x, block)
     scale = _pow2_scale(xb.abs().amax(-1, keepdim=True).clamp_min(_FP4_MAX * 2.0**-126), _FP4_MAX)
     y = (xb / scale).clamp(-_FP4_MAX, _FP4_MAX)
     a = y.abs()
-    bounds = torch.tensor(_FP4_BOUNDS, dtype=torch.float32, device=x.device)
+    bounds, grid = _fp4_tables(x.device)
     code = torch.bucketize(a, bounds)
     at_bound = a == bounds[code.clamp(max=len(_FP4_BOUNDS) - 1)]
     code = torch.where(at_bound & (code < len(_FP4_BOUNDS)) & (code % 2 == 1), code + 1, code)
-    grid = torch.tensor(_FP4_GRID, dtype=torch.float32, device=x.device)
     q = torch.copysign(grid[code], y) * scale
     out = q.flatten(-2)[..., :d].to(x.dtype)
     return _ste(x, out)

@@ -96,7 +96,9 @@ class MoE(nn.Module):
         The first call gathers the experts' weights into one tensor per name and makes each expert's own
         weight a view into it (freeing the separate copies); later calls return the same tensors as long as
         the experts still point into them (a device move re-stacks)."""
-        lin = [(e.w1, e.w3, e.w2) for e in self.experts]  # type: ignore[union-attr]
+        lin: list[tuple[Linear, Linear, Linear]] = [
+            (e.w1, e.w3, e.w2) for e in self.experts if isinstance(e, Expert)
+        ]
         key = tuple(m.weight.data_ptr() for m in (lin[0][0], lin[-1][0], lin[0][2], lin[-1][2]))
         if key == self._stack_key and self._stack:
             return self._stack
