@@ -3,9 +3,11 @@
 Run on a CUDA machine: `python bench/kernel_ab.py [--config flash-reduced] [--prompt 4096] [--decode 64]
 [--out results.json]`. For every kernel in runtime/kernels/, the native result against its torch reference
 at the config's real shapes; then, on one random-weight model, a greedy decode of `--decode` tokens after a
-`--prompt` prefill with `AGENTKIT_KERNELS=1` and `=0` from the same saved state: tokens compared position by
-position, per-position logits' max relative difference, and decode tok/s each way (plus the FP8/FP4 stored
-format with and without the activation rounding of `sim_fp8_act`, to price it). Prints a table, writes JSON.
+`--prompt` prefill from the same saved state on the torch reference path (`AGENTKIT_KERNELS=0`), with the
+kernels, and with the kernels through the static decoder's CUDA graphs: tokens compared position by
+position with the reference, per-position logits' max relative difference, and decode tok/s each way
+(plus the FP8/FP4 stored format with and without the activation rounding of `sim_fp8_act`, to price it).
+Prints a table, writes JSON.
 """
 
 from __future__ import annotations
@@ -75,31 +77,42 @@ def decode(model: V4Model, state: Any, first: int, steps: int) -> tuple[list[int
 
 
 def ab(cfg: ModelConfig, dtype: torch.dtype, prompt_len: int, steps: int, label: str) -> dict[str, Any]:
+    """Greedy decode from one saved state three ways: the torch reference (`AGENTKIT_KERNELS=0`, general
+    extend), the general extend with the kernels, and the static decoder with kernels and CUDA graphs."""
     model = V4Model(cfg, dtype=dtype, device=DEV).init_random_(0).eval()
     prompt = torch.randint(0, cfg.vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(0))
     st = model.new_state()
     with torch.no_grad():
         first = int(model.extend(st, prompt.to(DEV), last_only=True)[-1].argmax())
     snap = st.snapshot()
-    result: dict[str, Any] = {"model": label}
+    dec = model.static_decoder(max_batch=1, max_len=prompt_len + steps + 8, graphs=DEV == "cuda")
+    fast = dec.new_state()
+    result: dict[str, Any] = {"model": label, "steps": steps}
     runs = {}
-    for kernels in ("0", "1"):
+    for name, kernels, state in (("torch", "0", st), ("kernels", "1", st), ("graphs", "1", fast)):
         os.environ["AGENTKIT_KERNELS"] = kernels
-        st.restore(snap)
-        decode(model, st, first, 4)  # warm-up (Triton compiles)
-        st.restore(snap)
-        runs[kernels] = decode(model, st, first, steps)
-    (t0, l0, s0), (t1, l1, s1) = runs["0"], runs["1"]
-    same = sum(a == b for a, b in zip(t0, t1, strict=True))
-    first_diff = next((i for i, (a, b) in enumerate(zip(t0, t1, strict=True)) if a != b), None)
-    # compare logits only while the token streams agree (after a divergence the inputs differ)
-    upto = steps if first_diff is None else first_diff + 1
-    rel = ((l1[:upto] - l0[:upto]).norm(dim=-1) / l0[:upto].norm(dim=-1)).max().item()
-    result.update(
-        identical_tokens=same, steps=steps, first_difference=first_diff, max_rel_logit_diff=rel,
-        torch_tok_s=s0, kernels_tok_s=s1,
-    )  # fmt: skip
-    del model
+        if state is fast:
+            model._decoder = dec
+        else:
+            model._decoder = None
+        state.restore(snap)
+        decode(model, state, first, 4)  # warm-up (Triton compiles, graph capture)
+        state.restore(snap)
+        runs[name] = decode(model, state, first, steps)
+    model._decoder = None
+    t0, l0, s0 = runs["torch"]
+    for name in ("kernels", "graphs"):
+        t1, l1, s1 = runs[name]
+        same = sum(a == b for a, b in zip(t0, t1, strict=True))
+        first_diff = next((i for i, (a, b) in enumerate(zip(t0, t1, strict=True)) if a != b), None)
+        # compare logits only while the token streams agree (after a divergence the inputs differ)
+        upto = steps if first_diff is None else first_diff + 1
+        rel = ((l1[:upto] - l0[:upto]).norm(dim=-1) / l0[:upto].norm(dim=-1)).max().item()
+        result[name] = {
+            "identical_tokens": same, "first_difference": first_diff, "max_rel_logit_diff": rel, "tok_s": s1,
+        }  # fmt: skip
+    result["torch_tok_s"] = s0
+    del model, dec, fast
     if DEV == "cuda":
         torch.cuda.empty_cache()
     return result
@@ -127,7 +140,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--config", default="flash-reduced")
     ap.add_argument("--prompt", type=int, default=4096)
-    ap.add_argument("--decode", type=int, default=64)
+    ap.add_argument("--decode", type=int, default=256)
     ap.add_argument("--out", default=None)
     ap.add_argument("--device", default="cuda", help="cpu only to check this script (TRITON_INTERPRET=1)")
     a = ap.parse_args()

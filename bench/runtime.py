@@ -109,7 +109,7 @@ class Bench:
 def _version(mod: str) -> str | None:
     try:
         return str(__import__(mod).__version__)
-    except Exception:  # noqa: BLE001 - an absent package is reported as absent
+    except Exception:
         return None
 
 
@@ -198,7 +198,7 @@ def flops_per_token(model: V4Model, start: int, n: int) -> float:
 
 # ------------------------------------------------------------------------------------------------ states
 def synthetic(state: SequenceState, ctx: int, seed: int = 0) -> SequenceState:
-    """Put `state` (fresh, preallocated) at position `ctx` with random window / compressed / indexer entries."""
+    """Put a fresh preallocated `state` at position `ctx` with random window, compressed, indexer entries."""
     if ctx % 128:
         raise ValueError("a synthetic context must be a multiple of 128 (empty compressor tails)")
     torch.manual_seed(seed)
@@ -247,7 +247,7 @@ def decode_rate(
         s.restore(snap)
     greedy(model, states, [first] * batch, 3)  # warm-up: compiles, graph capture
     dt = b.timed(lambda: greedy(model, states, [first] * batch, steps))
-    del states
+    states.clear()
     model._decoder = None
     _free(b.dev)
     return batch * steps / dt, first
@@ -278,8 +278,6 @@ def hf_rates(b: Bench, model: V4Model, ctx: int) -> dict[str, float]:
                 tok = out.logits[:, -1:].argmax(-1)
 
         t_dec = b.timed(decode)
-    del hf, cache, r
-    _free(b.dev)
     return {"prefill_tok_s": ctx / t_pre, "decode_tok_s": b.a.steps / t_dec}
 
 
@@ -301,7 +299,7 @@ def row_decode(b: Bench, kind: str) -> dict[str, Any]:
             hf = hf_rates(b, model, ctx)
             row["transformers_tok_s"] = hf["decode_tok_s"]
             row["speedup_vs_transformers"] = static / hf["decode_tok_s"]
-        except Exception as e:  # noqa: BLE001 - reported in the row, the other rows still run
+        except Exception as e:
             row["transformers_error"] = f"{type(e).__name__}: {e}"
     return row
 
@@ -322,8 +320,6 @@ def row_prefill(b: Bench, n: int) -> dict[str, Any]:
         model.extend(model.new_state(), prompt[: min(n, 1024)], last_only=True)  # warm-up
         st = model.new_state()
         dt = b.timed(lambda: model.extend(st, prompt, last_only=True))
-    del st
-    _free(b.dev)
     flops = flops_per_token(model, 0, n)
     rate = n / dt
     row: dict[str, Any] = {
@@ -333,7 +329,7 @@ def row_prefill(b: Bench, n: int) -> dict[str, Any]:
     if not b.a.no_hf:
         try:
             row["transformers_tok_s"] = hf_rates(b, model, n)["prefill_tok_s"]
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             row["transformers_error"] = f"{type(e).__name__}: {e}"
     return row
 
@@ -435,7 +431,8 @@ def table(report: dict[str, Any]) -> str:
             lines.append(f"| {k} | {v['static_graphs_tok_s']:,.1f} tok/s | {ref} | "
                          f"{v['fraction_of_bound']:.1%} of bound |")  # fmt: skip
         elif k == "decode-b32":
-            lines.append(f"| {k} | {v['b32_tok_s']:,.0f} tok/s | B1 {v['b1_tok_s']:,.1f} | {v['ratio']:.1f}x |")
+            b1 = f"B1 {v['b1_tok_s']:,.1f}"
+            lines.append(f"| {k} | {v['b32_tok_s']:,.0f} tok/s | {b1} | {v['ratio']:.1f}x |")
         elif k.startswith("prefill"):
             hf = v.get("transformers_tok_s")
             lines.append(f"| {k} | {v['tok_s']:,.0f} tok/s, {v['model_tflop_s']:,.1f} TFLOP/s | "
@@ -469,13 +466,15 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="JSON report path")
     a = ap.parse_args()
     if a.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda requested but no CUDA device is available (--device cpu to smoke-test)")
+        raise SystemExit(
+            "--device cuda requested, but no CUDA device is available (smoke-test: --device cpu)"
+        )
     b = Bench(a)
     for name in ROWS if a.row == "all" else (a.row,):
         t0 = time.perf_counter()
         try:
             row = run_row(b, name)
-        except Exception as e:  # noqa: BLE001 - a failing row is reported; the others still run
+        except Exception as e:
             traceback.print_exc()
             row = {"error": f"{type(e).__name__}: {e}"}
             with contextlib.suppress(Exception):

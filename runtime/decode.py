@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 import torch
+from agentkit.runtime.kernels import enabled as kernels_enabled
 from agentkit.runtime.kernels import indexer as indexer_kernel
 from agentkit.runtime.kernels import sparse_attn as sparse_kernel
 from agentkit.runtime.layers.attention import Attention
@@ -260,7 +261,7 @@ class StaticDecoder:
             cand = torch.cat((cand, comp_rows), 1)
         kv = slab.kv.view(-1, slab.kv.shape[-1])
         scale = 1.0 / math.sqrt(attn.head_dim)
-        if sparse_kernel.supported(p.q) and sparse_kernel.enabled():
+        if sparse_kernel.supported(p.q) and kernels_enabled():
             o = sparse_kernel.sparse_attn(p.q, kv, cand, attn.attn_sink, scale)
         else:
             o = sparse_kernel.sparse_attn_ref(p.q, kv, cand, attn.attn_sink, scale)
@@ -321,7 +322,7 @@ def _select(
     indexer has few heads), the lowest indices win, as the stable sort there decides. The order inside the
     list is by score (only the summation order of attention depends on it)."""
     with torch.no_grad():
-        if indexer_kernel.supported(iq) and indexer_kernel.enabled():
+        if indexer_kernel.supported(iq) and kernels_enabled():
             scores = indexer_kernel.index_scores(iq, iw, keys, slots, count)
         else:
             scores = indexer_kernel.index_scores_ref(iq, iw, keys, slots, count)

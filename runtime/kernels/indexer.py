@@ -71,11 +71,6 @@ def supported(q: torch.Tensor) -> bool:
     return HAVE_TRITON and q.is_cuda and not torch.is_grad_enabled()
 
 
-def enabled() -> bool:
-    """`AGENTKIT_KERNELS=0` keeps every op on its torch reference (for A/B runs and debugging)."""
-    return os.environ.get("AGENTKIT_KERNELS", "1") != "0"
-
-
 def index_scores(
     q: torch.Tensor,
     w: torch.Tensor,

@@ -150,11 +150,6 @@ def supported(x: torch.Tensor) -> bool:
     return HAVE_TRITON and x.is_cuda and not torch.is_grad_enabled()
 
 
-def enabled() -> bool:
-    """`AGENTKIT_KERNELS=0` keeps every op on its torch reference (for A/B runs and debugging)."""
-    return os.environ.get("AGENTKIT_KERNELS", "1") != "0"
-
-
 def lowp_linear(
     x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, fmt: str, act_quant: bool
 ) -> torch.Tensor:

@@ -153,11 +153,6 @@ def supported(x: torch.Tensor) -> bool:
     return HAVE_TRITON and x.is_cuda and not torch.is_grad_enabled()
 
 
-def enabled() -> bool:
-    """`AGENTKIT_KERNELS=0` keeps every op on its torch reference (for A/B runs and debugging)."""
-    return os.environ.get("AGENTKIT_KERNELS", "1") != "0"
-
-
 def _bytes(t: torch.Tensor) -> torch.Tensor:
     """1-byte weights as raw bytes (FP8 codes are decoded in the kernel); other dtypes as they are."""
     return t.view(torch.uint8) if t.element_size() == 1 else t

@@ -114,11 +114,6 @@ def supported(q: torch.Tensor) -> bool:
     return HAVE_TRITON and q.is_cuda and not torch.is_grad_enabled()
 
 
-def enabled() -> bool:
-    """`AGENTKIT_KERNELS=0` keeps every op on its torch reference (for A/B runs and debugging)."""
-    return os.environ.get("AGENTKIT_KERNELS", "1") != "0"
-
-
 def _combine(m: torch.Tensor, l_sum: torch.Tensor, acc: torch.Tensor, sink: torch.Tensor) -> torch.Tensor:
     """Fold the splits [T, S, H] and the sink into one softmax: out = sum_i acc_i e^(m_i - M) / L."""
     top = torch.maximum(m.amax(dim=1), sink.float().view(1, -1))  # [T, H]: the sink keeps it finite

@@ -18,6 +18,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from agentkit.runtime.config import ModelConfig
+from agentkit.runtime.kernels import enabled as kernels_enabled
 from agentkit.runtime.kernels import sparse_attn as sparse_kernel
 from agentkit.runtime.layers.batched import BatchShape, IndexerKL, core_batched, indexer_kl, pool_fresh
 from agentkit.runtime.layers.compressor import Compressor
@@ -320,7 +321,7 @@ class Attention(nn.Module):
         shrink as the number of candidates grows, bounding the [block, heads, candidates] temporaries.
         """
         n, h = q.shape[0], q.shape[1]
-        if n <= KERNEL_ROWS and sparse_kernel.supported(q) and sparse_kernel.enabled():
+        if n <= KERNEL_ROWS and sparse_kernel.supported(q) and kernels_enabled():
             return self._core_kernel(q, keys_win, w_old, pos, comp, idx_keys, iq, iw)
         dev = q.device
         scale = 1.0 / math.sqrt(self.head_dim)

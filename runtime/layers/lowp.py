@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from agentkit.runtime import quant
+from agentkit.runtime.kernels import enabled as kernels_enabled
 from agentkit.runtime.kernels import lowp_gemm
 from torch import nn
 
@@ -191,7 +192,7 @@ class Linear(nn.Module):
             self.fmt != "float"
             and self._materialized is None
             and lowp_gemm.supported(x)
-            and lowp_gemm.enabled()
+            and kernels_enabled()
         ):
             # CUDA: from the stored bytes, the input rounded in the kernel (runtime/kernels/lowp_gemm.py)
             return lowp_gemm.lowp_linear(x, self.weight, self.scale, self.fmt, self.act_quant)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from agentkit.runtime.config import ModelConfig
+from agentkit.runtime.kernels import enabled as kernels_enabled
 from agentkit.runtime.kernels import moe as moe_kernel
 from agentkit.runtime.layers.lowp import Linear, StorageFormat
 from torch import nn
@@ -125,7 +126,7 @@ class MoE(nn.Module):
 
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
         weights, idx = self.gate(x, token_ids)
-        if moe_kernel.supported(x) and moe_kernel.enabled() and x.dtype in (torch.float32, torch.bfloat16):
+        if moe_kernel.supported(x) and kernels_enabled() and x.dtype in (torch.float32, torch.bfloat16):
             routed = self.fused(x, weights, idx)
             return (routed + self.shared_experts(x).float()).to(x.dtype)
         out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
