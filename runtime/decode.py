@@ -37,7 +37,7 @@ import torch
 from agentkit.runtime.kernels import enabled as kernels_enabled
 from agentkit.runtime.kernels import indexer as indexer_kernel
 from agentkit.runtime.kernels import sparse_attn as sparse_kernel
-from agentkit.runtime.layers.attention import Attention
+from agentkit.runtime.layers.attention import Attention, stable_topk
 from agentkit.runtime.layers.compressor import Compressor
 from agentkit.runtime.layers.mhc import hc_post
 from agentkit.runtime.state import LayerState, SequenceState, StateError, config_key, entry_capacity
@@ -319,20 +319,15 @@ def _select(
 
     Same scores as `Attention._select` (ReLU-weighted head sum, invisible entries -inf) and the same set,
     ties included: where several entries tie at the k-th score (ReLU makes exact zeros common when the
-    indexer has few heads), the lowest indices win, as the stable sort there decides. The order inside the
-    list is by score (only the summation order of attention depends on it)."""
+    indexer has few heads), the lowest indices win, as the stable sort there decides, and in the same order
+    (`stable_topk`)."""
     with torch.no_grad():
         if indexer_kernel.supported(iq) and kernels_enabled():
             scores = indexer_kernel.index_scores(iq, iw, keys, slots, count)
         else:
             scores = indexer_kernel.index_scores_ref(iq, iw, keys, slots, count)
-        k = min(topk, keys.shape[1])
-        kth = torch.topk(scores, k, dim=-1).values[:, -1:]
-        above, tied = scores > kth, scores == kth
-        room = k - above.sum(-1, keepdim=True)
-        chosen = above | (tied & (torch.cumsum(tied, -1) <= room))
-        # -inf entries are exactly the invisible ones, so ties among them do not matter
-        sel = torch.topk(scores.masked_fill(~chosen, float("-inf")), k, dim=-1).indices
+        sel = stable_topk(scores, min(topk, keys.shape[1]))
+        # -inf entries are exactly the invisible ones (from `count` on), so ties among them do not matter
         return torch.where(sel < count[:, None], sel, -1)
 
 

@@ -291,3 +291,23 @@ def test_extend_and_generate_route_decoder_states_through_the_static_step(model:
     mixed = [dec.new_state(), twin.new_state()]
     twin.extend(mixed, [[1], [2]])  # one state is not the decoder's: general path for the batch
     assert len(calls) == n
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_stable_topk_equals_the_stable_sort_prefix(seed: int) -> None:
+    """Property: `stable_topk` == the first k of a stable descending sort wherever the score is finite, on
+    rows full of exact ties (small integer scores, as ReLU's zeros make them) and invisible (-inf) tails."""
+    from agentkit.runtime.layers.attention import stable_topk
+
+    g = torch.Generator().manual_seed(seed)
+    rows, n = 7, int(torch.randint(1, 300, (1,), generator=g))
+    scores = torch.randint(-3, 4, (rows, n), generator=g).float().clamp_min(0)
+    visible = torch.randint(0, n + 1, (rows, 1), generator=g)
+    scores = scores.masked_fill(torch.arange(n)[None] >= visible, float("-inf"))
+    for k in {1, min(n, 5), min(n, 64), n}:
+        want = torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :k]
+        got = stable_topk(scores, k)
+        finite = scores.gather(1, want).isfinite()
+        assert torch.equal(scores.gather(1, got), scores.gather(1, want))
+        assert torch.equal(got[finite], want[finite]), (seed, k)
+        assert all(len(set(r.tolist())) == k for r in got)  # k distinct entries

@@ -41,6 +41,23 @@ def _scores(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     return (q.reshape(-1, q.shape[-1]) @ keys.t()).view(q.shape[0], q.shape[1], -1)
 
 
+def stable_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The first k columns of `torch.sort(scores, descending=True, stable=True).indices`, without the sort.
+
+    A full sort per query costs O(entries log entries) and dominated long-context prefill; this takes the
+    k-th score with torch.topk, keeps every entry above it plus the lowest-index entries tied with it (the
+    stable sort's tie rule: ReLU makes exact ties common), and orders only those k by (score descending,
+    index ascending). Equal to the sort's result wherever the score is finite; among -inf entries (the
+    invisible ones, which attention masks out) the choice is arbitrary."""
+    kth = torch.topk(scores, k, dim=-1).values[..., -1:]
+    above, tied = scores > kth, scores == kth
+    room = k - above.sum(-1, keepdim=True)
+    chosen = above | (tied & (torch.cumsum(tied, -1) <= room))
+    sel = torch.topk(scores.masked_fill(~chosen, float("-inf")), k, dim=-1).indices.sort(-1).values
+    order = torch.sort(scores.gather(-1, sel), dim=-1, descending=True, stable=True).indices
+    return sel.gather(-1, order)
+
+
 @dataclass
 class SeqSlice:
     """Where one sequence's chunk sits in the flat token batch, and the state it extends."""
@@ -441,5 +458,4 @@ class Attention(nn.Module):
         with torch.no_grad():
             scores = (F.relu(_scores(iq.float(), idx_keys.float())) * iw.float().unsqueeze(-1)).sum(dim=1)
             scores = scores.masked_fill(~visible, float("-inf"))
-            k = min(self.cfg.index_topk, idx_keys.shape[0])
-            return torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :k]
+            return stable_topk(scores, min(self.cfg.index_topk, idx_keys.shape[0]))
