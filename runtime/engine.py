@@ -1,0 +1,590 @@
+"""Engine: many sequences on one model - continuous batching, chunked prefill, a prefix cache, forks.
+
+One `Engine` per loaded model, shared by every caller in the process (threads, asyncio or trio tasks).
+`submit()` queues a request (prompt ids, `SamplingParams` with generate.py's stop rules) and returns a
+`RequestHandle` that streams its tokens. One scheduler thread runs `step()` in a loop, as nano-vllm does:
+
+    schedule    admit waiting requests (FCFS, within `max_seqs` and `state_bytes`), restoring each one's
+                longest cached prefix; then pick this step's work: every decoding sequence gets its one
+                token, and prefilling sequences share a budget of `prefill_chunk` prompt tokens
+    run         ONE batched `model.extend` over all of it (decodes and prefill chunks together)
+    postprocess sample, apply the stop rules, stream tokens, take promised cache snapshots, free finished
+                sequences
+
+Why chunk prefills: a 30K-token prompt extended in one call would stall every streaming sequence for the
+whole prefill; with a budget per step, running sequences get a token every step while it proceeds.
+
+Results equal `generate()` run alone: each request keeps generate.py's own per-sequence sampler and stop
+logic (`_Seq`: the seeded generator, stop ids/sequences/strings, max_tokens, feed_last, max_seq_len), and
+batched / chunked extends compute the same function as one extend (tests/test_runtime_extend.py).
+
+Memory: a sequence's state is allocated once at admission for its largest possible length
+(`len(prompt) + max_tokens`, preallocated and written in place), so its bytes are known before it runs:
+admission waits while `state_bytes` would be exceeded instead of running out of memory mid-decode, and
+`stats().state_bytes` is exact. Cancellation ends the stream at once; the scheduler frees the state at its
+next step boundary (never in the middle of an extend that uses it). A forward that raises fails only the
+requests in that batch; a request's own failure (e.g. its stop-string decoder raising) fails only it.
+
+Prefix cache policy (runtime/prefix_cache.py): a request restores the longest cached 128-multiple prefix
+<= len(prompt) - 1 and prefills the rest; while prefilling it snapshots at its prompt's last block
+boundary, at the deepest boundary it shares with an earlier prompt, and every `snapshot_every` tokens.
+Each such point is announced at admission, and a request that could reuse an announced point waits for it
+rather than prefilling the same prefix again, so N concurrent requests sharing a prefix prefill it once.
+
+Forks (`fork`): one finished sequence (kept with keep_state=True) or a state continues n ways: it is
+snapshotted once and restored into n states; nothing is prefilled except new suffix tokens.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from agentkit.runtime.decode import StaticDecoder
+from agentkit.runtime.engine_request import (
+    EngineClosed,
+    EngineError,
+    EngineResult,
+    RequestError,
+    RequestHandle,
+)
+from agentkit.runtime.generate import SamplingParams, sample
+from agentkit.runtime.generate import _Seq as _Sampler
+from agentkit.runtime.model import V4Model
+from agentkit.runtime.prefix_cache import CacheStats, PrefixCache, model_fingerprint
+from agentkit.runtime.state import SequenceState
+
+Phase = Literal["prefill", "decode", "feed", "done"]
+_DEFAULT_PARAMS = SamplingParams()
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What one step ran (for tests and tracing); request ids as in `RequestHandle.id`."""
+
+    step: int
+    decode: tuple[int, ...]
+    prefill: tuple[tuple[int, int], ...]
+    """(request id, prompt tokens extended) per prefilling sequence."""
+    feed: tuple[int, ...]
+    """Sequences whose last sampled token was fed (feed_last) after they finished."""
+    sampled: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    running: int
+    waiting: int
+    steps: int
+    prefill_tokens: int
+    """Prompt (and fork suffix) tokens extended, over the engine's life: cached prefixes are not counted."""
+    decode_tokens: int
+    state_bytes: int
+    """Bytes allocated for running sequences' states right now."""
+    state_bytes_limit: int | None
+    cache: CacheStats
+
+
+@dataclass(eq=False)
+class _Request:
+    handle: RequestHandle
+    prompt: list[int]
+    sampler: _Sampler
+    keep_state: bool
+    use_cache: bool
+    capacity: int
+    reserve: int
+    base: SequenceState | None = None
+    """Fork: the snapshot this sequence starts from (prompt = the tokens after it)."""
+    base_logits: torch.Tensor | None = None
+    state: SequenceState | None = None
+    offset: int = 0
+    """Position of prompt[0] (a fork's base length)."""
+    fed: int = 0
+    """Prompt tokens in the state (restored ones included)."""
+    cached: int = 0
+    points: list[int] = field(default_factory=list)
+    phase: Phase = "prefill"
+    next_token: int = 0
+    ready: torch.Tensor | None = None
+    last_logits: torch.Tensor | None = None
+    cancelled: bool = False
+
+
+@dataclass
+class _Work:
+    req: _Request
+    tokens: list[int] | None
+    """None: sample from logits the request already has (a fork with no new tokens)."""
+    kind: Literal["prefill", "decode", "feed", "ready"]
+
+
+class Engine:
+    """Continuous batching over one model for any number of concurrent requests (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: V4Model,
+        *,
+        max_seqs: int = 32,
+        state_bytes: int | None = None,
+        prefill_chunk: int = 512,
+        cache_bytes: int = 256 << 20,
+        cache_dir: str | os.PathLike[str] | None = None,
+        snapshot_every: int | None = 512,
+        cache_namespace: str | None = None,
+        decoder: StaticDecoder | None = None,
+        on_step: Callable[[StepRecord], None] | None = None,
+    ) -> None:
+        """`state_bytes`: bound on running sequences' state bytes (None: only `max_seqs` bounds them).
+        `cache_bytes=0` and no `cache_dir` turn the prefix cache off. `decoder`: states come from its slab
+        (`model.static_decoder()`), so all-decode steps run its fixed-shape step (CUDA graphs)."""
+        if max_seqs < 1 or prefill_chunk < 1:
+            raise ValueError("max_seqs and prefill_chunk must be >= 1")
+        self.model, self.config = model, model.config
+        self.decoder = decoder
+        self.max_seqs = min(max_seqs, decoder.max_batch) if decoder is not None else max_seqs
+        self.state_bytes_limit, self.prefill_chunk = state_bytes, prefill_chunk
+        self.snapshot_every, self.on_step = snapshot_every, on_step
+        self.cache = PrefixCache(
+            self.config,
+            cache_namespace or model_fingerprint(model, self.config),
+            cache_bytes=cache_bytes,
+            cache_dir=cache_dir,
+            device=model.device,
+            dtype=model.dtype,
+        )
+        self._lock = threading.RLock()
+        self._wake = threading.Condition(self._lock)
+        self._step_lock = threading.Lock()
+        self._waiting: list[_Request] = []
+        self._running: list[_Request] = []
+        self._by_id: dict[int, _Request] = {}
+        self._next_id = 0
+        self._reserved = 0
+        self._steps = self._prefill_tokens = self._decode_tokens = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="agentkit-engine", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ public API
+    def submit(
+        self,
+        prompt: Sequence[int] | torch.Tensor,
+        params: SamplingParams = _DEFAULT_PARAMS,
+        *,
+        decode: Callable[[list[int]], str] | None = None,
+        keep_state: bool = False,
+        use_cache: bool = True,
+    ) -> RequestHandle:
+        """Queue a request; returns at once. Bad requests raise `RequestError` here, touching nothing."""
+        ids = self._ids(prompt)
+        if not ids:
+            raise RequestError("prompt must not be empty (the first token needs the logits of a last token)")
+        with self._lock:
+            req = self._request(ids, params, decode, keep_state, use_cache, base=None, logits=None)
+            self._enqueue([req])
+        return req.handle
+
+    def fork(
+        self,
+        source: RequestHandle | SequenceState,
+        n: int,
+        params: SamplingParams | Sequence[SamplingParams] = _DEFAULT_PARAMS,
+        *,
+        suffix: Sequence[int] = (),
+        decode: Callable[[list[int]], str] | None = None,
+        keep_state: bool = False,
+    ) -> list[RequestHandle]:
+        """Continue one sequence n ways: `source` is a finished handle submitted with keep_state=True, or a
+        state. Its context is snapshotted once and restored into each branch; only `suffix` (and a token
+        the source left pending) is extended. With no new tokens the branches sample their first token from
+        the source's last logits, so a finished handle forks with nothing recomputed at all."""
+        plist = [params] * n if isinstance(params, SamplingParams) else list(params)
+        if n < 1 or len(plist) != n:
+            raise RequestError(f"fork needs n >= 1 and one SamplingParams per branch (n={n}, {len(plist)})")
+        logits: torch.Tensor | None = None
+        pending: list[int] = []
+        if isinstance(source, RequestHandle):
+            if not source.done:
+                raise RequestError(f"request {source.id} has not finished; fork it once it has")
+            res = source.result()
+            if res.state is None:
+                raise RequestError(f"request {source.id} kept no state; submit it with keep_state=True")
+            state, logits, pending = res.state, res.last_logits, list(res.pending)
+        else:
+            state = source
+        tokens = pending + self._ids(suffix)
+        if not tokens and logits is None:
+            raise RequestError("a fork of a state needs at least one new token (no logits to sample from)")
+        base = state.snapshot()  # once: every branch restores from this copy, the source stays free
+        with self._lock:
+            reqs = [
+                self._request(tokens, p, decode, keep_state, False, base=base, logits=logits) for p in plist
+            ]
+            self._enqueue(reqs)
+        return [r.handle for r in reqs]
+
+    def generate(
+        self, prompt: Sequence[int] | torch.Tensor, params: SamplingParams = _DEFAULT_PARAMS
+    ) -> EngineResult:
+        """Submit and wait (blocking convenience)."""
+        return self.submit(prompt, params).result()
+
+    def stats(self) -> EngineStats:
+        with self._lock:
+            used = sum(r.reserve for r in self._running)
+            return EngineStats(
+                running=len(self._running),
+                waiting=len(self._waiting),
+                steps=self._steps,
+                prefill_tokens=self._prefill_tokens,
+                decode_tokens=self._decode_tokens,
+                state_bytes=used,
+                state_bytes_limit=self.state_bytes_limit,
+                cache=self.cache.stats(),
+            )
+
+    def close(self) -> None:
+        """Stop the scheduler; requests still queued or running end with `EngineClosed`."""
+        with self._lock:
+            self._closed = True
+            self._wake.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+        with self._lock:
+            for req in self._waiting + self._running:
+                self._end(req, "error", EngineClosed("the engine was closed"))
+            self._waiting.clear()
+            self._reap()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ requests
+    def _ids(self, tokens: Sequence[int] | torch.Tensor) -> list[int]:
+        if isinstance(tokens, torch.Tensor):
+            if tokens.dtype.is_floating_point or tokens.dim() > 1:
+                raise RequestError("token ids must be a 1-D integer list or tensor")
+            tokens = tokens.reshape(-1).tolist()
+        ids = list(tokens)
+        vocab = self.config.vocab_size
+        for t in ids:
+            if isinstance(t, bool) or not isinstance(t, int):
+                raise RequestError(f"token ids must be integers, got {t!r}")
+            if not 0 <= t < vocab:
+                raise RequestError(f"token id {t} out of range [0, {vocab})")
+        return ids
+
+    def _request(
+        self,
+        ids: list[int],
+        params: SamplingParams,
+        decode: Callable[[list[int]], str] | None,
+        keep_state: bool,
+        use_cache: bool,
+        *,
+        base: SequenceState | None,
+        logits: torch.Tensor | None,
+    ) -> _Request:
+        if self._closed:
+            raise EngineClosed("the engine is closed")
+        offset = base.pos if base is not None else 0
+        limit = self.config.max_seq_len if self.decoder is None else self.decoder.max_len
+        if offset + len(ids) > limit:
+            raise RequestError(f"context of {offset + len(ids)} tokens > the engine's limit of {limit}")
+        capacity = min(offset + len(ids) + params.max_tokens, limit)
+        reserve = self._bytes_for(capacity)
+        if self.state_bytes_limit is not None and reserve > self.state_bytes_limit:
+            raise RequestError(
+                f"this request's state needs {reserve} bytes > state_bytes={self.state_bytes_limit}"
+            )
+        self._next_id += 1
+        handle = RequestHandle(self, self._next_id, len(ids))
+        return _Request(
+            handle,
+            ids,
+            _Sampler(params, decode),
+            keep_state,
+            use_cache and self.cache.enabled and base is None,
+            capacity,
+            reserve,
+            base=base,
+            base_logits=logits if not ids else None,
+            offset=offset,
+        )
+
+    def _bytes_for(self, capacity: int) -> int:
+        """Exact bytes of a state preallocated for `capacity` tokens (a meta-device state: no memory)."""
+        if self.decoder is not None:
+            return self._slot_bytes()
+        st = SequenceState.fresh(self.config, "meta", self.model.dtype, max_len=capacity)
+        return sum(t.numel() * t.element_size() for ls in st.layers for t in ls.tensors().values())
+
+    def _slot_bytes(self) -> int:
+        assert self.decoder is not None
+        total = sum(
+            t.numel() * t.element_size()
+            for ls in self.decoder.layers
+            for t in (ls.kv, ls.comp_tail_kv, ls.comp_tail_score, ls.idx, ls.idx_tail_kv, ls.idx_tail_score)
+            if t is not None
+        )
+        return total // self.decoder.n_slots
+
+    def _enqueue(self, reqs: list[_Request]) -> None:
+        for r in reqs:
+            self._by_id[r.handle.id] = r
+            self._waiting.append(r)
+        self._wake.notify_all()
+
+    def _cancel(self, handle: RequestHandle) -> None:
+        with self._lock:
+            req = self._by_id.get(handle.id)
+            if req is None or req.phase == "done":
+                return
+            if req in self._waiting:  # never started: nothing to free
+                self._waiting.remove(req)
+                del self._by_id[req.handle.id]
+            self._end(req, "cancelled")
+            self._wake.notify_all()
+
+    def _end(
+        self, req: _Request, reason: Literal["cancelled", "error"], error: BaseException | None = None
+    ) -> None:
+        """End a request early: its stream closes now; `_reap` frees its state at the next step boundary."""
+        req.cancelled, req.phase = True, "done"
+        r = req.sampler.result
+        req.handle._finish(
+            EngineResult(
+                token_ids=list(req.handle.tokens),
+                finish_reason=reason,
+                stop=r.stop,
+                prompt_tokens=len(req.prompt),
+                cached_tokens=req.cached,
+                error=error,
+            )
+        )
+
+    # ------------------------------------------------------------------ the scheduler
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                self._wake.wait_for(lambda: self._closed or bool(self._waiting or self._running))
+                if self._closed:
+                    return
+            try:
+                progressed = self.step()
+            except Exception as e:  # a bug in the engine itself: fail what runs, keep serving new requests
+                with self._lock:
+                    for req in self._running:
+                        self._end(req, "error", EngineError(f"engine step failed: {type(e).__name__}: {e}"))
+                    self._reap()
+                progressed = 1
+            if not progressed:
+                with self._lock:  # only blocked requests are left: sleep until something changes
+                    self._wake.wait(timeout=0.05)
+
+    def step(self) -> int:
+        """One scheduler iteration: schedule, run one batched extend, postprocess. Returns the number of
+        sequences that advanced (0: nothing could run)."""
+        with self._step_lock:
+            with self._lock:
+                self._reap()
+                self._admit()
+                work = self._schedule()
+            if not work:
+                return 0
+            logits = self._run(work)
+            with self._lock:
+                sampled = self._postprocess(work, logits)
+                self._reap()
+                self._steps += 1
+                record = StepRecord(
+                    self._steps,
+                    tuple(w.req.handle.id for w in work if w.kind == "decode"),
+                    tuple((w.req.handle.id, len(w.tokens or ())) for w in work if w.kind == "prefill"),
+                    tuple(w.req.handle.id for w in work if w.kind == "feed"),
+                    tuple(sampled),
+                )
+            if self.on_step is not None:
+                self.on_step(record)
+            return len(work)
+
+    def _admit(self) -> None:
+        """FCFS within max_seqs and state_bytes. A request whose prefix a running one is about to snapshot
+        is skipped (it waits for the snapshot); one that does not fit the bytes blocks the queue, so small
+        requests cannot starve a large one."""
+        for req in list(self._waiting):
+            if len(self._running) >= self.max_seqs:
+                return
+            if req.use_cache and self.cache.probe(req.prompt).wait:
+                continue
+            if self.state_bytes_limit is not None and self._reserved + req.reserve > self.state_bytes_limit:
+                return
+            self._waiting.remove(req)
+            self._start(req)
+
+    def _start(self, req: _Request) -> None:
+        if self.decoder is not None:
+            state = self.decoder.new_state()
+        else:
+            state = self.model.new_state(max_len=req.capacity)
+        snap = req.base
+        if req.use_cache:
+            snap = self.cache.acquire(req.prompt)
+        if snap is not None:
+            state.restore(snap)
+            req.cached = snap.pos
+            req.fed = snap.pos - req.offset
+        if req.use_cache:
+            req.points = self.cache.plan(req.prompt, req.fed, req, self.snapshot_every)
+        req.state, req.ready = state, req.base_logits
+        self._reserved += req.reserve
+        self._running.append(req)
+
+    def _schedule(self) -> list[_Work]:
+        work: list[_Work] = []
+        for req in self._running:
+            if req.phase == "done":
+                continue
+            if req.ready is not None:
+                work.append(_Work(req, None, "ready"))
+            elif req.phase in ("decode", "feed"):
+                work.append(_Work(req, [req.next_token], "decode" if req.phase == "decode" else "feed"))
+        budget = self.prefill_chunk
+        for req in self._running:
+            if budget <= 0:
+                break
+            if req.phase != "prefill" or req.ready is not None:
+                continue
+            pos = req.offset + req.fed
+            end = min(len(req.prompt), req.fed + budget)
+            nxt = next((p for p in req.points if p > pos), None)  # stop where a snapshot is promised
+            if nxt is not None:
+                end = min(end, nxt - req.offset)
+            work.append(_Work(req, req.prompt[req.fed : end], "prefill"))
+            budget -= end - req.fed
+        return work
+
+    def _run(self, work: list[_Work]) -> list[torch.Tensor | None]:
+        """The step's one batched extend; a failure fails exactly the requests in it."""
+        ext = [w for w in work if w.tokens is not None]
+        out: list[torch.Tensor | None] = [None] * len(work)
+        if ext:
+            states = [w.req.state for w in ext if w.req.state is not None]
+            chunks = [w.tokens for w in ext if w.tokens is not None]
+            assert len(states) == len(chunks) == len(ext)
+            try:
+                logits = self.model.extend(states, chunks, last_only=True)
+            except Exception as e:
+                with self._lock:
+                    for w in ext:
+                        if w.req.phase != "done":
+                            self._end(w.req, "error", EngineError(f"forward failed: {type(e).__name__}: {e}"))
+                return [None] * len(work)
+            assert isinstance(logits, list)
+            it = iter(logits)
+            out = [next(it) if w.tokens is not None else None for w in work]
+        with self._lock:
+            for w in ext:
+                n = len(w.tokens or ())
+                if w.kind == "prefill":
+                    self._prefill_tokens += n
+                else:
+                    self._decode_tokens += n
+        return out
+
+    def _postprocess(self, work: list[_Work], logits: list[torch.Tensor | None]) -> list[int]:
+        sampled = []
+        for w, lg in zip(work, logits, strict=True):
+            req = w.req
+            if req.phase == "done" or (lg is None and w.kind != "ready"):
+                continue
+            try:
+                if w.kind == "prefill":
+                    req.fed += len(w.tokens or ())
+                    pos = req.offset + req.fed
+                    if pos in req.points and req.state is not None:
+                        self.cache.insert(req.prompt[:pos], req.state.snapshot(), req)
+                    if req.fed < len(req.prompt):
+                        continue
+                elif w.kind == "feed":
+                    req.last_logits = lg
+                    self._finish(req)
+                    continue
+                elif w.kind == "ready":
+                    lg, req.ready = req.ready, None
+                assert lg is not None
+                self._sample(req, lg)
+                sampled.append(req.handle.id)
+            except Exception as e:  # this request's own failure (e.g. its stop-string decoder)
+                self._end(
+                    req, "error", EngineError(f"request {req.handle.id} failed: {type(e).__name__}: {e}")
+                )
+        return sampled
+
+    def _sample(self, req: _Request, logits: torch.Tensor) -> None:
+        """generate.py's loop body for one sequence: sample, stop rules, then decode / feed the last / end."""
+        s, state = req.sampler, req.state
+        assert state is not None
+        tok = sample(logits, s.params, s.gen)
+        s.push(tok)
+        req.handle._push(tok)
+        room = state.pos < min(self.config.max_seq_len, req.capacity)
+        if not s.done and room:
+            req.phase, req.next_token = "decode", tok
+        elif s.done and s.params.feed_last and room:
+            req.phase, req.next_token = "feed", tok
+        else:
+            s.done = True
+            s.result.pending = [tok]
+            self._finish(req)
+
+    def _finish(self, req: _Request) -> None:
+        r, state = req.sampler.result, req.state
+        assert state is not None
+        kept = None
+        if req.keep_state:
+            kept = state.snapshot() if state.slot is not None else state
+        last = req.last_logits.detach().clone() if req.keep_state and req.last_logits is not None else None
+        req.phase = "done"
+        req.handle._finish(
+            EngineResult(
+                token_ids=list(r.token_ids),
+                finish_reason=r.finish_reason,
+                stop=r.stop,
+                pending=list(r.pending),
+                prompt_tokens=len(req.prompt),
+                cached_tokens=req.cached,
+                state=kept,
+                last_logits=last,
+            )
+        )
+
+    def _reap(self) -> None:
+        """Free the states of ended requests and drop their cache promises."""
+        keep = []
+        for req in self._running:
+            if req.phase != "done":
+                keep.append(req)
+                continue
+            self.cache.release(req)
+            if req.state is not None and self.decoder is not None and self.decoder.owns(req.state):
+                self.decoder.release(req.state)
+            req.state = req.ready = req.last_logits = None
+            self._reserved -= req.reserve
+            self._by_id.pop(req.handle.id, None)
+        self._running = keep
+        for req in [r for r in self._waiting if r.phase == "done"]:
+            self._waiting.remove(req)
+            self._by_id.pop(req.handle.id, None)
+
+
+__all__ = ["Engine", "EngineStats", "StepRecord"]
