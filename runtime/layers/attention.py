@@ -347,6 +347,9 @@ class Attention(nn.Module):
         width = self.window + n_comp + (0 if iq is None else iq.shape[1] * n_comp // max(h, 1))
         budget = SCORE_BUDGET.get(dev.type, 1 << 24)
         block = max(1, min(QUERY_BLOCK, budget // max(1, h * width)))
+        # cast once, not per query block (at 1M tokens of context the indexer keys alone are 64 MB)
+        comp_f = None if comp is None else comp.float()
+        idx_f = None if idx_keys is None else idx_keys.float()
         out = []
         for i0 in range(0, n, block):
             i1 = min(n, i0 + block)
@@ -362,16 +365,17 @@ class Attention(nn.Module):
             dense = kw
             if comp is not None and n_comp:
                 visible = torch.arange(n_comp, device=dev)[None] < ((qpos + 1) // self.ratio)[:, None]
-                if idx_keys is not None:
-                    assert iq is not None and iw is not None
-                    order = self._select(iq[i0:i1], iw[i0:i1], idx_keys, visible)
+                if idx_f is not None:
+                    assert iq is not None and iw is not None and comp_f is not None
+                    order = self._select(iq[i0:i1], iw[i0:i1], idx_f, visible)
                     gathered = comp[order]  # [b, k, d]
-                    lg = torch.bmm(qb, gathered.float().transpose(1, 2))  # [b, h, k]
+                    lg = torch.bmm(qb, comp_f[order].transpose(1, 2))  # [b, h, k]
                     logits = torch.cat((logits, lg), -1)
                     mask = torch.cat((mask, visible.gather(1, order)), 1)
                 else:
+                    assert comp_f is not None
                     dense = torch.cat((kw, comp), 0)
-                    logits = torch.cat((logits, _scores(qb, comp.float())), -1)
+                    logits = torch.cat((logits, _scores(qb, comp_f)), -1)
                     mask = torch.cat((mask, visible), 1)
             logits = (logits * scale).masked_fill(~mask[:, None, :], float("-inf"))
             full = torch.cat((logits, sink.expand(i1 - i0, -1, 1)), dim=-1)
