@@ -37,8 +37,10 @@ snapshotted once and restored into n states; nothing is prefilled except new suf
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -170,6 +172,7 @@ class Engine:
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="agentkit-engine", daemon=True)
         self._thread.start()
+        _LIVE.add(self)
 
     # ------------------------------------------------------------------ public API
     def submit(
@@ -585,6 +588,16 @@ class Engine:
         for req in [r for r in self._waiting if r.phase == "done"]:
             self._waiting.remove(req)
             self._by_id.pop(req.handle.id, None)
+
+
+_LIVE: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    """Stop scheduler threads before the interpreter tears torch down under them."""
+    for eng in list(_LIVE):
+        eng.close()
 
 
 __all__ = ["Engine", "EngineStats", "StepRecord"]
