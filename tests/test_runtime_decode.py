@@ -163,6 +163,20 @@ _KERNELS_CHILD = textwrap.dedent(
             fin = torch.isfinite(ref)
             assert torch.allclose(got[fin], ref[fin], rtol=1e-5, atol=1e-4), (got - ref)[fin].abs().max()
 
+    # prefill scores: one sequence, many queries per program (partial last group), causal counts
+    for dtype in (torch.float32, torch.bfloat16):
+        for nq, h, d, cap, per in ((37, 8, 64, 150, 16), (5, 3, 24, 9, 4), (16, 16, 32, 64, 16)):
+            keys = torch.randn(cap, d, generator=g).to(dtype)
+            q = torch.randn(nq, h, d, generator=g).to(dtype)
+            w = torch.randn(nq, h, generator=g)
+            count = (torch.arange(nq) * cap // nq + 1).clamp(max=cap)
+            count[0] = 0
+            got = IX.prefill_scores(q, w, keys, count, queries_per_program=per)
+            ref = IX.index_scores_ref(q, w, keys[None], torch.zeros(nq, dtype=torch.long), count)
+            assert torch.equal(torch.isinf(got), torch.isinf(ref))
+            fin = torch.isfinite(ref)
+            assert torch.allclose(got[fin], ref[fin], rtol=1e-5, atol=1e-4), (got - ref)[fin].abs().max()
+
     # routing blocks: each pair exactly once, one expert per block, at most BM rows
     for t, k, e, bm in ((1, 6, 16, 16), (40, 4, 8, 16), (33, 2, 64, 32)):
         idx = torch.stack([torch.randperm(e, generator=g)[:k] for _ in range(t)])

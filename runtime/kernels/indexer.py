@@ -41,30 +41,39 @@ if HAVE_TRITON:
         q_ptr, w_ptr, k_ptr, slot_ptr, count_ptr, out_ptr,
         H, D, C,
         stride_qb, stride_qh, stride_wb, stride_ks, stride_ke, stride_ob,
-        BH: tl.constexpr, BE: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+        B, BH: tl.constexpr, BE: tl.constexpr, BD: tl.constexpr, BQ: tl.constexpr, PREC: tl.constexpr,
+        UPCAST: tl.constexpr,
     ):  # fmt: skip
-        b = tl.program_id(0)
+        # BQ consecutive queries per program share one tile of keys (loaded once): with BQ > 1 they must
+        # share a slot (one sequence's prefill), which the wrapper guarantees.
+        b0 = tl.program_id(0) * BQ
         eb = tl.program_id(1)
         heads = tl.arange(0, BH)
         dims = tl.arange(0, BD)
         ents = eb * BE + tl.arange(0, BE)
-        cnt = tl.load(count_ptr + b)
-        slot = tl.load(slot_ptr + b).to(tl.int64)
-        live = ents < cnt
         hm = heads < H
         dm = dims < D
-        q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + dims[None, :],
-                    mask=hm[:, None] & dm[None, :], other=0.0)  # fmt: skip
+        slot = tl.load(slot_ptr + b0).to(tl.int64)
+        group = b0 + tl.arange(0, BQ)
+        seen = tl.max(tl.load(count_ptr + group, mask=group < B, other=0), axis=0)  # keys past it: unread
         keys = tl.load(k_ptr + slot * stride_ks + ents[:, None] * stride_ke + dims[None, :],
-                       mask=live[:, None] & dm[None, :], other=0.0)  # fmt: skip
+                       mask=(ents < seen)[:, None] & dm[None, :], other=0.0)  # fmt: skip
         if UPCAST:  # Triton's CPU interpreter multiplies bf16 as raw bits: give it the fp32 values
-            q = q.to(tl.float32)
             keys = keys.to(tl.float32)
-        s = tl.dot(q, tl.trans(keys), input_precision=PREC)  # [BH, BE], fp32 accumulation
-        wh = tl.load(w_ptr + b * stride_wb + heads, mask=hm, other=0.0).to(tl.float32)
-        score = tl.sum(tl.maximum(s, 0.0) * wh[:, None], axis=0)
-        score = tl.where(live, score, float("-inf"))
-        tl.store(out_ptr + b * stride_ob + ents, score, mask=ents < C)
+        for i in range(BQ):
+            b = b0 + i
+            if b < B:
+                cnt = tl.load(count_ptr + b)
+                live = ents < cnt
+                q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + dims[None, :],
+                            mask=hm[:, None] & dm[None, :], other=0.0)  # fmt: skip
+                if UPCAST:
+                    q = q.to(tl.float32)
+                s = tl.dot(q, tl.trans(keys), input_precision=PREC)  # [BH, BE], fp32 accumulation
+                wh = tl.load(w_ptr + b * stride_wb + heads, mask=hm, other=0.0).to(tl.float32)
+                score = tl.sum(tl.maximum(s, 0.0) * wh[:, None], axis=0)
+                score = tl.where(live, score, float("-inf"))
+                tl.store(out_ptr + b * stride_ob + ents, score, mask=ents < C)
 
 
 def supported(q: torch.Tensor) -> bool:
@@ -79,8 +88,12 @@ def index_scores(
     count: torch.Tensor,
     *,
     block_e: int = 64,
+    queries_per_program: int = 1,
 ) -> torch.Tensor:
-    """Same contract as `index_scores_ref`; q is cast to the keys' dtype (bf16 products are exact in fp32)."""
+    """Same contract as `index_scores_ref`; q is cast to the keys' dtype (bf16 products are exact in fp32).
+
+    `queries_per_program` > 1 lets that many consecutive queries reuse each loaded tile of keys; all
+    queries must then read the same slot (use `prefill_scores`)."""
     bsz, h, d = q.shape
     cap = keys.shape[1]
     out = torch.empty(bsz, cap, dtype=torch.float32, device=q.device)
@@ -91,11 +104,28 @@ def index_scores(
     assert keys.stride(2) == 1
     bh = max(16, triton.next_power_of_2(h))
     bd = max(16, triton.next_power_of_2(d))
-    _index_scores[(bsz, triton.cdiv(cap, block_e))](
+    bq = queries_per_program
+    _index_scores[(triton.cdiv(bsz, bq), triton.cdiv(cap, block_e))](
         q, w, keys, slots, count, out,
         h, d, cap,
         q.stride(0), q.stride(1), w.stride(0), keys.stride(0), keys.stride(1), out.stride(0),
-        BH=bh, BE=block_e, BD=bd, PREC="ieee" if keys.dtype == torch.float32 else "tf32",
+        bsz, BH=bh, BE=block_e, BD=bd, BQ=bq, PREC="ieee" if keys.dtype == torch.float32 else "tf32",
         UPCAST=os.environ.get("TRITON_INTERPRET") == "1",
     )  # fmt: skip
     return out
+
+
+def prefill_scores(
+    q: torch.Tensor,
+    w: torch.Tensor,
+    keys: torch.Tensor,
+    count: torch.Tensor,
+    *,
+    queries_per_program: int = 16,
+) -> torch.Tensor:
+    """One sequence's queries q [B, H, D] (weights w [B, H]) against its keys [C, D], query b seeing the
+    first count[b] -> [B, C] fp32, -inf from count on. A prefill chunk's queries all read the same keys,
+    so each program scores `queries_per_program` of them per tile of keys loaded (the key traffic of a long
+    context drops by that factor, and no [B, H, C] temporary is made)."""
+    slots = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    return index_scores(q, w, keys[None], slots, count, queries_per_program=queries_per_program)

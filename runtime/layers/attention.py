@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from agentkit.runtime.config import ModelConfig
 from agentkit.runtime.kernels import enabled as kernels_enabled
+from agentkit.runtime.kernels import indexer as indexer_kernel
 from agentkit.runtime.kernels import sparse_attn as sparse_kernel
 from agentkit.runtime.layers.batched import BatchShape, IndexerKL, core_batched, indexer_kl, pool_fresh
 from agentkit.runtime.layers.compressor import Compressor
@@ -344,12 +345,16 @@ class Attention(nn.Module):
         scale = 1.0 / math.sqrt(self.head_dim)
         sink = self.attn_sink.float().view(1, -1, 1)
         n_comp = 0 if comp is None else comp.shape[0]
-        width = self.window + n_comp + (0 if iq is None else iq.shape[1] * n_comp // max(h, 1))
+        # the indexer kernel scores straight from the stored keys, without a [block, heads, entries] temporary
+        ix_kernel = iq is not None and indexer_kernel.supported(iq) and kernels_enabled()
+        ix_heads = 0 if iq is None else 1 if ix_kernel else iq.shape[1]
+        ix_width = ix_heads * n_comp // max(h, 1)
+        width = self.window + n_comp + ix_width
         budget = SCORE_BUDGET.get(dev.type, 1 << 24)
         block = max(1, min(QUERY_BLOCK, budget // max(1, h * width)))
         # cast once, not per query block (at 1M tokens of context the indexer keys alone are 64 MB)
         comp_f = None if comp is None else comp.float()
-        idx_f = None if idx_keys is None else idx_keys.float()
+        idx_f = None if idx_keys is None else idx_keys if ix_kernel else idx_keys.float()
         out = []
         for i0 in range(0, n, block):
             i1 = min(n, i0 + block)
@@ -460,6 +465,10 @@ class Attention(nn.Module):
         """Indices [b, k] of the top-k entries per query by indexer score (invisible ones rank last; ties go
         to the lower index, so any chunking of a sequence selects the same entries)."""
         with torch.no_grad():
-            scores = (F.relu(_scores(iq.float(), idx_keys.float())) * iw.float().unsqueeze(-1)).sum(dim=1)
-            scores = scores.masked_fill(~visible, float("-inf"))
+            if indexer_kernel.supported(iq) and kernels_enabled():
+                # visible = a prefix of each query's row: its count is the number of True
+                scores = indexer_kernel.prefill_scores(iq, iw, idx_keys, visible.sum(-1))
+            else:
+                scores = (F.relu(_scores(iq.float(), idx_keys.float())) * iw.float().unsqueeze(-1)).sum(1)
+                scores = scores.masked_fill(~visible, float("-inf"))
             return stable_topk(scores, min(self.cfg.index_topk, idx_keys.shape[0]))
