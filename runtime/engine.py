@@ -170,6 +170,7 @@ class Engine:
         self._reserved = 0
         self._steps = self._prefill_tokens = self._decode_tokens = 0
         self._closed = False
+        self._threads = torch.get_num_threads()
         self._thread = threading.Thread(target=self._loop, name="agentkit-engine", daemon=True)
         self._thread.start()
         _LIVE.add(self)
@@ -377,6 +378,8 @@ class Engine:
 
     # ------------------------------------------------------------------ the scheduler
     def _loop(self) -> None:
+        # OpenMP's thread count is per calling thread: run with the creator's, not the machine default
+        torch.set_num_threads(self._threads)
         while True:
             with self._lock:
                 self._wake.wait_for(lambda: self._closed or bool(self._waiting or self._running))
