@@ -33,11 +33,16 @@ rather than prefilling the same prefix again, so N concurrent requests sharing a
 
 Forks (`fork`): one finished sequence (kept with keep_state=True) or a state continues n ways: it is
 snapshotted once and restored into n states; nothing is prefilled except new suffix tokens.
+
+One idea: the scheduler. The public calls only validate, queue and cancel requests; everything else is
+the step that serves them. The request handle (engine_request.py), the cache (prefix_cache.py) and the
+sampler and stop rules (generate.py) live in their own modules.
 """
 
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import threading
 import weakref
@@ -46,7 +51,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from agentkit.runtime.decode import StaticDecoder
+from agentkit.runtime.decode import DecodeError, StaticDecoder
 from agentkit.runtime.engine_request import (
     EngineClosed,
     EngineError,
@@ -434,12 +439,27 @@ class Engine:
                 continue
             if self.state_bytes_limit is not None and self._reserved + req.reserve > self.state_bytes_limit:
                 return
+            try:
+                started = self._start(req)
+            except Exception as e:  # e.g. a cached snapshot that does not restore: this request only
+                self._waiting.remove(req)
+                self._by_id.pop(req.handle.id, None)
+                self._end(req, "error", EngineError(f"could not start: {type(e).__name__}: {e}"))
+                continue
+            if not started:
+                return
             self._waiting.remove(req)
-            self._start(req)
 
-    def _start(self, req: _Request) -> None:
+    def _start(self, req: _Request) -> bool:
+        """Give an admitted request its state, restored from the fork base or the longest cached prefix."""
         if self.decoder is not None:
-            state = self.decoder.new_state()
+            try:
+                state = self.decoder.new_state()
+            except DecodeError:  # a finished state not yet collected still holds its slot
+                gc.collect()
+                if not self.decoder.free_slots:
+                    return False
+                state = self.decoder.new_state()
         else:
             state = self.model.new_state(max_len=req.capacity)
         snap = req.base
@@ -454,6 +474,7 @@ class Engine:
         req.state, req.ready = state, req.base_logits
         self._reserved += req.reserve
         self._running.append(req)
+        return True
 
     def _schedule(self) -> list[_Work]:
         work: list[_Work] = []
@@ -582,8 +603,8 @@ class Engine:
                 keep.append(req)
                 continue
             self.cache.release(req)
-            if req.state is not None and self.decoder is not None and self.decoder.owns(req.state):
-                self.decoder.release(req.state)
+            # a decoder slot returns to its slab when the state is garbage (its weakref finalizer); calling
+            # decoder.release() as well would put the slot on the free list twice
             req.state = req.ready = req.last_logits = None
             self._reserved -= req.reserve
             self._by_id.pop(req.handle.id, None)

@@ -193,6 +193,23 @@ def test_state_bytes_are_exact_and_bound_admission(model: V4Model) -> None:
     eng.close()
 
 
+def test_static_decoder_states(model: V4Model) -> None:
+    """With a StaticDecoder the engine's states are slab rows (all-decode steps take its fixed-shape step);
+    outputs still equal generate() alone and every slot goes back to the slab."""
+    rng = random.Random(12)
+    prompts = [ids(rng, n) for n in (5, 130, 300, 600, 40, 9)]
+    params = greedy(12, stop_token_ids=())
+    other = V4Model(model.config).init_random_(SEED).eval()  # static_decoder() attaches to its model
+    dec = other.static_decoder(max_batch=4, max_len=1024, graphs=False)
+    steps: list[StepRecord] = []
+    with Engine(other, decoder=dec, on_step=steps.append) as eng:
+        assert eng.max_seqs == 4
+        outs = [h.result().token_ids for h in [eng.submit(p, params) for p in prompts]]
+    assert outs == [reference(model, p, params) for p in prompts]
+    assert dec.free_slots == 4
+    assert any(s.decode and not s.prefill for s in steps)
+
+
 # ---------------------------------------------------------------------- prefix cache
 def test_shared_prefix_is_prefilled_once_and_outputs_match_without_cache(model: V4Model) -> None:
     rng = random.Random(4)
