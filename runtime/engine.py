@@ -159,7 +159,8 @@ class Engine:
         self.snapshot_every, self.on_step = snapshot_every, on_step
         self.cache = PrefixCache(
             self.config,
-            cache_namespace or model_fingerprint(model, self.config),
+            # names on disk must tell weights apart; in memory the cache lives and dies with this model
+            cache_namespace or (model_fingerprint(model, self.config) if cache_dir is not None else "memory"),
             cache_bytes=cache_bytes,
             cache_dir=cache_dir,
             device=model.device,
@@ -578,8 +579,8 @@ class Engine:
         r, state = req.sampler.result, req.state
         assert state is not None
         kept = None
-        if req.keep_state:
-            kept = state.snapshot() if state.slot is not None else state
+        if req.keep_state:  # a growable copy: the running state is preallocated for this request only
+            kept = state.snapshot()
         last = req.last_logits.detach().clone() if req.keep_state and req.last_logits is not None else None
         req.phase = "done"
         req.handle._finish(
