@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import atexit
 import gc
+import logging
 import os
 import threading
 import weakref
@@ -67,6 +68,7 @@ from agentkit.runtime.state import SequenceState
 
 Phase = Literal["prefill", "decode", "feed", "done"]
 _DEFAULT_PARAMS = SamplingParams()
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -426,7 +428,10 @@ class Engine:
                     tuple(sampled),
                 )
             if self.on_step is not None:
-                self.on_step(record)
+                try:
+                    self.on_step(record)
+                except Exception:  # an observer's bug must not fail the requests being served
+                    _log.exception("Engine on_step callback failed")
             return len(work)
 
     def _admit(self) -> None:
