@@ -19,6 +19,7 @@ from typing import Literal
 
 import torch
 from agentkit.runtime.model import V4Model
+from agentkit.runtime.speculative import DraftState, speculative_loop
 from agentkit.runtime.state import SequenceState
 
 DSML_TOOL_CALLS_END = "</｜DSML｜tool_calls>"
@@ -46,6 +47,10 @@ class SamplingParams:
     stop_strings: tuple[str, ...] = (DSML_TOOL_CALLS_END,)
     """Text-level stops; only checked when a `decode` callable is given."""
     feed_last: bool = True
+    speculative: int | None = None
+    """Tokens the MTP block drafts per step (speculative decoding, runtime/speculative.py): 0 = off,
+    k >= 1 = draft k and verify them in one extend of k + 1 tokens, None = `AUTO_SPECULATIVE`. Greedy output
+    is the plain argmax sequence; sampled output has the plain distribution."""
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0:
@@ -56,11 +61,43 @@ class SamplingParams:
             raise GenerationError(f"top_k must be >= 0, got {self.top_k}")
         if self.max_tokens < 1:
             raise GenerationError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.speculative is not None and self.speculative < 0:
+            raise GenerationError(f"speculative must be >= 0 or None, got {self.speculative}")
         if any(len(s) == 0 for s in self.stop_sequences) or any(s == "" for s in self.stop_strings):
             raise GenerationError("empty stop sequence/string")
 
 
 GREEDY = SamplingParams(temperature=0.0)
+
+AUTO_SPECULATIVE = 1
+"""Draft length when `SamplingParams.speculative` is None, for a single sequence of a model with an MTP
+block (batched decoding stays plain by default: it is throughput-bound, and a verify of k + 1 tokens per
+sequence costs more there). k = 1 is V4's published setup; see bench/speculative.py for the measurements."""
+
+
+def draft_length(model: V4Model, params: Sequence[SamplingParams]) -> int:
+    """The draft length a request runs with: 0 (plain decoding) or k >= 1 (the largest asked for)."""
+    if not model.mtp:
+        return 0
+    asked = [p.speculative for p in params]
+    if any(a is not None for a in asked):
+        return max((a or 0) for a in asked)
+    return AUTO_SPECULATIVE if len(params) == 1 else 0
+
+
+def _run(
+    model: V4Model,
+    states: Sequence[SequenceState],
+    prompts: Sequence[Sequence[int] | torch.Tensor],
+    seqs: Sequence[_Seq],
+    drafts: Sequence[DraftState | None] | None = None,
+) -> Iterator[tuple[int, int]]:
+    """The plain loop, or the speculative one when the request asks for drafts (runtime/speculative.py);
+    a sequence whose own `speculative` is 0 gets no drafts in a speculative batch."""
+    k = draft_length(model, [s.params for s in seqs])
+    if k == 0:
+        return _loop(model, states, prompts, seqs)
+    return speculative_loop(model, states, prompts, seqs, k, drafts)
 
 
 @dataclass
@@ -71,6 +108,20 @@ class GenerationResult:
     stop: int | str | tuple[int, ...] | None = None
     pending: list[int] = field(default_factory=list)
     """Tokens generated but not yet in the state (only with feed_last=False)."""
+    steps: int = 0
+    """Main-model decode forwards after the prompt's (a speculative step is one verify extend)."""
+    drafted: int = 0
+    """Tokens the MTP block drafted (0 without speculation)."""
+    accepted: int = 0
+    """Drafted tokens the main model kept."""
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def tokens_per_step(self) -> float:
+        return len(self.token_ids) / self.steps if self.steps else float(len(self.token_ids))
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
@@ -99,6 +150,7 @@ class _Seq:
         self.result = GenerationResult()
         self.gen = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
         self.done = False
+        self.draft: DraftState | None = None
         longest = max((len(s) for s in params.stop_strings), default=0)
         self.text_window = 4 * longest + 16
 
@@ -153,6 +205,8 @@ def _loop(
         run = going + finishing
         if not run:
             break
+        for i in run:
+            seqs[i].result.steps += 1
         out = model.extend(
             [states[i] for i in run], [[seqs[i].result.token_ids[-1]] for i in run], last_only=True
         )
@@ -170,13 +224,20 @@ class TokenStream:
         prompt: Sequence[int] | torch.Tensor,
         params: SamplingParams = SamplingParams(),
         decode: Callable[[list[int]], str] | None = None,
+        draft: DraftState | None = None,
     ) -> None:
         self._seq = _Seq(params, decode)
-        self._it = (tok for _, tok in _loop(model, [state], [prompt], [self._seq]))
+        self._it = (tok for _, tok in _run(model, [state], [prompt], [self._seq], [draft]))
 
     @property
     def result(self) -> GenerationResult:
         return self._seq.result
+
+    @property
+    def draft(self) -> DraftState | None:
+        """The MTP block's state after speculative generation (pass it to the next call on the same state
+        to keep the block's context across turns; without it the next call starts the block cold)."""
+        return self._seq.draft
 
     def __iter__(self) -> Iterator[int]:
         return self._it
@@ -189,8 +250,9 @@ def generate(
     params: SamplingParams = SamplingParams(),
     decode: Callable[[list[int]], str] | None = None,
     on_token: Callable[[int], None] | None = None,
+    draft: DraftState | None = None,
 ) -> GenerationResult:
-    stream = TokenStream(model, state, prompt, params, decode)
+    stream = TokenStream(model, state, prompt, params, decode, draft)
     for tok in stream:
         if on_token is not None:
             on_token(tok)
@@ -208,13 +270,14 @@ def generate_batch(
     """Generate for several sequences at once (decode steps batched); `on_token(seq_index, token_id)`."""
     plist = [params] * len(states) if isinstance(params, SamplingParams) else list(params)
     seqs = [_Seq(p, decode) for p in plist]
-    for i, tok in _loop(model, states, prompts, seqs):
+    for i, tok in _run(model, states, prompts, seqs):
         if on_token is not None:
             on_token(i, tok)
     return [s.result for s in seqs]
 
 
 __all__ = [
+    "AUTO_SPECULATIVE",
     "DSML_TOOL_CALLS_END",
     "EOS_TOKEN_ID",
     "GREEDY",
@@ -222,6 +285,7 @@ __all__ = [
     "GenerationResult",
     "SamplingParams",
     "TokenStream",
+    "draft_length",
     "generate",
     "generate_batch",
     "sample",

@@ -28,7 +28,7 @@ from agentkit.runtime.layers.mhc import hc_head, hc_post, hc_pre
 from agentkit.runtime.layers.moe import MoE
 from agentkit.runtime.layers.norms import RMSNorm
 from agentkit.runtime.random_weights import random_init_tensors
-from agentkit.runtime.state import LayerState, SequenceState, StateError, config_key
+from agentkit.runtime.state import LayerState, SequenceState, StateError, config_key, fresh_layer
 from torch import nn
 
 
@@ -427,41 +427,96 @@ class V4Model(nn.Module):
         return ForwardOutput(logits=logits, mtp_logits=mtp_logits, loss=loss, indexer_loss=idx_loss)
 
     def _mtp_forward(self, streams: torch.Tensor, input_ids: torch.Tensor, batched: bool) -> torch.Tensor:
-        """MTP block on main streams at p with token p+1's embedding (spec §8; zero embedding at p = 0)."""
+        """MTP block on the main streams at p with token p+1's embedding (spec §8, DeepSeek's
+        `MTPBlock.forward`: every position, p = 0 included, gets its real next-token embedding)."""
         b, s = input_ids.shape
-        blk = self.mtp[0]
-        assert isinstance(blk, MTPBlock)
+        blk = self._mtp_block()
         n = s - 1
         if n <= 0:
             return torch.zeros(b, 0, self.config.vocab_size, device=self.device)
-        h = streams[:, :n]  # [B, n, hc, D]
-        nxt = input_ids[:, 1:]
-        e = self.embed(nxt).to(self.dtype)
-        e[:, 0] = 0
-        e = blk.enorm(e)
-        xin = blk.e_proj(e).unsqueeze(2) + blk.h_proj(blk.hnorm(h))
-        xin = xin.reshape(b * n, self.config.hc_mult, -1)
-        dev = self.device
-        positions = torch.arange(n, device=dev).repeat(b)
+        nxt = input_ids[:, 1:].to(self.device)
+        xin = self._mtp_input(blk, streams[:, :n], nxt).reshape(b * n, self.config.hc_mult, -1)
+        positions = torch.arange(n, device=self.device).repeat(b)
         seqs: list[SeqSlice] | BatchShape = BatchShape(b, n)
         if not batched:
-            seqs = [
-                SeqSlice(
-                    i * n,
-                    (i + 1) * n,
-                    0,
-                    LayerState(
-                        ratio=0,
-                        window=torch.zeros(
-                            self.config.window_size, self.config.head_dim, dtype=self.dtype, device=dev
-                        ),
-                    ),
-                )
-                for i in range(b)
-            ]
-        y, _ = blk.forward_train(xin, positions, nxt.reshape(-1), seqs, indexer_loss=False)  # window-only
+            seqs = [SeqSlice(i * n, (i + 1) * n, 0, self.new_mtp_layer()) for i in range(b)]
+        y, _ = blk.forward_train(xin, positions, nxt.reshape(-1), seqs, indexer_loss=False)
         logits = self._logits(y, blk.hc_head_fn, blk.hc_head_base, blk.hc_head_scale, blk.norm)
         return logits.view(b, n, -1)
+
+    # ------------------------------------------------------------------ MTP inference (speculative decoding)
+    def _mtp_block(self) -> MTPBlock:
+        if not self.mtp:
+            raise ModelInputError("this model has no MTP block")
+        blk = self.mtp[0]
+        assert isinstance(blk, MTPBlock)
+        return blk
+
+    def _mtp_input(self, blk: MTPBlock, h: torch.Tensor, next_ids: torch.Tensor) -> torch.Tensor:
+        """streams [..., hc, D] at p and token ids [...] at p+1 -> the block's input streams [..., hc, D]:
+        e_proj(enorm(embed(id))) broadcast to every stream + h_proj(hnorm(stream)) per stream."""
+        e = blk.enorm(self.embed(next_ids).to(self.dtype))
+        return blk.e_proj(e).unsqueeze(-2) + blk.h_proj(blk.hnorm(h))
+
+    def new_mtp_layer(self, max_len: int | None = None) -> LayerState:
+        """An empty state for the MTP block's own attention layer (its window ring, and compressor state when
+        the config gives the MTP block a compress ratio, as agentkit-tiny's does)."""
+        return fresh_layer(self.config, self.config.n_layers, self.device, self.dtype, max_len=max_len)
+
+    def extend_hidden(
+        self, states: Sequence[SequenceState], tokens: Sequence[Sequence[int] | torch.Tensor]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """`extend` for a batch that also returns the final pre-head mHC streams ([n, hc, D] per chunk).
+
+        The streams at position p are what the MTP block drafts token p+2 from (spec §8). Always the general
+        path (never the static decoder's one-token step), so a verify chunk and its streams come from one
+        computation."""
+        st = list(states)
+        chunks = [_as_ids(t) for t in tokens]
+        self._check(st, chunks)
+        with torch.inference_mode():
+            x = self._streams(st, chunks)
+            logits = self._logits(x, self.hc_head_fn, self.hc_head_base, self.hc_head_scale, self.norm)
+        sizes = [c.numel() for c in chunks]
+        return list(logits.split(sizes)), list(x.split(sizes))
+
+    def mtp_extend(
+        self,
+        layers: Sequence[LayerState],
+        positions: Sequence[int],
+        streams: Sequence[torch.Tensor],
+        next_ids: Sequence[Sequence[int] | torch.Tensor],
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Run the MTP block for a batch of sequences, extending each one's MTP layer state.
+
+        Sequence i processes positions positions[i] .. + n - 1 from the main streams `streams[i]` [n, hc, D]
+        at those positions and the tokens `next_ids[i]` [n] at the positions one later. Returns per sequence
+        the logits [n, V] (each predicting the token two after its position) and the block's output streams
+        [n, hc, D] (what a chained draft uses in place of the main streams it does not have yet)."""
+        blk = self._mtp_block()
+        ids = [_as_ids(t).to(self.device) for t in next_ids]
+        if not (len(layers) == len(positions) == len(streams) == len(ids)) or not ids:
+            raise ModelInputError("need one layer state, position, stream block and id list per sequence")
+        for h, t in zip(streams, ids, strict=True):
+            if t.dim() != 1 or t.numel() == 0 or h.shape[0] != t.numel():
+                raise ModelInputError(f"streams {tuple(h.shape)} do not match next ids {tuple(t.shape)}")
+        sizes = [t.numel() for t in ids]
+        bounds = [0]
+        for n in sizes:
+            bounds.append(bounds[-1] + n)
+        with torch.inference_mode():
+            flat_ids = torch.cat(ids)
+            pos = torch.cat(
+                [torch.arange(p, p + n, device=self.device) for p, n in zip(positions, sizes, strict=True)]
+            )
+            x = self._mtp_input(blk, torch.cat(list(streams)).to(self.dtype), flat_ids)
+            seqs = [
+                SeqSlice(bounds[i], bounds[i + 1], p, ls)
+                for i, (p, ls) in enumerate(zip(positions, layers, strict=True))
+            ]
+            y = blk(x, pos, flat_ids, seqs)
+            logits = self._logits(y, blk.hc_head_fn, blk.hc_head_base, blk.hc_head_scale, blk.norm)
+        return list(logits.split(sizes)), list(y.split(sizes))
 
 
 def _as_ids(t: Sequence[int] | torch.Tensor) -> torch.Tensor:

@@ -68,6 +68,31 @@ def fresh_tail(
     return kv, torch.full_like(kv, float("-inf"))
 
 
+def fresh_layer(
+    config: ModelConfig,
+    layer: int,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    *,
+    max_len: int | None = None,
+) -> LayerState:
+    """An empty state for block `layer` (a main-stack layer, or an MTP block at index >= n_layers, whose
+    attention keeps its own window and, if its ratio says so, compressor), preallocated for `max_len`."""
+    r = config.ratio(layer)
+    ls = LayerState(
+        ratio=r, window=torch.zeros(config.window_size, config.head_dim, dtype=dtype, device=device)
+    )
+    if r:
+        rows = 0 if max_len is None else entry_capacity(max_len, r)
+        ls.comp = torch.zeros(rows, config.head_dim, dtype=dtype, device=device)
+        ls.comp_tail_kv, ls.comp_tail_score = fresh_tail(r, config.head_dim, device)
+    if r == 4:
+        rows = 0 if max_len is None else entry_capacity(max_len, r)
+        ls.idx = torch.zeros(rows, config.index_head_dim, dtype=dtype, device=device)
+        ls.idx_tail_kv, ls.idx_tail_score = fresh_tail(r, config.index_head_dim, device)
+    return ls
+
+
 @dataclass
 class SequenceState:
     """Everything a sequence needs to be extended from position `pos` (= number of tokens processed)."""
@@ -97,21 +122,7 @@ class SequenceState:
         """An empty state; with `max_len` its arrays are allocated for that many tokens up front."""
         if max_len is not None and not 0 < max_len <= config.max_seq_len:
             raise StateError(f"max_len must be in [1, {config.max_seq_len}], got {max_len}")
-        layers: list[LayerState] = []
-        for i in range(config.n_layers):
-            r = config.ratio(i)
-            ls = LayerState(
-                ratio=r, window=torch.zeros(config.window_size, config.head_dim, dtype=dtype, device=device)
-            )
-            if r:
-                rows = 0 if max_len is None else entry_capacity(max_len, r)
-                ls.comp = torch.zeros(rows, config.head_dim, dtype=dtype, device=device)
-                ls.comp_tail_kv, ls.comp_tail_score = fresh_tail(r, config.head_dim, device)
-            if r == 4:
-                rows = 0 if max_len is None else entry_capacity(max_len, r)
-                ls.idx = torch.zeros(rows, config.index_head_dim, dtype=dtype, device=device)
-                ls.idx_tail_kv, ls.idx_tail_score = fresh_tail(r, config.index_head_dim, device)
-            layers.append(ls)
+        layers = [fresh_layer(config, i, device, dtype, max_len=max_len) for i in range(config.n_layers)]
         return cls(pos=0, layers=layers, dtype=dtype, config_key=config_key(config), capacity=max_len)
 
     @property
@@ -314,6 +325,7 @@ __all__ = [
     "config_key",
     "entry_capacity",
     "fixed_state_bytes",
+    "fresh_layer",
     "fresh_tail",
     "kv_bytes_per_token",
 ]
