@@ -101,6 +101,7 @@ class StaticDecoder:
             self.layers.append(ls)
         self._free = list(range(max_batch - 1, -1, -1))
         self._owned: weakref.WeakValueDictionary[int, SequenceState] = weakref.WeakValueDictionary()
+        self._fin: dict[int, weakref.finalize] = {}
         self._key = config_key(cfg)
         self.graphs = graphs and model.device.type == "cuda"
         self._graph_runner: _Graphs | None = None
@@ -131,7 +132,7 @@ class StaticDecoder:
             slot=slot,
         )
         self._owned[slot] = state
-        weakref.finalize(state, self._free.append, slot)
+        self._fin[slot] = weakref.finalize(state, self._free.append, slot)
         return state
 
     def release(self, state: SequenceState) -> None:
@@ -140,7 +141,7 @@ class StaticDecoder:
             raise DecodeError("this state does not belong to this decoder")
         assert state.slot is not None
         del self._owned[state.slot]
-        self._free.append(state.slot)
+        self._fin.pop(state.slot)()  # frees the slot once: the finalizer is spent and will not run again
         state.slot, state.capacity = None, None
         state.layers = []
         state.broken = "released from its decoder"

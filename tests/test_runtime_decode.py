@@ -118,7 +118,7 @@ def test_slots_are_bounded_reset_and_recycled(model: V4Model) -> None:
     for lc, lf in zip(c.layers, fresh.layers, strict=True):
         for k, t in lf.tensors().items():
             assert torch.equal(getattr(lc, k), t), k
-    del b, c
+    del a, b, c  # a was released already: its collection must not free its slot a second time
     gc.collect()
     assert dec.free_slots == 2
 
