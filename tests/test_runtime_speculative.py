@@ -1,0 +1,361 @@
+"""Speculative decoding with the MTP block: the MTP block itself, exact rollback, greedy equality with plain
+decoding, the sampled distribution, batching, and the MTP state's bytes.
+
+Speed: each test decodes a few thousand tokens at most; the issue's full greedy bar (200 prompts x 128
+tokens on both models) runs in `bench/speculative.py --equality`, whose result the README records.
+"""
+
+from __future__ import annotations
+
+import random
+from functools import cache
+
+import pytest
+import torch
+from agentkit.runtime.config import ModelConfig
+from agentkit.runtime.generate import (
+    GenerationError,
+    SamplingParams,
+    TokenStream,
+    draft_length,
+    generate,
+    generate_batch,
+)
+from agentkit.runtime.loader import load_model
+from agentkit.runtime.model import V4Model
+from agentkit.runtime.speculative import (
+    DraftState,
+    accept_drafts,
+    main_journal,
+    probs,
+    record,
+    truncate,
+)
+from agentkit.runtime.state import SequenceState
+from safetensors.torch import load as st_load
+from scipy.stats import chisquare
+
+from tests._batch_invariant import BatchInvariant
+
+
+def tensors_of(state: SequenceState) -> dict[str, torch.Tensor]:
+    """The state's serialized tensors (to_bytes's safetensors header order is not deterministic, so
+    compare the tensors it holds, byte for byte)."""
+    return st_load(state.to_bytes())
+
+
+def assert_same_bytes(a: SequenceState, b: SequenceState) -> None:
+    assert a.pos == b.pos
+    ta, tb = tensors_of(a), tensors_of(b)
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        assert ta[k].shape == tb[k].shape, k
+        assert ta[k].view(torch.uint8).equal(tb[k].view(torch.uint8)), k
+
+
+@cache
+def random_model(seed: int = 3, mtp_ratio: int = 0) -> V4Model:
+    cfg = ModelConfig.preset("tiny-test", compress_ratios=(0, 4, 128, 4, mtp_ratio))
+    return V4Model(cfg).init_random_(seed).eval()
+
+
+@cache
+def tiny() -> tuple[V4Model, object]:
+    from agentkit.runtime.checkpoint import shipped_checkpoint
+    from agentkit.runtime.tokenizer import Tokenizer
+
+    path = shipped_checkpoint("agentkit-tiny")
+    assert path is not None
+    return load_model("agentkit-tiny").eval(), Tokenizer.from_file(path)
+
+
+def greedy(n: int, k: int, **kw: object) -> SamplingParams:
+    return SamplingParams(
+        temperature=0.0,
+        max_tokens=n,
+        stop_token_ids=(),
+        stop_strings=(),
+        speculative=k,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+# ------------------------------------------------------------------------------------------ the MTP block
+@pytest.mark.parametrize("mtp_ratio", [0, 4, 128])
+def test_mtp_inference_equals_the_training_forward(mtp_ratio: int) -> None:
+    """mtp_extend over a sequence in uneven chunks == the training forward's MTP logits (batched and per
+    sequence), for a window-only MTP block and for ones with a compressor (agentkit-tiny's is CSA)."""
+    model = random_model(5, mtp_ratio)
+    n = 150
+    ids = torch.randint(0, 256, (1, n), generator=torch.Generator().manual_seed(mtp_ratio))
+    with torch.no_grad():
+        ref = model(ids, mtp=True).mtp_logits
+        ref2 = model(ids, mtp=True, batched=False).mtp_logits
+    assert ref is not None and ref2 is not None
+    assert torch.allclose(ref, ref2, rtol=1e-4, atol=1e-4)
+    _, hs = model.extend_hidden([model.new_state()], [ids[0]])
+    layer, out, p = model.new_mtp_layer(), [], 0
+    for size in (1, 7, 64, 3, 74):
+        lg, _ = model.mtp_extend([layer], [p], [hs[0][p : p + size]], [ids[0, p + 1 : p + 1 + size]])
+        out.append(lg[0])
+        p += size
+    assert p == n - 1
+    got = torch.cat(out)
+    assert ((got - ref[0]).abs().amax(-1) / ref[0].abs().amax(-1)).max() <= 1e-4
+
+
+def test_mtp_position_zero_uses_the_real_next_token_embedding() -> None:
+    """DeepSeek's MTPBlock.forward has no position-0 special case: the token at 1 changes position 0."""
+    model = random_model(5)
+    ids = torch.tensor([[3, 7, 9, 11]])
+    other = torch.tensor([[3, 8, 9, 11]])
+    with torch.no_grad():
+        a, b = model(ids, mtp=True).mtp_logits, model(other, mtp=True).mtp_logits
+    assert a is not None and b is not None
+    assert not torch.allclose(a[0, 0], b[0, 0])
+
+
+# ------------------------------------------------------------------------------------------ rollback
+@pytest.mark.parametrize("prealloc", [False, True])
+def test_rollback_equals_a_state_that_never_saw_the_rejected_tokens(prealloc: bool) -> None:
+    """Property: extend k+1 tokens under a journal, truncate to P + kept == extend only the kept tokens,
+    byte for byte (every tensor), at positions whose rejected tokens cross 4- and 128-token compression
+    boundaries and wrap the window ring. Both sides run batch-invariant arithmetic, so any difference is the
+    rollback's."""
+    model = random_model(7)
+    rng = random.Random(7)
+    cases = [(126, 3, 0), (127, 3, 1), (124, 4, 2), (255, 2, 0), (250, 8, 5), (3, 2, 1), (130, 1, 0)]
+    cases += [(rng.randint(1, 300), (k := rng.randint(1, 6)), rng.randint(0, k)) for _ in range(8)]
+    g = torch.Generator().manual_seed(7)
+    with BatchInvariant():
+        for p, k, kept in cases:
+            prompt = torch.randint(0, 256, (p,), generator=g)
+            chunk = torch.randint(0, 256, (k + 1,), generator=g)
+            base = model.new_state(max_len=512) if prealloc else model.new_state()
+            model.extend(base, prompt)
+            ref = model.new_state(max_len=512) if prealloc else model.new_state()
+            ref.restore(base)
+            journal = main_journal(model, base, k + 1)
+            with record([journal]):
+                model.extend(base, chunk)
+            truncate(base, journal, p + kept + 1)
+            model.extend(ref, chunk[: kept + 1])
+            assert_same_bytes(base, ref)
+            # and the rolled-back state continues exactly like the reference
+            nxt = torch.randint(0, 256, (3,), generator=g)
+            a, b = model.extend(base, nxt), model.extend(ref, nxt)
+            assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+
+
+def test_mtp_layer_rollback_after_chained_drafts_is_exact() -> None:
+    """k > 1 chains the MTP block on its own streams; after the verify its layer state goes back to the
+    main position: equal to an MTP layer that only ever saw the real positions (agentkit-tiny-like CSA)."""
+    model = random_model(11, 4)
+    g = torch.Generator().manual_seed(11)
+    with BatchInvariant():
+        prompt = torch.randint(0, 256, (126,), generator=g)
+        state = model.new_state()
+        _, hs = model.extend_hidden([state], [prompt])
+        d = DraftState.cold(model, 0)
+        d.streams = hs[0]
+        d.ids = prompt[1:].tolist()
+        ref = d.snapshot()
+        params = greedy(8, 4)
+        from agentkit.runtime.generate import _Seq
+        from agentkit.runtime.speculative import _draft
+
+        toks, _, journals = _draft(model, [d], [5], [4], [_Seq(params, None)])
+        j = journals[0]
+        assert j is not None and len(toks[0]) == 4
+        j.truncate(d.pos)
+        model.mtp_extend([ref.layer], [ref.pos], [ref.streams], [[*ref.ids, 5]])
+    for key, v in ref.layer.tensors().items():
+        mine = d.layer.tensors()[key]
+        rows = (d.pos // d.layer.ratio) if key in ("comp", "idx") else v.shape[0]
+        assert mine[:rows].view(torch.uint8).equal(v[:rows].view(torch.uint8)), key
+
+
+# ------------------------------------------------------------------------------------------ greedy equality
+def test_greedy_equals_plain_on_random_weights_across_128_boundaries() -> None:
+    """Random weights: drafts are almost always rejected, so nearly every step rolls back; prompts end just
+    before 128 / 256 so the rejections cross HCA (128) and CSA (4) boundaries."""
+    model = random_model(3)
+    g = torch.Generator().manual_seed(3)
+    crossed = 0
+    for i, n in enumerate([120, 125, 127, 250, 60, 7, 190, 126]):
+        prompt = torch.randint(0, 256, (n,), generator=g).tolist()
+        plain = generate(model, model.new_state(), prompt, greedy(40, 0))
+        for k in (1, 3) if i % 2 else (2,):
+            st = model.new_state()
+            res = generate(model, st, prompt, greedy(40, k))
+            assert res.token_ids == plain.token_ids, (n, k)
+            assert st.pos == n + 40 and res.drafted > 0 and res.steps < 40 + 1
+            crossed += (n < 128 <= n + 40) or (n < 256 <= n + 40)
+    assert crossed >= 5
+
+
+def _episode_prompts(n_episodes: int) -> list[list[int]]:
+    from agentkit.train.episodes import generate as episodes
+
+    _, tok = tiny()
+    prompts = []
+    for ep in episodes(n_episodes, split="heldout", start=500):
+        text = ""
+        for seg in ep.segments:
+            if seg.loss:
+                prompts.append(tok.encode(text, allow_special=True))  # type: ignore[attr-defined]
+            text += seg.text
+    return prompts
+
+
+def test_greedy_equals_plain_on_agentkit_tiny_agent_turns() -> None:
+    """The shipped model on held-out episodes: every assistant turn generated from its context, stopping on
+    the DSML tool-call end (a stop string) or EOS, with k = 1..3: the same tokens and the same stop."""
+    model, tok = tiny()
+    prompts = _episode_prompts(4)
+    stops = set()
+    drafted = accepted = 0
+    for i, prompt in enumerate(prompts):
+        params = SamplingParams(temperature=0.0, max_tokens=96, speculative=0)
+        decode = tok.decode  # type: ignore[attr-defined]
+        st0 = model.new_state()
+        plain = generate(model, st0, prompt, params, decode=decode)
+        k = 1 + i % 3
+        st = model.new_state()
+        res = generate(
+            model, st, prompt, SamplingParams(temperature=0.0, max_tokens=96, speculative=k), decode
+        )
+        assert res.token_ids == plain.token_ids and res.finish_reason == plain.finish_reason
+        assert st.pos == st0.pos
+        stops.add(res.finish_reason)
+        drafted += res.drafted
+        accepted += res.accepted
+    assert "stop_string" in stops and "stop_token" in stops
+    assert accepted / drafted > 0.5  # the trained MTP block drafts well on agent turns
+
+
+def test_feed_last_false_and_limits_match_plain() -> None:
+    model = random_model(3)
+    prompt = list(range(30, 60))
+    for k in (0, 2):
+        st = model.new_state()
+        res = generate(model, st, prompt, greedy(9, k, feed_last=False))
+        if k == 0:
+            base, base_pos = res, st.pos
+        else:
+            assert res.token_ids == base.token_ids and res.pending == base.pending and st.pos == base_pos
+    # a sequence that reaches max_seq_len ends with its last token pending, as in plain decoding
+    small = V4Model(ModelConfig.preset("tiny-test", max_seq_len=40)).init_random_(1).eval()
+    outs = [generate(small, small.new_state(), prompt, greedy(50, k)) for k in (0, 2)]
+    assert outs[0].token_ids == outs[1].token_ids and outs[0].pending == outs[1].pending
+
+
+def test_batched_speculative_generation_equals_plain() -> None:
+    model = random_model(3)
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(0, 256, (n,), generator=g).tolist() for n in (5, 126, 70)]
+    plain = [generate(model, model.new_state(), p, greedy(20, 0)).token_ids for p in prompts]
+    states = [model.new_state() for _ in prompts]
+    res = generate_batch(model, states, prompts, [greedy(20, 2), greedy(12, 2), greedy(20, 1)])
+    assert [r.token_ids for r in res] == [plain[0], plain[1][:12], plain[2]]
+    assert [s.pos for s in states] == [25, 138, 90]
+    assert draft_length(model, [greedy(4, 0), SamplingParams()]) == 0  # batches stay plain by default
+    assert draft_length(model, [SamplingParams()]) == 1
+
+
+# ------------------------------------------------------------------------------------------ sampling
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=1.0),
+        SamplingParams(temperature=0.7, top_k=5),
+        SamplingParams(temperature=1.3, top_p=0.8),
+    ],
+)
+def test_speculative_acceptance_reproduces_the_target_distribution(params: SamplingParams) -> None:
+    """accept_drafts with a draft q far from p: the emitted token is distributed as p (chi-square)."""
+    g = torch.Generator().manual_seed(1)
+    main = torch.randn(2, 12, generator=g) * 2
+    mtp = torch.randn(12, generator=g) * 2
+    q = probs(mtp, params)
+    p = probs(main[0], params)
+    n = 20000
+    counts = torch.zeros(12)
+    for _ in range(n):
+        d = int(torch.multinomial(q, 1, generator=g))
+        kept, nxt = accept_drafts(main, [d], [q], params, g)
+        counts[d if kept else nxt] += 1
+    support = p > 0
+    assert counts[~support].sum() == 0
+    assert chisquare(counts[support].numpy(), (p[support] * n).numpy()).pvalue > 1e-3
+
+
+def test_model_level_next_token_distribution_is_unchanged() -> None:
+    """A 12-token vocabulary model with random weights: the second generated token (the one speculative
+    sampling chooses, by acceptance or from the residual) over many seeds matches the plain law computed
+    from the model's own logits (chi-square)."""
+    cfg = ModelConfig.preset("tiny-test", vocab_size=12)
+    model = V4Model(cfg).init_random_(2).eval()
+    prompt = [1, 5, 7, 3, 2, 9]
+    params = SamplingParams(temperature=1.0, max_tokens=3, stop_token_ids=(), stop_strings=())
+    first = probs(model.extend(model.new_state(), prompt, last_only=True), params)  # type: ignore[arg-type]
+    law = torch.zeros(12)
+    for x1 in range(12):
+        law += first[x1] * probs(model.extend(model.new_state(), [*prompt, x1], last_only=True), params)  # type: ignore[arg-type]
+    n = 500
+    counts = torch.zeros(12)
+    drafted = accepted = 0
+    for seed in range(n):
+        sp = SamplingParams(
+            temperature=1.0, max_tokens=3, stop_token_ids=(), stop_strings=(), seed=seed, speculative=1
+        )
+        res = generate(model, model.new_state(), prompt, sp)
+        counts[res.token_ids[1]] += 1
+        drafted += res.drafted
+        accepted += res.accepted
+    assert drafted >= n and 0 < accepted < drafted  # both branches taken
+    big = law * n >= 5  # cells with small expectations pooled into one, as chi-square needs
+    obs, exp = counts[big].double(), law[big].double() * n
+    if (~big).any():
+        obs = torch.cat((obs, counts[~big].sum()[None].double()))
+        exp = torch.cat((exp, (law[~big] * n).sum()[None].double()))
+    assert chisquare(obs.numpy(), exp.numpy() * obs.sum().item() / exp.sum().item()).pvalue > 1e-3
+
+
+# ------------------------------------------------------------------------------------------ state and API
+def test_draft_state_survives_bytes_and_resumes_with_the_same_tokens() -> None:
+    model, _ = tiny()
+    prompt = _episode_prompts(1)[0]
+    params = SamplingParams(temperature=0.0, max_tokens=24, stop_strings=(), speculative=1)
+    st = model.new_state()
+    stream = TokenStream(model, st, prompt, params)
+    first = list(stream)
+    d = stream.draft
+    assert d is not None and d.main_pos == st.pos
+    d2 = DraftState.from_bytes(d.to_bytes())
+    st2 = model.new_state()
+    st2.restore(st)
+    a = generate(model, st, [first[-1] % 50 + 10], params, draft=d)
+    b = generate(model, st2, [first[-1] % 50 + 10], params, draft=d2)
+    c = generate(model, st.snapshot(), [7], params)  # no draft state: a cold MTP block, same output rule
+    plain = generate(model, model.new_state(), [*prompt, *first, first[-1] % 50 + 10], greedy(24, 0))
+    assert a.token_ids == b.token_ids
+    assert a.drafted == b.drafted and a.accepted == b.accepted
+    assert c.finish_reason in ("length", "stop_token") and c.drafted > 0
+    assert a.token_ids[:8] == plain.token_ids[:8]
+
+
+def test_counters_and_validation() -> None:
+    model = random_model(3)
+    res = generate(model, model.new_state(), [1, 2, 3], greedy(10, 2))
+    assert res.drafted >= res.accepted >= 0 and res.steps >= 1
+    assert 0.0 <= res.acceptance_rate <= 1.0 and res.tokens_per_step == pytest.approx(10 / res.steps)
+    plain = generate(model, model.new_state(), [1, 2, 3], greedy(10, 0))
+    assert plain.drafted == 0 and plain.steps == 10 and plain.tokens_per_step == 1.0
+    with pytest.raises(GenerationError):
+        SamplingParams(speculative=-1)
+    no_mtp = V4Model(
+        ModelConfig.preset("tiny-test", n_mtp_layers=0, compress_ratios=(0, 4, 128, 4))
+    ).init_random_(1)
+    assert draft_length(no_mtp, [greedy(3, 2)]) == 0  # no MTP block: plain decoding
+    assert generate(no_mtp, no_mtp.new_state(), [1, 2], greedy(3, 2)).drafted == 0
