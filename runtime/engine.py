@@ -34,6 +34,11 @@ rather than prefilling the same prefix again, so N concurrent requests sharing a
 Forks (`fork`): one finished sequence (kept with keep_state=True) or a state continues n ways: it is
 snapshotted once and restored into n states; nothing is prefilled except new suffix tokens.
 
+Continuations (`submit(new_ids, state=kept)`): an agent's next turn continues its last turn's kept state
+with only the new tokens. The given state is read once, at admission (restored into the request's own
+preallocated state), and never written, so one kept state can be continued any number of times, by
+several requests at once (an agent's forked branches share their parent's state this way, copy-on-write).
+
 One idea: the scheduler. The public calls only validate, queue and cancel requests; everything else is
 the step that serves them. The request handle (engine_request.py), the cache (prefix_cache.py) and the
 sampler and stop rules (generate.py) live in their own modules.
@@ -49,6 +54,7 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -67,6 +73,9 @@ from agentkit.runtime.prefix_cache import CacheStats, PrefixCache, model_fingerp
 from agentkit.runtime.state import SequenceState
 
 Phase = Literal["prefill", "decode", "feed", "done"]
+LogitsProcessor = Callable[[list[int], torch.Tensor], torch.Tensor]
+"""`(generated ids so far, fp32 logits [V]) -> logits` before each sample (constraints, bans, forcing an
+exact output in tests). Called on the scheduler thread; if it raises, only its request fails."""
 _DEFAULT_PARAMS = SamplingParams()
 _log = logging.getLogger(__name__)
 
@@ -122,6 +131,7 @@ class _Request:
     ready: torch.Tensor | None = None
     last_logits: torch.Tensor | None = None
     cancelled: bool = False
+    processor: LogitsProcessor | None = None
 
 
 @dataclass
@@ -148,10 +158,13 @@ class Engine:
         cache_namespace: str | None = None,
         decoder: StaticDecoder | None = None,
         on_step: Callable[[StepRecord], None] | None = None,
+        tokenizer: object | None = None,
     ) -> None:
         """`state_bytes`: bound on running sequences' state bytes (None: only `max_seqs` bounds them).
         `cache_bytes=0` and no `cache_dir` turn the prefix cache off. `decoder`: states come from its slab
-        (`model.static_decoder()`), so all-decode steps run its fixed-shape step (CUDA graphs)."""
+        (`model.static_decoder()`), so all-decode steps run its fixed-shape step (CUDA graphs).
+        `tokenizer`: carried for callers that speak text (an agent given this engine as its model encodes
+        its transcript with it); the engine itself only ever sees token ids."""
         if max_seqs < 1 or prefill_chunk < 1:
             raise ValueError("max_seqs and prefill_chunk must be >= 1")
         self.model, self.config = model, model.config
@@ -159,6 +172,7 @@ class Engine:
         self.max_seqs = min(max_seqs, decoder.max_batch) if decoder is not None else max_seqs
         self.state_bytes_limit, self.prefill_chunk = state_bytes, prefill_chunk
         self.snapshot_every, self.on_step = snapshot_every, on_step
+        self.tokenizer = tokenizer
         self.cache = PrefixCache(
             self.config,
             # names on disk must tell weights apart; in memory the cache lives and dies with this model
@@ -183,6 +197,33 @@ class Engine:
         self._thread.start()
         _LIVE.add(self)
 
+    @classmethod
+    def load(
+        cls,
+        source: str | os.PathLike[str],
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+        random_seed: int | None = None,
+        **options: object,
+    ) -> Engine:
+        """An engine over `load_model(source)` (a checkpoint directory or a preset name, e.g. "tiny"),
+        carrying the checkpoint's tokenizer when it has one, so `Agent(model=Engine.load("tiny"))` works.
+        `options` are the constructor's keywords."""
+        from agentkit.runtime.checkpoint_read import shipped_checkpoint
+        from agentkit.runtime.loader import load_model
+        from agentkit.runtime.tokenizer import Tokenizer
+
+        model = load_model(source, device=device, dtype=dtype, random_seed=random_seed)
+        folder = Path(source) if Path(source).is_dir() else shipped_checkpoint(str(source))
+        tokenizer = None
+        if folder is not None:
+            try:
+                tokenizer = Tokenizer.from_file(folder)
+            except Exception:  # a checkpoint without tokenizer files: ids-only use still works
+                tokenizer = None
+        return cls(model, tokenizer=tokenizer, **options)  # type: ignore[arg-type]
+
     # ------------------------------------------------------------------ public API
     def submit(
         self,
@@ -192,13 +233,22 @@ class Engine:
         decode: Callable[[list[int]], str] | None = None,
         keep_state: bool = False,
         use_cache: bool = True,
+        state: SequenceState | None = None,
+        logits_processor: LogitsProcessor | None = None,
     ) -> RequestHandle:
-        """Queue a request; returns at once. Bad requests raise `RequestError` here, touching nothing."""
+        """Queue a request; returns at once. Bad requests raise `RequestError` here, touching nothing.
+
+        `state`: continue that sequence (e.g. an earlier result's kept state): `prompt` is then only the
+        tokens after it, nothing before it is recomputed and the prefix cache is not consulted. The state is
+        read at admission and never written (see the module docstring), so it may be continued again."""
         ids = self._ids(prompt)
         if not ids:
             raise RequestError("prompt must not be empty (the first token needs the logits of a last token)")
+        if state is not None and state.broken:
+            raise RequestError(f"cannot continue a broken state: {state.broken}")
         with self._lock:
-            req = self._request(ids, params, decode, keep_state, use_cache, base=None, logits=None)
+            req = self._request(ids, params, decode, keep_state, use_cache, base=state, logits=None)
+            req.processor = logits_processor
             self._enqueue([req])
         return req.handle
 
@@ -567,6 +617,8 @@ class Engine:
         """generate.py's loop body for one sequence: sample, stop rules, then decode / feed the last / end."""
         s, state = req.sampler, req.state
         assert state is not None
+        if req.processor is not None:
+            logits = req.processor(list(s.result.token_ids), logits)
         tok = sample(logits, s.params, s.gen)
         s.push(tok)
         req.handle._push(tok)
@@ -630,4 +682,4 @@ def _close_all() -> None:
         eng.close()
 
 
-__all__ = ["Engine", "EngineStats", "StepRecord"]
+__all__ = ["Engine", "EngineStats", "LogitsProcessor", "StepRecord"]

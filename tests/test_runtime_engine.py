@@ -374,6 +374,60 @@ def test_fork_continues_a_pending_token(engine: Engine, model: V4Model) -> None:
     assert h.result().token_ids == reference(model, prompt + res.token_ids, greedy(5))
 
 
+def test_submit_continues_a_kept_state_and_never_writes_it(engine: Engine, model: V4Model) -> None:
+    """An agent's next turn: `submit(new_ids, state=kept)` extends only the new ids, equals the whole
+    context run from scratch, and leaves the kept state as it was, so two continuations of it can run at
+    once (an agent's forked branches) and a third later still gets the same answer."""
+    rng = random.Random(11)
+    prompt = ids(rng, 260)
+    first = engine.submit(prompt, greedy(6, stop_token_ids=()), keep_state=True).result()
+    kept = first.state
+    assert kept is not None and kept.pos == 266
+    frozen = [{k: v.clone() for k, v in ls.tensors().items()} for ls in kept.layers]
+    context = prompt + first.token_ids
+    suffixes = [ids(rng, 7), ids(rng, 150)]
+    before = engine.stats().prefill_tokens
+    hs = [engine.submit(sfx, greedy(8), state=kept, keep_state=True) for sfx in suffixes]
+    outs = [h.result() for h in hs]
+    assert engine.stats().prefill_tokens == before + 7 + 150  # the kept context was not prefilled again
+    for sfx, out in zip(suffixes, outs, strict=True):
+        assert out.cached_tokens == 266 and out.prompt_tokens == len(sfx)
+        assert out.token_ids == reference(model, context + sfx, greedy(8))
+        assert out.state is not None and out.state.pos == 266 + len(sfx) + len(out.token_ids)
+    assert kept.pos == 266
+    for ls, was in zip(kept.layers, frozen, strict=True):
+        assert all(torch.equal(v, was[k]) for k, v in ls.tensors().items())
+    again = engine.submit(suffixes[0], greedy(8), state=kept).result()
+    assert again.token_ids == outs[0].token_ids
+
+
+def test_logits_processor_shapes_each_sample_and_its_failure_is_the_request_s_own(
+    engine: Engine, model: V4Model
+) -> None:
+    forced = [7, 8, 9, 10]
+    seen: list[list[int]] = []
+
+    def force(generated: list[int], logits: torch.Tensor) -> torch.Tensor:
+        seen.append(list(generated))
+        out = torch.full_like(logits, float("-inf"))
+        out[forced[len(generated)]] = 0.0
+        return out
+
+    def broken(generated: list[int], logits: torch.Tensor) -> torch.Tensor:
+        raise ValueError("bad constraint")
+
+    rng = random.Random(12)
+    prompt = ids(rng, 40)
+    ok = engine.submit(prompt, greedy(4, stop_token_ids=()), logits_processor=force)
+    bad = engine.submit(prompt, greedy(4), logits_processor=broken)
+    plain = engine.submit(prompt, greedy(4, stop_token_ids=()))
+    assert ok.result().token_ids == forced
+    assert seen == [forced[:k] for k in range(4)]
+    with pytest.raises(EngineError, match="bad constraint"):
+        bad.result()
+    assert plain.result().token_ids == reference(model, prompt, greedy(4, stop_token_ids=()))
+
+
 # ---------------------------------------------------------------------- errors and cancellation
 def test_bad_requests_get_typed_errors_and_do_not_disturb_others(engine: Engine, model: V4Model) -> None:
     rng = random.Random(10)
