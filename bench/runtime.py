@@ -5,8 +5,9 @@
     python bench/runtime.py --row all --device cpu --config tiny-test --context 256 --steps 4   # smoke test
 
 Rows (random weights of `--config`, default flash-reduced; context in tokens):
-  decode-bf16    batch-1 decode at `--context` (4K): static decoder + CUDA graphs, the general extend path,
-                 transformers on the same weights; bound = bytes read per token / measured copy bandwidth.
+  decode-bf16    batch-1 decode at `--context` (4K): static decoder + CUDA graphs, the general extend path
+                 (`--compile`: also the torch.compile'd step), transformers on the same weights;
+                 bound = bytes read per token / measured copy bandwidth.
   decode-fp8fp4  the same with the stored FP8 (dense) / FP4 (experts) weights, read by the kernels in place.
   decode-b32     batch 32 against batch 1 through the same decoder (throughput ratio).
   prefill-4k, prefill-32k   one chunk of 4K / 32K tokens: tok/s, model FLOPs per token, % of the bf16 peak.
@@ -224,14 +225,23 @@ def greedy(model: V4Model, states: list[SequenceState], first: list[int], steps:
 
 
 def decode_rate(
-    b: Bench, model: V4Model, ctx: int, batch: int, *, static: bool, real_prompt: bool = True
+    b: Bench,
+    model: V4Model,
+    ctx: int,
+    batch: int,
+    *,
+    static: bool,
+    real_prompt: bool = True,
+    compile: bool = False,
 ) -> tuple[float, int]:
     """Tokens/s of `batch` sequences decoding together at `ctx` tokens of context; also the warm-up tokens."""
     steps = b.a.steps
     model._decoder = None
     dec = None
     if static:
-        dec = model.static_decoder(max_batch=max(batch, 1), max_len=ctx + steps + 16, graphs=b.dev == "cuda")
+        dec = model.static_decoder(
+            max_batch=max(batch, 1), max_len=ctx + steps + 16, graphs=b.dev == "cuda", compile=compile
+        )
         make = dec.new_state
     else:
         make = lambda: model.new_state(max_len=ctx + steps + 16)  # noqa: E731
@@ -294,6 +304,11 @@ def row_decode(b: Bench, kind: str) -> dict[str, Any]:
         "general_path_tok_s": general, "bytes_per_token": per_token, "bound_tok_s": bound,
         "fraction_of_bound": static / bound,
     }  # fmt: skip
+    if b.a.compile:
+        try:
+            row["static_graphs_compiled_tok_s"], _ = decode_rate(b, model, ctx, 1, static=True, compile=True)
+        except Exception as e:
+            row["compile_error"] = f"{type(e).__name__}: {e}"
     if kind == "bf16" and not b.a.no_hf:
         try:
             hf = hf_rates(b, model, ctx)
@@ -428,6 +443,8 @@ def table(report: dict[str, Any]) -> str:
             hf = v.get("transformers_tok_s")
             ref = f"bound {v['bound_tok_s']:,.0f}" + (f"; transformers {hf:,.1f}" if hf else "")
             ref += f"; general path {v['general_path_tok_s']:,.1f}"
+            if "static_graphs_compiled_tok_s" in v:
+                ref += f"; compiled step {v['static_graphs_compiled_tok_s']:,.1f}"
             lines.append(f"| {k} | {v['static_graphs_tok_s']:,.1f} tok/s | {ref} | "
                          f"{v['fraction_of_bound']:.1%} of bound |")  # fmt: skip
         elif k == "decode-b32":
@@ -463,6 +480,7 @@ def main() -> None:
     ap.add_argument("--far-context", type=int, default=(1 << 20) - 32768, help="extend-1m's far context")
     ap.add_argument("--steps", type=int, default=64, help="timed decode steps")
     ap.add_argument("--no-hf", action="store_true", help="skip transformers")
+    ap.add_argument("--compile", action="store_true", help="decode rows: also the torch.compile'd step")
     ap.add_argument("--out", default=None, help="JSON report path")
     a = ap.parse_args()
     if a.device == "cuda" and not torch.cuda.is_available():

@@ -76,13 +76,25 @@ def _tails(slots: int, ratio: int, width: int, device: torch.device) -> tuple[to
 class StaticDecoder:
     """Slab-backed states for up to `max_batch` sequences of up to `max_len` tokens, and their decode step."""
 
-    def __init__(self, model: V4Model, *, max_batch: int = 32, max_len: int = 8192, graphs: bool = True):
+    def __init__(
+        self,
+        model: V4Model,
+        *,
+        max_batch: int = 32,
+        max_len: int = 8192,
+        graphs: bool = True,
+        compile: bool = False,
+    ):
         cfg = model.config
         if not 0 < max_len <= cfg.max_seq_len:
             raise DecodeError(f"max_len must be in [1, {cfg.max_seq_len}], got {max_len}")
         if max_batch < 1:
             raise DecodeError(f"max_batch must be >= 1, got {max_batch}")
         self.model, self.max_batch, self.max_len = model, max_batch, max_len
+        # torch.compile (opt-in): inductor fuses the step's small elementwise ops (norms, RoPE, mHC mixing,
+        # the compressor update) around the Triton kernels; one compilation per batch size. Fusion keeps
+        # fp32 intermediates that eager bf16 rounds, so bf16 logits move within bf16 noise (not bitwise).
+        self.step_fn = torch.compile(self.forward, dynamic=False) if compile else self.forward
         self.window = cfg.window_size
         dev, dt = model.device, model.dtype
         self.n_slots = max_batch + 1  # the last slot is scratch: graph warm-up and padding rows write there
@@ -196,7 +208,7 @@ class StaticDecoder:
                     logits = self._graph_runner.run(slots, pos, list(tokens))  # type: ignore[arg-type]
                 else:
                     dev = self.model.device
-                    logits = self.forward(
+                    logits = self.step_fn(
                         torch.tensor(slots, device=dev),
                         torch.tensor(pos, device=dev),
                         torch.tensor(list(tokens), device=dev),
@@ -370,11 +382,11 @@ class _Graphs:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):  # warm-up: Triton compiles, cuBLAS picks algorithms, caches fill
-                self.dec.forward(*args)
+                self.dec.step_fn(*args)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            out = self.dec.forward(*args)
+            out = self.dec.step_fn(*args)
         return graph, out
 
     def run(self, slots: list[int], pos: list[int], ids: list[int]) -> torch.Tensor:

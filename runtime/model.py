@@ -233,12 +233,14 @@ class V4Model(nn.Module):
         return SequenceState.fresh(self.config, self.device, self.dtype, max_len=max_len)
 
     def static_decoder(
-        self, *, max_batch: int = 32, max_len: int = 8192, graphs: bool = True
+        self, *, max_batch: int = 32, max_len: int = 8192, graphs: bool = True, compile: bool = False
     ) -> StaticDecoder:
         """Slab-backed states (`decoder.new_state()`) for up to `max_batch` sequences of up to `max_len`
         tokens. From then on `extend` runs one-token steps of such states as the decoder's fixed-shape step
         (CUDA graphs on a GPU, see runtime/decode.py); everything else stays on the general path."""
-        self._decoder = StaticDecoder(self, max_batch=max_batch, max_len=max_len, graphs=graphs)
+        self._decoder = StaticDecoder(
+            self, max_batch=max_batch, max_len=max_len, graphs=graphs, compile=compile
+        )
         return self._decoder
 
     _decoder: StaticDecoder | None = None
