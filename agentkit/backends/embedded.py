@@ -1,25 +1,42 @@
-"""The in-process V4 runtime as a text backend, with one persistent `SequenceState` per run.
+"""The in-process V4 runtime as a text backend: each model call is a request to a shared `Engine`.
 
-Each step extends the run's state by only what is new: the framework-written suffix (tool results,
-assistant prefix) plus the last sampled token, which was never fed. Generated tokens are handed back
-with their ids and stored verbatim in the transcript, so they are never re-tokenized. Exporting the
-state (`export_state`) and importing it in another process (`import_state`) lets a saved session resume
-without re-prefilling a single old token; each `Finish` reports how many tokens it had to prefill.
+Why an engine, not the model: many agents run at once in one process (sub-agents, an app's users, an
+evaluation's episodes) and most share long prefixes; the engine batches their decode steps together and
+serves shared prompt prefixes from its prefix cache (agentkit.runtime.engine). Which engine:
+
+- `EmbeddedModel("tiny")` / `Agent("embedded:tiny")`: the process-wide engine for that model string
+  (target, device, random seed), created on first use, shared by every backend made from the same string,
+  and closed when the last of them is gone (`_shared_engine`).
+- `EmbeddedModel(engine=eng)` / `Agent(model=eng)`: that engine; the tokenizer is `tokenizer=...` or the
+  one the engine carries (`Engine.load(...)` and `Engine(model, tokenizer=...)` set it).
+- `EmbeddedModel(model=v4model, tokenizer=tok)`: a private engine over that model for this backend.
+
+A run keeps its last turn's final state (`keep_state=True`); the next turn is a request that continues it
+(`submit(suffix, state=kept)`) with only what is new: the framework-written suffix (tool results, assistant
+prefix). The last sampled token is fed before a turn ends, so the kept state covers everything generated.
+A run's first turn is its whole prompt, so the prefix cache serves the part other runs share (system
+prompt, tool schemas). Kept states are never written, which is what makes `fork_state` free: branches of a
+run share its state, and each branch's request restores it into a state of its own.
+
+Generated tokens are handed back with their ids and stored verbatim in the transcript, so they are never
+re-tokenized. Exporting the state (`export_state`) and importing it in another process (`import_state`)
+lets a saved session resume without re-prefilling a single old token; each `Finish` reports how many
+tokens it had to prefill (prefix-cache hits and the kept state count as cached).
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import hashlib
 import inspect
 import json
 import re
+import threading
+import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
-
-import anyio
 
 from agentkit.backends.base import Chunk, Finish, ModelError, ModelRequest, RawText
 from agentkit.dsml.tokens import EOS
@@ -103,12 +120,60 @@ def encode_segments(tok: Any, segments: Sequence[Segment]) -> list[list[int]]:
 
 @dataclass(slots=True)
 class _Session:
-    state: Any  # agentkit.runtime.state.SequenceState
+    state: Any  # agentkit.runtime.state.SequenceState, never written (None: nothing fed yet)
     epoch: int
     ids: list[int] = field(default_factory=list)  # every transcript token id known so far
     segments: int = 0  # transcript segments already folded into `ids`
     fed: int = 0  # ids already inside `state` (== state.pos)
     transcript: Transcript | None = None
+    seed: int = 0  # sampling seed base: the backend's seed, offset for a forked branch
+
+
+class _EngineLease:
+    """A shared engine while some backend holds this lease; the engine closes when the last one is gone.
+
+    Why a lease and not a weak reference to the engine: the engine's scheduler thread refers to it, so the
+    engine itself is never garbage while it runs; this small object is, once no backend holds it."""
+
+    def __init__(self, engine: Any, tokenizer: Any) -> None:
+        self.engine, self.tokenizer = engine, tokenizer
+        weakref.finalize(self, engine.close)
+
+
+_SHARED: weakref.WeakValueDictionary[tuple[str, str, str, int | None], _EngineLease] = (
+    weakref.WeakValueDictionary()
+)
+_SHARED_LOCK = threading.Lock()
+
+
+def _engine_key(target: str, device: str | None, random_seed: int | None) -> tuple[str, str, str, int | None]:
+    path = Path(target)
+    if path.is_dir():
+        return ("dir", str(path.resolve()), str(device or "cpu"), random_seed)
+    return ("preset", target, str(device or "cpu"), random_seed)
+
+
+def _shared_engine(target: str, device: str | None, random_seed: int | None) -> _EngineLease:
+    """The process-wide engine for a model string, loading the model on first use."""
+    key = _engine_key(target, device, random_seed)
+    with _SHARED_LOCK:  # held while loading, so two threads asking at once load the model once
+        lease = _SHARED.get(key)
+        if lease is None:
+            from agentkit.runtime.engine import Engine
+
+            model, tok_dir = EmbeddedModel._build(target, device, random_seed)
+            tokenizer = None
+            if tok_dir is not None:
+                with contextlib.suppress(ModelError):  # none here: the backend then needs tokenizer=...
+                    tokenizer = load_tokenizer(tok_dir)
+            lease = _EngineLease(Engine(model, tokenizer=tokenizer), tokenizer)
+            _SHARED[key] = lease
+        return lease
+
+
+def _seed_offset(run_id: str) -> int:
+    """A forked branch's sampling seed offset, from its run id (so given run ids reproduce a fork)."""
+    return int(hashlib.sha256(run_id.encode()).hexdigest()[:12], 16)
 
 
 def _digest(ids: list[int]) -> str:
@@ -133,6 +198,7 @@ class EmbeddedModel:
         target: str | None = None,
         *,
         model: Any = None,
+        engine: Any = None,
         tokenizer: Tokenizer | None = None,
         temperature: float = 0.0,
         top_p: float = 1.0,
@@ -144,19 +210,32 @@ class EmbeddedModel:
         logits_processor: Callable[[list[int], Any], Any] | None = None,
     ) -> None:
         """`target`: a checkpoint directory or a preset name (its shipped checkpoint; random weights
-        only when `random_seed` is given). `logits_processor(generated_ids, logits) -> logits` can
-        constrain decoding (grammar, bans, or forcing an exact output in tests)."""
+        only when `random_seed` is given), served by the engine shared by every backend of that string.
+        `engine`: an `agentkit.runtime.Engine` to serve this backend's runs. `model`: a `V4Model` given a
+        private engine (see the module docstring). Sampling settings are this backend's own, so backends
+        with different settings can share one engine. `logits_processor(generated_ids, logits) -> logits`
+        can constrain decoding (grammar, bans, or forcing an exact output in tests); it runs on the
+        engine's scheduler thread."""
         self.logits_processor = logits_processor
-        if model is None:
+        self._lease: _EngineLease | None = None
+        if engine is not None:
+            if tokenizer is None:
+                tokenizer = getattr(engine, "tokenizer", None)
+            model = engine.model
+        elif model is None:
             if not target:
-                raise ValueError("embedded backend needs a preset name, a checkpoint directory or model=...")
-            model, tok_dir = self._build(target, device, random_seed)
-            if tokenizer is None and tok_dir is not None:
-                tokenizer = load_tokenizer(tok_dir)
+                raise ValueError(
+                    "embedded backend needs a preset name, a checkpoint directory, engine=... or model=..."
+                )
+            self._lease = _shared_engine(target, device, random_seed)
+            engine = self._lease.engine
+            model = engine.model
+            if tokenizer is None:
+                tokenizer = self._lease.tokenizer
         if tokenizer is None:
             raise ModelError(
                 f"the embedded backend {target!r} has no tokenizer; pass tokenizer=... "
-                "(a checkpoint directory with tokenizer.json provides one)"
+                "(a checkpoint directory with tokenizer.json provides one, as does Engine.load(...))"
             )
         self.model = model
         self.tokenizer = tokenizer
@@ -173,6 +252,12 @@ class EmbeddedModel:
             raise ModelError(f"tokenizer does not map {EOS!r} to one token (got {eos}); not a V4 tokenizer?")
         self.eos_id = eos[0]
         self._sessions: dict[str, _Session] = {}
+        if engine is None:  # model=...: a private engine, closed when this backend is collected
+            from agentkit.runtime.engine import Engine
+
+            engine = Engine(model, tokenizer=tokenizer)
+            weakref.finalize(self, engine.close)
+        self.engine = engine
 
     @staticmethod
     def _build(target: str, device: str | None, random_seed: int | None) -> tuple[Any, Path | None]:
@@ -189,10 +274,11 @@ class EmbeddedModel:
 
     def _session(self, run_id: str, transcript: Transcript) -> _Session:
         sess = self._sessions.get(run_id)
+        seed = sess.seed if sess is not None else self.seed
         if sess is not None and sess.transcript is not transcript and not self._same_prefix(sess, transcript):
             sess = None  # a fork: the run was resumed from an earlier saved point
         if sess is None or sess.epoch != transcript.epoch or sess.segments > len(transcript.segments):
-            sess = _Session(self.model.new_state(), transcript.epoch)
+            sess = _Session(None, transcript.epoch, seed=seed)
             self._sessions[run_id] = sess
         return sess
 
@@ -238,7 +324,8 @@ class EmbeddedModel:
         header = json.dumps(
             {"format": KV_FORMAT, "fed": sess.fed, "epoch": sess.epoch, "ids": _digest(sess.ids[: sess.fed])}
         ).encode()
-        return len(header).to_bytes(4, "big") + header + sess.state.to_bytes()
+        state = sess.state if sess.state is not None else self.model.new_state()
+        return len(header).to_bytes(4, "big") + header + state.to_bytes()
 
     def import_state(self, run_id: str, blob: bytes, transcript: Transcript) -> None:
         from agentkit.runtime.state import SequenceState
@@ -253,7 +340,8 @@ class EmbeddedModel:
             raise ModelError(f"cannot import embedded KV state: {exc}") from exc
         if header["epoch"] != transcript.epoch or state.pos != header["fed"]:
             raise ModelError("KV state does not belong to this transcript (epoch or position differ)")
-        sess = _Session(state, transcript.epoch, transcript=transcript)
+        old = self._sessions.get(run_id)
+        sess = _Session(state, transcript.epoch, transcript=transcript, seed=old.seed if old else self.seed)
         self._fold(sess, transcript)
         if state.pos > len(sess.ids) or _digest(sess.ids[: state.pos]) != header.get("ids"):
             raise ModelError("KV state does not belong to this transcript (its token ids differ)")
@@ -263,22 +351,49 @@ class EmbeddedModel:
     def forget(self, run_id: str) -> None:
         self._sessions.pop(run_id, None)
 
+    def fork_state(self, run_id: str, new_run_ids: Sequence[str]) -> None:
+        """Let runs `new_run_ids` (copies of run `run_id`'s RunState, see `Agent.fork`) continue from this
+        run's KV state. Nothing is copied here: a kept state is never written, so the branches share it and
+        each branch's next request restores it into its own state and prefills only its new tokens. Each
+        branch samples with its own seed (from its run id), so sampled branches differ. A run with no
+        state yet (not started) has nothing to share: its branches' first prompts meet in the prefix cache.
+        """
+        parent = self._sessions.get(run_id)
+        if parent is None:
+            return
+        if parent.transcript is not None:
+            self._fold(parent, parent.transcript)
+        for child in new_run_ids:
+            self._sessions[child] = _Session(
+                parent.state,
+                parent.epoch,
+                ids=list(parent.ids),
+                segments=parent.segments,
+                fed=parent.fed,
+                transcript=None,  # the branch's own transcript is checked against `ids` on first use
+                seed=self.seed + _seed_offset(child),
+            )
+
     # -- generation -------------------------------------------------------------------------------
 
-    def _extend(self, sess: _Session, ids: list[int]) -> Any:
-        try:
-            logits = self.model.extend(sess.state, ids, last_only=True)
-        except Exception as exc:  # bad ids, sequence too long, device errors: one typed error for the loop
-            raise ModelError(
-                f"the embedded model could not extend the run: {type(exc).__name__}: {exc}"
-            ) from exc
-        sess.fed += len(ids)
-        return logits
+    def _params(self, seed: int, limit: int) -> Any:
+        """The engine request's sampling: this backend's settings, stop at EOS only (the loop parses
+        DSML itself), the last token fed so the kept state covers every generated token (the next turn
+        would have to feed it anyway; this only moves that work earlier)."""
+        import dataclasses
+
+        return dataclasses.replace(
+            self.sampling,
+            seed=seed,
+            max_tokens=limit,
+            stop_token_ids=(self.eos_id,),
+            stop_sequences=(),
+            stop_strings=(),
+            feed_last=True,
+        )
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[Chunk]:
-        import torch
-
-        from agentkit.runtime.generate import sample
+        from agentkit.runtime.engine_request import EngineError, RequestError
 
         tr = request.transcript
         sess = self._session(request.run_id, tr)
@@ -288,45 +403,55 @@ class EmbeddedModel:
         todo = sess.ids[sess.fed :]
         if not todo:
             raise ModelError("nothing new to extend: the transcript must end with an assistant prefix")
-        prefilled = len(todo)
-        logits = await anyio.to_thread.run_sync(functools.partial(self._extend, sess, todo))
-        gen = torch.Generator().manual_seed(self.seed + prompt_tokens)
         limit = request.max_tokens or self.default_max_tokens
+        try:
+            handle = self.engine.submit(
+                todo,
+                self._params(sess.seed + prompt_tokens, limit),
+                keep_state=True,
+                state=sess.state if sess.fed else None,
+                logits_processor=self.logits_processor,
+            )
+        except (RequestError, EngineError) as exc:  # bad ids, too long, engine closed: one typed error
+            raise ModelError(
+                f"the embedded model could not extend the run: {type(exc).__name__}: {exc}"
+            ) from exc
         out: list[int] = []
         make_decoder = getattr(self.tokenizer, "stream_decoder", None)
         decoder = make_decoder() if make_decoder is not None else None
         emitted = ""
         ids_sent = 0
-        reason = "length"
-        while len(out) < limit:
-            if self.logits_processor is not None:
-                logits = self.logits_processor(out, logits)
-            tok = sample(logits, self.sampling, gen)
-            out.append(tok)
-            done = tok == self.eos_id
-            # text is handed out only in whole characters; ids ride along with the text they complete
-            if decoder is not None:
-                piece = decoder.push(tok)
-            else:
-                text = self.tokenizer.decode(out)
-                piece = "" if text.endswith("\ufffd") and not done else text[len(emitted) :]
-                emitted += piece
-            if piece:
-                yield RawText(piece, tuple(out[ids_sent:]))
-                ids_sent = len(out)
-            if done:
-                reason = "stop"
-                break
-            if len(out) < limit:
-                logits = await anyio.to_thread.run_sync(functools.partial(self._extend, sess, [tok]))
-        if out:
-            # Feed the last token too, so the saved state covers every generated token (the next
-            # turn would have to feed it anyway; this only moves that work earlier).
-            await anyio.to_thread.run_sync(functools.partial(self._extend, sess, [out[-1]]))
+        try:
+            async with contextlib.aclosing(handle.__aiter__()) as tokens:
+                async for tok in tokens:
+                    out.append(tok)
+                    done = tok == self.eos_id
+                    # text is handed out only in whole characters; ids ride along with the text they complete
+                    if decoder is not None:
+                        piece = decoder.push(tok)
+                    else:
+                        text = self.tokenizer.decode(out)
+                        piece = "" if text.endswith("\ufffd") and not done else text[len(emitted) :]
+                        emitted += piece
+                    if piece:
+                        yield RawText(piece, tuple(out[ids_sent:]))
+                        ids_sent = len(out)
+            result = handle.result()
+        except EngineError as exc:  # the forward failed, or the logits processor raised
+            raise ModelError(
+                f"the embedded model could not extend the run: {type(exc).__name__}: {exc}"
+            ) from exc
+        finally:
+            if not handle.done:  # the run was cancelled or stopped reading: free the request now
+                handle.cancel()
+        if result.state is not None:
+            sess.state, sess.fed = result.state, result.state.pos
         if ids_sent < len(out):
             rest = decoder.flush() if decoder is not None else self.tokenizer.decode(out)[len(emitted) :]
             yield RawText(rest, tuple(out[ids_sent:]))
-        yield Finish(reason, prompt_tokens, prompt_tokens - prefilled, prefilled, len(out))
+        reason = "stop" if result.finish_reason == "stop_token" else "length"
+        cached = result.cached_tokens
+        yield Finish(reason, prompt_tokens, cached, prompt_tokens - cached, len(out))
 
     async def aclose(self) -> None:
         self._sessions.clear()
