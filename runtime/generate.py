@@ -69,20 +69,28 @@ class SamplingParams:
 
 GREEDY = SamplingParams(temperature=0.0)
 
-AUTO_SPECULATIVE = 1
-"""Draft length when `SamplingParams.speculative` is None, for a single sequence of a model with an MTP
-block (batched decoding stays plain by default: it is throughput-bound, and a verify of k + 1 tokens per
-sequence costs more there). k = 1 is V4's published setup; see bench/speculative.py for the measurements."""
+AUTO_SPECULATIVE = 0
+"""Draft length when `SamplingParams.speculative` is None. Off for now: on CPU the MTP drafts of
+agentkit-tiny are accepted 100% of the time at k = 1 (1.98 tokens per step on held-out agent turns), yet
+decode is 0.87-0.97x as fast as plain (bench/speculative.py: a 2-token verify costs ~1.05x a step, the MTP
+call ~0.35x, and the loop's per-step Python work the rest), so speculation does not help there yet. With a
+value k > 0, greedy requests to a model with an MTP block speculate with k drafts and stop drafting for a
+sequence whose acceptance falls below `speculative.AUTO_MIN_ACCEPTANCE` (random weights); sampled requests
+stay plain unless asked, since speculative sampling keeps the distribution but not the token sequence a
+given seed produced before."""
 
 
-def draft_length(model: V4Model, params: Sequence[SamplingParams]) -> int:
-    """The draft length a request runs with: 0 (plain decoding) or k >= 1 (the largest asked for)."""
+def draft_length(model: V4Model, params: Sequence[SamplingParams]) -> tuple[int, bool]:
+    """(k, adaptive): the draft length a request runs with (0 = plain decoding) and whether it is the
+    automatic choice (which may switch itself off per sequence)."""
     if not model.mtp:
-        return 0
+        return 0, False
     asked = [p.speculative for p in params]
     if any(a is not None for a in asked):
-        return max((a or 0) for a in asked)
-    return AUTO_SPECULATIVE if len(params) == 1 else 0
+        return max((a or 0) for a in asked), False
+    if AUTO_SPECULATIVE and all(p.temperature == 0 or p.top_k == 1 for p in params):
+        return AUTO_SPECULATIVE, True
+    return 0, False
 
 
 def _run(
@@ -94,10 +102,18 @@ def _run(
 ) -> Iterator[tuple[int, int]]:
     """The plain loop, or the speculative one when the request asks for drafts (runtime/speculative.py);
     a sequence whose own `speculative` is 0 gets no drafts in a speculative batch."""
-    k = draft_length(model, [s.params for s in seqs])
+    _validate(states, prompts, seqs)
+    k, adaptive = draft_length(model, [s.params for s in seqs])
     if k == 0:
         return _loop(model, states, prompts, seqs)
-    return speculative_loop(model, states, prompts, seqs, k, drafts)
+    return speculative_loop(model, states, prompts, seqs, k, drafts, sample=sample, adaptive=adaptive)
+
+
+def _validate(states: Sequence[SequenceState], prompts: Sequence[object], seqs: Sequence[_Seq]) -> None:
+    if not (len(states) == len(prompts) == len(seqs)) or not states:
+        raise GenerationError("need one prompt and one SamplingParams per state")
+    if any(len(p) == 0 for p in prompts):  # type: ignore[arg-type]
+        raise GenerationError("prompt must not be empty (the next token needs the logits of a last token)")
 
 
 @dataclass

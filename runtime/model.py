@@ -9,6 +9,10 @@ runs it as extend from fresh states instead, and tests/test_runtime_batched_forw
 Inference (`extend`, `Block.forward`) computes outputs only. Training losses are return values of the
 training forward (`forward`, `Block.forward_train`): the indexer's distillation terms come back from each
 CSA layer and are summed into `ForwardOutput.indexer_loss`; no module holds loss state between calls.
+
+One idea: the V4 network and its forwards (inference extend, the training forward, and the MTP block's
+inference entry points `extend_hidden` / `mtp_extend`, which speculative decoding drives from
+runtime/speculative.py); splitting the MTP entry points out would split one module's forward in two files.
 """
 
 from __future__ import annotations

@@ -28,6 +28,9 @@ The MTP state (`DraftState`) is kept beside the `SequenceState`, not inside it: 
 it (a cold or stale MTP state only lowers acceptance; greedy tokens and the sampled distribution stay the
 plain ones), so the main state's byte format, snapshots, the engine, the prefix cache and the static decoder
 are unchanged. It has its own snapshot / bytes for callers that keep it across turns.
+
+One idea: speculative decoding - its MTP state, the rollback that makes verification exact, the acceptance
+rule and the loop that ties them together; each part exists only for the others.
 """
 
 from __future__ import annotations
@@ -48,10 +51,19 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 if TYPE_CHECKING:
-    from agentkit.runtime.generate import SamplingParams, _Seq
     from agentkit.runtime.model import V4Model
 
+# generate.py imports this module, so its types are structural here (no import cycle): SamplingParams and
+# generate's per-sequence record (.params, .gen, .result, .done, .draft, .push)
+SamplingParams = Any
+_Seq = Any
+Sampler = Callable[[torch.Tensor, Any, "torch.Generator | None"], int]
+
 DRAFT_FORMAT_NAME = "agentkit.v4.mtp_state"
+AUTO_MIN_ACCEPTANCE = 0.3
+"""With the automatic default, a sequence stops drafting once AUTO_PROBE drafts were accepted at less than
+this rate: a verify of k + 1 tokens plus an MTP call then costs more than the tokens it wins."""
+AUTO_PROBE = 8
 DRAFT_FORMAT_VERSION = 1
 
 
@@ -302,15 +314,13 @@ def accept_drafts(
     Greedy: keep while the draft is the main argmax; the next token is the main argmax after the kept ones.
     Sampling: keep d_i with probability min(1, p_i(d_i) / q_i(d_i)); on the first rejection draw from
     normalize(max(0, p_i - q_i)); if all are kept, draw a bonus token from p_k."""
-    from agentkit.runtime.generate import sample
-
     k = len(drafts)
-    if is_greedy(params):
+    if is_greedy(params):  # generate.sample's greedy rule: argmax of the fp32 logits on the CPU
         for i, d in enumerate(drafts):
-            best = sample(main_logits[i], params, gen)
+            best = int(main_logits[i].detach().float().cpu().argmax())
             if best != d:
                 return i, best
-        return k, sample(main_logits[k], params, gen)
+        return k, int(main_logits[k].detach().float().cpu().argmax())
     for i, d in enumerate(drafts):
         q = draft_probs[i]
         assert q is not None
@@ -395,15 +405,14 @@ def speculative_loop(
     seqs: Sequence[_Seq],
     k: int,
     drafts: Sequence[DraftState | None] | None = None,
+    *,
+    sample: Sampler,
+    adaptive: bool = False,
 ) -> Iterator[tuple[int, int]]:
-    """`generate._loop` with MTP drafts of up to `k` tokens per step: yields (sequence index, token id)."""
-    from agentkit.runtime.generate import GenerationError, sample
-
-    n = len(states)
-    if not (n == len(prompts) == len(seqs)) or not n:
-        raise GenerationError("need one prompt and one SamplingParams per state")
-    if any(len(p) == 0 for p in prompts):
-        raise GenerationError("prompt must not be empty (the next token needs the logits of a last token)")
+    """`generate._loop` with MTP drafts of up to `k` tokens per step: yields (sequence index, token id).
+    `sample` draws the first token from the prompt's logits (generate.sample). `adaptive`: a sequence
+    whose acceptance is below AUTO_MIN_ACCEPTANCE after AUTO_PROBE drafts continues without drafts."""
+    n = len(states)  # the request was validated by generate._run
     given = list(drafts) if drafts is not None else [None] * n
     dstates: list[DraftState] = []
     for st, d in zip(states, given, strict=True):
@@ -430,7 +439,12 @@ def speculative_loop(
         for i in active:
             st, r = states[i], seqs[i].result
             room = min(limit, st.capacity or limit) - st.pos - 1
-            ks[i] = max(0, min(k, seqs[i].params.max_tokens - len(r.token_ids) - 1, room))
+            want, own = k, seqs[i].params.speculative
+            if own is not None:
+                want = min(k, own)
+            if adaptive and r.drafted >= AUTO_PROBE and r.accepted < AUTO_MIN_ACCEPTANCE * r.drafted:
+                want = 0
+            ks[i] = max(0, min(want, seqs[i].params.max_tokens - len(r.token_ids) - 1, room))
         dt, dq, mtp_journals = _draft(model, dstates, pending, ks, seqs)
         chunks = [[pending[i], *dt[i]] for i in active]
         journals = [main_journal(model, states[i], len(c)) for i, c in zip(active, chunks, strict=True)]
@@ -498,6 +512,7 @@ def _finish(model: V4Model, st: SequenceState, d: DraftState, seq: _Seq, tok: in
 
 
 __all__ = [
+    "AUTO_MIN_ACCEPTANCE",
     "DRAFT_FORMAT_NAME",
     "DraftState",
     "Journal",

@@ -250,7 +250,7 @@ def test_feed_last_false_and_limits_match_plain() -> None:
     assert outs[0].token_ids == outs[1].token_ids and outs[0].pending == outs[1].pending
 
 
-def test_batched_speculative_generation_equals_plain() -> None:
+def test_batched_speculative_generation_equals_plain(monkeypatch: pytest.MonkeyPatch) -> None:
     model = random_model(3)
     g = torch.Generator().manual_seed(5)
     prompts = [torch.randint(0, 256, (n,), generator=g).tolist() for n in (5, 126, 70)]
@@ -259,8 +259,16 @@ def test_batched_speculative_generation_equals_plain() -> None:
     res = generate_batch(model, states, prompts, [greedy(20, 2), greedy(12, 2), greedy(20, 1)])
     assert [r.token_ids for r in res] == [plain[0], plain[1][:12], plain[2]]
     assert [s.pos for s in states] == [25, 138, 90]
-    assert draft_length(model, [greedy(4, 0), SamplingParams()]) == 0  # batches stay plain by default
-    assert draft_length(model, [SamplingParams()]) == 1
+    assert draft_length(model, [SamplingParams(temperature=0.0)]) == (0, False)  # off by default (CPU)
+    # with an automatic default: greedy speculates (adaptively), sampling stays plain unless asked
+    import agentkit.runtime.generate as gen
+
+    monkeypatch.setattr(gen, "AUTO_SPECULATIVE", 1)
+    assert draft_length(model, [SamplingParams(temperature=0.0)] * 2) == (1, True)
+    assert draft_length(model, [SamplingParams()]) == (0, False)
+    assert draft_length(model, [SamplingParams(speculative=2)]) == (2, False)
+    auto = generate(model, model.new_state(), prompts[0], SamplingParams(temperature=0.0, max_tokens=40))
+    assert auto.token_ids[:20] == plain[0] and auto.drafted == 8  # random weights: it stops drafting
 
 
 # ------------------------------------------------------------------------------------------ sampling
@@ -357,5 +365,5 @@ def test_counters_and_validation() -> None:
     no_mtp = V4Model(
         ModelConfig.preset("tiny-test", n_mtp_layers=0, compress_ratios=(0, 4, 128, 4))
     ).init_random_(1)
-    assert draft_length(no_mtp, [greedy(3, 2)]) == 0  # no MTP block: plain decoding
+    assert draft_length(no_mtp, [greedy(3, 2)]) == (0, False)  # no MTP block: plain decoding
     assert generate(no_mtp, no_mtp.new_state(), [1, 2], greedy(3, 2)).drafted == 0
