@@ -10,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 
@@ -28,6 +29,9 @@ from agentkit.output import OutputSpec
 from agentkit.recovery import recover
 from agentkit.session import RunState, StepRecord, load_session, save_session
 from agentkit.store import RunStore, open_store
+
+if TYPE_CHECKING:
+    from agentkit.runtime.engine import Engine
 
 DepsT = TypeVar("DepsT")
 OutputT = TypeVar("OutputT")
@@ -78,8 +82,10 @@ async def _ignore(_: ev.Event) -> None:
 class Agent(Generic[DepsT, OutputT]):
     """A model, typed tools, instructions and limits.
 
-    `model`: a `Model` or a spec string (`embedded:tiny`, `completions:<url>#<model>`,
-    `chat:<url>#<model>`, `deepseek:<model>`). `tools`: `@tool` objects or plain functions (wrapped).
+    `model`: a `Model`, a spec string (`embedded:tiny`, `completions:<url>#<model>`,
+    `chat:<url>#<model>`, `deepseek:<model>`) or an `agentkit.runtime.Engine` (agents with the same
+    embedded model string, or the same engine, share one engine: their steps are batched together and
+    their common prompt prefixes are prefilled once). `tools`: `@tool` objects or plain functions (wrapped).
     `thinking`: "off" (chat mode), "high" (thinking), "max" (thinking + the max-effort preamble).
     `sandbox`: a sandbox the caller owns, or a backend name / factory the run opens and closes itself.
     `output_type`: validate the final answer as this type (JSON), feeding failures back to the model.
@@ -93,7 +99,7 @@ class Agent(Generic[DepsT, OutputT]):
 
     def __init__(
         self,
-        model: str | Model,
+        model: str | Model | Engine,
         tools: Sequence[Any] = (),
         *,
         instructions: str = "",
@@ -172,6 +178,36 @@ class Agent(Generic[DepsT, OutputT]):
         if kv is not None and importer is not None:
             importer(state.run_id, kv, state.transcript)
         return state
+
+    def fork(
+        self, run: RunResult[Any] | RunState, n: int, *, run_ids: Sequence[str] | None = None
+    ) -> list[RunState]:
+        """n independent copies of a run, each to be continued on its own (concurrently, e.g. best-of-n:
+        `await agent.run(state=branch)` for a fresh `new_state(task)`, `agent.run(task, state=branch)` for
+        a follow-up, approvals for a paused one); the original is left as it was.
+
+        Why more than copying the RunState: the embedded backend lets the branches share the run's KV
+        state (`fork_state`), so the common context is neither copied nor prefilled again: each branch's
+        next model call restores it and prefills only its new tokens (branches of a run that has not called
+        the model yet share their prompt through the engine's prefix cache instead). With temperature > 0
+        each branch samples with its own seed, derived from its run id: pass `run_ids` to reproduce a fork.
+        """
+        state = run.state if isinstance(run, RunResult) else run
+        if n < 1:
+            raise ValueError(f"fork needs n >= 1, got {n}")
+        ids = list(run_ids) if run_ids is not None else [uuid.uuid4().hex for _ in range(n)]
+        if len(ids) != n or len(set(ids)) != n or state.run_id in ids:
+            raise ValueError("run_ids must be n distinct ids, none of them the forked run's own")
+        blob = state.to_json()
+        branches = []
+        for rid in ids:
+            branch = RunState.from_json(blob)
+            branch.run_id = rid
+            branches.append(branch)
+        share = getattr(self.model, "fork_state", None)
+        if share is not None:
+            share(state.run_id, ids)
+        return branches
 
     # -- running ----------------------------------------------------------------------------------
 

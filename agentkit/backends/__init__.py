@@ -1,13 +1,15 @@
 """Model backends behind one protocol, selected by a string.
 
 `resolve("completions:http://127.0.0.1:8000#deepseek-v4")`, `resolve("chat:<base_url>#<model>")`,
-`resolve("deepseek:deepseek-v4-flash")`, `resolve("embedded:tiny")`, or pass any object that already
-speaks the `Model` protocol (e.g. a `ScriptedModel`).
+`resolve("deepseek:deepseek-v4-flash")`, `resolve("embedded:tiny")`, an `agentkit.runtime.Engine` (the
+embedded backend on that engine), or pass any object that already speaks the `Model` protocol (e.g. a
+`ScriptedModel`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
 from agentkit.backends.base import (
     Chunk,
@@ -25,6 +27,9 @@ from agentkit.backends.base import (
     ToolCallChunk,
 )
 from agentkit.backends.scripted import ScriptedModel
+
+if TYPE_CHECKING:
+    from agentkit.runtime.engine import Engine
 
 KINDS = ("scripted", "completions", "chat", "deepseek", "embedded")
 _LAZY = {
@@ -51,16 +56,22 @@ def _split_url_model(kind: str, rest: str) -> tuple[str, str]:
     return url, model
 
 
-def resolve(spec: str | Model, **kwargs: Any) -> Model:
+def resolve(spec: str | Model | Engine, **kwargs: Any) -> Model:
     """Turn a model string into a backend; keyword arguments go to the backend's constructor.
 
     A bare path to a checkpoint directory (one holding config.json) means `embedded:<path>`, so
-    `agentkit run --model ./my-checkpoint` works without knowing the spec syntax.
+    `agentkit run --model ./my-checkpoint` works without knowing the spec syntax. An `Engine` becomes the
+    embedded backend on it (its tokenizer: the engine's own, or `tokenizer=...`).
     """
     if not isinstance(spec, str):
+        engines = sys.modules.get("agentkit.runtime.engine")  # an Engine exists only once that is imported
+        if engines is not None and isinstance(spec, engines.Engine):
+            from agentkit.backends.embedded import EmbeddedModel
+
+            return EmbeddedModel(engine=spec, **kwargs)
         if isinstance(spec, Model):
             return spec
-        raise TypeError(f"expected a model spec string or a Model, got {type(spec).__name__}")
+        raise TypeError(f"expected a model spec string, a Model or an Engine, got {type(spec).__name__}")
     if ":" not in spec:
         from pathlib import Path
 

@@ -251,7 +251,15 @@ class EmbeddedModel:
         if len(eos) != 1:
             raise ModelError(f"tokenizer does not map {EOS!r} to one token (got {eos}); not a V4 tokenizer?")
         self.eos_id = eos[0]
+        known = getattr(tokenizer, "n_vocab", None) or getattr(tokenizer, "vocab_size", None)
+        vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+        # a checkpoint's vocabulary is padded past its tokenizer: those ids must never be sampled (they have
+        # no text, and decoding one failed the whole run)
+        self._padded_from = (
+            known if isinstance(known, int) and isinstance(vocab, int) and known < vocab else None
+        )
         self._sessions: dict[str, _Session] = {}
+        self._seeds: dict[str, int] = {}  # forked runs' sampling seeds (the others use `seed`)
         if engine is None:  # model=...: a private engine, closed when this backend is collected
             from agentkit.runtime.engine import Engine
 
@@ -274,7 +282,7 @@ class EmbeddedModel:
 
     def _session(self, run_id: str, transcript: Transcript) -> _Session:
         sess = self._sessions.get(run_id)
-        seed = sess.seed if sess is not None else self.seed
+        seed = self._seeds.get(run_id, self.seed)
         if sess is not None and sess.transcript is not transcript and not self._same_prefix(sess, transcript):
             sess = None  # a fork: the run was resumed from an earlier saved point
         if sess is None or sess.epoch != transcript.epoch or sess.segments > len(transcript.segments):
@@ -340,8 +348,8 @@ class EmbeddedModel:
             raise ModelError(f"cannot import embedded KV state: {exc}") from exc
         if header["epoch"] != transcript.epoch or state.pos != header["fed"]:
             raise ModelError("KV state does not belong to this transcript (epoch or position differ)")
-        old = self._sessions.get(run_id)
-        sess = _Session(state, transcript.epoch, transcript=transcript, seed=old.seed if old else self.seed)
+        seed = self._seeds.get(run_id, self.seed)
+        sess = _Session(state, transcript.epoch, transcript=transcript, seed=seed)
         self._fold(sess, transcript)
         if state.pos > len(sess.ids) or _digest(sess.ids[: state.pos]) != header.get("ids"):
             raise ModelError("KV state does not belong to this transcript (its token ids differ)")
@@ -350,6 +358,7 @@ class EmbeddedModel:
 
     def forget(self, run_id: str) -> None:
         self._sessions.pop(run_id, None)
+        self._seeds.pop(run_id, None)
 
     def fork_state(self, run_id: str, new_run_ids: Sequence[str]) -> None:
         """Let runs `new_run_ids` (copies of run `run_id`'s RunState, see `Agent.fork`) continue from this
@@ -358,6 +367,8 @@ class EmbeddedModel:
         branch samples with its own seed (from its run id), so sampled branches differ. A run with no
         state yet (not started) has nothing to share: its branches' first prompts meet in the prefix cache.
         """
+        for child in new_run_ids:
+            self._seeds[child] = self.seed + _seed_offset(child)
         parent = self._sessions.get(run_id)
         if parent is None:
             return
@@ -371,7 +382,7 @@ class EmbeddedModel:
                 segments=parent.segments,
                 fed=parent.fed,
                 transcript=None,  # the branch's own transcript is checked against `ids` on first use
-                seed=self.seed + _seed_offset(child),
+                seed=self._seeds[child],
             )
 
     # -- generation -------------------------------------------------------------------------------
@@ -392,6 +403,19 @@ class EmbeddedModel:
             feed_last=True,
         )
 
+    def _processor(self) -> Callable[[list[int], Any], Any] | None:
+        """The request's logits processor: the user's, after masking the padded ids (when there are any)."""
+        user, start = self.logits_processor, self._padded_from
+        if start is None:
+            return user
+
+        def mask_padding(generated: list[int], logits: Any) -> Any:
+            logits = logits.clone()
+            logits[start:] = float("-inf")
+            return logits if user is None else user(generated, logits)
+
+        return mask_padding
+
     async def stream(self, request: ModelRequest) -> AsyncIterator[Chunk]:
         from agentkit.runtime.engine_request import EngineError, RequestError
 
@@ -410,7 +434,7 @@ class EmbeddedModel:
                 self._params(sess.seed + prompt_tokens, limit),
                 keep_state=True,
                 state=sess.state if sess.fed else None,
-                logits_processor=self.logits_processor,
+                logits_processor=self._processor(),
             )
         except (RequestError, EngineError) as exc:  # bad ids, too long, engine closed: one typed error
             raise ModelError(
