@@ -356,6 +356,12 @@ class EmbeddedModel:
         sess.fed = state.pos
         self._sessions[run_id] = sess
 
+    def kept_state_bytes(self) -> int:
+        """Bytes of the KV states this backend keeps between turns, one per run (a state that forked
+        branches still share is counted once): what its idle runs hold on the engine's device."""
+        states = {id(s.state): s.state for s in self._sessions.values() if s.state is not None}
+        return sum(st.nbytes() for st in states.values())
+
     def forget(self, run_id: str) -> None:
         self._sessions.pop(run_id, None)
         self._seeds.pop(run_id, None)
