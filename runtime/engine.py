@@ -214,7 +214,8 @@ class Engine:
         from agentkit.runtime.loader import load_model
         from agentkit.runtime.tokenizer import Tokenizer
 
-        model = load_model(source, device=device, dtype=dtype, random_seed=random_seed)
+        src = source if isinstance(source, str) else Path(source)
+        model = load_model(src, device=device, dtype=dtype, random_seed=random_seed)
         folder = Path(source) if Path(source).is_dir() else shipped_checkpoint(str(source))
         tokenizer = None
         if folder is not None:
