@@ -17,11 +17,11 @@ import json
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, get_args, get_origin
+from typing import Annotated, Any, get_args, get_origin
 
 from agentkit.tools.context import RunContext
 from agentkit.tools.docstrings import parse_docstring
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
 
 __all__ = ["FunctionSchema", "Param", "ToolDefinitionError", "function_schema"]
@@ -98,14 +98,18 @@ class FunctionSchema:
         return args, kwargs
 
 
-def function_schema(function: Callable[..., Any], name: str) -> FunctionSchema:
+def function_schema(
+    function: Callable[..., Any], name: str, *, allow_untyped: bool = False
+) -> FunctionSchema:
     """Read `function` once; raise `ToolDefinitionError` for anything a model could not call.
 
-    `name` is the tool's name, used in messages and to name the arguments model.
+    `name` is the tool's name, used in messages and to name the arguments model. A parameter without an
+    annotation is refused (naming every such parameter, as a type checker would) unless `allow_untyped`,
+    which types it as a JSON value (`untyped_value`).
     """
     is_async = _is_async_callable(function)
     doc = parse_docstring(inspect.getdoc(function))
-    takes_context, unbound_method, params, model = _build_model(function, name, doc.params)
+    takes_context, unbound_method, params, model = _build_model(function, name, doc.params, allow_untyped)
     json_schema = _clean_schema(model.model_json_schema(by_alias=True))
     return FunctionSchema(
         description=doc.description,
@@ -120,7 +124,7 @@ def function_schema(function: Callable[..., Any], name: str) -> FunctionSchema:
 
 
 def _build_model(
-    fn: Callable[..., Any], name: str, docs: dict[str, str]
+    fn: Callable[..., Any], name: str, docs: dict[str, str], allow_untyped: bool = False
 ) -> tuple[bool, bool, list[Param], type[BaseModel]]:
     try:
         sig = inspect.signature(fn)
@@ -152,7 +156,7 @@ def _build_model(
                 f"tool `{name}`: *args/**kwargs (`{p.name}`) cannot be described to a model; "
                 "name each parameter"
             )
-        annotation = hints.get(p.name, Any)
+        annotation = hints.get(p.name, UNTYPED)
         if _is_run_context(annotation):
             raise ToolDefinitionError(f"tool `{name}`: RunContext must be the first parameter")
         field_name = f"f_{i}"
@@ -167,6 +171,20 @@ def _build_model(
             info = Field(default=p.default, **extra)
         fields[field_name] = (annotation, info)
         out.append(Param(p.name, field_name, p.kind))
+    untyped = [
+        p.name
+        for p in params
+        if p.name not in hints
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    ]
+    if untyped and not allow_untyped:
+        names = ", ".join(f"`{n}`" for n in untyped)
+        raise ToolDefinitionError(
+            f"tool `{name}`: parameter{'s' if len(untyped) > 1 else ''} {names} "
+            f"{'have' if len(untyped) > 1 else 'has'} no type annotation; annotate "
+            f"{'them' if len(untyped) > 1 else 'it'} (e.g. `{untyped[0]}: int`) so the model's arguments "
+            "are validated and converted, or pass @tool(allow_untyped=True) to take them as JSON values"
+        )
     try:
         model = create_model(
             f"{name}_arguments",
@@ -177,6 +195,21 @@ def _build_model(
     except Exception as exc:
         raise ToolDefinitionError(f"tool `{name}`: parameter types are not schema-able: {exc}") from exc
     return takes_context, unbound_method, out, model
+
+
+def _json_or_text(value: Any) -> Any:
+    """An untyped parameter's value: a string holding JSON is decoded (the model writes `3`, `[1, 2]` or
+    `true` as text), anything else is kept as sent."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+UNTYPED: Any = Annotated[Any, BeforeValidator(_json_or_text)]
+"""What `allow_untyped=True` types an unannotated parameter as: any JSON value (schema `{}`)."""
 
 
 def _is_async_callable(fn: Any) -> bool:

@@ -83,6 +83,7 @@ class ToolOptions:
     requires_approval: bool = False
     max_output_chars: int | None = None
     idempotent: bool = False
+    allow_untyped: bool = False
 
     def __call__(self, function: Callable[..., Any], /) -> Tool:
         return Tool(function, self)
@@ -129,7 +130,7 @@ class Tool:
         self.requires_approval = opts.requires_approval
         self.max_output_chars = opts.max_output_chars
         self.idempotent = opts.idempotent
-        schema = function_schema(function, self.name)
+        schema = function_schema(function, self.name, allow_untyped=opts.allow_untyped)
         self.function_schema: FunctionSchema = schema
         self._unbound_method = schema.unbound_method
         self.description = opts.description if opts.description is not None else schema.description
