@@ -6,6 +6,7 @@ without bwrap.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from agentkit.tools.sandbox import (
     SandboxPool,
     SandboxUnavailable,
     open_sandbox,
+    select,
 )
 
 pytestmark = pytest.mark.anyio
@@ -45,14 +47,23 @@ async def test_auto_prefers_docker() -> None:
 
 
 @pytest.mark.bwrap
-async def test_auto_falls_back_to_bwrap_without_engine(
-    no_docker: None, caplog: pytest.LogCaptureFixture
+async def test_auto_falls_back_to_bwrap_without_engine_and_says_so_once(
+    no_docker: None, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(select, "_noted_fallback", [])  # as in a fresh process
+    caplog.set_level(logging.DEBUG, "agentkit.sandbox")
     async with await open_sandbox("auto", pids=100, memory_mb=512) as sb:
-        assert "Docker unavailable, using bubblewrap" in caplog.text  # the downgrade is never silent
         assert isinstance(sb, BwrapSandbox)
         assert sb.config.pids == 100 and sb.config.memory_mb == 512
         assert (await sb.exec("echo ok")).stdout == "ok\n"
+    async with await open_sandbox("auto") as sb2:
+        assert isinstance(sb2, BwrapSandbox)
+    notes = [r for r in caplog.records if "using bubblewrap, not Docker" in r.getMessage()]
+    # the downgrade is never silent, said once per process, at INFO (the expected path without
+    # Docker), and its advice fits what happened: it does not tell the user to use bwrap "instead"
+    assert len(notes) == 1 and notes[0].levelno == logging.INFO, caplog.text
+    assert "no Docker engine" in notes[0].getMessage() and "--sandbox bwrap" in notes[0].getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "Docker" in r.getMessage()]
 
 
 @pytest.mark.bwrap

@@ -42,6 +42,7 @@ from . import _proc, reaper
 from ._cgroup import CgroupUnavailable, Group, Limits
 from ._files import Owner, Tree
 from ._hostroot import INNER_UID, WORKSPACE, HostRoot, check_started
+from ._workspace import check_reachable, read_only_refusal, workspace_owner
 from .base import DEFAULT_READ_LIMIT, ClosesOnExit, ExecResult, SandboxError, SandboxUnavailable
 
 log = logging.getLogger("agentkit.sandbox")
@@ -79,6 +80,10 @@ class BwrapConfig:
     read_limit: int = DEFAULT_READ_LIMIT
     cgroup: Literal["auto", "require", "off"] = "auto"
     cgroup_parent: str | None = None
+    host_workspace: str | None = None
+    """A host folder bound as /workspace instead of the session's own (`_workspace`); read-only unless
+    `workspace_writable`. Run as root, the sandbox then acts as the folder's owner (root-owned: read-only)."""
+    workspace_writable: bool = False
 
 
 def find_bwrap() -> str:
@@ -156,10 +161,20 @@ class BwrapSandbox(ClosesOnExit):
         self._as_root = os.geteuid() == 0
         self.host_uid = _UID_BASE + secrets.randbelow(_UID_SPAN) if self._as_root else os.geteuid()
         self.host_gid = self.host_uid if self._as_root else os.getegid()
+        self._user_dir: str | None = None
+        self._shared_uid = not self._as_root  # the host uid also runs processes outside the sandbox
+        if self.config.host_workspace is not None:
+            owner = workspace_owner(self.config.host_workspace, self.config.workspace_writable)
+            self._user_dir = os.path.realpath(self.config.host_workspace)
+            if owner is not None and self._as_root:
+                self.host_uid, self.host_gid = owner
+                self._shared_uid = True
+            check_reachable(self._user_dir, self.host_uid, self.host_gid)
 
     @property
     def host_workspace(self) -> str:
-        return check_started(self._host).workspace
+        host = check_started(self._host)
+        return self._user_dir or host.workspace
 
     @property
     def cgroup(self) -> Group | None:
@@ -173,13 +188,14 @@ class BwrapSandbox(ClosesOnExit):
                 host = await anyio.to_thread.run_sync(self._make_host)
             self._host = host
             owner = Owner(self.host_uid, self.host_gid) if self._as_root else None
-            self._tree = Tree(host.workspace, WORKSPACE, owner)
+            self._tree = Tree(self._user_dir or host.workspace, WORKSPACE, owner)
         return self
 
     def _make_host(self) -> HostRoot:
         reaper.ensure_background()  # sweeps leftovers of killed processes when a sweep is due
         cfg = self.config
-        quota = cfg.workspace_size_mb << 20 if cfg.workspace_size_mb else None
+        # a user's folder is bound over the workspace, so no quota tmpfs is made for it
+        quota = cfg.workspace_size_mb << 20 if cfg.workspace_size_mb and self._user_dir is None else None
         host = HostRoot.create(
             uid=self.host_uid, gid=self.host_gid, as_root=self._as_root, workspace_bytes=quota
         )
@@ -219,7 +235,7 @@ class BwrapSandbox(ClosesOnExit):
     def _argv(self, host: HostRoot, argv: list[str], cwd: str, env: dict[str, str]) -> list[str]:
         assert self._bwrap is not None
         cfg = self.config
-        nproc = cfg.pids if self._as_root else _count_processes(self.host_uid) + cfg.pids
+        nproc = _count_processes(self.host_uid) + cfg.pids if self._shared_uid else cfg.pids
         limits = ["prlimit", f"--cpu={cfg.cpu_seconds}", f"--fsize={cfg.file_size_mb << 20}",
                   f"--nproc={nproc}", "--core=0"]  # fmt: skip
         if host.group is None:
@@ -249,7 +265,11 @@ class BwrapSandbox(ClosesOnExit):
         if _supports(self._bwrap, "--size"):
             bw += ["--size", str(cfg.tmp_size_mb << 20)]
         bw += ["--tmpfs", "/tmp"]
-        bw += ["--bind", host.workspace, WORKSPACE, "--chdir", cwd]
+        if self._user_dir is not None:
+            bind = "--bind" if cfg.workspace_writable else "--ro-bind"
+            bw += [bind, self._user_dir, WORKSPACE, "--chdir", cwd]
+        else:
+            bw += ["--bind", host.workspace, WORKSPACE, "--chdir", cwd]
         # bwrap builds / as a tmpfs; freeze it so only /workspace and /tmp take writes
         bw += ["--remount-ro", "/"]
         bw += ["--clearenv"]
@@ -337,12 +357,18 @@ class BwrapSandbox(ClosesOnExit):
             functools.partial(tree.read, path, limit, partial=partial), abandon_on_cancel=True
         )
 
+    def _writable_files(self) -> Tree:
+        tree = self._files()
+        if self._user_dir is not None and not self.config.workspace_writable:
+            raise read_only_refusal(self._user_dir)
+        return tree
+
     async def write_file(self, path: str, data: str | bytes) -> None:
         raw = data.encode("utf-8") if isinstance(data, str) else data
-        await anyio.to_thread.run_sync(self._files().write, path, raw)
+        await anyio.to_thread.run_sync(self._writable_files().write, path, raw)
 
     async def upload(self, local: Path, remote: str) -> None:
-        await anyio.to_thread.run_sync(self._files().copy_in, Path(local), remote)
+        await anyio.to_thread.run_sync(self._writable_files().copy_in, Path(local), remote)
 
     async def download(self, remote: str, local: Path) -> None:
         await anyio.to_thread.run_sync(self._files().copy_out, remote, Path(local))

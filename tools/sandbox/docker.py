@@ -18,6 +18,7 @@ links cannot reach outside the destination.
 from __future__ import annotations
 
 import contextlib
+import os
 import posixpath
 import tarfile
 import tempfile
@@ -33,10 +34,12 @@ import anyio.lowlevel
 from . import _docker_exec, _proc
 from ._engine import docker_client
 from ._files import Tree
+from ._workspace import read_only_refusal, workspace_owner
 from .base import DEFAULT_READ_LIMIT, ClosesOnExit, ExecResult, FileTooLarge, SandboxError, SandboxUnavailable
 from .reaper import make_labels, maybe_reap
 
 DEFAULT_IMAGE = "agentkit-sandbox:latest"
+_DEFAULT_USER = "1000:1000"
 WORKSPACE = "/workspace"
 #: Largest tar stream a download may produce; spooled to a host temp file, never held in memory.
 _TRANSFER_LIMIT = 8 << 30
@@ -77,12 +80,16 @@ class DockerConfig:
     ttl: int = 3600
     workspace_size: str = "1g"
     tmp_size: str = "256m"
-    user: str = "1000:1000"
+    user: str = _DEFAULT_USER
     read_only: bool = True
     env: dict[str, str] = field(default_factory=dict)
     default_timeout: float = _proc.DEFAULT_TIMEOUT_S
     output_limit: int = _proc.DEFAULT_OUTPUT_LIMIT
     read_limit: int = DEFAULT_READ_LIMIT
+    host_workspace: str | None = None
+    """A host folder mounted as /workspace instead of a fresh tmpfs (`_workspace`); read-only unless
+    `workspace_writable`. The container then runs as the folder's owner (root-owned: read-only only)."""
+    workspace_writable: bool = False
 
     def key(self) -> str:
         """Stable identity of the container shape (the pool label)."""
@@ -107,6 +114,10 @@ def create_container(client: Any, cfg: DockerConfig, session: str, pool: str | N
     # the volume carries the labels too: a container removed without its volumes (by hand, or by
     # the engine's auto-remove) leaves a volume the reaper can still recognise as ours
     workspace = Mount(WORKSPACE, None, type="volume", driver_config=tmpfs_volume, labels=labels)
+    if cfg.host_workspace is not None:
+        workspace = Mount(
+            WORKSPACE, os.path.realpath(cfg.host_workspace), type="bind", read_only=not cfg.workspace_writable
+        )
     try:
         container = client.containers.create(
             cfg.image,
@@ -166,6 +177,10 @@ class DockerSandbox(ClosesOnExit):
 
     def __init__(self, config: DockerConfig | None = None, *, client: Any = None, **options: Any) -> None:
         self.config = replace(config or DockerConfig(), **options)
+        if self.config.host_workspace is not None:
+            owner = workspace_owner(self.config.host_workspace, self.config.workspace_writable)
+            if owner is not None and self.config.user == _DEFAULT_USER:
+                self.config = replace(self.config, user=f"{owner[0]}:{owner[1]}")
         self.session = uuid.uuid4().hex
         self._client = client
         self._container: Any = None
@@ -306,7 +321,12 @@ class DockerSandbox(ClosesOnExit):
             raise FileTooLarge(path, int(known) if known.isdigit() else len(raw.stdout), limit)
         return raw.stdout
 
+    def _check_writable(self) -> None:
+        if self.config.host_workspace is not None and not self.config.workspace_writable:
+            raise read_only_refusal(self.config.host_workspace)
+
     async def write_file(self, path: str, data: str | bytes) -> None:
+        self._check_writable()
         inner = self._inner(path)
         raw_data = data.encode("utf-8") if isinstance(data, str) else data
         raw = await self._file_op(_WRITE, inner, stdin=raw_data)
@@ -314,6 +334,7 @@ class DockerSandbox(ClosesOnExit):
             raise SandboxError(f"cannot write {path!r}: {self._why(raw)}")
 
     async def upload(self, local: Path, remote: str) -> None:
+        self._check_writable()
         inner = self._inner(remote)
         with tempfile.TemporaryFile() as spool:
             target = await anyio.to_thread.run_sync(_pack, Path(local), inner, spool)

@@ -3,6 +3,9 @@
 The chain is Docker (an engine answers and the image is there), then bubblewrap (and it can create
 namespaces here). It never falls through to the host: `LocalSandbox` runs only when named, because
 running an agent's commands unconfined must be a decision, not an accident of the environment.
+
+Falling back from Docker to bubblewrap is said once per process, at INFO: on a machine without Docker it
+is the expected path, not a problem, and a demo opening eight sandboxes must not say it eight times.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
-from .base import Sandbox, SandboxUnavailable
+from .base import Sandbox, SandboxError, SandboxUnavailable
 from .bubblewrap import BwrapConfig, BwrapSandbox
 from .docker import DockerConfig, DockerSandbox
 from .local import LocalSandbox
@@ -23,6 +26,21 @@ _BACKENDS = ("auto", "docker", "bwrap", "local")
 _DOCKER_FIELDS = set(DockerConfig.__dataclass_fields__) | {"client", "memory_mb"}
 _BWRAP_FIELDS = set(BwrapConfig.__dataclass_fields__)
 _LOCAL_FIELDS = {"default_timeout", "output_limit", "env", "workspace_parent", "read_limit", "workspace"}
+_noted_fallback: list[str] = []
+"""The fallback reason already said in this process (at most one entry)."""
+
+
+def _note_fallback(reason: str) -> None:
+    """Say once per process that "auto" chose bubblewrap, why, and how to choose explicitly."""
+    if _noted_fallback:
+        log.debug("sandbox: using bubblewrap again (%s)", reason)
+        return
+    _noted_fallback.append(reason)
+    log.info(
+        "sandbox: using bubblewrap, not Docker (%s). To use Docker, start its engine; "
+        "to skip this check, ask for the bwrap backend (--sandbox bwrap).",
+        reason.removeprefix("docker: "),
+    )
 
 
 def _check_options(backend: str, options: dict[str, Any], allowed: set[str]) -> None:
@@ -65,8 +83,17 @@ async def open_sandbox(
             raise TypeError(f"options {sorted(options)} conflict with pool: configure the pool instead")
         return await pool.acquire()
     if backend == "local":
-        _check_options("local", options, _LOCAL_FIELDS)
-        return LocalSandbox(**options)
+        _check_options("local", options, _LOCAL_FIELDS | {"host_workspace", "workspace_writable"})
+        opts = dict(options)
+        folder, writable = opts.pop("host_workspace", None), bool(opts.pop("workspace_writable", False))
+        if folder is not None:
+            if not writable:
+                raise SandboxError(
+                    "the local backend cannot mount a folder read-only (its commands run on the host, "
+                    "unconfined); use docker or bwrap, or allow writes (workspace_writable=True)"
+                )
+            opts["workspace"] = folder
+        return LocalSandbox(**opts)
     if backend == "docker":
         return await _docker(options).start()
     if backend == "bwrap":
@@ -85,7 +112,7 @@ async def open_sandbox(
     try:
         if not bwrap_opts:
             sb = await _bwrap(options).start()
-            log.warning("sandbox: Docker unavailable, using bubblewrap instead (%s)", reasons[-1])
+            _note_fallback(reasons[-1])
             return sb
         reasons.append(f"bwrap: does not take option(s) {sorted(bwrap_opts)}")
     except SandboxUnavailable as e:
