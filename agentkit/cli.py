@@ -1,4 +1,4 @@
-"""The `agentkit` command: `demo`, `run "<task>"`, `sandbox gc`.
+"""The `agentkit` command: `demo`, `run "<task>"`, `sandbox gc`, `serve`.
 
 Argument parsing and dispatch only: what `demo` and `run` do is `agentkit.demo`, imported when one of them
 is asked for, and the terminal view of a run is `agentkit.terminal` (re-exported here, where the examples
@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     gc.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
     gc.add_argument("--no-docker", action="store_true", help="leave the Docker engine alone")
     gc.add_argument("--no-bwrap", action="store_true", help="leave bubblewrap leftovers alone")
+    from agentkit.serve.command import add_serve_parser
+
+    add_serve_parser(sub)
     return p
 
 
@@ -75,6 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(highlight=False)
     if args.command == "sandbox":
         return _sandbox_gc(console, args)
+    if args.command == "serve":
+        from agentkit.serve.command import run_serve
+
+        return run_serve(args)
     from agentkit import demo
 
     if args.command == "demo":
