@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint_layout import CONFIG_NAME, INDEX_NAME, SINGLE_NAME, CheckpointError, few, tensor_specs
+from .checkpoint_manifest import AUTO_VERIFY_BYTES, check_files, read_manifest
 from .config import ConfigError, ModelConfig
 from .safetensors_io import HeaderEntry, SafetensorsFormatError, read_header
 
@@ -104,9 +105,15 @@ def validate_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, str]]:
 
 
 def load_checkpoint(
-    path: str | Path, *, device: str | torch.device = "cpu"
+    path: str | Path, *, device: str | torch.device = "cpu", verify: bool | None = None
 ) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """(config, name -> tensor) in stored precision, after checking every name, dtype and shape."""
+    """(config, name -> tensor) in stored precision, after checking every name, dtype and shape.
+
+    With a `SHA256SUMS` manifest in the folder, each file is checked against it as it is read: always
+    for `verify=True`, never for False, and by default when the checkpoint is small enough to hash
+    cheaply (`AUTO_VERIFY_BYTES`: agentkit-tiny takes milliseconds; a 300 GB V4 would take minutes, so
+    it is checked on request, or by `agentkit verify`). A mismatch is a CheckpointError naming the file.
+    """
     from safetensors import SafetensorError, safe_open
 
     config, weight_map = validate_checkpoint(path)
@@ -114,8 +121,18 @@ def load_checkpoint(
     by_file: dict[str, list[str]] = {}
     for name, fname in weight_map.items():
         by_file.setdefault(fname, []).append(name)
+    manifest = read_manifest(root) if verify is not False else None
+    if verify and manifest is None:
+        raise CheckpointError(f"{root}: verify=True, but the folder has no SHA256SUMS to check against")
+    if manifest and verify is None:
+        size = sum((root / f).stat().st_size for f in by_file)
+        manifest = manifest if size <= AUTO_VERIFY_BYTES else None
+    if manifest:
+        check_files(root, [n for n in (CONFIG_NAME, INDEX_NAME) if (root / n).is_file()], manifest)
     out: dict[str, torch.Tensor] = {}
     for fname, names in sorted(by_file.items()):
+        if manifest:
+            check_files(root, [fname], manifest)  # lazily, shard by shard, just before it is read
         try:
             with safe_open(str(root / fname), framework="pt", device=str(torch.device(device))) as f:
                 for name in names:

@@ -24,6 +24,7 @@ from .checkpoint_layout import (
     stored_specs,
     tensor_specs,
 )
+from .checkpoint_manifest import write_manifest
 from .config import ModelConfig
 from .quant import E8M0_DTYPE, FP8_DTYPE, quant_fp4, quant_fp8
 from .random_weights import random_tensors
@@ -88,6 +89,7 @@ def _write_checkpoint(
     index = {"metadata": {"total_size": sum(s.nbytes for s in specs)}, "weight_map": weight_map}
     (out / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     (out / CONFIG_NAME).write_text(json.dumps(config_json(config), indent=2) + "\n", encoding="utf-8")
+    write_manifest(out)  # SHA256SUMS: the loader and `agentkit verify` check the files against it
     return out
 
 

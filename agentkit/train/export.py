@@ -2,7 +2,8 @@
 
 The directory is the same shape as a published V4 checkpoint: safetensors shards + index + HF
 `config.json` written by the runtime's `save_checkpoint`, and `tokenizer.json` +
-`tokenizer_config.json` next to them, so the runtime loads the tiny model and a real V4 the same way.
+`tokenizer_config.json` next to them, so the runtime loads the tiny model and a real V4 the same way;
+a `SHA256SUMS` manifest of all of them lets the loader and `agentkit verify` catch a changed byte.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 
 from agentkit.runtime.checkpoint import load_checkpoint, save_checkpoint
+from agentkit.runtime.checkpoint_manifest import write_manifest
 from agentkit.runtime.model import V4Model
 from agentkit.train.bpe import BPETokenizer
 
@@ -38,6 +40,7 @@ def save_model(
     else:
         save_checkpoint(model.config, tensors, out, max_shard_bytes=max_shard_bytes)
     tokenizer.save(out)
+    write_manifest(out)  # again, now with the tokenizer files: SHA256SUMS covers what the model is made of
     if meta is not None:
         (out / "training.json").write_text(json.dumps(meta, indent=1, default=str) + "\n", encoding="utf-8")
     return out
