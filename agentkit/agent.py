@@ -32,6 +32,7 @@ from agentkit.store import RunStore, open_store
 
 if TYPE_CHECKING:
     from agentkit.runtime.engine import Engine
+    from agentkit.tools.tool import Tool
 
 DepsT = TypeVar("DepsT")
 OutputT = TypeVar("OutputT")
@@ -209,6 +210,14 @@ class Agent(Generic[DepsT, OutputT]):
             share(state.run_id, ids)
         return branches
 
+    def as_tool(self, name: str, description: str, **options: Any) -> Tool:
+        """This agent as a tool another agent calls with a subtask: a sub-agent with its own instructions,
+        tools, sandbox and limits, its usage added to the caller's, its approvals surfaced through the
+        caller's run state. Options: `agentkit.subagent.subagent_tool`."""
+        from agentkit.subagent import subagent_tool
+
+        return subagent_tool(self, name, description, **options)
+
     # -- running ----------------------------------------------------------------------------------
 
     def _prepare(
@@ -330,7 +339,10 @@ class Agent(Generic[DepsT, OutputT]):
                     if st.status == "paused":
                         st.status = "running"
                         await loop.resolve_pending(approvals or {})
-                    await loop.run()
+                    if st.pending:  # a sub-agent call's child paused again, on approvals of its own
+                        st.status = "paused"
+                    else:
+                        await loop.run()
                 tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             if len(group.exceptions) == 1:

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 Approver = Callable[[ToolCall], "bool | str | Awaitable[bool | str]"]
 
+# Where a sub-agent tool (agentkit.subagent) finds the `ToolRunner` of the run that called it.
+CALLER_KEY = "agentkit.caller"
+
 REPEAT_NOTE = (
     "\n\n[agentkit] This exact call has now failed {count} times with the same arguments. Do not repeat "
     "it unchanged: fix the arguments or try a different approach."
@@ -70,6 +73,11 @@ class ToolRunner:
         # finished, and the calls it had started, by "index:signature"
         self.carried: dict[str, BlockResult] = {}
         self.in_flight: set[str] = set()
+        # sub-agent calls (agentkit.subagent), by call id: a child that paused on approvals hands its
+        # state back in `suspended`; a resumed one finds its state and decisions in `resuming`
+        self.suspended: dict[str, RunState] = {}
+        self.resuming: dict[str, tuple[RunState, dict[str, bool | str]]] = {}
+        ctx.extra[CALLER_KEY] = self
 
     def calls_this_run(self) -> int:
         return self.state.usage.tool_calls - int(self.state.baseline.get("tool_calls", 0))
@@ -104,8 +112,47 @@ class ToolRunner:
                 is_error, kind = True, "validation"
             else:
                 outcome = await tool.invoke(call.arguments, self.ctx, tool_call_id=call.id)
+                if self.suspend(index, call):
+                    return
                 content, is_error, kind = outcome.content, outcome.is_error, outcome.error_kind
         self.finish(index, call, content, is_error, kind, time.monotonic() - t0)
+
+    def suspend(self, index: int, call: ToolCall) -> bool:
+        """True if `call` started a sub-agent that paused on approvals: the call then waits as pending,
+        holding the child's state, and the child's calls are announced under "<call id>/<child call id>"."""
+        child = self.suspended.pop(call.id, None)
+        if child is None:
+            return False
+        st = self.state
+        st.children[index] = child
+        st.pending.append(index)
+        for c in child.pending_calls:
+            nested = ToolCall(f"{call.id}/{c.id}", c.name, dict(c.arguments), c.raw_arguments)
+            self.emit_soon(ev.ApprovalRequired(st.step, nested))
+        self.on_result()
+        return True
+
+    async def resume_child(self, index: int, call: ToolCall, approvals: dict[str, bool | str]) -> None:
+        """Continue a sub-agent call whose child paused, with the decisions addressed to it."""
+        from agentkit.tools.tool import ToolOutcome
+
+        prefix = call.id + "/"
+        child = self.state.children.pop(index)
+        decisions = {k[len(prefix) :]: v for k, v in approvals.items() if k.startswith(prefix)}
+        tool = self.tools.get(call.name)
+        if tool is None:  # the resuming agent lacks the sub-agent tool the paused run used
+            out = ToolOutcome.unknown_tool(call.name, self.tools)
+            self.finish(index, call, out.content, True, out.error_kind)
+            return
+        t0 = time.monotonic()
+        self.resuming[call.id] = (child, decisions)
+        try:
+            outcome = await tool.invoke(call.arguments, self.ctx, tool_call_id=call.id)
+        finally:
+            self.resuming.pop(call.id, None)
+        if not self.suspend(index, call):
+            duration = time.monotonic() - t0
+            self.finish(index, call, outcome.content, outcome.is_error, outcome.error_kind, duration)
 
     def deny(self, index: int, call: ToolCall, decision: bool | str) -> None:
         from agentkit.tools.tool import ToolOutcome
@@ -182,9 +229,12 @@ class ToolRunner:
         between leaves a run that knows exactly which calls were approved and may have run.
         """
         st = self.state
-        approved = []
+        approved, children = [], []
         for index in list(st.pending):
             call = st.block[index]
+            if index in st.children:
+                children.append(index)
+                continue
             decision = approvals[call.id]
             if decision is True:
                 approved.append(index)
@@ -197,6 +247,8 @@ class ToolRunner:
             for index in approved:
                 st.usage.tool_calls += 1
                 tg.start_soon(self.execute, index, st.block[index])
+            for index in children:
+                tg.start_soon(self.resume_child, index, st.block[index], approvals)
 
     async def settle(self) -> None:
         """After a crash: every call of the block without a result and not awaiting approval was running

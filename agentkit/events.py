@@ -108,6 +108,21 @@ class ErrorEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class SubAgentEvent:
+    """An event of a sub-agent's run (`Agent.as_tool`), passed up through the call that started it.
+
+    `call_id` is the parent's tool call; `agent` the sub-agent tool's name; `event` the child's own event
+    (its `RunEnd.result` carries the child's `RunResult`, usage included). Nested sub-agents nest.
+    """
+
+    step: int
+    call_id: str
+    agent: str
+    event: Event
+    kind: Literal["subagent"] = "subagent"
+
+
+@dataclass(frozen=True, slots=True)
 class RunEnd:
     status: str
     output: str | None
@@ -127,6 +142,7 @@ Event = (
     | UsageUpdate
     | StepEnd
     | ErrorEvent
+    | SubAgentEvent
     | RunEnd
 )
 
@@ -138,6 +154,7 @@ __all__ = [
     "RunEnd",
     "StepEnd",
     "StepStart",
+    "SubAgentEvent",
     "TextDelta",
     "ToolCallArgDelta",
     "ToolCallEnd",

@@ -106,6 +106,9 @@ class RunState:
     block: list[ToolCall] = field(default_factory=list)
     block_results: dict[int, BlockResult] = field(default_factory=dict)
     pending: list[int] = field(default_factory=list)
+    # block index -> the paused run of a sub-agent that call started (`Agent.as_tool`): the call waits on
+    # its child's approvals, which surface here with ids "<call id>/<child's call id>"
+    children: dict[int, RunState] = field(default_factory=dict)
     tool_failures: dict[str, int] = field(default_factory=dict)
     failing_calls: dict[str, int] = field(default_factory=dict)
     output_retries_used: int = 0
@@ -125,7 +128,18 @@ class RunState:
 
     @property
     def pending_calls(self) -> list[ToolCall]:
-        return [self.block[i] for i in self.pending]
+        """The calls awaiting a decision: this run's own, and its paused sub-agents' under the id
+        "<call id>/<child's call id>" (nested children nest further), so one `approvals=` dict reaches all."""
+        out: list[ToolCall] = []
+        for i in self.pending:
+            child = self.children.get(i)
+            if child is None:
+                out.append(self.block[i])
+                continue
+            parent_id = self.block[i].id
+            for c in child.pending_calls:
+                out.append(ToolCall(f"{parent_id}/{c.id}", c.name, dict(c.arguments), c.raw_arguments))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -155,6 +169,7 @@ class RunState:
                 str(i): [r.content, r.is_error, r.error_kind] for i, r in self.block_results.items()
             },
             "pending": list(self.pending),
+            "children": {str(i): child.to_dict() for i, child in self.children.items()},
             "tool_failures": dict(self.tool_failures),
             "failing_calls": dict(self.failing_calls),
             "output_retries_used": self.output_retries_used,
@@ -200,6 +215,7 @@ class RunState:
                     for i, r in data.get("block_results", {}).items()
                 },
                 pending=[int(i) for i in data.get("pending", [])],
+                children={int(i): RunState.from_dict(c) for i, c in data.get("children", {}).items()},
                 tool_failures={str(k): int(v) for k, v in data.get("tool_failures", {}).items()},
                 failing_calls={str(k): int(v) for k, v in data.get("failing_calls", {}).items()},
                 output_retries_used=int(data.get("output_retries_used", 0)),

@@ -14,6 +14,7 @@ from .checkpoint_layout import CheckpointError
 from .checkpoint_read import shipped_checkpoint
 from .config import ConfigError, ModelConfig
 from .model import V4Model
+from .parallel import Parallel, read_local_tensors, shard_tensors
 from .random_weights import random_tensors
 
 __all__ = ["load_model"]
@@ -25,31 +26,39 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     random_seed: int | None = None,
+    parallel: Parallel | None = None,
 ) -> V4Model:
     """A ready `V4Model` from a checkpoint directory or a preset name.
 
     A preset name loads its shipped checkpoint when the package has one; otherwise, only if `random_seed` is
     given, a model with random weights in the preset's storage format (benchmarks, tests). Nothing random
-    is ever returned silently.
+    is ever returned silently. With `parallel` the model is this rank's part of a tensor + expert parallel
+    group (runtime/parallel.py), and a checkpoint is read only for this rank's slices.
     """
     p = Path(source)
-    if p.is_dir():
-        return V4Model.from_checkpoint(str(p), dtype=dtype, device=device)
     name = str(source)
-    shipped = shipped_checkpoint(name)
-    if shipped is not None:
-        return V4Model.from_checkpoint(str(shipped), dtype=dtype, device=device)
+    root = p if p.is_dir() else shipped_checkpoint(name)
+    if root is not None:
+        if parallel is None:
+            return V4Model.from_checkpoint(str(root), dtype=dtype, device=device)
+        config, tensors = read_local_tensors(root, parallel, device=device or "cpu")
+        model = V4Model(config, dtype=dtype, device=device, parallel=parallel)
+        model.load_weights(tensors)
+        return model
     try:
         config = ModelConfig.preset(name)
     except ConfigError:
         raise CheckpointError(f"{source!r} is neither a checkpoint directory nor a preset name") from None
     if random_seed is None:
         raise CheckpointError(f"no shipped weights for preset {name!r}; pass random_seed= for random weights")
-    model = V4Model(config, dtype=dtype, device=device)
+    model = V4Model(config, dtype=dtype, device=device, parallel=parallel)
     if config.weight_format == "quantized":
         # the layouts benchmarks load: a random checkpoint's values, generated on the target device
         dev = torch.device(device or "cpu")
-        model.load_weights(dict(random_tensors(config, random_seed, device=dev)))
+        tensors = random_tensors(config, random_seed, device=dev)
+        if parallel is not None:
+            tensors = shard_tensors(config, tensors, parallel)
+        model.load_weights(dict(tensors))
     else:
         model.init_random_(random_seed)
     return model

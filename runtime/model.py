@@ -31,6 +31,7 @@ from agentkit.runtime.layers.lowp import Linear, StorageFormat
 from agentkit.runtime.layers.mhc import hc_head, hc_post, hc_pre
 from agentkit.runtime.layers.moe import MoE
 from agentkit.runtime.layers.norms import RMSNorm
+from agentkit.runtime.parallel import Parallel, VocabEmbedding, check_config, shard_tensors
 from agentkit.runtime.random_weights import random_init_tensors
 from agentkit.runtime.state import LayerState, SequenceState, StateError, config_key, fresh_layer
 from torch import nn
@@ -55,7 +56,9 @@ class ForwardOutput:
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig, layer: int, dtype: torch.dtype) -> None:
+    def __init__(
+        self, config: ModelConfig, layer: int, dtype: torch.dtype, parallel: Parallel | None = None
+    ) -> None:
         super().__init__()
         self.cfg = config
         q = config.weight_format == "quantized"
@@ -75,8 +78,8 @@ class Block(nn.Module):
         self.hc_ffn_scale = nn.Parameter(torch.ones(3, dtype=torch.float32))
         self.attn_norm = RMSNorm(config.dim, config.norm_eps, ndtype)
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps, ndtype)
-        self.attn = Attention(config, layer, fmt, wdtype, ndtype)
-        self.ffn = MoE(config, layer, fmt, efmt, wdtype, wdtype)
+        self.attn = Attention(config, layer, fmt, wdtype, ndtype, parallel)
+        self.ffn = MoE(config, layer, fmt, efmt, wdtype, wdtype, parallel)
 
     def forward(
         self, x: torch.Tensor, positions: torch.Tensor, token_ids: torch.Tensor, seqs: list[SeqSlice]
@@ -116,8 +119,10 @@ class Block(nn.Module):
 class MTPBlock(Block):
     """Multi-token prediction block (spec §8): window-only, non-hash, own input mixing and head."""
 
-    def __init__(self, config: ModelConfig, layer: int, dtype: torch.dtype) -> None:
-        super().__init__(config, layer, dtype)
+    def __init__(
+        self, config: ModelConfig, layer: int, dtype: torch.dtype, parallel: Parallel | None = None
+    ) -> None:
+        super().__init__(config, layer, dtype, parallel)
         q = config.weight_format == "quantized"
         fmt: StorageFormat = "fp8" if q and config.dtype == "fp8" else "float"
         wdtype = torch.bfloat16 if q else dtype
@@ -134,31 +139,45 @@ class MTPBlock(Block):
 
 
 class V4Model(nn.Module):
-    """DeepSeek-V4 model. `dtype` = activation/compute dtype (and parameter dtype of float weights)."""
+    """DeepSeek-V4 model. `dtype` = activation/compute dtype (and parameter dtype of float weights).
+
+    With `parallel` (runtime/parallel.py) this process is one rank of a tensor + expert parallel group: it
+    holds its slices of the split weights and runs the same code on the same tokens as the other ranks,
+    which must all call `extend` together (inference only)."""
 
     def __init__(
         self,
         config: ModelConfig,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
+        *,
+        parallel: Parallel | None = None,
     ):
         super().__init__()
         self.config = config
         self.dtype = dtype
+        self.parallel = parallel
+        if parallel is not None:
+            check_config(config, parallel.world)
         q = config.weight_format == "quantized"
         wdtype = torch.bfloat16 if q else dtype
+        vocab = config.vocab_size if parallel is None else parallel.local(config.vocab_size)
         with torch.device(device or "cpu"):
-            self.embed = nn.Embedding(config.vocab_size, config.dim, dtype=wdtype)
-            self.layers = nn.ModuleList(Block(config, i, dtype) for i in range(config.n_layers))
+            self.embed: nn.Module = (
+                nn.Embedding(config.vocab_size, config.dim, dtype=wdtype)
+                if parallel is None
+                else VocabEmbedding(config.vocab_size, config.dim, wdtype, parallel)
+            )
+            self.layers = nn.ModuleList(Block(config, i, dtype, parallel) for i in range(config.n_layers))
             self.norm = RMSNorm(config.dim, config.norm_eps, wdtype)
-            self.head = Linear(config.dim, config.vocab_size, "float", wdtype)
+            self.head = Linear(config.dim, vocab, "float", wdtype)
             self.hc_head_fn = nn.Parameter(
                 torch.zeros(config.hc_mult, config.hc_mult * config.dim, dtype=torch.float32)
             )
             self.hc_head_base = nn.Parameter(torch.zeros(config.hc_mult, dtype=torch.float32))
             self.hc_head_scale = nn.Parameter(torch.ones(1, dtype=torch.float32))
             self.mtp = nn.ModuleList(
-                MTPBlock(config, config.n_layers + i, dtype) for i in range(config.n_mtp_layers)
+                MTPBlock(config, config.n_layers + i, dtype, parallel) for i in range(config.n_mtp_layers)
             )
         for m in self.modules():  # the reference rounds activations before every FP8 / FP4 GEMM
             if isinstance(m, Linear) and m.fmt != "float":
@@ -177,7 +196,10 @@ class V4Model(nn.Module):
         every term. Drawn on the CPU from per-(seed, tensor name) streams, so the values do not depend on the
         device; float-format weights are drawn as fp32 (not rounded to the checkpoint's bf16).
         """
-        self.load_weights(dict(random_init_tensors(self.config, seed)))
+        tensors = random_init_tensors(self.config, seed)
+        if self.parallel is not None:  # this rank's slices of the same draws
+            tensors = shard_tensors(self.config, tensors, self.parallel)
+        self.load_weights(dict(tensors))
         return self
 
     # ------------------------------------------------------------------ weights
@@ -242,6 +264,8 @@ class V4Model(nn.Module):
         """Slab-backed states (`decoder.new_state()`) for up to `max_batch` sequences of up to `max_len`
         tokens. From then on `extend` runs one-token steps of such states as the decoder's fixed-shape step
         (CUDA graphs on a GPU, see runtime/decode.py); everything else stays on the general path."""
+        if self.parallel is not None:
+            raise ModelInputError("the static decoder does not run tensor parallel yet")
         self._decoder = StaticDecoder(
             self, max_batch=max_batch, max_len=max_len, graphs=graphs, compile=compile
         )
@@ -338,8 +362,12 @@ class V4Model(nn.Module):
             # bf16 x bf16 products are exact in fp32: one GEMM with fp32 output equals the fp32 product of
             # the same values, without copying the [vocab, dim] head to fp32 at every step
             flat = u.reshape(-1, u.shape[-1])
-            return torch.mm(flat, w.t(), out_dtype=torch.float32).view(*u.shape[:-1], -1)
-        return F.linear(u.float(), self.head.dense(torch.float32))
+            logits = torch.mm(flat, w.t(), out_dtype=torch.float32).view(*u.shape[:-1], -1)
+        else:
+            logits = F.linear(u.float(), self.head.dense(torch.float32))
+        if self.parallel is not None:  # the head is split by vocabulary: every rank gets all logits
+            logits = self.parallel.all_gather(logits, -1)
+        return logits
 
     def extend(
         self,
@@ -404,6 +432,8 @@ class V4Model(nn.Module):
         """
         if input_ids.dim() != 2:
             raise ModelInputError(f"input_ids must be [B, S], got shape {tuple(input_ids.shape)}")
+        if self.parallel is not None:
+            raise ModelInputError("a tensor-parallel model runs inference only (extend)")
         b, s = input_ids.shape
         states = [self.new_state() for _ in range(b)]
         chunks = list(input_ids.unbind(0))

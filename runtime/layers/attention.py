@@ -26,6 +26,7 @@ from agentkit.runtime.layers.compressor import Compressor
 from agentkit.runtime.layers.lowp import Linear, StorageFormat, fp4_roundtrip, fp8_kv_roundtrip, hadamard
 from agentkit.runtime.layers.norms import RMSNorm, rms_unweighted
 from agentkit.runtime.layers.rope import apply_rope, rope_frequencies
+from agentkit.runtime.parallel import Parallel
 from agentkit.runtime.state import LayerState
 from torch import nn
 
@@ -112,11 +113,19 @@ class Indexer(nn.Module):
     """Lightning Indexer (spec §4.6): its own ratio-4 compressor at index_head_dim, scores, top-k."""
 
     def __init__(
-        self, config: ModelConfig, fmt: StorageFormat, dtype: torch.dtype, norm_dtype: torch.dtype
+        self,
+        config: ModelConfig,
+        fmt: StorageFormat,
+        dtype: torch.dtype,
+        norm_dtype: torch.dtype,
+        parallel: Parallel | None = None,
     ) -> None:
         super().__init__()
         self.cfg = config
-        self.n_heads, self.head_dim = config.index_n_heads, config.index_head_dim
+        # tensor parallel: this rank's heads only; the head-weight scale stays that of all heads
+        n = config.index_n_heads if parallel is None else parallel.local(config.index_n_heads)
+        self.n_heads, self.head_dim = n, config.index_head_dim
+        self.weight_scale = self.head_dim**-0.5 * config.index_n_heads**-0.5
         self.wq_b = Linear(config.q_lora_rank, self.n_heads * self.head_dim, fmt, dtype)
         self.weights_proj = Linear(config.dim, self.n_heads, "float", dtype)
         self.compressor = Compressor(config.dim, self.head_dim, 4, config.norm_eps, dtype, norm_dtype)
@@ -133,18 +142,29 @@ class Indexer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         q = self.wq_b(qr).view(qr.shape[0], self.n_heads, self.head_dim)
         q = self.rotate_quant(apply_rope(q, positions, freqs))
-        w = self.weights_proj(x).float() * (self.head_dim**-0.5 * self.n_heads**-0.5)
+        w = self.weights_proj(x).float() * self.weight_scale
         return q, w
 
 
 class Attention(nn.Module):
     def __init__(
-        self, config: ModelConfig, layer: int, fmt: StorageFormat, dtype: torch.dtype, norm_dtype: torch.dtype
+        self,
+        config: ModelConfig,
+        layer: int,
+        fmt: StorageFormat,
+        dtype: torch.dtype,
+        norm_dtype: torch.dtype,
+        parallel: Parallel | None = None,
     ) -> None:
         super().__init__()
         self.cfg = config
+        self.parallel = parallel
         self.ratio = config.ratio(layer)
-        h, d = config.n_heads, config.head_dim
+        # tensor parallel (runtime/parallel.py): this rank's heads and their whole output groups
+        h, g = config.n_heads, config.o_groups
+        if parallel is not None:
+            h, g = parallel.local(h, "n_heads"), parallel.local(g, "o_groups")
+        d = config.head_dim
         self.n_heads, self.head_dim, self.rope_dim = h, d, config.rope_head_dim
         self.window = config.window_size
         self.wq_a = Linear(config.dim, config.q_lora_rank, fmt, dtype)
@@ -152,16 +172,16 @@ class Attention(nn.Module):
         self.wq_b = Linear(config.q_lora_rank, h * d, fmt, dtype)
         self.wkv = Linear(config.dim, d, fmt, dtype)
         self.kv_norm = RMSNorm(d, config.norm_eps, norm_dtype)
-        self.o_groups, self.o_rank = config.o_groups, config.o_lora_rank
-        self.wo_a = Linear(h * d // config.o_groups, config.o_groups * config.o_lora_rank, fmt, dtype)
-        self.wo_b = Linear(config.o_groups * config.o_lora_rank, config.dim, fmt, dtype)
+        self.o_groups, self.o_rank = g, config.o_lora_rank
+        self.wo_a = Linear(h * d // g, g * config.o_lora_rank, fmt, dtype)
+        self.wo_b = Linear(g * config.o_lora_rank, config.dim, fmt, dtype)
         self.attn_sink = nn.Parameter(torch.zeros(h, dtype=torch.float32))
         self.compressor: Compressor | None = None
         self.indexer: Indexer | None = None
         if self.ratio:
             self.compressor = Compressor(config.dim, d, self.ratio, config.norm_eps, dtype, norm_dtype)
         if self.ratio == 4:
-            self.indexer = Indexer(config, fmt, dtype, norm_dtype)
+            self.indexer = Indexer(config, fmt, dtype, norm_dtype, parallel)
         self.freqs: torch.Tensor
         self.register_buffer("freqs", rope_frequencies(config, self.ratio > 0), persistent=False)
 
@@ -286,6 +306,8 @@ class Attention(nn.Module):
         g = self.o_groups
         wa = self.wo_a.dense(o.dtype).view(g, self.o_rank, -1)
         u = torch.bmm(o.reshape(t, g, -1).transpose(0, 1), wa.transpose(1, 2)).transpose(0, 1).reshape(t, -1)
+        if self.parallel is not None:  # row-parallel wo_b: this rank's groups give a partial sum
+            return self.parallel.all_reduce(self.wo_b(u))
         return self.wo_b(u)
 
     def _forward_batched(
@@ -471,4 +493,6 @@ class Attention(nn.Module):
             else:
                 scores = (F.relu(_scores(iq.float(), idx_keys.float())) * iw.float().unsqueeze(-1)).sum(1)
                 scores = scores.masked_fill(~visible, float("-inf"))
+            if self.parallel is not None:  # each rank summed its heads: the score is the sum over ranks
+                scores = self.parallel.all_reduce(scores)
             return stable_topk(scores, min(self.cfg.index_topk, idx_keys.shape[0]))

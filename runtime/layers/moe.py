@@ -14,6 +14,7 @@ from agentkit.runtime.config import ModelConfig
 from agentkit.runtime.kernels import enabled as kernels_enabled
 from agentkit.runtime.kernels import moe as moe_kernel
 from agentkit.runtime.layers.lowp import Linear, StorageFormat
+from agentkit.runtime.parallel import Parallel
 from torch import nn
 
 
@@ -70,6 +71,25 @@ class Gate(nn.Module):
         return w / w.sum(dim=-1, keepdim=True) * self.route_scale, idx
 
 
+class ExpertShard(nn.Module):
+    """The routed experts one rank holds under expert parallelism, registered under their global index
+    (so parameter names stay the checkpoint's `experts.{e}.w1.weight`) and indexed by it."""
+
+    def __init__(self, experts: dict[int, Expert]) -> None:
+        super().__init__()
+        for e, m in experts.items():
+            self.add_module(str(e), m)
+
+    def __getitem__(self, e: int) -> nn.Module:
+        return self._modules[str(e)]  # type: ignore[return-value]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._modules.values())
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+
 class MoE(nn.Module):
     def __init__(
         self,
@@ -79,14 +99,25 @@ class MoE(nn.Module):
         expert_fmt: StorageFormat,
         dtype: torch.dtype,
         gate_dtype: torch.dtype,
+        parallel: Parallel | None = None,
     ) -> None:
         super().__init__()
         self.n_experts = config.n_routed_experts
+        self.parallel = parallel
         self.gate = Gate(config, config.is_hash_layer(layer), gate_dtype)
         lim = config.swiglu_limit
-        self.experts = nn.ModuleList(
-            Expert(config.dim, config.moe_inter_dim, expert_fmt, dtype, lim) for _ in range(self.n_experts)
-        )
+
+        def expert() -> Expert:
+            return Expert(config.dim, config.moe_inter_dim, expert_fmt, dtype, lim)
+
+        # expert parallel (runtime/parallel.py): this rank's contiguous range of experts
+        self.local_experts = range(self.n_experts)
+        self.experts: nn.ModuleList | ExpertShard
+        if parallel is None:
+            self.experts = nn.ModuleList(expert() for _ in range(self.n_experts))
+        else:
+            self.local_experts = range(*parallel.part(self.n_experts, "n_routed_experts"))
+            self.experts = ExpertShard({e: expert() for e in self.local_experts})
         self.shared_experts = Expert(config.dim, config.moe_inter_dim, fmt, dtype, lim)
         self._stack: dict[str, torch.Tensor] = {}
         self._stack_key: tuple[int, ...] = ()
@@ -128,6 +159,8 @@ class MoE(nn.Module):
         weights, idx = self.gate(x, token_ids)
         if moe_kernel.supported(x) and kernels_enabled() and x.dtype in (torch.float32, torch.bfloat16):
             routed = self.fused(x, weights, idx)
+            if self.parallel is not None:
+                routed = self.parallel.all_reduce(routed)
             return (routed + self.shared_experts(x).float()).to(x.dtype)
         out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
         # Group (token, slot) pairs by expert with one device->host copy (a decode step has only T*k pairs).
@@ -139,18 +172,31 @@ class MoE(nn.Module):
         for e, c in torch.stack((experts, counts)).t().tolist():
             pairs = order[start : start + c]
             start += c
+            if e not in self.local_experts:  # another rank's expert (expert parallel)
+                continue
             tok = pairs // k
             y = self.experts[e](x[tok], weights.flatten()[pairs])
             out = out.index_add(0, tok, y.float())
+        if self.parallel is not None:  # each rank summed its experts' terms: combine them
+            out = self.parallel.all_reduce(out)
         out = out + self.shared_experts(x).float()
         return out.to(x.dtype)
 
     def fused(self, x: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """The routed experts' weighted sum [T, D] fp32 through the fused kernel (no host sync)."""
+        """The routed experts' weighted sum [T, D] fp32 through the fused kernel (no host sync); under
+        expert parallelism, this rank's experts' part of it."""
         st = self.stacked()
-        first = self.experts[0]
+        first = next(iter(self.experts))
         assert isinstance(first, Expert)
         scales = (st["s1"], st["s3"], st["s2"]) if "s1" in st else None
+        if self.parallel is not None:
+            # Expert parallel: the stacked weights are this rank's experts only. Other ranks' (token, slot)
+            # pairs go to local expert 0 with routing weight 0, an exact zero term (SwiGLU is finite), so
+            # the kernel and its summation order stay as they are; the cost is computing those zeros.
+            lo = self.local_experts.start
+            mine = (idx >= lo) & (idx < self.local_experts.stop)
+            idx = torch.where(mine, idx - lo, 0)
+            weights = torch.where(mine, weights, 0.0)
         return moe_kernel.fused_moe(
             x, weights, idx, (st["w1"], st["w3"], st["w2"]), scales, first.w1.fmt,
             act_quant=first.w1.act_quant, limit=first.limit,

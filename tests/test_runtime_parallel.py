@@ -1,0 +1,260 @@
+"""Tensor + expert parallel runtime (runtime/parallel.py): 2 gloo processes == the single-process run.
+
+Random checkpoints in the real layout (bf16 float weights, and the stored FP8 + FP4 format) are written
+once; two spawned ranks load only their slices of them and run the same script as the single process:
+prefill, chunked extend (boundaries inside partial CSA/HCA blocks, window wrap-around), decode token by
+token, and snapshot / `to_bytes` then resume. Per-position logits must match the single-process run
+within the runtime's tolerance (the one test_runtime_extend.py holds chunkings to); what stays inside the
+2-rank mode (both ranks' logits, their state replicas, a resume against the uninterrupted run) must be
+bit-identical. A state saved in one mode resumes in the other, since V4's single KV head leaves every rank
+the whole state.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from agentkit.runtime.checkpoint_layout import tensor_specs
+from agentkit.runtime.checkpoint_read import load_checkpoint
+from agentkit.runtime.checkpoint_write import save_random_checkpoint
+from agentkit.runtime.config import ModelConfig
+from agentkit.runtime.loader import load_model
+from agentkit.runtime.model import V4Model
+from agentkit.runtime.parallel import (
+    SPLIT_DIM,
+    Parallel,
+    ParallelError,
+    broadcast_bytes,
+    check_config,
+    read_local_tensors,
+    shard_key,
+    spawn,
+    states_agree,
+)
+from agentkit.runtime.state import SequenceState
+
+WORLD = 2
+N = 300  # wraps the 128-slot window, completes two HCA blocks and 75 CSA entries (index_topk 8 < 75)
+CUTS = (0, 37, 130, 131, 259, N)  # chunked extend: boundaries inside partial blocks of both ratios
+DECODE_FROM = 262  # then one token at a time to N
+SNAP_AT = 203  # snapshot inside a partial block
+
+
+def float_config() -> ModelConfig:
+    """tiny-test as stored (bf16 weights), the QAT simulations off: the strict tolerance applies."""
+    return ModelConfig.preset("tiny-test", sim_fp8_kv=False, sim_fp4_indexer=False, hadamard=False)
+
+
+def quantized_config() -> ModelConfig:
+    """FP8 e4m3 + E8M0 tiles, packed FP4 experts, every simulation on. Split dims are whole 128-tiles per
+    rank: 4 heads x 64 (wq_b, indexer wq_b), 2 groups x 128 (wo_a, wo_b)."""
+    return ModelConfig.preset(
+        "tiny-test",
+        weight_format="quantized",
+        dtype="fp8",
+        expert_dtype="fp4",
+        dim=128,
+        moe_inter_dim=64,
+        head_dim=64,
+        o_lora_rank=128,
+        index_head_dim=64,
+    )
+
+
+def token_ids(vocab: int) -> torch.Tensor:
+    return torch.randint(0, vocab, (N,), generator=torch.Generator().manual_seed(23))
+
+
+def script(model: V4Model, par: Parallel | None, foreign_blob: bytes | None) -> dict[str, Any]:
+    """The same calls in every mode: prefill, chunked extend, decode, snapshot + resume."""
+    ids = token_ids(model.config.vocab_size)
+    out: dict[str, Any] = {}
+    states: list[SequenceState] = []
+
+    def ext(state: SequenceState, chunk: torch.Tensor) -> torch.Tensor:
+        logits = model.extend(state, chunk)
+        assert isinstance(logits, torch.Tensor)
+        return logits
+
+    s = model.new_state()
+    out["prefill"] = ext(s, ids)
+    out["prefill_state"] = s.to_bytes()
+    c = model.new_state()
+    out["chunked"] = torch.cat([ext(c, ids[a:b]) for a, b in itertools.pairwise(CUTS)])
+    d = model.new_state()
+    rows = [ext(d, ids[:DECODE_FROM])] + [ext(d, ids[i : i + 1]) for i in range(DECODE_FROM, N)]
+    out["decode"] = torch.cat(rows)
+    st = model.new_state()
+    ext(st, ids[:SNAP_AT])
+    blob, snap = st.to_bytes(), st.snapshot()
+    out["snapshot"] = blob
+    out["continued"] = ext(st, ids[SNAP_AT:])
+    if par is not None:  # resume from one rank's copy, as a store that only rank 0 wrote would give it
+        blob = broadcast_bytes(blob if par.rank == 0 else None, par)
+    resumed = SequenceState.from_bytes(blob)
+    out["resumed"] = ext(resumed, ids[SNAP_AT:])
+    st.restore(snap)
+    out["restored"] = ext(st, ids[SNAP_AT:])
+    if foreign_blob is not None:  # a snapshot taken in the other mode
+        out["foreign"] = ext(SequenceState.from_bytes(foreign_blob), ids[SNAP_AT:])
+    states += [s, c, d, resumed, st]
+    out["agree"] = par is None or all(states_agree(x, par) for x in states)
+    return out
+
+
+def _worker(par: Parallel, jobs: list[tuple[str, str]], out_dir: str) -> None:
+    """One rank: (checkpoint, single-process snapshot file) k -> rank{r}-{k}.pt, the script's output."""
+    for k, (ckpt, blob_file) in enumerate(jobs):
+        t0 = time.perf_counter()
+        model = load_model(ckpt, parallel=par)
+        load_s = time.perf_counter() - t0
+        res = script(model, par, Path(blob_file).read_bytes())
+        res["load_s"] = load_s
+        torch.save(res, Path(out_dir) / f"rank{par.rank}-{k}.pt")
+
+
+def header(blob: bytes) -> dict[str, Any]:
+    """A safetensors blob's header (its JSON key order varies between processes; the content does not)."""
+    n = int.from_bytes(blob[:8], "little")
+    return dict(json.loads(blob[8 : 8 + n]))
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).abs().amax(-1) / b.abs().amax(-1)
+
+
+def assert_close(a: torch.Tensor, b: torch.Tensor, sims: bool) -> None:
+    """The runtime's tolerance (test_runtime_extend.py): 1e-4 relative per position; with the FP8/FP4
+    simulations an ulp of difference can flip one rounding step, so 1e-2 at worst and 1e-4 at the 95th
+    percentile."""
+    assert a.shape == b.shape
+    err = rel_err(a, b)
+    if sims:
+        assert err.max() <= 1e-2 and err.quantile(0.95) <= 1e-4, (err.max(), err.quantile(0.95))
+    else:
+        assert err.max() <= 1e-4, err.max()
+
+
+def assert_states_close(blob_a: bytes, blob_b: bytes, tol: float) -> None:
+    a, b = SequenceState.from_bytes(blob_a), SequenceState.from_bytes(blob_b)
+    assert a.pos == b.pos
+    for la, lb in zip(a.layers, b.layers, strict=True):
+        ta, tb = la.tensors(), lb.tensors()
+        assert ta.keys() == tb.keys()
+        for k in ta:
+            fin = torch.isfinite(tb[k])
+            assert torch.equal(fin, torch.isfinite(ta[k])), k
+            assert torch.allclose(ta[k][fin], tb[k][fin], rtol=tol, atol=tol), k
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("parallel")
+    return {
+        "float": save_random_checkpoint(float_config(), root / "float", seed=5),
+        "quantized": save_random_checkpoint(quantized_config(), root / "quantized", seed=6),
+    }
+
+
+def test_two_gloo_ranks_equal_single_process(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    """The issue's CPU bar: prefill, chunked extend, decode and snapshot/resume on 2 ranks."""
+    kinds = list(checkpoints)
+    single: dict[str, dict[str, Any]] = {}
+    jobs = []
+    for kind in kinds:
+        single[kind] = script(load_model(checkpoints[kind]), None, None)
+        blob_file = tmp_path / f"{kind}.state"
+        blob_file.write_bytes(single[kind]["snapshot"])
+        jobs.append((str(checkpoints[kind]), str(blob_file)))
+    spawn(_worker, WORLD, jobs, str(tmp_path), backend="gloo", threads=1)
+    for k, kind in enumerate(kinds):
+        sims = kind == "quantized"
+        ranks = [torch.load(tmp_path / f"rank{r}-{k}.pt", weights_only=False) for r in range(WORLD)]
+        two, one = ranks[0], single[kind]
+        for r in ranks:
+            assert r["agree"], "ranks hold different state replicas"
+        for key in ("prefill", "chunked", "decode", "continued", "resumed", "restored", "foreign"):
+            assert torch.equal(ranks[1][key], two[key]), key  # every rank has all logits
+        # snapshot in 2-rank mode, resume in 2-rank mode: identical to not stopping
+        assert torch.equal(two["resumed"], two["continued"])
+        assert torch.equal(two["restored"], two["continued"])
+        assert header(two["snapshot"]) == header(ranks[1]["snapshot"])  # incl. the tensors' SHA-256
+        # 2 ranks vs 1 process, per position
+        for key in ("prefill", "chunked", "decode", "continued"):
+            assert_close(two[key], one[key], sims)
+        # a snapshot resumes across modes (the state format does not depend on the rank count)
+        assert_close(two["foreign"], one["continued"], sims)
+        resumed_here = load_model(checkpoints[kind]).extend(
+            SequenceState.from_bytes(two["snapshot"]), token_ids(256)[SNAP_AT:]
+        )
+        assert isinstance(resumed_here, torch.Tensor)
+        assert_close(resumed_here, one["continued"], sims)
+        assert_states_close(two["prefill_state"], one["prefill_state"], 1e-2 if sims else 1e-4)
+
+
+def test_each_rank_reads_its_slices(checkpoints: dict[str, Path]) -> None:
+    """The ranks' slices put together are the checkpoint; experts are partitioned; nothing else is read."""
+    for path in checkpoints.values():
+        config, full = load_checkpoint(path)
+        parts = [read_local_tensors(path, Parallel(r, WORLD))[1] for r in range(WORLD)]
+        for r, part in enumerate(parts):  # each rank's tensors are exactly what its model holds
+            V4Model(config, parallel=Parallel(r, WORLD)).load_weights(part)
+        held = [set(p) for p in parts]
+        experts = {n for n in full if ".experts." in n}
+        assert not (held[0] & held[1] & experts)
+        assert (held[0] | held[1]) == set(full)
+        for name, t in full.items():
+            dim = SPLIT_DIM.get(shard_key(name))
+            if name in experts:
+                e = int(name.split(".experts.")[1].split(".")[0])
+                owner = e // (config.n_routed_experts // WORLD)
+                assert torch.equal(parts[owner][name].view(torch.uint8), t.view(torch.uint8)), name
+            elif dim is None:
+                for p in parts:
+                    assert torch.equal(p[name].view(torch.uint8), t.view(torch.uint8)), name
+            else:
+                whole = torch.cat([p[name].view(torch.uint8) for p in parts], dim)
+                assert torch.equal(whole, t.view(torch.uint8)), name
+                assert parts[0][name].shape[dim] == t.shape[dim] // WORLD, name
+
+
+def test_sharding_rules_are_the_reference_ones() -> None:
+    """convert.py's keys on the published layout: heads, groups and vocab split, the rest replicated."""
+    flash = ModelConfig.preset("flash")
+    names = {s.name for s in tensor_specs(flash)}
+    split = {n for n in names if shard_key(n) in SPLIT_DIM}
+    assert "layers.3.attn.wq_b.scale" in split and "layers.2.attn.indexer.weights_proj.weight" in split
+    assert "layers.0.attn.wo_b.weight" in split and "embed.weight" in split and "head.weight" in split
+    for replicated in (
+        "layers.0.attn.wq_a.weight",
+        "layers.0.attn.wkv.weight",
+        "layers.2.attn.compressor.wkv.weight",
+        "layers.2.attn.compressor.ape",
+        "layers.0.hc_attn_fn",
+        "layers.0.ffn.gate.tid2eid",
+        "layers.5.ffn.shared_experts.w1.weight",
+        "mtp.0.e_proj.weight",
+        "hc_head_fn",
+        "mtp.0.hc_head_fn",
+    ):
+        assert replicated in names and replicated not in split, replicated
+    for world in (2, 4, 8):
+        check_config(flash, world)
+    with pytest.raises(ParallelError, match="o_groups"):
+        check_config(ModelConfig.preset("tiny-test"), 4)
+
+
+def test_unsplittable_tiles_are_refused(tmp_path: Path) -> None:
+    """An FP8 tensor whose rank share is not whole 128-tiles cannot be read in stored precision."""
+    small = ModelConfig.preset(
+        "tiny-test", weight_format="quantized", dtype="fp8", expert_dtype="fp4", dim=192, moe_inter_dim=64
+    )
+    path = save_random_checkpoint(small, tmp_path / "q", seed=1)
+    with pytest.raises(ParallelError, match="quantization tile"):
+        read_local_tensors(path, Parallel(0, WORLD))
