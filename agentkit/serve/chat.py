@@ -18,10 +18,11 @@ processor, then let the model write the arguments.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -225,14 +226,15 @@ def _chunk(
     }
 
 
-async def stream_chunks(req: ChatRequest, gen: Generation, mode: str) -> AsyncIterator[dict[str, Any]]:
+async def stream_chunks(req: ChatRequest, gen: Generation, mode: str) -> AsyncGenerator[dict[str, Any], None]:
     """The SSE chunk objects of a streamed chat completion (the caller writes them and `[DONE]`)."""
     rid, created = "chatcmpl-" + secrets.token_hex(12), int(time.time())
     turn = ChatTurn(mode)
     yield _chunk(rid, created, req.model, {"role": "assistant", "content": ""}, None)
-    async for text, _ids in gen.pieces():
-        for delta in turn.feed(text):
-            yield _chunk(rid, created, req.model, delta, None)
+    async with contextlib.aclosing(gen.pieces()) as pieces:  # closed (request cancelled) if we are
+        async for text, _ids in pieces:
+            for delta in turn.feed(text):
+                yield _chunk(rid, created, req.model, delta, None)
     for delta in turn.close(gen.ended_on_eos):
         yield _chunk(rid, created, req.model, delta, None)
     yield _chunk(rid, created, req.model, {}, turn.finish_reason(gen))
@@ -245,8 +247,9 @@ async def stream_chunks(req: ChatRequest, gen: Generation, mode: str) -> AsyncIt
 async def complete(req: ChatRequest, gen: Generation, mode: str) -> dict[str, Any]:
     """The response object of a non-streamed chat completion."""
     turn = ChatTurn(mode)
-    async for text, _ids in gen.pieces():
-        turn.feed(text)
+    async with contextlib.aclosing(gen.pieces()) as pieces:
+        async for text, _ids in pieces:
+            turn.feed(text)
     turn.close(gen.ended_on_eos)
     return {
         "id": "chatcmpl-" + secrets.token_hex(12),

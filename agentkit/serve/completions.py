@@ -10,9 +10,10 @@ and each piece's generated ids, so a client can keep the exact tokens instead of
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from agentkit.serve.generation import Generation
@@ -26,16 +27,17 @@ def _choice(text: str, finish: str | None, ids: list[int] | None) -> dict[str, A
     return choice
 
 
-async def stream_chunks(req: CompletionRequest, gen: Generation) -> AsyncIterator[dict[str, Any]]:
+async def stream_chunks(req: CompletionRequest, gen: Generation) -> AsyncGenerator[dict[str, Any], None]:
     rid, created = "cmpl-" + secrets.token_hex(12), int(time.time())
     base = {"id": rid, "object": "text_completion", "created": created, "model": req.model}
     first = True
-    async for text, ids in gen.pieces():
-        chunk = {**base, "choices": [_choice(text, None, ids if req.return_token_ids else None)]}
-        if first and req.return_token_ids:
-            chunk["prompt_token_ids"] = gen.prompt
-        first = False
-        yield chunk
+    async with contextlib.aclosing(gen.pieces()) as pieces:  # closed (request cancelled) if we are
+        async for text, ids in pieces:
+            chunk = {**base, "choices": [_choice(text, None, ids if req.return_token_ids else None)]}
+            if first and req.return_token_ids:
+                chunk["prompt_token_ids"] = gen.prompt
+            first = False
+            yield chunk
     yield {**base, "choices": [_choice("", gen.finish_reason, [] if req.return_token_ids else None)]}
     if req.include_usage:
         yield {**base, "choices": [], "usage": gen.usage().to_openai()}
@@ -44,9 +46,10 @@ async def stream_chunks(req: CompletionRequest, gen: Generation) -> AsyncIterato
 async def complete(req: CompletionRequest, gen: Generation) -> dict[str, Any]:
     texts: list[str] = []
     all_ids: list[int] = []
-    async for text, ids in gen.pieces():
-        texts.append(text)
-        all_ids += ids
+    async with contextlib.aclosing(gen.pieces()) as pieces:
+        async for text, ids in pieces:
+            texts.append(text)
+            all_ids += ids
     out: dict[str, Any] = {
         "id": "cmpl-" + secrets.token_hex(12),
         "object": "text_completion",

@@ -19,7 +19,7 @@ Cancellation: the handle is cancelled in a `finally` that never awaits, so a cli
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -212,7 +212,7 @@ class Generation:
         cached = self.result.cached_tokens if self.result is not None else 0
         return Usage(len(self.prompt), len(self.tokens), cached)
 
-    async def pieces(self) -> AsyncIterator[tuple[str, list[int]]]:
+    async def pieces(self) -> AsyncGenerator[tuple[str, list[int]], None]:
         """(text, the token ids it completes) as tokens arrive; the request is cancelled if not finished."""
         stops = self.params.stop_strings
         hold = max((len(s) for s in stops), default=1) - 1

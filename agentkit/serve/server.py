@@ -14,7 +14,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -45,7 +45,7 @@ async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
 class EventStream:
     """`data: {json}` events, then `data: [DONE]`; cancelled the moment the client disconnects."""
 
-    def __init__(self, events: AsyncIterator[dict[str, Any]]) -> None:
+    def __init__(self, events: AsyncGenerator[dict[str, Any], None]) -> None:
         self.events = events
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
