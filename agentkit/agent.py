@@ -29,6 +29,7 @@ from agentkit.output import OutputSpec
 from agentkit.recovery import recover
 from agentkit.session import RunState, StepRecord, load_session, save_session
 from agentkit.store import RunStore, open_store
+from agentkit.toolsets import ToolsetOwner, is_toolset, tools_for_run
 
 if TYPE_CHECKING:
     from agentkit.runtime.engine import Engine
@@ -80,13 +81,14 @@ async def _ignore(_: ev.Event) -> None:
     return None
 
 
-class Agent(Generic[DepsT, OutputT]):
+class Agent(ToolsetOwner, Generic[DepsT, OutputT]):
     """A model, typed tools, instructions and limits.
 
     `model`: a `Model`, a spec string (`embedded:tiny`, `completions:<url>#<model>`,
     `chat:<url>#<model>`, `deepseek:<model>`) or an `agentkit.runtime.Engine` (agents with the same
     embedded model string, or the same engine, share one engine: their steps are batched together and
-    their common prompt prefixes are prefilled once). `tools`: `@tool` objects or plain functions (wrapped).
+    their common prompt prefixes are prefilled once). `tools`: `@tool` objects or plain functions (wrapped),
+    and toolsets such as `agentkit.mcp.MCPServer` (listed as each run starts; closed with the agent).
     `thinking`: "off" (chat mode), "high" (thinking), "max" (thinking + the max-effort preamble).
     `sandbox`: a sandbox the caller owns, or a backend name / factory the run opens and closes itself.
     `output_type`: validate the final answer as this type (JSON), feeding failures back to the model.
@@ -97,6 +99,8 @@ class Agent(Generic[DepsT, OutputT]):
     one whose process died. The embedded backend's KV state is saved along when it is at most
     `kv_limit` bytes (else a resumed run re-prefills its transcript).
     """
+
+    trace_content: bool | None = None  # OpenTelemetry spans carry prompts and tool I/O (agentkit.tracing)
 
     def __init__(
         self,
@@ -126,7 +130,10 @@ class Agent(Generic[DepsT, OutputT]):
         self.kv_limit = kv_limit
         self._kv_too_big: set[str] = set()
         self.tools: dict[str, Tool] = {}
+        self.toolsets: list[Any] = [t for t in tools if is_toolset(t)]  # MCP servers: listed per run
         for t in tools:
+            if is_toolset(t):
+                continue
             obj = t if isinstance(t, Tool) else tool(t)
             if obj.name in self.tools:
                 raise ValueError(f"two tools are named {obj.name!r}; tool names must be unique")
@@ -365,18 +372,20 @@ class Agent(Generic[DepsT, OutputT]):
         crashed = False
         if resume_id is not None:
             state, crashed = self._load(resume_id, force)
+        spec = await tools_for_run(self)  # the tools this run prompts with and dispatches to
         st = self._prepare(task, state, approvals) if not crashed else state
         assert st is not None
         if run_id is not None and state is None:
             st.run_id = run_id
         sandbox, owned = await self._open_sandbox()
         ctx: RunContext[Any] = RunContext(deps=self.deps, sandbox=sandbox, run_id=st.run_id)
-        loop = Loop(self, st, emit, ctx)
+        loop = Loop(spec, st, emit, ctx)
         if self.store is not None:
             loop.checkpoint = lambda with_kv: self._checkpoint(st, with_kv)
             loop.checkpoint(False)
         try:
-            await self._drive(loop, ctx, approvals, crashed)
+            with loop.trace.run():
+                await self._drive(loop, ctx, approvals, crashed)
         except anyio.get_cancelled_exc_class():
             st.status = "cancelled"
             ctx.cancellation.cancel("the run was cancelled")

@@ -22,6 +22,7 @@ from agentkit import events as ev
 from agentkit.limits import Limits
 from agentkit.messages import ToolCall
 from agentkit.session import BlockResult, RunState, ToolRecord
+from agentkit.tracing import NO_TRACE
 
 if TYPE_CHECKING:
     from agentkit.tools.context import RunContext
@@ -268,6 +269,8 @@ class ToolRunner:
 class Dispatcher:
     """Starts calls as they close; runs them concurrently except around `sequential` tools."""
 
+    trace: Any = NO_TRACE  # the loop's `agentkit.tracing` run trace: one span per call
+
     def __init__(
         self, runner: ToolRunner, tg: anyio.abc.TaskGroup, enabled: bool, wake: Callable[[], None]
     ) -> None:
@@ -315,7 +318,8 @@ class Dispatcher:
         try:
             for w in waits:
                 await w.wait()
-            await self.runner.execute(index, call)
+            with self.trace.tool_call(index, call):
+                await self.runner.execute(index, call)
         finally:
             self.active -= 1
             done.set()

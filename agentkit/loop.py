@@ -32,6 +32,7 @@ from agentkit.limits import Limits, Usage
 from agentkit.messages import AssistantMessage, Message, ToolMessage, UserMessage, message_to_dict
 from agentkit.output import OutputSpec
 from agentkit.session import BlockResult, ModelRecord, RunState, StepRecord
+from agentkit.tracing import for_run
 
 if TYPE_CHECKING:
     from agentkit.tools.context import RunContext
@@ -89,6 +90,7 @@ class Loop:
         # may be saved with it); the agent sets it when it has a store
         self.checkpoint: Callable[[bool], None] = lambda with_kv: None
         self.tools.on_result = lambda: self.checkpoint(False)
+        self.trace = for_run(spec, state)  # OpenTelemetry spans, or a no-op when no provider is set
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -133,9 +135,10 @@ class Loop:
         st.steps.append(StepRecord(st.step, time.time()))
         st.phase = "generating"
         await self.emit(ev.StepStart(st.step))
-        t0 = time.monotonic()
-        turn = await self.generate(allow_tools=st.final_requested is None)
-        return turn, await self.end_step(turn, time.monotonic() - t0)
+        with self.trace.step(st.step):
+            t0 = time.monotonic()
+            turn = await self.generate(allow_tools=st.final_requested is None)
+            return turn, await self.end_step(turn, time.monotonic() - t0)
 
     async def end_step(self, turn: Turn, latency_s: float) -> AssistantMessage:
         st = self.state
@@ -220,11 +223,14 @@ class Loop:
         try:
             async with anyio.create_task_group() as tg:
                 disp = Dispatcher(self.tools, tg, allow_tools, self._wake.set)
+                disp.trace = self.trace
                 asm = TurnAssembler(st.step, self.mode, self.emit, disp.submit, disp.refuse)
-                async for chunk in spec.model.stream(request):
-                    await asm.feed(chunk)
-                    await self.flush()
-                turn = await asm.close()
+                with self.trace.model_call(request) as span:
+                    async for chunk in spec.model.stream(request):
+                        await asm.feed(chunk)
+                        await self.flush()
+                    turn = await asm.close()
+                    span.finish(turn)
                 await self.flush()
                 if turn.finish is None:
                     raise ModelError(f"model {spec.model.name!r} ended its stream without a Finish")

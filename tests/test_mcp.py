@@ -1,0 +1,374 @@
+"""MCP tools in the agent loop, against a real MCP server (tests/fixtures/mcp/server.py, built with the
+official SDK) over stdio and over streamable HTTP on 127.0.0.1.
+
+The model is scripted; everything between it and the server is real: the tools section rendered from
+the server's schemas, DSML calls dispatched on the eager path, the server's results rendered as tool
+results. Process lifetime is checked from the host, by pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from agentkit.tools.tool import tool
+
+from agentkit.agent import Agent
+from agentkit.backends import ModelRequest, ScriptedModel
+from agentkit.backends.scripted import scripted_turn
+from agentkit.dsml import BOS, DSML, EOS, USER, parse_completion
+from agentkit.mcp import MCPConnectError, MCPServer, MCPToolNameError, MCPUnavailableError
+from agentkit.mcp.tool import coerce_arguments, defuse, render_result
+from agentkit.messages import ToolMessage
+from agentkit.toolsets import ToolNameConflict
+
+SERVER = Path(__file__).parent / "fixtures" / "mcp" / "server.py"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    return not (status.exists() and "zombie" in status.read_text())
+
+
+def pids(pidfile: Path) -> list[int]:
+    return [int(x) for x in pidfile.read_text().split()] if pidfile.exists() else []
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def stdio_server(pidfile: Path, *extra: str, **options: Any) -> MCPServer:
+    return MCPServer.stdio(
+        sys.executable,
+        [str(SERVER), *extra],
+        {"MCP_PIDFILE": str(pidfile)},
+        stderr=open(os.devnull, "w"),
+        **options,
+    )
+
+
+@pytest.fixture
+def http_url(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    pidfile = tmp_path / "http.pid"
+    env = {**os.environ, "MCP_PIDFILE": str(pidfile)}
+    proc = subprocess.Popen(
+        [sys.executable, str(SERVER), "--http"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline().split()[1])
+        yield f"http://127.0.0.1:{port}/mcp", pidfile
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def say(req: ModelRequest, calls: list[tuple[str, dict[str, Any]]] = (), content: str = "") -> str:  # type: ignore[assignment]
+    return scripted_turn("thinking", content, calls, thinking=req.thinking)
+
+
+def results(result: Any) -> dict[str, ToolMessage]:
+    return {m.name: m for m in result.messages if isinstance(m, ToolMessage)}
+
+
+# ------------------------------------------------------------------------------ both transports
+
+
+async def check_round_trip(server: MCPServer) -> Any:
+    """One block of four parallel calls: plain, structured, image + text, a tool error."""
+    calls = [
+        ("add", {"a": 2, "b": "40"}),  # "40" as DSML raw text: coerced to the schema's integer
+        ("point", {"x": 3}),
+        ("picture", {}),
+        ("refuse", {"reason": "no"}),
+    ]
+    model = ScriptedModel([lambda r: say(r, calls), lambda r: say(r, content="done")])
+    async with Agent(model, tools=[server]) as agent:
+        result = await agent.run("use the tools")
+        prompt = model.prompts[0].prompt or ""
+        # the server's schemas, as the server wrote them, in the V4 tools section
+        add_schema = next(s for s in agent.tool_schemas if s["function"]["name"] == "add")
+        assert json.dumps(add_schema["function"], ensure_ascii=False) in prompt
+        assert add_schema["function"]["parameters"]["properties"]["a"]["type"] == "integer"
+    assert result.status == "completed"
+    got = results(result)
+    assert got["add"].content == "42" and not got["add"].is_error
+    assert json.loads(got["point"].content) == {"x": 3, "y": 6}
+    assert got["picture"].content == "a red dot\n\n[image: image/png, 70 bytes]"
+    assert got["refuse"].is_error and "refused: no" in got["refuse"].content
+    kinds = {t.name: t.error_kind for t in result.steps[0].tools}
+    assert kinds == {"add": None, "point": None, "picture": None, "refuse": "error"}
+    return result
+
+
+@pytest.mark.anyio
+async def test_stdio_server_tools_in_a_run_and_process_gone_after(tmp_path: Path) -> None:
+    pidfile = tmp_path / "s.pid"
+    server = stdio_server(pidfile)
+    assert not server.connected and pids(pidfile) == []  # lazy: nothing runs before the first run
+    await check_round_trip(server)
+    (pid,) = pids(pidfile)
+    assert wait_gone(pid), "the server process outlived the agent"
+
+
+@pytest.mark.anyio
+async def test_http_server_tools_in_a_run(http_url: tuple[str, Path]) -> None:
+    url, _ = http_url
+    await check_round_trip(MCPServer.http(url, {"X-Agent": "agentkit-test"}))
+
+
+# ------------------------------------------------------------------------------ lifetime
+
+
+def test_shared_across_run_sync_calls_then_closed(tmp_path: Path) -> None:
+    """`run_sync` makes an event loop per call; the server (one process) serves them all."""
+    pidfile = tmp_path / "s.pid"
+    server = stdio_server(pidfile)
+    model = ScriptedModel([lambda r: say(r, [("pid", {})]), lambda r: say(r, content="ok")] * 2)
+    agent = Agent(model, tools=[server])
+    first = agent.run_sync("pid?")
+    second = agent.run_sync("pid again?")
+    (pid,) = pids(pidfile)
+    assert results(first)["pid"].content == results(second)["pid"].content == str(pid)
+    assert server.connects == 1 and alive(pid)
+    agent.close()
+    assert not alive(pid)
+
+
+@pytest.mark.anyio
+async def test_crash_mid_call_gives_a_readable_error_and_the_next_call_restarts(tmp_path: Path) -> None:
+    pidfile = tmp_path / "s.pid"
+    server = stdio_server(pidfile)
+    model = ScriptedModel(
+        [lambda r: say(r, [("crash", {})]), lambda r: say(r, [("pid", {})]), lambda r: say(r, content="ok")]
+    )
+    async with Agent(model, tools=[server]) as agent:
+        result = await agent.run("crash it")
+        crashed = result.messages[3]
+        assert isinstance(crashed, ToolMessage) and crashed.is_error
+        assert "ended while running `crash`" in crashed.content and "restarted" in crashed.content
+        first, second = pids(pidfile)
+        assert results(result)["pid"].content == str(second) and first != second
+        assert server.connects == 2 and not alive(first)
+    assert result.status == "completed"
+    assert wait_gone(second)
+
+
+@pytest.mark.anyio
+async def test_no_orphan_after_cancellation_or_an_exception(tmp_path: Path) -> None:
+    pidfile = tmp_path / "s.pid"
+    server = stdio_server(pidfile)
+    model = ScriptedModel([lambda r: say(r, [("nap", {"seconds": 30})])] * 2)
+    with pytest.raises(RuntimeError, match="app failed"):
+        async with Agent(model, tools=[server]) as agent:
+            with anyio.move_on_after(3) as scope:  # cancelled mid-call: the run goes, the server stays
+                await agent.run("sleep")
+            assert scope.cancelled_caught
+            (pid,) = pids(pidfile)
+            assert alive(pid)
+            raise RuntimeError("app failed")
+    assert not alive(pid)
+
+
+def test_no_orphan_when_the_host_process_never_closes_the_agent(tmp_path: Path) -> None:
+    """An app that dies of an uncaught exception without closing: the server is stopped at exit."""
+    pidfile = tmp_path / "s.pid"
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        from agentkit.agent import Agent
+        from agentkit.backends import ScriptedModel
+        from agentkit.backends.scripted import scripted_turn
+        from agentkit.mcp import MCPServer
+        server = MCPServer.stdio(sys.executable, [{str(SERVER)!r}], {{"MCP_PIDFILE": {str(pidfile)!r}}})
+        model = ScriptedModel([scripted_turn("t", "", [("pid", {{}})]), scripted_turn("t", "ok")])
+        agent = Agent(model, tools=[server])
+        print(agent.run_sync("go").status, flush=True)
+        raise SystemExit("boom: the app never closes its agent")
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "completed", proc.stderr
+    (pid,) = pids(pidfile)
+    assert not alive(pid)
+
+
+# ------------------------------------------------------------------------------ tool-list changes
+
+
+@pytest.mark.anyio
+async def test_tool_list_change_is_picked_up_by_the_next_run(tmp_path: Path) -> None:
+    server = stdio_server(tmp_path / "s.pid")
+    model = ScriptedModel(
+        [
+            lambda r: say(r, [("grow", {"name": "mirror"})]),
+            lambda r: say(r, content="grown"),
+            lambda r: say(r, [("mirror", {"word": "stressed"})]),
+            lambda r: say(r, content="done"),
+        ]
+    )
+    async with Agent(model, tools=[server]) as agent:
+        first = await agent.run("grow")
+        assert "mirror" not in (model.prompts[0].prompt or "")
+        second = await agent.run("use it")
+        assert '"name": "mirror"' in (model.prompts[2].prompt or "")
+        assert "mirror" in agent.tools
+    assert results(first)["grow"].content == "added mirror"
+    assert results(second)["mirror"].content == "desserts"
+
+
+# ------------------------------------------------------------------------------ 200 tools
+
+
+@pytest.mark.anyio
+async def test_200_tools_render_valid_dsml_and_report_prompt_size(tmp_path: Path) -> None:
+    server = stdio_server(tmp_path / "s.pid", "--many", "200", prefix="gen")
+    target = "gen_gen_tool-138"  # 138 % 7: a dict[str, str] parameter
+    call_args = {"value": {"k": "v"}, "note": "from the model"}
+    model = ScriptedModel([lambda r: say(r, [(target, call_args)]), lambda r: say(r, content="done")])
+    async with Agent(model, tools=[server]) as agent:
+        result = await agent.run("call number 138")
+        prompt = model.prompts[0].prompt or ""
+        assert len(agent.tools) == 208
+    # each tool is one JSON line of the tools section, and reads back as exactly what was listed
+    lines = [ln for ln in prompt.splitlines() if ln.startswith('{"name": ')]
+    assert [json.loads(ln) for ln in lines] == [s["function"] for s in agent.tool_schemas]
+    # hostile description text was defused: no special token beyond the prompt's own structure
+    assert prompt.count(EOS) == 0 and prompt.count(USER) == 1 and prompt.count(BOS) == 1
+    assert not any(DSML in ln or "<think>" in ln for ln in lines)
+    hostile = next(s for s in agent.tool_schemas if s["function"]["name"] == "gen_gen_tool-007")
+    assert "<|end▁of▁sentence|>" in hostile["function"]["description"]
+    # the model's call parses back strictly to the same call, and the server ran it
+    parsed = parse_completion(
+        model.prompts[1].prompt.split(prompt, 1)[1].split(EOS)[0], "thinking", strict=True
+    )  # type: ignore[union-attr]
+    assert [(c.name, c.arguments) for c in parsed.tool_calls] == [(target, call_args)]
+    assert results(result)[target].content == "tool 138: {'k': 'v'} from the model"
+    chars = len(prompt)
+    print(f"\n200-tool MCP prompt: {chars} chars, {round(chars / len(lines))} chars per tool")
+    assert chars < 200 * 600  # ~400 chars per generated tool: a size report, not a budget
+
+
+# ------------------------------------------------------------------------------ timeouts, bad input
+
+
+@pytest.mark.anyio
+async def test_call_timeout_and_run_cancellation_become_results(tmp_path: Path) -> None:
+    server = stdio_server(tmp_path / "s.pid", timeout=0.5)
+    async with server:
+        (nap,) = [t for t in await server.list_tools() if t.name == "nap"]
+        out = await nap.invoke({"seconds": 2})
+        assert out.is_error and out.error_kind == "timeout" and "timed out after 0.5 s" in out.content
+        assert (await nap.invoke({"seconds": "0.01"})).content == "slept 0.01"
+
+
+def test_bad_input_gets_typed_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs a command"):
+        MCPServer.stdio("")
+    with pytest.raises(ValueError, match="http"):
+        MCPServer.http("ftp://example.org/mcp")
+    with pytest.raises(ValueError, match="timeout"):
+        MCPServer.stdio("x", timeout=0)
+    with pytest.raises(MCPToolNameError):
+        MCPServer.stdio("x", prefix="bad prefix")
+    missing = MCPServer.stdio(str(tmp_path / "no-such-server"), connect_timeout=10)
+    agent = Agent(ScriptedModel([]), tools=[missing])
+    with pytest.raises(MCPConnectError, match="could not connect to MCP server `no-such-server`"):
+        agent.run_sync("anything")
+    agent.close()
+    assert issubclass(MCPUnavailableError, ImportError)
+
+
+def test_a_tool_name_clash_is_a_typed_error(tmp_path: Path) -> None:
+    @tool
+    def add(a: int, b: int) -> int:
+        """Local add."""
+        return a + b
+
+    agent = Agent(ScriptedModel([]), tools=[add, stdio_server(tmp_path / "s.pid")])
+    try:
+        with pytest.raises(ToolNameConflict, match="prefix="):
+            agent.run_sync("x")
+    finally:
+        agent.close()
+
+
+# ------------------------------------------------------------------------------ pure helpers
+
+
+def test_coerce_arguments_only_where_the_schema_says_and_json_agrees() -> None:
+    schema = {
+        "properties": {
+            "n": {"type": "integer"},
+            "f": {"type": "number"},
+            "b": {"type": "boolean"},
+            "xs": {"type": "array"},
+            "s": {"type": "string"},
+            "either": {"type": ["string", "integer"]},
+        }
+    }
+    args = {"n": "3", "f": "2.5", "b": "true", "xs": "[1, 2]", "s": "7", "either": "7", "extra": "1"}
+    assert coerce_arguments(args, schema) == {**args, "n": 3, "f": 2.5, "b": True, "xs": [1, 2]}
+    assert coerce_arguments({"n": "3.5", "b": "1", "f": "NaN"}, schema) == {"n": "3.5", "b": "1", "f": "NaN"}
+
+
+def test_render_result_blocks() -> None:
+    from mcp.types import (
+        AudioContent,
+        BlobResourceContents,
+        CallToolResult,
+        EmbeddedResource,
+        ResourceLink,
+        TextResourceContents,
+    )
+
+    res = CallToolResult(
+        content=[
+            AudioContent(type="audio", data="AAAA", mime_type="audio/wav"),
+            EmbeddedResource(
+                type="resource", resource=TextResourceContents(uri="file:///a.txt", text="hello")
+            ),
+            EmbeddedResource(
+                type="resource", resource=BlobResourceContents(uri="file:///b.bin", blob="AAAAAA==")
+            ),
+            ResourceLink(type="resource_link", name="c", uri="file:///c", description="the c file"),
+        ],
+        structured_content={"ok": True},
+    )
+    assert render_result(res).split("\n\n") == [
+        '{"ok": true}',
+        "[audio: audio/wav, 3 bytes]",
+        "[resource file:///a.txt]\nhello",
+        "[resource file:///b.bin: application/octet-stream, 4 bytes]",
+        "[resource link c <file:///c>: the c file]",
+    ]
+    assert render_result(CallToolResult(content=[], is_error=True)).startswith("(the tool returned an error")
+    assert defuse({"<｜User｜>": ["<think>", 1]}) == {"<|User|>": ["<think >", 1]}
