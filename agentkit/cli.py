@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     from agentkit.serve.command import add_serve_parser
 
     add_serve_parser(sub)
+    from agentkit.chat import add_chat_parser
+
+    add_chat_parser(sub)
     return p
 
 
@@ -82,6 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agentkit.serve.command import run_serve
 
         return run_serve(args)
+    if args.command == "chat":
+        from agentkit.chat import run_chat
+
+        return run_chat(console, args)
     from agentkit import demo
 
     if args.command == "demo":
