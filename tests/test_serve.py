@@ -460,6 +460,7 @@ BAD: list[tuple[str, str, dict[str, str] | None, Any, int, str | None]] = [
                         {"id": "1", "type": "function", "function": {"name": "f", "arguments": "[1, 2]"}}
                     ],
                 },
+                {"role": "tool", "tool_call_id": "1", "content": "x"},
             ],
         },
         400,

@@ -252,6 +252,13 @@ def _messages(raw: Any) -> list[dict[str, Any]]:
         else:
             d = {"role": role, "content": _text_content(msg.get("content"), where)}
         out.append(d)
+    if out[-1]["role"] not in ("user", "tool", "developer"):
+        # the encoder hands the turn to the model only after these; after an assistant or system message
+        # the model would be asked to continue a finished turn
+        raise bad_request(
+            f"the last message must be from the user, a tool or the developer, not {out[-1]['role']!r}",
+            "messages",
+        )
     return out
 
 
