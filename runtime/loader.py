@@ -55,10 +55,10 @@ def load_model(
     if config.weight_format == "quantized":
         # the layouts benchmarks load: a random checkpoint's values, generated on the target device
         dev = torch.device(device or "cpu")
-        tensors = random_tensors(config, random_seed, device=dev)
+        drawn = random_tensors(config, random_seed, device=dev)
         if parallel is not None:
-            tensors = shard_tensors(config, tensors, parallel)
-        model.load_weights(dict(tensors))
+            drawn = shard_tensors(config, drawn, parallel)
+        model.load_weights(dict(drawn))
     else:
         model.init_random_(random_seed)
     return model

@@ -163,7 +163,7 @@ class V4Model(nn.Module):
         wdtype = torch.bfloat16 if q else dtype
         vocab = config.vocab_size if parallel is None else parallel.local(config.vocab_size)
         with torch.device(device or "cpu"):
-            self.embed: nn.Module = (
+            self.embed: nn.Embedding | VocabEmbedding = (
                 nn.Embedding(config.vocab_size, config.dim, dtype=wdtype)
                 if parallel is None
                 else VocabEmbedding(config.vocab_size, config.dim, wdtype, parallel)

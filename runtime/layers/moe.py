@@ -8,6 +8,8 @@ stacked tensors, so the checkpoint names and `load_weights` stay as they are and
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from agentkit.runtime.config import ModelConfig
@@ -81,10 +83,13 @@ class ExpertShard(nn.Module):
             self.add_module(str(e), m)
 
     def __getitem__(self, e: int) -> nn.Module:
-        return self._modules[str(e)]  # type: ignore[return-value]
+        m = self._modules.get(str(e))
+        if m is None:
+            raise IndexError(f"expert {e} is held by another rank")
+        return m
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(self._modules.values())
+    def __iter__(self) -> Iterator[nn.Module]:
+        return (m for m in self._modules.values() if m is not None)
 
     def __len__(self) -> int:
         return len(self._modules)
