@@ -30,6 +30,7 @@ from agentkit.backends import ScriptedModel
 from agentkit.limits import Limits
 from agentkit.messages import ToolMessage
 from agentkit.session import RunState, save_session
+from agentkit.store import open_store
 
 AGENT_SRC = textwrap.dedent(
     '''
@@ -333,3 +334,44 @@ def test_as_tool_rejects_bad_definitions() -> None:
         child.as_tool("helper", " ")
     with pytest.raises(ToolDefinitionError, match="tool name"):
         child.as_tool("no spaces allowed", "A helper.")
+
+
+@pytest.mark.anyio
+async def test_the_parents_limits_count_its_childrens_usage(agent_def: Any) -> None:
+    """The children's tokens are the parent's: a token budget the parent alone stays under trips."""
+    alone = await agent_def.build().run("researcher:cats")
+    own = own_usage(alone.state)
+    first_step = alone.state.steps[0].model
+    assert first_step is not None
+    budget = first_step.prompt_tokens + first_step.completion_tokens + 5  # the parent's first step fits
+    assert own["prompt_tokens"] + own["completion_tokens"] < alone.usage.total_tokens
+    parent = agent_def.build()
+    parent.limits = Limits(max_total_tokens=budget)
+    result = await parent.run("researcher:cats")
+    assert result.status == "limit:max_total_tokens"  # tripped by the child's tokens after step 1
+    assert result.state.steps[1].model is not None and len(result.state.steps) == 2
+
+
+@pytest.mark.anyio
+async def test_cancelling_the_parent_cancels_its_children(agent_def: Any) -> None:
+    parent = agent_def.build()
+    seen: list[Any] = []
+    with anyio.move_on_after(0.15):  # the children are inside their 0.25 s research calls
+        async for event in parent.stream("researcher:cats;researcher:dogs"):
+            seen.append(event)
+    assert any(isinstance(e, ev.SubAgentEvent) for e in seen)
+    assert agent_def.WINDOWS == []  # neither research call ran to its end
+    await anyio.sleep(0.3)
+    assert agent_def.WINDOWS == []  # and none was left running in the background
+
+
+def test_a_durable_parent_resumes_its_paused_child_from_the_store(agent_def: Any, tmp_path: Path) -> None:
+    parent = agent_def.build()
+    parent.store = open_store(tmp_path / "runs")
+    paused = parent.run_sync("writer:publish stored")
+    [pending] = paused.pending_approvals
+    fresh = agent_def.build()  # as a new process would: the same definitions, the run from the store
+    fresh.store = parent.store
+    done = anyio.run(lambda: fresh.resume(paused.state.run_id, approvals={pending.id: True}))
+    assert done.status == "completed" and done.output == "publish: published 6 chars"
+    assert (tmp_path / "published.txt").read_text() == "stored\n"
