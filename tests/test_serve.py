@@ -748,3 +748,91 @@ def test_32_concurrent_streaming_clients_each_get_their_own_answer(base_url: str
         assert results[k][0] == msg.reasoning_content
         assert results[k][1] == [(c.function.name, c.function.arguments) for c in msg.tool_calls or []]
     _wait_idle(engine)
+
+
+# ------------------------------------------------------------------------------ pieces, without a server
+
+
+def test_tool_call_arguments_stream_as_prefixes_of_the_final_string() -> None:
+    """Whatever the chunking, the streamed `arguments` pieces of each call add up to the parser's final
+    arguments string, and every intermediate sum is a prefix of it (a client never has to take text back)."""
+    from agentkit.serve.chat import ChatTurn
+
+    calls = [
+        {
+            "function": {
+                "name": "write",
+                "arguments": json.dumps({"path": 'a "b"\n\\c', "text": "é ✓ \t </x>"}),
+            }
+        },
+        {
+            "function": {
+                "name": "mix",
+                "arguments": json.dumps({"n": [1, {"k": 2.5}], "s": "after a held one"}),
+            }
+        },
+        {"function": {"name": "empty", "arguments": json.dumps({"a": "", "b": "x"})}},
+        {"function": {"name": "none", "arguments": "{}"}},
+    ]
+    text = dsml.render_assistant_turn(
+        {"reasoning_content": "r", "content": "c", "tool_calls": calls}, "thinking"
+    )
+    for size in (1, 3, 7, len(text)):
+        turn = ChatTurn("thinking")
+        deltas = []
+        for i in range(0, len(text), size):
+            deltas += turn.feed(text[i : i + size])
+        deltas += turn.close(eos=False)
+        streamed: dict[int, str] = {}
+        for d in deltas:
+            for tc in d.get("tool_calls", []):
+                streamed[tc["index"]] = streamed.get(tc["index"], "") + tc["function"].get("arguments", "")
+                final = (
+                    turn.calls[tc["index"]]["function"]["arguments"]
+                    if tc["index"] < len(turn.calls)
+                    else None
+                )
+                assert final is None or final.startswith(streamed[tc["index"]])
+        assert [streamed[i] for i in range(4)] == [c["function"]["arguments"] for c in turn.calls]
+        assert [json.loads(streamed[i]) for i in range(4)] == [
+            json.loads(c["function"]["arguments"]) for c in calls
+        ]
+        assert turn.message()["reasoning_content"] == "r" and turn.message()["content"] == "c"
+
+
+def test_modes_and_stop_strings(base_url: str, engine: Engine, tool_schemas: list[dict[str, Any]]) -> None:
+    """Each way of choosing the V4 mode renders the encoder's prompt for that mode; stop strings cut."""
+    tok = engine.tokenizer
+    assert tok is not None
+    client = openai.OpenAI(base_url=base_url, api_key=KEY)
+    messages = [{**_question(3)[0], "tools": tool_schemas}, _question(3)[1]]
+
+    def prompt_len(mode: str, effort: str | None) -> int:
+        return len(
+            tok.encode(dsml.encode_messages(messages, mode, reasoning_effort=effort), allow_special=True)
+        )
+
+    cases = [
+        ({"reasoning_effort": "none"}, ("chat", None)),
+        ({"reasoning_effort": "medium"}, ("thinking", None)),
+        ({"reasoning_effort": "max"}, ("thinking", "max")),
+        ({"extra_body": {"chat_template_kwargs": {"thinking": False}}}, ("chat", None)),
+        ({"extra_body": {"thinking": {"type": "disabled"}}}, ("chat", None)),
+        ({}, ("thinking", None)),
+    ]
+    for kwargs, (mode, effort) in cases:
+        r = client.chat.completions.create(  # type: ignore[call-overload]
+            model=MODEL, messages=_question(3), tools=tool_schemas, max_tokens=4, **kwargs
+        )
+        assert r.usage.prompt_tokens == prompt_len(mode, effort), kwargs
+        assert (getattr(r.choices[0].message, "reasoning_content", None) is not None) == (mode == "thinking")
+    full = client.chat.completions.create(
+        model=MODEL, messages=_question(3), tools=tool_schemas, max_tokens=40
+    )  # type: ignore[arg-type]
+    reasoning = full.choices[0].message.reasoning_content or ""
+    stop = reasoning.split()[2]  # a word from the middle of the reasoning
+    cut = client.chat.completions.create(  # type: ignore[call-overload]
+        model=MODEL, messages=_question(3), tools=tool_schemas, max_tokens=40, stop=[stop]
+    )
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].message.reasoning_content == reasoning[: reasoning.index(stop)]
