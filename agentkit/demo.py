@@ -9,39 +9,64 @@ answer fails the demo (exit code 1). They ship as data (`agentkit/tiny/demo_task
 `python -m agentkit.train.demo_tasks`; a test checks it still equals the generator's output) so that the
 CLI never imports the training code.
 
-`agentkit run "<task>"` gives one task to the model with every tool the episodes use.
+`agentkit run "<task>"` gives one task to a model. With agentkit-tiny (the default) it first asks the
+scope check (`agentkit.tiny.scope`) whether the task is one of the shapes the model was trained on: a task
+that is not is refused with what to use instead, and one that is gets the toolbox the model learned it
+with. Everything a run needs is checked before anything heavy happens (tools, folder, model string,
+credentials, server), and every expected failure is a `CliError` with one line for the user.
 """
 
 from __future__ import annotations
 
+import os
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 from rich.console import Console
 from rich.markup import escape
 
-from agentkit.terminal import RunStats, stream_run, summary_table
+from agentkit.terminal import CliError, RunStats, stream_run, summary_table
 from agentkit.tiny.tasks import DEMO_TASKS, Task, load_tasks
 
 DEFAULT_MODEL = "embedded:tiny"
 RUN_INSTRUCTIONS = "You help users by calling tools and reporting the result."
+TINY_MODELS = ("embedded:tiny", "tiny")
+TOOL_GROUPS = {"files": ("read_file", "write_file", "edit_file", "list_dir")}
+DEFAULT_TOOLS = ("shell", "python", "read_file", "write_file", "edit_file", "list_dir", "grep")
+EXIT_OUT_OF_SCOPE = 3
 
 
-def _shipped_model(console: Console) -> str | None:
-    from agentkit.runtime.checkpoint import shipped_checkpoint
-
-    if shipped_checkpoint("tiny") is None:
-        # only a broken install gets here: the checkpoint is package data
-        console.print(
-            "[red]the agentkit-tiny checkpoint is missing from the package "
-            "(agentkit/runtime/weights/agentkit-tiny); reinstall agentkit or pass --model[/]"
-        )
-        return None
-    return DEFAULT_MODEL
+def model_spec(model: Any) -> Any:
+    """The model to use: the one given, else $AGENTKIT_MODEL, else the shipped agentkit-tiny."""
+    return model if model is not None else os.environ.get("AGENTKIT_MODEL") or DEFAULT_MODEL
 
 
-def _load(console: Console, spec: Any) -> Any | None:
-    """A backend from a spec string (loaded behind a spinner, errors shown) or a ready Model object."""
+def _check_spec(spec: Any) -> None:
+    """Fail fast, in one line, on a model string that cannot work (before anything is loaded)."""
+    if not isinstance(spec, str):
+        return
+    from agentkit.preflight import PreflightError, check_model
+
+    if spec in TINY_MODELS:
+        from agentkit.runtime.checkpoint import shipped_checkpoint
+
+        if shipped_checkpoint("tiny") is None:
+            # only a broken install gets here: the checkpoint is package data
+            raise CliError(
+                "the agentkit-tiny checkpoint is missing from the package "
+                "(agentkit/runtime/weights/agentkit-tiny); reinstall agentkit or pass --model"
+            )
+        return
+    try:
+        check_model(spec)
+    except PreflightError as e:
+        raise CliError(str(e)) from None
+
+
+def _load(console: Console, spec: Any) -> Any:
+    """A backend from a spec string (loaded behind a spinner) or a ready Model object."""
     from agentkit.backends import resolve
     from agentkit.backends.base import ModelError
 
@@ -51,9 +76,12 @@ def _load(console: Console, spec: Any) -> Any | None:
     try:
         with console.status(f"loading {escape(spec)}…"):
             model = resolve(spec)
-    except (ModelError, ValueError) as exc:
-        console.print(f"[red]cannot load {escape(spec)}:[/] {escape(str(exc))}")
-        return None
+    except (ModelError, ValueError, OSError) as exc:
+        raise CliError(f"cannot load {spec}: {exc}") from None
+    except Exception as exc:
+        if type(exc).__name__ != "CheckpointError":
+            raise
+        raise CliError(f"cannot load {spec}: {exc}") from None
     console.print(f"model: [cyan]{escape(spec)}[/] (loaded in {time.perf_counter() - t0:.1f} s)")
     return model
 
@@ -64,19 +92,16 @@ def demo_tasks() -> list[Task]:
 
 
 async def run_demo(console: Console, model: Any, sandbox_backend: str) -> int:
-    """`model`: a spec string, a Model object, or None for the shipped model."""
+    """`model`: a spec string, a Model object, or None for $AGENTKIT_MODEL or the shipped model."""
     from agentkit.tiny.tasks import task_agent, task_sandbox
     from agentkit.tiny.tools import all_tools
 
-    spec = model if model is not None else _shipped_model(console)
-    if spec is None:
-        return 2
+    spec = model_spec(model)
+    _check_spec(spec)
     console.print(
         "[bold]agentkit demo[/] — real model, real loop, real DSML parser, real tools, real sandbox"
     )
     backend = _load(console, spec)
-    if backend is None:
-        return 2
     tasks = demo_tasks()
     tools = all_tools()
     rows: list[RunStats] = []
@@ -97,36 +122,124 @@ async def run_demo(console: Console, model: Any, sandbox_backend: str) -> int:
     return 0 if not failed else 1
 
 
-async def run_one(
-    console: Console,
-    task: str,
-    model: str | None,
-    sandbox_backend: str,
-    thinking: str,
-    tool_names: list[str] | None = None,
-) -> int:
-    """One task; `tool_names` limits the tools offered (a small model was trained with 1-3 of them)."""
-    from agentkit.agent import Agent
-    from agentkit.tiny.tools import all_tools
+@dataclass
+class RunOptions:
+    """What `agentkit run` was asked for (one field per command-line option)."""
 
-    available = all_tools()
-    unknown = sorted(set(tool_names or ()) - set(available))
+    task: str
+    model: Any = None
+    sandbox: str = "auto"
+    thinking: str = "high"
+    tools: list[str] | None = None
+    workspace: str | None = None
+    writable: bool = False
+    allow: list[str] = field(default_factory=list)
+    expect: str | None = None
+    max_steps: int | None = None
+    scope_check: bool = True
+
+
+def known_tools() -> dict[str, Any]:
+    """Every tool `--tools` can name: the public built-ins and agentkit-tiny's trained tools."""
+    from agentkit.tiny.tools import EPISODE_TOOLS
+    from agentkit.tools.builtin import builtin_tools
+
+    out: dict[str, Any] = {t.name: t for t in builtin_tools()}
+    out.update(EPISODE_TOOLS)
+    return out
+
+
+def _tool_names(asked: list[str] | None) -> list[str] | None:
+    """`--tools` with groups expanded and names checked (an unknown one is a CliError naming the known)."""
+    if asked is None:
+        return None
+    known = known_tools()
+    names: list[str] = []
+    for n in asked:
+        for m in TOOL_GROUPS.get(n, (n,)):
+            if m not in names:
+                names.append(m)
+    unknown = [n for n in names if n not in known and n != "browser"]
     if unknown:
-        console.print(f"[red]unknown tools: {', '.join(unknown)}; known: {', '.join(sorted(available))}[/]")
-        return 2
-    offered = [available[n] for n in tool_names] if tool_names else list(available.values())
-    spec = model if model is not None else _shipped_model(console)
-    if spec is None:
-        return 2
-    backend = _load(console, spec)
-    if backend is None:
-        return 2
-    agent: Agent[None, str] = Agent(
-        backend,
-        tools=offered,
-        instructions=RUN_INSTRUCTIONS,
-        sandbox=sandbox_backend,
-        thinking=thinking,
+        offered = ", ".join([*sorted(known), *TOOL_GROUPS, "browser"])
+        raise CliError(f"unknown tools: {', '.join(unknown)}; known: {offered}")
+    if not names:
+        raise CliError("--tools names no tool; leave it out for the default tools")
+    return names
+
+
+def _scope_refusal(reason: str) -> CliError:
+    from agentkit.tiny.scope import shape_summary
+
+    return CliError(
+        f"agentkit-tiny was not trained for this task ({reason}), so its answer would be a guess; "
+        "use a real model with --model, or --no-scope-check to run it anyway",
+        EXIT_OUT_OF_SCOPE,
+        "real models: --model deepseek:deepseek-v4-flash (needs DEEPSEEK_API_KEY), "
+        "--model completions:http://HOST:8000#MODEL (vLLM / SGLang), --model embedded:<checkpoint dir>\n"
+        "the task shapes agentkit-tiny was trained on:\n" + shape_summary(),
     )
-    stats: RunStats = await stream_run(agent, task, console)
-    return 0 if stats.status == "completed" else 1
+
+
+async def run_one(console: Console, opts: RunOptions) -> int:
+    """One task, streamed; 0 when it was answered (or answered right against `expect`), else 1."""
+    from agentkit.agent import Agent
+    from agentkit.limits import Limits
+    from agentkit.tiny.tasks import MAX_STEPS
+    from agentkit.tools.sandbox import open_sandbox
+
+    names = _tool_names(opts.tools)
+    if opts.writable and opts.workspace is None:
+        raise CliError("--writable needs --workspace DIR (the folder the run may write to)")
+    if opts.workspace is not None and not await anyio.Path(opts.workspace).is_dir():
+        raise CliError(f"--workspace {opts.workspace}: no such folder")
+    if names is not None and "browser" in names and not opts.allow:
+        raise CliError("the browser tool needs --allow URL (each URL prefix it may visit)")
+    spec = model_spec(opts.model)
+    _check_spec(spec)
+    tiny = isinstance(spec, str) and spec in TINY_MODELS
+    if tiny and opts.scope_check:
+        from agentkit.tiny.scope import check_scope
+
+        verdict = check_scope(opts.task, [n for n in names if n != "browser"] if names else None)
+        if not verdict.in_scope:
+            raise _scope_refusal(verdict.reason)
+        names = list(verdict.tools)
+        console.print(f"[dim]scope: {verdict.reason} (a shape agentkit-tiny was trained on); "
+                      f"tools: {', '.join(names)}[/]")  # fmt: skip
+    elif names is None:
+        from agentkit.tiny.tools import all_tools
+
+        names = list(all_tools()) if tiny else list(DEFAULT_TOOLS)
+    known = known_tools()
+    offered = [known[n] for n in names if n != "browser"]
+    options: dict[str, Any] = {}
+    if opts.workspace is not None:
+        options = {"host_workspace": opts.workspace, "workspace_writable": opts.writable}
+    with console.status(f"opening a {opts.sandbox} sandbox…"):
+        sandbox = await open_sandbox(opts.sandbox, **options)  # type: ignore[arg-type]
+    async with sandbox:  # opened before the model loads: a sandbox that cannot start fails in a second
+        if opts.workspace is not None:
+            mode = "writable" if opts.writable else "read-only"
+            console.print(f"[dim]workspace: {escape(opts.workspace)} ({mode}) at /workspace[/]")
+        backend = _load(console, spec)
+        browser = None
+        if names is not None and "browser" in names:
+            from agentkit.tools.builtin.browser import Browser
+
+            browser = Browser(allow=opts.allow)
+            offered += browser.tools()
+        try:
+            agent: Agent[None, str] = Agent(
+                backend,
+                tools=offered,
+                instructions=RUN_INSTRUCTIONS,
+                sandbox=sandbox,
+                thinking=opts.thinking,
+                limits=Limits(max_steps=opts.max_steps or (MAX_STEPS if tiny else 50)),
+            )
+            stats: RunStats = await stream_run(agent, opts.task, console, expected=opts.expect)
+        finally:
+            if browser is not None:
+                await browser.close()
+    return 0 if stats.verdict in ("answered", "ok") else 1

@@ -22,6 +22,24 @@ from rich.table import Table
 from agentkit import events as ev
 
 
+class CliError(Exception):
+    """An expected failure of a command: its message is the one line the user sees, `code` the exit code
+    (2: usage or set-up; 3: a task outside agentkit-tiny's scope)."""
+
+    def __init__(self, message: str, code: int = 2, details: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.details = details
+        """Lines shown after the one line (what to do instead), never needed to understand it."""
+
+
+def _answer_value(text: str) -> str:
+    """The value of agentkit-tiny's "The answer is X." format, or the text itself."""
+    from agentkit.tiny.tasks import extract_answer
+
+    return extract_answer(text) or text.strip()
+
+
 @dataclass(slots=True)
 class RunStats:
     """What the renderer measured for one run (shown per task and summed in the demo's table)."""
@@ -38,11 +56,24 @@ class RunStats:
 
     @property
     def ok(self) -> bool:
+        """Completed, and (when an expected answer is known) right: the answer equals it, whole or as
+        the value of "The answer is X."."""
         if self.status != "completed":
             return False
         if self.expected is None:
             return True
-        return (self.answer or "").strip() == self.expected.strip()
+        answer, want = (self.answer or "").strip(), self.expected.strip()
+        return answer == want or _answer_value(answer) == _answer_value(want)
+
+    @property
+    def verdict(self) -> str:
+        """What the run's line says: "answered" (no expected answer, so no judgement), "ok" / "wrong"
+        (judged against the expected answer), or "failed" (the run did not complete)."""
+        if self.status != "completed":
+            return "failed"
+        if self.expected is None:
+            return "answered"
+        return "ok" if self.ok else "wrong"
 
     @property
     def tokens_per_s(self) -> float:
@@ -117,7 +148,12 @@ async def stream_run(agent: Any, task: str, console: Console, expected: str | No
     async for event in agent.stream(task):
         render(event)
     stats.seconds = time.perf_counter() - t0
-    verdict = "[green]ok[/]" if stats.ok else f"[red]FAILED[/] (status {stats.status})"
+    verdict = {
+        "answered": "[green]answered[/]",
+        "ok": "[green]ok[/]",
+        "wrong": f"[red]wrong[/] (expected {escape(stats.expected or '')})",
+        "failed": f"[red]FAILED[/] (status {escape(stats.status)})",
+    }[stats.verdict]
     console.print(
         f"{verdict}  {stats.steps} steps, {stats.tool_calls} tool calls, "
         f"{stats.completion_tokens} tokens in {stats.seconds:.2f}s ({stats.tokens_per_s:.1f} tok/s)\n"
@@ -132,7 +168,7 @@ def summary_table(rows: Sequence[RunStats]) -> Table:
     for r in rows:
         table.add_row(
             escape(r.task[:48]),
-            "[green]ok[/]" if r.ok else "[red]failed[/]",
+            f"[green]{r.verdict}[/]" if r.verdict in ("ok", "answered") else f"[red]{r.verdict}[/]",
             escape((r.answer or "").strip()[:30]),
             str(r.steps),
             str(r.tool_calls),
