@@ -7,6 +7,7 @@ import enum
 import json
 from typing import Annotated, Any, Literal
 
+import anyio
 import pytest
 from agentkit.tools.context import RunContext
 from agentkit.tools.docstrings import parse_docstring
@@ -365,3 +366,35 @@ def test_docstring_round_trip(style: str, summary_words: list[str], params: dict
     parsed = parse_docstring(_render(style, summary, params))
     assert parsed.description == summary
     assert parsed.params == {name: " ".join(words) for name, words in params.items()}
+
+
+def test_unannotated_parameters_are_refused_by_name() -> None:
+    # a schema without types lets the model's strings through: `add(a, b)` would return '34'
+    def add(a, b, c: int = 0):  # type: ignore[no-untyped-def]
+        return a + b + c
+
+    with pytest.raises(ToolDefinitionError) as info:
+        tool(add)
+    msg = str(info.value)
+    assert "`a`, `b` have no type annotation" in msg and "`c`" not in msg
+    assert "allow_untyped=True" in msg
+
+    def one(x):  # type: ignore[no-untyped-def]
+        return x
+
+    with pytest.raises(ToolDefinitionError, match=r"parameter `x` has no type annotation"):
+        tool(one)
+
+
+def test_allow_untyped_takes_json_values() -> None:
+    @tool(allow_untyped=True)
+    def add(a, b):  # type: ignore[no-untyped-def]
+        """Add two values."""
+        return a + b
+
+    assert add.parameters_schema["properties"] == {"a": {}, "b": {}}
+    assert add.parameters_schema["required"] == ["a", "b"]
+    out = anyio.run(add.invoke, {"a": "3", "b": 4})  # text holding JSON is decoded: 7, not '34'
+    assert not out.is_error and out.content == "7"
+    words = anyio.run(add.invoke, {"a": "sun", "b": "flower"})  # text that is not JSON stays text
+    assert words.content == "sunflower"
