@@ -836,3 +836,31 @@ def test_modes_and_stop_strings(base_url: str, engine: Engine, tool_schemas: lis
     )
     assert cut.choices[0].finish_reason == "stop"
     assert cut.choices[0].message.reasoning_content == reasoning[: reasoning.index(stop)]
+
+
+def test_the_agentkit_serve_command() -> None:
+    """`agentkit serve` as users start it: a process serving the shipped model, gone on SIGINT."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "AGENTKIT_API_KEY": "k1"}
+    cmd = [sys.executable, "-m", "agentkit.cli", "serve", "--port", str(port), "--default-max-tokens", "8"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k1", max_retries=0)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                assert [m.id for m in client.models.list()] == [MODEL]
+                break
+            except openai.APIConnectionError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+        r = client.chat.completions.create(model=MODEL, messages=_question(5))  # type: ignore[arg-type]
+        assert r.usage is not None and r.usage.completion_tokens <= 8  # --default-max-tokens
+        with pytest.raises(openai.AuthenticationError):  # the key came from $AGENTKIT_API_KEY
+            openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k2", max_retries=0).models.list()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
