@@ -363,8 +363,9 @@ def test_ctrl_c_while_tiny_generates_stops_cleanly() -> None:
 
 def test_help_names_every_runtime_preset() -> None:
     # the CLI keeps its own list so that --help needs no torch; it must stay the runtime's list
-    from agentkit import cli
     from agentkit.runtime.config import _PRESETS
+
+    from agentkit import cli
 
     assert sorted(cli.PRESETS) == sorted(_PRESETS)
     assert f"runtime presets: {', '.join(cli.PRESETS)}" in agentkit("--help").stdout
