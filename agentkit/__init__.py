@@ -28,6 +28,7 @@ _EXPORTS = {
     "encode_messages": "agentkit.dsml",
     "parse_completion": "agentkit.dsml",
     "StreamParser": "agentkit.dsml",
+    "MCPServer": "agentkit.mcp",
 }
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from agentkit.backends import ScriptedModel, resolve
     from agentkit.dsml import StreamParser, encode_messages, parse_completion
     from agentkit.limits import Limits, Usage
+    from agentkit.mcp import MCPServer
     from agentkit.session import RunState
     from agentkit.tools.context import RunContext
     from agentkit.tools.sandbox import open_sandbox
@@ -53,6 +55,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "Agent",
     "Limits",
+    "MCPServer",
     "RunContext",
     "RunError",
     "RunResult",

@@ -54,6 +54,8 @@ BUDGET_NOTE = (
 class ToolRunner:
     """Runs calls of one run to results, records them in the run state and reports them as events."""
 
+    trace: Any = NO_TRACE  # the loop's `agentkit.tracing` run trace: one span per call
+
     def __init__(
         self,
         state: RunState,
@@ -155,6 +157,11 @@ class ToolRunner:
             duration = time.monotonic() - t0
             self.finish(index, call, outcome.content, outcome.is_error, outcome.error_kind, duration)
 
+    async def traced(self, index: int, call: ToolCall) -> None:
+        """`execute` inside its tracing span (the dispatcher's path does the same)."""
+        with self.trace.tool_call(index, call):
+            await self.execute(index, call)
+
     def deny(self, index: int, call: ToolCall, decision: bool | str) -> None:
         from agentkit.tools.tool import ToolOutcome
 
@@ -247,7 +254,7 @@ class ToolRunner:
         async with anyio.create_task_group() as tg:
             for index in approved:
                 st.usage.tool_calls += 1
-                tg.start_soon(self.execute, index, st.block[index])
+                tg.start_soon(self.traced, index, st.block[index])
             for index in children:
                 tg.start_soon(self.resume_child, index, st.block[index], approvals)
 
@@ -268,8 +275,6 @@ class ToolRunner:
 
 class Dispatcher:
     """Starts calls as they close; runs them concurrently except around `sequential` tools."""
-
-    trace: Any = NO_TRACE  # the loop's `agentkit.tracing` run trace: one span per call
 
     def __init__(
         self, runner: ToolRunner, tg: anyio.abc.TaskGroup, enabled: bool, wake: Callable[[], None]
@@ -318,8 +323,7 @@ class Dispatcher:
         try:
             for w in waits:
                 await w.wait()
-            with self.trace.tool_call(index, call):
-                await self.runner.execute(index, call)
+            await self.runner.traced(index, call)
         finally:
             self.active -= 1
             done.set()

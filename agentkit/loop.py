@@ -91,6 +91,7 @@ class Loop:
         self.checkpoint: Callable[[bool], None] = lambda with_kv: None
         self.tools.on_result = lambda: self.checkpoint(False)
         self.trace = for_run(spec, state)  # OpenTelemetry spans, or a no-op when no provider is set
+        self.tools.trace = self.trace
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -223,7 +224,6 @@ class Loop:
         try:
             async with anyio.create_task_group() as tg:
                 disp = Dispatcher(self.tools, tg, allow_tools, self._wake.set)
-                disp.trace = self.trace
                 asm = TurnAssembler(st.step, self.mode, self.emit, disp.submit, disp.refuse)
                 with self.trace.model_call(request) as span:
                     async for chunk in spec.model.stream(request):

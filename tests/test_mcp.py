@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -168,7 +169,13 @@ async def test_crash_mid_call_gives_a_readable_error_and_the_next_call_restarts(
     pidfile = tmp_path / "s.pid"
     server = stdio_server(pidfile)
     model = ScriptedModel(
-        [lambda r: say(r, [("crash", {})]), lambda r: say(r, [("pid", {})]), lambda r: say(r, content="ok")]
+        [
+            lambda r: say(r, [("crash", {})]),
+            lambda r: say(r, [("pid", {})]),
+            lambda r: say(r, content="ok"),
+            lambda r: say(r, [("pid", {})]),
+            lambda r: say(r, content="ok"),
+        ]
     )
     async with Agent(model, tools=[server]) as agent:
         result = await agent.run("crash it")
@@ -178,8 +185,15 @@ async def test_crash_mid_call_gives_a_readable_error_and_the_next_call_restarts(
         first, second = pids(pidfile)
         assert results(result)["pid"].content == str(second) and first != second
         assert server.connects == 2 and not alive(first)
+        # killed while idle: the next call finds the session ended and reconnects first, no error
+        os.kill(second, signal.SIGKILL)
+        assert wait_gone(second)
+        again = await agent.run("pid?")
+        third = pids(pidfile)[-1]
+        assert results(again)["pid"].content == str(third) and not results(again)["pid"].is_error
+        assert server.connects == 3
     assert result.status == "completed"
-    assert wait_gone(second)
+    assert wait_gone(third)
 
 
 @pytest.mark.anyio
@@ -219,6 +233,20 @@ def test_no_orphan_when_the_host_process_never_closes_the_agent(tmp_path: Path) 
     assert proc.stdout.strip() == "completed", proc.stderr
     (pid,) = pids(pidfile)
     assert not alive(pid)
+
+
+@pytest.mark.anyio
+async def test_mcp_calls_can_require_approval(tmp_path: Path) -> None:
+    server = stdio_server(tmp_path / "s.pid", requires_approval={"add"})
+    model = ScriptedModel(
+        [lambda r: say(r, [("add", {"a": 1, "b": 2}), ("pid", {})]), lambda r: say(r, content="ok")]
+    )
+    async with Agent(model, tools=[server]) as agent:
+        paused = await agent.run("add")
+        assert paused.status == "paused" and [c.name for c in paused.pending_approvals] == ["add"]
+        (call,) = paused.pending_approvals
+        done = await agent.run(state=paused.state.to_json(), approvals={call.id: True})
+    assert done.status == "completed" and results(done)["add"].content == "3"
 
 
 # ------------------------------------------------------------------------------ tool-list changes

@@ -211,6 +211,28 @@ async def test_mcp_tool_spans(spans: InMemorySpanExporter, tmp_path: Any) -> Non
     assert span.attributes["gen_ai.tool.name"] == "add"
 
 
+@pytest.mark.anyio
+async def test_calls_approved_after_a_pause_are_traced_under_the_run(spans: InMemorySpanExporter) -> None:
+    @tool(requires_approval=True)
+    def launch(target: str) -> str:
+        """Launch at a target."""
+        return f"launched at {target}"
+
+    model = ScriptedModel(
+        [lambda r: say(r, [("launch", {"target": "moon"})]), lambda r: say(r, content="ok")]
+    )
+    agent = Agent(model, tools=[launch])
+    paused = await agent.run("launch")
+    (call,) = paused.pending_approvals
+    spans.clear()
+    await agent.run(state=paused.state, approvals={call.id: True})
+    got = list(spans.get_finished_spans())
+    (run,) = by_name(got, "invoke_agent")
+    (tool_span,) = by_name(got, "execute_tool")
+    assert parent_id(tool_span) == run.context.span_id
+    assert tool_span.attributes["gen_ai.tool.call.id"] == call.id
+
+
 def test_no_sdk_no_spans_no_span_calls() -> None:
     """Without a provider a run gets NO_TRACE: the OpenTelemetry API is never asked for a span."""
     script = textwrap.dedent(
