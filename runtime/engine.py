@@ -21,7 +21,12 @@ batched / chunked extends compute the same function as one extend (tests/test_ru
 Memory: a sequence's state is allocated once at admission for its largest possible length
 (`len(prompt) + max_tokens`, preallocated and written in place), so its bytes are known before it runs:
 admission waits while `state_bytes` would be exceeded instead of running out of memory mid-decode, and
-`stats().state_bytes` is exact. Cancellation ends the stream at once; the scheduler frees the state at its
+`stats().state_bytes` is exact. A sequence that starts from a snapshot (a fork, a continuation, a prefix
+cache hit) is a `SequenceState.branch` of it: it shares the snapshot's compressed entries and indexer keys
+(copy-on-write, see state.py) and allocates only its window ring, compressor tails and the rows of its
+own new tokens, which is all `state_bytes` counts for it; the shared rows are held by the snapshot's owner
+(a kept state, the fork base, the prefix cache). With a `decoder` every sequence owns a slab row, into
+which a snapshot is copied. Cancellation ends the stream at once; the scheduler frees the state at its
 next step boundary (never in the middle of an extend that uses it). A forward that raises fails only the
 requests in that batch; a request's own failure (e.g. its stop-string decoder raising) fails only it.
 
@@ -32,7 +37,8 @@ Each such point is announced at admission, and a request that could reuse an ann
 rather than prefilling the same prefix again, so N concurrent requests sharing a prefix prefill it once.
 
 Forks (`fork`): one finished sequence (kept with keep_state=True) or a state continues n ways: it is
-snapshotted once and restored into n states; nothing is prefilled except new suffix tokens.
+snapshotted once (sharing its entries) and each of the n branches shares that snapshot's entries; nothing
+is prefilled except new suffix tokens, nothing before the fork point is copied.
 
 Continuations (`submit(new_ids, state=kept)`): an agent's next turn continues its last turn's kept state
 with only the new tokens. The given state is read once, at admission (restored into the request's own
@@ -70,7 +76,7 @@ from agentkit.runtime.generate import SamplingParams, sample
 from agentkit.runtime.generate import _Seq as _Sampler
 from agentkit.runtime.model import V4Model
 from agentkit.runtime.prefix_cache import CacheStats, PrefixCache, model_fingerprint
-from agentkit.runtime.state import SequenceState
+from agentkit.runtime.state import ENTRY_ARRAYS, SequenceState
 
 Phase = Literal["prefill", "decode", "feed", "done"]
 LogitsProcessor = Callable[[list[int], torch.Tensor], torch.Tensor]
@@ -102,7 +108,8 @@ class EngineStats:
     """Prompt (and fork suffix) tokens extended, over the engine's life: cached prefixes are not counted."""
     decode_tokens: int
     state_bytes: int
-    """Bytes allocated for running sequences' states right now."""
+    """Bytes allocated for running sequences' states right now (a branch's shared prefix not included:
+    its snapshot's owner holds that)."""
     state_bytes_limit: int | None
     cache: CacheStats
 
@@ -284,7 +291,7 @@ class Engine:
         tokens = pending + self._ids(suffix)
         if not tokens and logits is None:
             raise RequestError("a fork of a state needs at least one new token (no logits to sample from)")
-        base = state.snapshot()  # once: every branch restores from this copy, the source stays free
+        base = state.snapshot()  # once: every branch shares this one's entries, the source stays free
         with self._lock:
             reqs = [
                 self._request(tokens, p, decode, keep_state, False, base=base, logits=logits) for p in plist
@@ -364,7 +371,7 @@ class Engine:
         if offset + len(ids) > limit:
             raise RequestError(f"context of {offset + len(ids)} tokens > the engine's limit of {limit}")
         capacity = min(offset + len(ids) + params.max_tokens, limit)
-        reserve = self._bytes_for(capacity)
+        reserve = self._bytes_for(capacity, offset if self.decoder is None else 0)
         if self.state_bytes_limit is not None and reserve > self.state_bytes_limit:
             raise RequestError(
                 f"this request's state needs {reserve} bytes > state_bytes={self.state_bytes_limit}"
@@ -384,12 +391,19 @@ class Engine:
             offset=offset,
         )
 
-    def _bytes_for(self, capacity: int) -> int:
-        """Exact bytes of a state preallocated for `capacity` tokens (a meta-device state: no memory)."""
+    def _bytes_for(self, capacity: int, shared: int = 0) -> int:
+        """Exact bytes a state preallocated for `capacity` tokens allocates (a meta-device state: no
+        memory), when its first `shared` tokens' entries are shared with the snapshot it branches from."""
         if self.decoder is not None:
             return self._slot_bytes()
         st = SequenceState.fresh(self.config, "meta", self.model.dtype, max_len=capacity)
-        return sum(t.numel() * t.element_size() for ls in st.layers for t in ls.tensors().values())
+        total = sum(t.numel() * t.element_size() for ls in st.layers for t in ls.tensors().values())
+        for ls in st.layers:
+            for name in ENTRY_ARRAYS:
+                t = getattr(ls, name)
+                if t is not None:
+                    total -= (shared // ls.ratio) * t.shape[1] * t.element_size()
+        return total
 
     def _slot_bytes(self) -> int:
         assert self.decoder is not None
@@ -509,6 +523,7 @@ class Engine:
 
     def _start(self, req: _Request) -> bool:
         """Give an admitted request its state, restored from the fork base or the longest cached prefix."""
+        state: SequenceState | None = None
         if self.decoder is not None:
             try:
                 state = self.decoder.new_state()
@@ -517,13 +532,20 @@ class Engine:
                 if not self.decoder.free_slots:
                     return False
                 state = self.decoder.new_state()
-        else:
-            state = self.model.new_state(max_len=req.capacity)
         snap = req.base
         if req.use_cache:
             snap = self.cache.acquire(req.prompt)
+        if self.decoder is None:
+            if snap is not None:  # shares the snapshot's entries: allocates windows, tails, new rows only
+                state = SequenceState.branch(snap, req.capacity)
+                req.reserve = self._bytes_for(req.capacity, snap.pos)
+            else:
+                state = self.model.new_state(max_len=req.capacity)
+        else:
+            assert state is not None
+            if snap is not None:  # a slab row holds every entry: the snapshot is copied in
+                state.restore(snap)
         if snap is not None:
-            state.restore(snap)
             req.cached = snap.pos
             req.fed = snap.pos - req.offset
         if req.use_cache:

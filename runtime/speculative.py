@@ -96,7 +96,7 @@ class DraftState:
         return cls(layer=layer, pos=main_pos, streams=empty)
 
     def snapshot(self) -> DraftState:
-        layer = LayerState(ratio=self.layer.ratio, **{k: v.clone() for k, v in self.layer.tensors().items()})
+        layer = LayerState.of(self.layer.ratio, {k: v.clone() for k, v in self.layer.tensors().items()})
         return DraftState(layer, self.pos, self.streams.clone(), list(self.ids))
 
     def to_bytes(self) -> bytes:
@@ -127,7 +127,7 @@ class DraftState:
         fields = {
             k.removeprefix("layer."): v.to(device) for k, v in tensors.items() if k.startswith("layer.")
         }
-        layer = LayerState(ratio=int(meta["ratio"]), **fields)
+        layer = LayerState.of(int(meta["ratio"]), fields)
         return cls(layer, int(meta["pos"]), tensors["streams"].to(device), list(json.loads(meta["ids"])))
 
 

@@ -11,6 +11,17 @@ layer) holds its compressed arrays preallocated for that many tokens and is only
 extend never allocates or moves state, so a decode step has fixed addresses and shapes (what a CUDA graph
 needs). Such a state refuses to grow past `capacity`; one without it grows its arrays by doubling.
 
+Forks share what never changes (copy-on-write). A layer's compressed entries and indexer keys are
+append-only: once a sequence is at position p, entry rows below p // ratio are final (an extend writes only
+at and after that row; a speculative rollback never goes below the position its step started from). So a
+state can hold its first rows as `comp_shared` / `idx_shared`: frozen segments, referenced (never copied)
+from the state it was branched or snapshotted from, followed by its own array for the rows it appends.
+What a branch must own is only what it rewrites: the window ring, the compressor tails and its new entries.
+`SequenceState.branch(snap, max_len)` makes such a preallocated state (what the engine runs forks, agent
+continuations and prefix-cache hits in); `snapshot()` shares a growable state's rows as views and clones
+only a preallocated state's own rows (those alone may be rewritten in place, by `restore`).
+`held_bytes(...)` measures what a set of states really holds (distinct storages).
+
 Serialization is a safetensors blob with a format version and a SHA-256 over the tensor bytes, so a state
 survives a restart and a damaged blob is rejected with `StateFormatError` instead of decoding garbage.
 """
@@ -19,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from agentkit.runtime.config import ModelConfig
@@ -42,9 +53,17 @@ def _overlap(ratio: int) -> int:
     return 2 if ratio == 4 else 1
 
 
+ENTRY_ARRAYS = ("comp", "idx")
+"""The append-only arrays (compressed entries, indexer keys): the only parts forks share."""
+
+
 @dataclass
 class LayerState:
-    """One layer's state; only the first pos // ratio rows of the compressed arrays are valid."""
+    """One layer's state; only the first pos // ratio rows of the compressed arrays are valid.
+
+    Entry row i of `comp` (or `idx`) is row i of the frozen segments `comp_shared` concatenated, then row
+    i - shared_rows("comp") of the own array `comp`. Without shared segments (the usual case) `comp` holds
+    every row, as it always did."""
 
     ratio: int
     window: torch.Tensor
@@ -54,9 +73,75 @@ class LayerState:
     idx: torch.Tensor | None = None
     idx_tail_kv: torch.Tensor | None = None
     idx_tail_score: torch.Tensor | None = None
+    comp_shared: tuple[torch.Tensor, ...] = ()
+    idx_shared: tuple[torch.Tensor, ...] = ()
+
+    @classmethod
+    def of(cls, ratio: int, tensors: dict[str, torch.Tensor]) -> LayerState:
+        """A layer state from its named tensors (as `tensors()` gives them); unknown names: TypeError."""
+        known = {f.name for f in fields(cls)} - {"ratio", "comp_shared", "idx_shared"}
+        if not set(tensors) <= known or "window" not in tensors:
+            raise TypeError(f"layer tensors {sorted(tensors)}: not a subset of {sorted(known)} with a window")
+        ls = cls(ratio=ratio, window=tensors["window"])
+        for k, v in tensors.items():
+            setattr(ls, k, v)
+        return ls
 
     def tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors this layer state owns (shared segments excluded)."""
         return {k: v for k, v in self.__dict__.items() if isinstance(v, torch.Tensor)}
+
+    def shared(self, name: str) -> tuple[torch.Tensor, ...]:
+        return self.comp_shared if name == "comp" else self.idx_shared if name == "idx" else ()
+
+    def shared_rows(self, name: str) -> int:
+        return sum(t.shape[0] for t in self.shared(name))
+
+    def entries(self, name: str, total: int) -> torch.Tensor:
+        """Entry rows [0, total) of `comp` or `idx` as one tensor: a view of the own array when nothing is
+        shared (no copy), else the segments and own rows concatenated (a temporary the step reads)."""
+        own = getattr(self, name)
+        segs = self.shared(name)
+        if not segs:
+            return own[:total]
+        s = sum(t.shape[0] for t in segs)
+        if total < s:
+            raise StateError(f"{name}: {total} rows asked of a state whose first {s} are shared")
+        return torch.cat((*segs, own[: total - s]), 0)
+
+    def append_entries(self, name: str, start: int, rows: torch.Tensor) -> None:
+        """Write entry rows at [start, start + len): into the own array, growing it by doubling when full
+        (a decode step costs O(new rows), not a copy of every entry so far)."""
+        at = start - self.shared_rows(name)
+        if at < 0:
+            raise StateError(f"{name}: row {start} is in this state's shared (frozen) prefix")
+        buf = getattr(self, name)
+        need = at + rows.shape[0]
+        if need > buf.shape[0]:
+            grown = buf.new_zeros(max(need, 2 * buf.shape[0], 16), buf.shape[1])
+            grown[:at] = buf[:at]
+            buf = grown
+        with torch.no_grad():
+            buf[at:need] = rows.detach().to(buf.dtype)
+        setattr(self, name, buf)
+
+    def frozen(self, name: str, count: int, *, owned: bool) -> tuple[torch.Tensor, ...]:
+        """Rows [0, count) as segments another state may share: the shared ones as they are, then the own
+        rows, as a view when `owned` is False (a growable array, whose valid rows nothing rewrites) or as a
+        copy when True (a preallocated array, which `restore` may rewrite in place)."""
+        segs = self.shared(name)
+        s = sum(t.shape[0] for t in segs)
+        if count <= s:
+            out: list[torch.Tensor] = []
+            left = count
+            for t in segs:  # a prefix of the shared rows (a state restored to an earlier point)
+                if left <= 0:
+                    break
+                out.append(t[:left])
+                left -= t.shape[0]
+            return tuple(out)
+        rows = getattr(self, name)[: count - s]
+        return (*segs, rows.detach().clone() if owned else rows.detach())
 
 
 def fresh_tail(
@@ -125,23 +210,62 @@ class SequenceState:
         layers = [fresh_layer(config, i, device, dtype, max_len=max_len) for i in range(config.n_layers)]
         return cls(pos=0, layers=layers, dtype=dtype, config_key=config_key(config), capacity=max_len)
 
+    @classmethod
+    def branch(cls, snap: SequenceState, max_len: int) -> SequenceState:
+        """A preallocated state (for up to `max_len` tokens) equal to `snap`, sharing its entry rows.
+
+        The window ring and compressor tails are copied (a branch rewrites them); the compressed entries and
+        indexer keys up to `snap.pos` are referenced as frozen segments (a growable `snap`'s rows as views,
+        a preallocated one's own rows copied once); only rows for the tokens after `snap.pos` are
+        allocated. `snap` may be extended or branched again afterwards: nothing of it is ever written."""
+        if snap.broken:
+            raise StateError(f"cannot branch a broken state: {snap.broken}")
+        if not snap.pos <= max_len:
+            raise StateError(f"a branch of a {snap.pos}-token state needs max_len >= {snap.pos}")
+        owned = snap.capacity is not None or snap.slot is not None
+        layers = []
+        for ls in snap.layers:
+            copy = LayerState(ratio=ls.ratio, window=ls.window.clone())
+            for k, v in ls.tensors().items():
+                if k in ENTRY_ARRAYS:
+                    count = snap.pos // ls.ratio
+                    segs = ls.frozen(k, count, owned=owned)
+                    rows = entry_capacity(max_len, ls.ratio) - count
+                    setattr(copy, f"{k}_shared", segs)
+                    setattr(copy, k, v.new_zeros(rows, v.shape[1]))
+                elif k != "window":
+                    setattr(copy, k, v.clone())
+            layers.append(copy)
+        return cls(snap.pos, layers, snap.dtype, snap.config_key, dict(snap.meta), capacity=max_len)
+
     @property
     def device(self) -> torch.device:
         return self.layers[0].window.device
 
     def _trimmed(self, ls: LayerState, name: str, t: torch.Tensor) -> torch.Tensor:
-        if name in ("comp", "idx"):
-            return t[: self.pos // ls.ratio]
+        """A tensor as saved: the valid entry rows (segments included) of an entry array, else as is."""
+        if name in ENTRY_ARRAYS:
+            return ls.entries(name, self.pos // ls.ratio)
         return t
 
     def snapshot(self) -> SequenceState:
-        """An independent copy (later extends of either side do not affect the other)."""
-        layers = [
-            LayerState(
-                ratio=ls.ratio, **{k: self._trimmed(ls, k, v).clone() for k, v in ls.tensors().items()}
-            )
-            for ls in self.layers
-        ]
+        """An independent state (later extends of either side do not affect the other). Windows and tails
+        are copied; entry rows are shared where nothing can rewrite them (see the module docstring)."""
+        owned = self.capacity is not None or self.slot is not None
+        layers = []
+        for ls in self.layers:
+            copy = LayerState(ratio=ls.ratio, window=ls.window.clone())
+            for k, v in ls.tensors().items():
+                if k in ENTRY_ARRAYS:
+                    segs = ls.frozen(k, self.pos // ls.ratio, owned=owned)
+                    if len(segs) == 1 and not ls.shared(k):  # the usual case: one plain array, as before
+                        setattr(copy, k, segs[0])
+                    else:
+                        setattr(copy, f"{k}_shared", segs)
+                        setattr(copy, k, v.new_zeros(0, v.shape[1]))
+                elif k != "window":
+                    setattr(copy, k, v.clone())
+            layers.append(copy)
         return SequenceState(self.pos, layers, self.dtype, self.config_key, dict(self.meta), self.broken)
 
     def restore(self, snap: SequenceState) -> None:
@@ -160,6 +284,8 @@ class SequenceState:
             raise StateError(f"snapshot at {snap.pos} tokens does not fit this state ({self.capacity})")
         if snap.dtype != self.dtype:
             raise StateError(f"snapshot dtype {snap.dtype} != state dtype {self.dtype}")
+        if any(ls.comp_shared or ls.idx_shared for ls in self.layers):
+            raise StateError("a branch state is not restored in place; branch the snapshot anew")
         with torch.no_grad():
             for mine, theirs in zip(self.layers, snap.layers, strict=True):
                 for k, v in theirs.tensors().items():
@@ -173,9 +299,13 @@ class SequenceState:
         for ls in self.layers:
             for k, v in ls.tensors().items():
                 setattr(ls, k, v.to(device))
+            ls.comp_shared = tuple(t.to(device) for t in ls.comp_shared)
+            ls.idx_shared = tuple(t.to(device) for t in ls.idx_shared)
         return self
 
     def nbytes(self) -> int:
+        """Bytes of the state's content (valid rows, shared ones included): its size as saved, what a
+        copy would take. `held_bytes` measures what states actually hold in memory."""
         return sum(
             self._trimmed(ls, k, v).numel() * v.element_size()
             for ls in self.layers
@@ -221,16 +351,29 @@ class SequenceState:
             dtype = getattr(torch, meta["dtype"])
             layers: list[LayerState] = []
             for i, r in enumerate(ratios):
-                fields = {
+                named = {
                     k.split(".", 2)[2]: v.to(device)
                     for k, v in tensors.items()
                     if k.startswith(f"layers.{i}.")
                 }
-                layers.append(LayerState(ratio=int(r), **fields))
+                layers.append(LayerState.of(int(r), named))
             user_meta = json.loads(meta.get("user_meta", "{}"))
         except (KeyError, ValueError, TypeError, AttributeError) as e:
             raise StateFormatError(f"inconsistent sequence state metadata: {e}") from e
         return cls(pos=pos, layers=layers, dtype=dtype, config_key=meta["config_key"], meta=user_meta)
+
+
+def held_bytes(*states: SequenceState) -> int:
+    """Memory the given states hold together: every distinct storage under them (own arrays, window rings,
+    tails, shared segments) counted once, by its address and whole size (spare capacity included)."""
+    seen: dict[tuple[str, int], int] = {}
+    for st in states:
+        for ls in st.layers:
+            for t in (*ls.tensors().values(), *ls.comp_shared, *ls.idx_shared):
+                store = t.untyped_storage()
+                if store.nbytes():
+                    seen[(str(t.device), store.data_ptr())] = store.nbytes()
+    return sum(seen.values())
 
 
 def entry_capacity(max_len: int, ratio: int) -> int:
@@ -318,6 +461,7 @@ def fixed_state_bytes(config: ModelConfig, dtype_bytes: int = 2) -> int:
 
 
 __all__ = [
+    "ENTRY_ARRAYS",
     "LayerState",
     "SequenceState",
     "StateError",
@@ -327,5 +471,6 @@ __all__ = [
     "fixed_state_bytes",
     "fresh_layer",
     "fresh_tail",
+    "held_bytes",
     "kv_bytes_per_token",
 ]

@@ -357,10 +357,13 @@ class EmbeddedModel:
         self._sessions[run_id] = sess
 
     def kept_state_bytes(self) -> int:
-        """Bytes of the KV states this backend keeps between turns, one per run (a state that forked
-        branches still share is counted once): what its idle runs hold on the engine's device."""
-        states = {id(s.state): s.state for s in self._sessions.values() if s.state is not None}
-        return sum(st.nbytes() for st in states.values())
+        """Bytes of the KV states this backend keeps between turns, one per run: what its idle runs hold
+        on the engine's device. Memory actually held: a state forked branches still share, and the entries
+        that branches' states share with their parent's (copy-on-write), are counted once."""
+        from agentkit.runtime.state import held_bytes
+
+        states = [s.state for s in self._sessions.values() if s.state is not None]
+        return held_bytes(*states)  # distinct storages: entries that kept states share count once
 
     def forget(self, run_id: str) -> None:
         self._sessions.pop(run_id, None)

@@ -83,30 +83,18 @@ class _Projected(NamedTuple):
     iw: torch.Tensor | None
 
 
-def _append(buf: torch.Tensor, count: int, rows: torch.Tensor) -> torch.Tensor:
-    """Write rows at [count, count + len) of an append-only buffer, doubling its capacity when full, so a
-    decode step costs O(new rows) instead of a copy of every entry so far."""
-    need = count + rows.shape[0]
-    if need > buf.shape[0]:
-        grown = buf.new_zeros(max(need, 2 * buf.shape[0], 16), buf.shape[1])
-        grown[:count] = buf[:count]
-        buf = grown
-    with torch.no_grad():
-        buf[count:need] = rows.detach().to(buf.dtype)
-    return buf
-
-
 def _entry_index(pooled: torch.Tensor, first: int | torch.Tensor) -> torch.Tensor:
     if isinstance(first, torch.Tensor):
         return first
     return torch.arange(pooled.shape[0], device=pooled.device) + first
 
 
-def _with_new(buf: torch.Tensor, total: int, new: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """All entries so far; under autograd the new rows are the graph-connected ones, not the stored copy."""
+def _with_new(entries: torch.Tensor, new: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """All entries so far (`LayerState.entries`); under autograd the new rows are the graph-connected ones,
+    not the stored copy."""
     if new.requires_grad:
-        return torch.cat((buf[: total - new.shape[0]].to(dtype), new), 0)
-    return buf[:total].to(dtype)
+        return torch.cat((entries[: entries.shape[0] - new.shape[0]].to(dtype), new), 0)
+    return entries.to(dtype)
 
 
 class Indexer(nn.Module):
@@ -265,8 +253,8 @@ class Attention(nn.Module):
                     ls.comp_tail_kv, ls.comp_tail_score, ckv[a:b], csc[a:b], p
                 )
                 new = self._main_entries(pooled, first, k.dtype)
-                ls.comp = _append(ls.comp, p // self.ratio, new)
-                comp = _with_new(ls.comp, (p + n) // self.ratio, new, k.dtype)
+                ls.append_entries("comp", p // self.ratio, new)
+                comp = _with_new(ls.entries("comp", (p + n) // self.ratio), new, k.dtype)
             if self.indexer is not None:
                 assert ikv is not None and isc is not None
                 assert ls.idx is not None and ls.idx_tail_kv is not None and ls.idx_tail_score is not None
@@ -274,8 +262,8 @@ class Attention(nn.Module):
                     ls.idx_tail_kv, ls.idx_tail_score, ikv[a:b], isc[a:b], p
                 )
                 inew = self._index_entries(ipooled, ifirst, k.dtype)
-                ls.idx = _append(ls.idx, p // 4, inew)
-                idx_keys = _with_new(ls.idx, (p + n) // 4, inew, k.dtype)
+                ls.append_entries("idx", p // 4, inew)
+                idx_keys = _with_new(ls.entries("idx", (p + n) // 4), inew, k.dtype)
             siq = None if iq is None else iq[a:b]
             siw = None if iw is None else iw[a:b]
             outs.append(self._core(q[a:b], keys_win, w_old, p, comp, idx_keys, siq, siw))
