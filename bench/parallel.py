@@ -103,6 +103,8 @@ def _rss_mib() -> float:
 
 def _decode_run(par: Parallel | None, args: argparse.Namespace) -> dict[str, Any]:
     dev = torch.device(args.device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())  # init_parallel set it from LOCAL_RANK
     t0 = time.perf_counter()
     model = load_model(
         args.source, device=dev, dtype=getattr(torch, args.dtype), random_seed=args.seed, parallel=par

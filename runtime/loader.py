@@ -14,7 +14,7 @@ from .checkpoint_layout import CheckpointError
 from .checkpoint_read import shipped_checkpoint
 from .config import ConfigError, ModelConfig
 from .model import V4Model
-from .parallel import Parallel, read_local_tensors, shard_tensors
+from .parallel import Parallel, local_tensor_reader, shard_tensors
 from .random_weights import random_tensors
 
 __all__ = ["load_model"]
@@ -41,7 +41,7 @@ def load_model(
     if root is not None:
         if parallel is None:
             return V4Model.from_checkpoint(str(root), dtype=dtype, device=device)
-        config, tensors = read_local_tensors(root, parallel, device=device or "cpu")
+        config, tensors = local_tensor_reader(root, parallel)  # validated now, read as loaded
         model = V4Model(config, dtype=dtype, device=device, parallel=parallel)
         model.load_weights(tensors)
         return model

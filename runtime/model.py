@@ -17,7 +17,7 @@ runtime/speculative.py); splitting the MTP entry points out would split one modu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -204,18 +204,32 @@ class V4Model(nn.Module):
 
     # ------------------------------------------------------------------ weights
     @torch.no_grad()
-    def load_weights(self, tensors: dict[str, torch.Tensor], *, strict: bool = True) -> None:
+    def load_weights(
+        self,
+        tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
+        *,
+        strict: bool = True,
+    ) -> None:
         """Load checkpoint tensors by name. Same-width 1-byte dtypes (uint8 / e8m0 / e4m3 / int8) are
-        reinterpreted, never numerically cast: a cast of E8M0 bytes would silently change the scales."""
+        reinterpreted, never numerically cast: a cast of E8M0 bytes would silently change the scales.
+
+        A mapping is checked whole before anything is copied; (name, tensor) pairs are copied as they
+        come, so a checkpoint streamed one tensor at a time never sits in memory twice, and are checked
+        as they go (and for missing names at the end)."""
         own = self.state_dict(keep_vars=True)
-        missing = sorted(set(own) - set(tensors))
-        unknown = sorted(set(tensors) - set(own))
-        if strict and (missing or unknown):
-            raise ModelInputError(
-                f"weights do not match the model: missing {missing[:5]}, unknown {unknown[:5]}"
-            )
-        for name, src in tensors.items():
+        if isinstance(tensors, Mapping):
+            missing = sorted(set(own) - set(tensors))
+            unknown = sorted(set(tensors) - set(own))
+            if strict and (missing or unknown):
+                raise ModelInputError(
+                    f"weights do not match the model: missing {missing[:5]}, unknown {unknown[:5]}"
+                )
+            tensors = tensors.items()
+        seen: set[str] = set()
+        for name, src in tensors:
             if name not in own:
+                if strict:
+                    raise ModelInputError(f"weights do not match the model: unknown {name}")
                 continue
             dst = own[name]
             if tuple(dst.shape) != tuple(src.shape):
@@ -223,6 +237,9 @@ class V4Model(nn.Module):
             if src.dtype != dst.dtype and src.element_size() == dst.element_size() == 1:
                 src = src.view(dst.dtype)
             dst.copy_(src)
+            seen.add(name)
+        if strict and len(seen) != len(own):
+            raise ModelInputError(f"weights do not match the model: missing {sorted(set(own) - seen)[:5]}")
 
     @classmethod
     def from_checkpoint(

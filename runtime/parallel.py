@@ -19,7 +19,7 @@ process format, so a snapshot taken in N-rank mode resumes in N-rank or single-p
 (`states_agree` checks the replicas; `broadcast_bytes` hands one rank's blob to all).
 
 The sharding rules are data (`SPLIT_DIM`, `shard_key`, `expert_of`), applied by `local_slices` to a full
-tensor in memory (`shard_tensors`) or to a memory-mapped safetensors file (`read_local_tensors`: each rank
+tensor in memory (`shard_tensors`) or to a memory-mapped safetensors file (`local_tensor_reader`: each rank
 reads only its slices, in stored precision). Collectives take tensors on their own device: gloo on CPU,
 NCCL on GPUs, the same calls.
 """
@@ -39,7 +39,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint_layout import CheckpointError
+from .checkpoint_layout import CheckpointError, tensor_specs
 from .checkpoint_read import validate_checkpoint
 from .config import ModelConfig
 
@@ -56,6 +56,7 @@ __all__ = [
     "expert_of",
     "init_parallel",
     "local_slices",
+    "local_tensor_reader",
     "read_local_tensors",
     "shard_key",
     "shard_tensors",
@@ -250,40 +251,46 @@ def shard_tensors(
             yield name, t[idx].contiguous()
 
 
-def read_local_tensors(
-    path: str | Path, par: Parallel, *, device: str | torch.device = "cpu"
-) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """(config, this rank's tensors) from a V4 checkpoint, reading only this rank's slices.
+def local_tensor_reader(
+    path: str | Path, par: Parallel
+) -> tuple[ModelConfig, Iterator[tuple[str, torch.Tensor]]]:
+    """(config, this rank's (name, tensor) pairs, read lazily) from a V4 checkpoint.
 
-    The checkpoint is validated first (names, dtypes, shapes), then each shard file is memory-mapped and
-    only the rows/columns this rank holds are read, in stored precision (FP8 stays e4m3, experts stay
-    packed FP4, scales stay E8M0); other ranks' experts are never read."""
-    from safetensors import SafetensorError, safe_open
-
+    The checkpoint is validated now (names, dtypes, shapes, and that it splits over the ranks); the
+    iterator then memory-maps one shard file at a time and reads only the rows / columns this rank holds,
+    in stored precision (FP8 stays e4m3, experts stay packed FP4, scales stay E8M0), into CPU memory one
+    tensor at a time, so loading to a GPU never holds more than the model plus one tensor. Other ranks'
+    experts are never read."""
     config, weight_map = validate_checkpoint(path)
     check_config(config, par.world)
-    root = Path(path)
-    by_file: dict[str, list[str]] = {}
+    shapes = {s.name: s.shape for s in tensor_specs(config)}
+    plan: dict[str, list[tuple[str, tuple[slice, ...]]]] = {}
     for name, fname in weight_map.items():
-        by_file.setdefault(fname, []).append(name)
-    shapes: dict[str, tuple[int, ...]] = {}
-    for fname, names in sorted(by_file.items()):
-        with safe_open(str(root / fname), framework="pt", device="cpu") as f:
-            for name in names:
-                shapes[name] = tuple(f.get_slice(name).get_shape())
-    out: dict[str, torch.Tensor] = {}
-    dev = str(torch.device(device))
-    for fname, names in sorted(by_file.items()):
+        w = shapes.get(name[: -len(".scale")] + ".weight") if name.endswith(".scale") else None
+        idx = local_slices(name, shapes[name], par, config.n_routed_experts, w)
+        if idx is not None:
+            plan.setdefault(fname, []).append((name, idx))
+    return config, _read_slices(Path(path), plan)
+
+
+def _read_slices(
+    root: Path, plan: dict[str, list[tuple[str, tuple[slice, ...]]]]
+) -> Iterator[tuple[str, torch.Tensor]]:
+    from safetensors import SafetensorError, safe_open
+
+    for fname, items in sorted(plan.items()):
         try:
-            with safe_open(str(root / fname), framework="pt", device=dev) as f:
-                for name in names:
-                    w = shapes.get(name[: -len(".scale")] + ".weight") if name.endswith(".scale") else None
-                    idx = local_slices(name, shapes[name], par, config.n_routed_experts, w)
-                    if idx is not None:
-                        out[name] = f.get_slice(name)[idx].contiguous()
+            with safe_open(str(root / fname), framework="pt", device="cpu") as f:
+                for name, idx in items:
+                    yield name, f.get_slice(name)[idx].contiguous()
         except (SafetensorError, OSError, RuntimeError) as e:
             raise CheckpointError(f"{root / fname}: cannot load: {e}") from e
-    return config, out
+
+
+def read_local_tensors(path: str | Path, par: Parallel) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """`local_tensor_reader` collected into a dict (CPU tensors)."""
+    config, items = local_tensor_reader(path, par)
+    return config, dict(items)
 
 
 def state_digest(state: SequenceState) -> str:

@@ -25,7 +25,7 @@ from agentkit.runtime.checkpoint_read import load_checkpoint
 from agentkit.runtime.checkpoint_write import save_random_checkpoint
 from agentkit.runtime.config import ModelConfig
 from agentkit.runtime.loader import load_model
-from agentkit.runtime.model import V4Model
+from agentkit.runtime.model import ModelInputError, V4Model
 from agentkit.runtime.parallel import (
     SPLIT_DIM,
     Parallel,
@@ -258,3 +258,14 @@ def test_unsplittable_tiles_are_refused(tmp_path: Path) -> None:
     path = save_random_checkpoint(small, tmp_path / "q", seed=1)
     with pytest.raises(ParallelError, match="quantization tile"):
         read_local_tensors(path, Parallel(0, WORLD))
+
+
+def test_streamed_weights_are_checked(checkpoints: dict[str, Path]) -> None:
+    """Loading (name, tensor) pairs as they are read still refuses an unknown or a missing tensor."""
+    config, items = read_local_tensors(checkpoints["float"], Parallel(0, WORLD))
+    model = V4Model(config, parallel=Parallel(0, WORLD))
+    pairs = list(items.items())
+    with pytest.raises(ModelInputError, match="missing"):
+        model.load_weights(iter(pairs[:-1]))
+    with pytest.raises(ModelInputError, match="unknown"):
+        model.load_weights(iter([*pairs, ("layers.0.ffn.experts.7.w1.weight", pairs[0][1])]))
