@@ -8,6 +8,11 @@ generated turns, mean steps, generated tokens/s; `--out` also writes the JSON re
 
   python examples/eval_tiny.py --episodes heldout.jsonl.gz --limit 500
   python examples/eval_tiny.py --generate 500            # held-out episodes made on the fly (seed 0)
+  python examples/eval_tiny.py --generate 500 --jobs 16 --engine   # 16 at once on one shared engine
+
+`--jobs N` alone runs N processes, each with its own model, taking every N-th episode. With `--engine` it
+is one process instead: N episodes run at once as tasks of one event loop, their agents sharing the
+process's engine, which batches their decode steps (bench/eval_engine.py compares the two).
 """
 
 from __future__ import annotations
@@ -45,12 +50,14 @@ async def _load_episodes(args: argparse.Namespace) -> list[Episode]:
 
 
 async def main_async(args: argparse.Namespace, part: int = 0) -> Report:
-    """Evaluate episodes part, part + jobs, part + 2 jobs, ... (all of them when jobs is 1)."""
+    """Evaluate episodes part, part + jobs, part + 2 jobs, ... (all of them when jobs is 1, or with
+    --engine, where all of them run here, `jobs` at a time)."""
     t0 = time.perf_counter()
     backend = EmbeddedModel(args.model, temperature=0.0, max_tokens=args.max_tokens, device=args.device)
-    tag = f"[{part + 1}/{args.jobs}] " if args.jobs > 1 else ""
+    parts = 1 if args.engine else args.jobs
+    tag = f"[{part + 1}/{parts}] " if parts > 1 else ""
     print(f"{tag}loaded {backend.name} in {time.perf_counter() - t0:.1f} s", flush=True)
-    eps = (await _load_episodes(args))[part :: args.jobs]
+    eps = (await _load_episodes(args))[part::parts]
     t1 = time.perf_counter()
 
     def progress(i: int, report: Report) -> None:
@@ -58,7 +65,10 @@ async def main_async(args: argparse.Namespace, part: int = 0) -> Report:
             ok = sum(r.ok for r in report.rows)
             print(f"{tag}{i}/{len(eps)}: {ok} ok ({time.perf_counter() - t1:.0f} s)", flush=True)
 
-    return await evaluate(backend, eps, all_tools(), sandbox=args.sandbox, on_progress=progress)
+    concurrency = args.jobs if args.engine else 1
+    return await evaluate(
+        backend, eps, all_tools(), sandbox=args.sandbox, on_progress=progress, concurrency=concurrency
+    )
 
 
 def _run_part(args: argparse.Namespace, part: int) -> Report:
@@ -71,7 +81,7 @@ def _run_part(args: argparse.Namespace, part: int) -> Report:
 
 
 def run_all(args: argparse.Namespace) -> Report:
-    if args.jobs <= 1:
+    if args.jobs <= 1 or args.engine:
         return anyio.run(main_async, args)
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
         parts = list(pool.map(_run_part, [args] * args.jobs, range(args.jobs)))
@@ -93,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-tokens", type=int, default=400)
     p.add_argument("--jobs", type=int, default=1, help="evaluate in N processes (same rows, any N)")
+    p.add_argument(
+        "--engine", action="store_true", help="--jobs episodes at once in one process, on one shared engine"
+    )
     p.add_argument("--out", default=None, help="write the JSON report here too")
     args = p.parse_args(argv)
     if not args.generate and not args.episodes:

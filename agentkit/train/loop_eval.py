@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import anyio
+
 from agentkit.dsml.errors import DSMLParseError
 from agentkit.dsml.parse import parse_completion
 from agentkit.messages import Transcript
@@ -154,13 +156,31 @@ async def evaluate(
     *,
     sandbox: str = "auto",
     on_progress: Callable[[int, Report], Awaitable[None] | None] | None = None,
+    concurrency: int = 1,
 ) -> Report:
-    """Run every episode in turn (one backend, so one model in memory) and collect the outcomes."""
-    report = Report([])
-    for i, e in enumerate(episodes):
-        report.rows.append(await run_episode(backend, e, tools, sandbox))
+    """Run every episode (one backend, so one model in memory) and collect the outcomes, in episode order.
+
+    `concurrency` > 1 runs that many episodes at once as tasks of this event loop: on the embedded backend
+    their model requests meet in one engine, which batches their steps together (why one process with a
+    shared engine can replace a process per job). `on_progress` gets the number finished and their rows."""
+    rows: list[Outcome | None] = [None] * len(episodes)
+    done = Report([])
+    limiter = anyio.CapacityLimiter(max(1, concurrency))
+
+    async def one(i: int, e: Episode) -> None:
+        async with limiter:
+            rows[i] = outcome = await run_episode(backend, e, tools, sandbox)
+        done.rows.append(outcome)
         if on_progress is not None:
-            maybe = on_progress(i + 1, report)
+            maybe = on_progress(len(done.rows), done)
             if maybe is not None:
                 await maybe
-    return report
+
+    if concurrency <= 1:
+        for i, e in enumerate(episodes):
+            await one(i, e)
+    else:
+        async with anyio.create_task_group() as tg:
+            for i, e in enumerate(episodes):
+                tg.start_soon(one, i, e)
+    return Report([r for r in rows if r is not None])
