@@ -330,7 +330,12 @@ class Chat:
                 f"[yellow]note:[/] the session was made with tools {', '.join(sorted(saved_tools))}; "
                 f"this chat offers {', '.join(t.name for t in self.tools)}"
             )
-        kv = "restored" if state.has_kv else "none (the next message prefills the conversation)"
+        if not state.has_kv:
+            kv = "none (the next message prefills the conversation)"
+        elif getattr(self.agent.model, "import_state", None) is None:
+            kv = "saved, but this model cannot use it (the next message prefills the conversation)"
+        else:
+            kv = "restored"
         self.console.print(
             f"loaded {len(state.messages)} messages, {state.usage.context_tokens} tokens of context; "
             f"KV state: {kv}"

@@ -54,7 +54,7 @@ class Terminal:
         self.raw += data
         return bool(data)
 
-    def expect(self, pattern: str, timeout: float = 60.0) -> re.Match[str]:
+    def expect(self, pattern: str, timeout: float = 120.0) -> re.Match[str]:
         """Wait for `pattern` in the output after the last match; TimeoutError shows the output."""
         rx = re.compile(pattern)
         deadline = time.monotonic() + timeout

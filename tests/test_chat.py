@@ -101,7 +101,7 @@ def test_chat_tool_call_approval_save_and_load_in_a_new_process_prefills_nothing
     second.send("/save s2.json\n")
     second.expect(r"saved \d+ messages")
     second.expect(PROMPT)
-    second.send("\x04")  # Ctrl-D ends the chat
+    second.send("/quit\n")
     assert second.wait() == 0
 
     after = RunState.from_json((tmp_path / "s2.json").read_text())
@@ -198,7 +198,8 @@ def test_ctrl_c_stops_the_step_and_keeps_the_session(
     term.send("/save s.json\n")
     term.expect(r"saved 5 messages to s\.json\n")
     term.expect(PROMPT)
-    term.send("/quit\n")
+    time.sleep(0.5)  # let readline take the terminal: an end-of-input typed ahead of it can be lost
+    term.send("\x04")  # Ctrl-D ends the chat
     assert term.wait() == 0
 
     state = RunState.from_json((tmp_path / "s.json").read_text())

@@ -375,3 +375,37 @@ def test_a_durable_parent_resumes_its_paused_child_from_the_store(agent_def: Any
     done = anyio.run(lambda: fresh.resume(paused.state.run_id, approvals={pending.id: True}))
     assert done.status == "completed" and done.output == "publish: published 6 chars"
     assert (tmp_path / "published.txt").read_text() == "stored\n"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_children_on_the_embedded_agentkit_tiny_share_one_engine(agent_def: Any) -> None:
+    """Real-model children: two agentkit-tiny runs delegated in one block are served by the one engine
+    at the same time, and their real token counts (prefilled, cached) are summed into the parent's."""
+    from agentkit.backends import resolve
+    from agentkit.tiny.tools import calculator
+
+    tiny = resolve("embedded:tiny")
+    adder = Agent(
+        tiny,
+        [calculator],
+        instructions="You are a helpful assistant that solves tasks with tools. Answer with the final "
+        "result.",  # the system prompt agentkit-tiny's calculator episodes were rendered with
+    )
+    sums = [("1234", "4321", "5555"), ("90178", "39349", "129527")]
+    tasks = ";".join(f"adder:Please calculate the sum of {a} and {b}." for a, b, _ in sums)
+    parent = Agent(ScriptedModel([agent_def.parent_policy] * 3), [adder.as_tool("adder", "Adds.")])
+    events = [e async for e in parent.stream(tasks)]
+    result = events[-1].result
+    assert result.status == "completed"
+    assert result.output == " | ".join(f"The answer is {c}." for _, _, c in sums)
+    sub = [(i, e.call_id, e.event) for i, e in enumerate(events) if isinstance(e, ev.SubAgentEvent)]
+    first = {cid: min(i for i, c, _ in sub if c == cid) for cid in ("call_1_0", "call_1_1")}
+    ended = {c: i for i, c, x in sub if isinstance(x, ev.RunEnd)}
+    assert first["call_1_0"] < ended["call_1_1"] and first["call_1_1"] < ended["call_1_0"]
+    kids = child_ends(events)
+    assert all(k.usage.requests == 2 and k.usage.prefilled_tokens > 0 for k in kids.values())
+    own = own_usage(result.state)
+    for name in SUMMED:
+        assert getattr(result.usage, name) == own[name] + sum(getattr(k.usage, name) for k in kids.values())
+    assert tiny.kept_state_bytes() == 0  # finished children's KV states were let go
