@@ -35,7 +35,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from agentkit import events as ev
-from agentkit.terminal import EventRenderer, RunStats
+from agentkit.terminal import CliError, EventRenderer, RunStats
 
 if TYPE_CHECKING:
     from agentkit.agent import Agent, RunResult
@@ -352,8 +352,10 @@ class Chat:
         if not arg:
             self.console.print(f"model: [cyan]{escape(self.model_spec)}[/] (thinking {self.agent.thinking})")
             return
-        model = load_model(self.console, arg)
-        if model is None:
+        try:
+            model = load_model(self.console, arg)
+        except CliError as exc:
+            self.console.print(f"[red]{escape(str(exc))}[/]; still on {escape(self.model_spec)}")
             return
         self.model_spec = arg
         self.agent = self._agent(model, self.agent.thinking)
@@ -415,7 +417,8 @@ def add_chat_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-def load_model(console: Console, spec: str) -> Any | None:
+def load_model(console: Console, spec: str) -> Any:
+    """The backend for a model string, loaded behind a spinner; CliError (exit code 2) if it cannot be."""
     from agentkit.backends import resolve
     from agentkit.backends.base import ModelError
 
@@ -424,8 +427,7 @@ def load_model(console: Console, spec: str) -> Any | None:
         with console.status(f"loading {escape(spec)}…"):
             model = resolve(spec)
     except (ModelError, ValueError) as exc:
-        console.print(f"[red]cannot load {escape(spec)}:[/] {escape(str(exc))}")
-        return None
+        raise CliError(f"cannot load {spec}: {exc}") from exc
     console.print(f"model: [cyan]{escape(spec)}[/] (loaded in {time.perf_counter() - t0:.1f} s)")
     return model
 
@@ -455,15 +457,14 @@ def chat_tools(names: str, approve: str) -> list[Tool]:
 
 
 def run_chat(console: Console, args: argparse.Namespace) -> int:
+    """`agentkit chat`: set-up failures (unknown tools, a model that cannot load) are `CliError`s, which
+    the CLI shows as one line with exit code 2."""
     try:
         tools = chat_tools(args.tools, args.approve)
     except ValueError as exc:
-        console.print(f"[red]{escape(str(exc))}[/]")
-        return 2
+        raise CliError(str(exc)) from None
     spec = args.model or os.environ.get("AGENTKIT_MODEL") or "embedded:tiny"
     model = load_model(console, spec)
-    if model is None:
-        return 2
     sandbox = None
     if any(t.name in SANDBOX_TOOLS for t in tools):
         from agentkit.tools.sandbox import open_sandbox

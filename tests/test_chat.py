@@ -243,10 +243,16 @@ def test_bad_input_is_answered_with_a_message_not_a_crash(tmp_path: Path) -> Non
         chat_tools("calculator", "count_words")
 
 
-def test_cli_refuses_unknown_tools_with_exit_code_2() -> None:
+def test_cli_set_up_errors_are_one_line_and_exit_code_2(capsys: pytest.CaptureFixture[str]) -> None:
     from agentkit.cli import main
 
     assert main(["chat", "--tools", "nope"]) == 2
+    assert "agentkit: error: unknown tools: nope; known: calculator" in capsys.readouterr().err
+    assert main(["chat", "--model", "completions:no-model-name"]) == 2
+    assert "cannot load completions:no-model-name" in capsys.readouterr().err
+    chat, out = make_chat([])
+    chat.handle("/model completions:no-model-name")  # in a chat: said, and the chat goes on
+    assert "still on scripted" in out.getvalue() and chat.model_spec == "scripted"
 
 
 def test_subagent_calls_are_shown_under_their_call(tmp_path: Path) -> None:
