@@ -146,6 +146,44 @@ async def test_http_server_tools_in_a_run(http_url: tuple[str, Path]) -> None:
     await check_round_trip(MCPServer.http(url, {"X-Agent": "agentkit-test"}))
 
 
+def test_http_server_gone_mid_call_then_back(tmp_path: Path) -> None:
+    """Over HTTP the server is not ours to restart: the call cut off is a readable error, and once the
+    server is back the next call opens a new session."""
+
+    def start(port: int = 0) -> tuple[subprocess.Popen[str], int]:
+        cmd = [sys.executable, str(SERVER), "--http", "--port", str(port)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert proc.stdout is not None
+        return proc, int(proc.stdout.readline().split()[1])
+
+    first, port = start()
+    second = None
+    try:
+        server = MCPServer.http(f"http://127.0.0.1:{port}/mcp")
+        model = ScriptedModel(
+            [
+                lambda r: say(r, [("crash", {})]),
+                lambda r: say(r, content="it crashed"),
+                lambda r: say(r, [("add", {"a": 1, "b": 1})]),
+                lambda r: say(r, content="2"),
+            ]
+        )
+        with Agent(model, tools=[server]) as agent:
+            cut = results(agent.run_sync("crash"))["crash"]
+            assert (
+                cut.is_error and "ended while running `crash`" in cut.content and "reconnects" in cut.content
+            )
+            assert first.wait(10) == 3
+            second, _ = start(port)
+            assert results(agent.run_sync("add"))["add"].content == "2"
+            assert server.connects == 2
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
+
+
 # ------------------------------------------------------------------------------ lifetime
 
 
@@ -181,7 +219,7 @@ async def test_crash_mid_call_gives_a_readable_error_and_the_next_call_restarts(
         result = await agent.run("crash it")
         crashed = result.messages[3]
         assert isinstance(crashed, ToolMessage) and crashed.is_error
-        assert "ended while running `crash`" in crashed.content and "restarted" in crashed.content
+        assert "ended while running `crash`" in crashed.content and "restarts the server" in crashed.content
         first, second = pids(pidfile)
         assert results(result)["pid"].content == str(second) and first != second
         assert server.connects == 2 and not alive(first)
@@ -400,3 +438,26 @@ def test_render_result_blocks() -> None:
     ]
     assert render_result(CallToolResult(content=[], is_error=True)).startswith("(the tool returned an error")
     assert defuse({"<｜User｜>": ["<think>", 1]}) == {"<|User|>": ["<think >", 1]}
+
+
+def test_tool_names_are_sanitized_prefixed_and_checked() -> None:
+    from types import SimpleNamespace
+
+    def spec(name: str) -> Any:
+        return SimpleNamespace(
+            name=name, title=None, description="d", input_schema={}, output_schema=None, annotations=None
+        )
+
+    server = MCPServer.stdio("never-started", prefix="fs")  # nothing runs until a run lists its tools
+    tools = server._make_tools([spec("read.file"), spec("git/status"), spec("ok-name_1")])
+    assert [(t.name, t.remote_name) for t in tools] == [
+        ("fs_read_file", "read.file"),
+        ("fs_git_status", "git/status"),
+        ("fs_ok-name_1", "ok-name_1"),
+    ]
+    assert tools[0].parameters_schema == {"type": "object", "properties": {}}
+    with pytest.raises(MCPToolNameError, match="both become 'fs_a_b'"):
+        server._make_tools([spec("a.b"), spec("a/b")])
+    with pytest.raises(MCPToolNameError, match="1-64 characters"):
+        server._make_tools([spec("x" * 70)])
+    assert not server.connected

@@ -69,6 +69,7 @@ class MCPServer:
         timeout: float | None = 120.0,
         connect_timeout: float = 30.0,
         requires_approval: ApprovalRule = False,
+        stdio: bool = False,
     ) -> None:
         if importlib.util.find_spec("mcp") is None:
             raise MCPUnavailableError("MCPServer needs the `mcp` SDK: pip install 'agentkit[mcp]'")
@@ -85,6 +86,7 @@ class MCPServer:
         self._bridge = Bridge(label)
         self._conn = Connection(label, open_transport, connect_timeout)
         self._tools: list[MCPTool] | None = None
+        self._next_call = "restarts the server" if stdio else "reconnects"
         self._finalizer = weakref.finalize(self, _stop, self._bridge, self._conn)
         with _LIVE_LOCK:
             _LIVE.add(self)
@@ -124,7 +126,7 @@ class MCPServer:
         label = Path(command).name
         if label.startswith("python") and args and not str(args[0]).startswith("-"):
             label = Path(str(args[0])).stem  # `python server.py`: name it after the script
-        return cls(name or label, open_stdio, **options)
+        return cls(name or label, open_stdio, stdio=True, **options)
 
     @classmethod
     def http(
@@ -237,7 +239,7 @@ class MCPServer:
         except ConnectionLost as exc:
             raise MCPCallError(
                 f"MCP server `{self.label}` ended while running `{name}` ({exc}); the call may or may not "
-                "have taken effect. The server is restarted for the next call."
+                f"have taken effect. The next call {self._next_call}."
             ) from None
         except MCPError as exc:
             raise MCPCallError(f"MCP server `{self.label}` refused the call: {describe(exc)}") from None
