@@ -15,6 +15,7 @@ import io
 import json
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -289,3 +290,42 @@ def test_subagent_calls_are_shown_under_their_call(tmp_path: Path) -> None:
     assert "↳ clerk ended (completed): stamped" in text and "answer: done: stamped" in text
     assert chat.state is not None and chat.state.status == "completed"
     assert re.search(r"tokens: \d+ prompt", text)
+
+
+class CtrlCOnce(io.StringIO):
+    """Console output that presses Ctrl-C (a real SIGINT to this process) the first time `trigger`
+    is written after being armed: a keypress in the middle of a streamed step."""
+
+    def __init__(self, trigger: str) -> None:
+        super().__init__()
+        self.trigger, self.armed = trigger, False
+
+    def write(self, text: str) -> int:
+        n = super().write(text)
+        if self.armed and self.trigger in text:
+            self.armed = False
+            os.kill(os.getpid(), signal.SIGINT)
+        return n
+
+
+def test_ctrl_c_on_the_embedded_backend_keeps_the_kv_state() -> None:
+    """After an interrupted message the session continues from the KV state it had before it (the fork
+    taken before each message): the next message prefills only its own turn."""
+    from agentkit.backends import resolve
+
+    out = CtrlCOnce("thinking:")
+    console = Console(file=out, width=200, highlight=False, color_system=None)
+    chat = Chat(console, resolve("embedded:tiny"), chat_tools("calculator", ""), model_spec="embedded:tiny")
+    chat.handle("Please calculate the sum of 1234 and 4321.")
+    assert chat.state is not None and chat.state.output == "The answer is 5555."
+    before = RunState.from_json(chat.state.to_json())
+    out.armed = True
+    chat.handle("Please calculate the sum of 90178 and 39349.")
+    assert "interrupted: the step was stopped; the session is as it was before this message" in out.getvalue()
+    assert chat.state.to_dict()["messages"] == before.to_dict()["messages"]
+    assert chat.state.run_id != before.run_id  # the fork taken before the message
+    chat.handle("Please calculate the sum of 7 and 8.")
+    first = chat.state.steps[len(before.steps)].model
+    assert first is not None
+    assert first.cached_tokens == before.usage.context_tokens  # none of the kept context prefilled again
+    assert "re-prefilled 0 of" in out.getvalue()
