@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -72,7 +76,8 @@ def token_ids(vocab: int) -> torch.Tensor:
 
 
 def script(model: V4Model, par: Parallel | None, foreign_blob: bytes | None) -> dict[str, Any]:
-    """The same calls in every mode: prefill, chunked extend, decode, snapshot + resume."""
+    """The same calls in every mode: prefill, chunked extend, decode, snapshot + resume, a batch of two
+    sequences, the MTP block."""
     ids = token_ids(model.config.vocab_size)
     out: dict[str, Any] = {}
     states: list[SequenceState] = []
@@ -103,7 +108,15 @@ def script(model: V4Model, par: Parallel | None, foreign_blob: bytes | None) -> 
     out["restored"] = ext(st, ids[SNAP_AT:])
     if foreign_blob is not None:  # a snapshot taken in the other mode
         out["foreign"] = ext(SequenceState.from_bytes(foreign_blob), ids[SNAP_AT:])
-    states += [s, c, d, resumed, st]
+    # several sequences in one call (what the engine does), and the MTP block (speculative decoding)
+    a, b = model.new_state(), model.new_state()
+    both = model.extend([a, b], [ids[:150], ids[150:220]])
+    assert isinstance(both, list)
+    out["batched"] = torch.cat(both)
+    _, streams = model.extend_hidden([b], [ids[220:260]])
+    mtp, _ = model.mtp_extend([model.new_mtp_layer()], [0], [streams[0][:-1]], [ids[221:260]])
+    out["mtp"] = mtp[0]
+    states += [s, c, d, resumed, st, a, b]
     out["agree"] = par is None or all(states_agree(x, par) for x in states)
     return out
 
@@ -179,14 +192,15 @@ def test_two_gloo_ranks_equal_single_process(checkpoints: dict[str, Path], tmp_p
         two, one = ranks[0], single[kind]
         for r in ranks:
             assert r["agree"], "ranks hold different state replicas"
-        for key in ("prefill", "chunked", "decode", "continued", "resumed", "restored", "foreign"):
+        logit_keys = ("prefill", "chunked", "decode", "continued", "batched", "mtp")
+        for key in (*logit_keys, "resumed", "restored", "foreign"):
             assert torch.equal(ranks[1][key], two[key]), key  # every rank has all logits
         # snapshot in 2-rank mode, resume in 2-rank mode: identical to not stopping
         assert torch.equal(two["resumed"], two["continued"])
         assert torch.equal(two["restored"], two["continued"])
         assert header(two["snapshot"]) == header(ranks[1]["snapshot"])  # incl. the tensors' SHA-256
         # 2 ranks vs 1 process, per position
-        for key in ("prefill", "chunked", "decode", "continued"):
+        for key in logit_keys:
             assert_close(two[key], one[key], sims)
         # a snapshot resumes across modes (the state format does not depend on the rank count)
         assert_close(two["foreign"], one["continued"], sims)
@@ -269,3 +283,47 @@ def test_streamed_weights_are_checked(checkpoints: dict[str, Path]) -> None:
         model.load_weights(iter(pairs[:-1]))
     with pytest.raises(ModelInputError, match="unknown"):
         model.load_weights(iter([*pairs, ("layers.0.ffn.experts.7.w1.weight", pairs[0][1])]))
+
+
+_FUSED_EP_CHILD = textwrap.dedent(
+    """
+    import torch
+    from agentkit.runtime.config import ModelConfig
+    from agentkit.runtime.layers.moe import MoE
+    from agentkit.runtime.parallel import Parallel, shard_tensors
+    from agentkit.runtime.random_weights import random_init_tensors
+    cfg = ModelConfig.preset("tiny-test", weight_format="quantized", dtype="fp8", expert_dtype="fp4",
+                             moe_inter_dim=64, n_activated_experts=3)
+    full = {k: v for k, v in random_init_tensors(cfg, 3) if k.startswith("layers.3.ffn.")}
+    def build(par):
+        moe = MoE(cfg, 3, "fp8", "fp4", torch.bfloat16, torch.bfloat16, par)
+        src = full if par is None else dict(shard_tensors(cfg, full.items(), par))
+        with torch.no_grad():
+            for name, dst in moe.state_dict(keep_vars=True).items():
+                t = src["layers.3.ffn." + name]
+                dst.copy_(t.view(dst.dtype) if t.element_size() == dst.element_size() == 1 else t)
+        return moe
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(9, cfg.dim, generator=g)
+    one = build(None)
+    w, idx = one.gate(x, torch.zeros(9, dtype=torch.long))
+    with torch.no_grad():
+        whole = one.fused(x, w, idx)
+        parts = [build(Parallel(r, 2)).fused(x, w, idx) for r in range(2)]
+    assert len(list(build(Parallel(1, 2)).experts)) == cfg.n_routed_experts // 2
+    err = ((parts[0] + parts[1]) - whole).abs().max() / whole.abs().max()
+    assert err < 1e-6, err
+    print("ok")
+    """
+)
+
+
+def test_fused_moe_kernel_expert_parallel_interpreted() -> None:
+    """The fused MoE kernel's expert-parallel path (other ranks' pairs as exact zeros): the ranks' partial
+    sums add up to the one-process kernel's (Triton interpreter on CPU; natively it is the same kernel)."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", _FUSED_EP_CHILD], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")
