@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["NO_TRACE", "RunTrace", "for_run"]
 
 CAPTURE_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+_REMOTE = frozenset({"deepseek", "chat", "completions"})  # backends that call a server
 TRACER_NAME = "agentkit"
 
 
@@ -216,11 +217,14 @@ class RunTrace:
         return trace.set_span_in_context(span) if span is not None else None
 
     @contextlib.contextmanager
-    def _span(self, name: str, attributes: dict[str, Any], current: bool = True) -> Iterator[Any]:
+    def _span(
+        self, name: str, attributes: dict[str, Any], current: bool = True, client: bool = False
+    ) -> Iterator[Any]:
         from opentelemetry import context as otel_context
         from opentelemetry import trace
 
-        span = self.tracer.start_span(name, context=self._parent(), attributes=attributes)
+        kind = trace.SpanKind.CLIENT if client else trace.SpanKind.INTERNAL
+        span = self.tracer.start_span(name, context=self._parent(), kind=kind, attributes=attributes)
         token = otel_context.attach(trace.set_span_in_context(span)) if current else None
         try:
             yield span
@@ -291,7 +295,8 @@ class RunTrace:
         if self.capture:
             attrs["gen_ai.input.messages"] = _messages_json(request.messages)
         # not made current: tools the model's block starts are the step's children, not the call's
-        with self._span(f"chat {self.model}", attrs, current=False) as span:
+        remote = self.provider in _REMOTE  # the conventions: CLIENT for a model over the network
+        with self._span(f"chat {self.model}", attrs, current=False, client=remote) as span:
             yield _ModelSpan(span, self.capture)
 
     @contextlib.contextmanager

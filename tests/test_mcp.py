@@ -387,6 +387,17 @@ def test_a_tool_name_clash_is_a_typed_error(tmp_path: Path) -> None:
         agent.close()
 
 
+def test_import_stays_light() -> None:
+    """Neither the MCP SDK (~0.8 s to import) nor OpenTelemetry load with agentkit or a server's config."""
+    code = (
+        "import sys, agentkit, agentkit.agent; from agentkit import MCPServer; MCPServer.stdio('x');"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mcp', 'opentelemetry')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 # ------------------------------------------------------------------------------ pure helpers
 
 

@@ -118,6 +118,7 @@ async def test_span_tree_attributes_and_parallel_tools_as_siblings(spans: InMemo
     assert ra["gen_ai.usage.input_tokens"] == result.usage.prompt_tokens
     assert ra["gen_ai.usage.output_tokens"] == result.usage.completion_tokens
     assert ra["gen_ai.usage.cache_read.input_tokens"] == result.usage.cached_prompt_tokens > 0
+    assert run.kind == trace.SpanKind.INTERNAL and {c.kind for c in chats} == {trace.SpanKind.CLIENT}
     for chat, record in zip(chats, result.steps, strict=True):
         ca = chat.attributes
         assert ca["gen_ai.operation.name"] == "chat"
@@ -140,7 +141,10 @@ async def test_span_tree_attributes_and_parallel_tools_as_siblings(spans: InMemo
 
 
 @pytest.mark.anyio
-async def test_content_capture_is_opt_in(spans: InMemorySpanExporter) -> None:
+@pytest.mark.parametrize("switch", ["attribute", "environment"])
+async def test_content_capture_is_opt_in(
+    spans: InMemorySpanExporter, switch: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     @tool
     def shout(text: str) -> str:
         """Upper-case the text."""
@@ -150,7 +154,10 @@ async def test_content_capture_is_opt_in(spans: InMemorySpanExporter) -> None:
         [lambda r: say(r, [("shout", {"text": "hi there"})]), lambda r: say(r, content="HI")]
     )
     agent = Agent(model, tools=[shout], instructions="be loud")
-    agent.trace_content = True
+    if switch == "attribute":
+        agent.trace_content = True
+    else:
+        monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true")
     await agent.run("shout hi there")
     got = list(spans.get_finished_spans())
     (run,) = by_name(got, "invoke_agent")
@@ -206,9 +213,13 @@ async def test_mcp_tool_spans(spans: InMemorySpanExporter, tmp_path: Any) -> Non
     model = ScriptedModel([lambda r: say(r, [("add", {"a": 1, "b": 2})]), lambda r: say(r, content="3")])
     async with Agent(model, tools=[server]) as agent:
         await agent.run("add")
-    (span,) = by_name(list(spans.get_finished_spans()), "execute_tool")
+    got = list(spans.get_finished_spans())
+    (span,) = by_name(got, "execute_tool")
     assert span.attributes["gen_ai.tool.type"] == "extension"
     assert span.attributes["gen_ai.tool.name"] == "add"
+    # the MCP SDK's own request span (made on agentkit's connection thread) nests under the tool's span
+    (request,) = [s for s in got if s.attributes.get("mcp.method.name") == "tools/call"]
+    assert parent_id(request) == span.context.span_id
 
 
 @pytest.mark.anyio
