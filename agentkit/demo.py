@@ -196,21 +196,24 @@ async def run_one(console: Console, opts: RunOptions) -> int:
     if names is not None and "browser" in names and not opts.allow:
         raise CliError("the browser tool needs --allow URL (each URL prefix it may visit)")
     spec = model_spec(opts.model)
-    _check_spec(spec)
     tiny = isinstance(spec, str) and spec in TINY_MODELS
-    if tiny and opts.scope_check:
+    scope_note = None
+    if tiny and opts.scope_check:  # first: the check needs no torch, so a refusal comes at once
         from agentkit.tiny.scope import check_scope
 
         verdict = check_scope(opts.task, [n for n in names if n != "browser"] if names else None)
         if not verdict.in_scope:
             raise _scope_refusal(verdict.reason)
         names = list(verdict.tools)
-        console.print(f"[dim]scope: {verdict.reason} (a shape agentkit-tiny was trained on); "
-                      f"tools: {', '.join(names)}[/]")  # fmt: skip
+        scope_note = f"scope: {verdict.reason} (a shape agentkit-tiny was trained on); tools: "
+        scope_note += ", ".join(names)
     elif names is None:
         from agentkit.tiny.tools import all_tools
 
         names = list(all_tools()) if tiny else list(DEFAULT_TOOLS)
+    _check_spec(spec)
+    if scope_note is not None:
+        console.print(f"[dim]{escape(scope_note)}[/]")
     known = known_tools()
     offered = [known[n] for n in names if n != "browser"]
     options: dict[str, Any] = {}
