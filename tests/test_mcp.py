@@ -317,11 +317,14 @@ async def test_tool_list_change_is_picked_up_by_the_next_run(tmp_path: Path) -> 
 @pytest.mark.anyio
 async def test_200_tools_render_valid_dsml_and_report_prompt_size(tmp_path: Path) -> None:
     server = stdio_server(tmp_path / "s.pid", "--many", "200", prefix="gen")
-    target = "gen_gen_tool-138"  # 138 % 7: a dict[str, str] parameter
-    call_args = {"value": {"k": "v"}, "note": "from the model"}
-    model = ScriptedModel([lambda r: say(r, [(target, call_args)]), lambda r: say(r, content="done")])
+    # one block calling a tool of each parameter kind the fixture generates (i % 7: int, str, float,
+    # bool, list[int], dict[str, str], an enum), from the far end of the list too
+    values: list[Any] = [5, "text with <angle> & 'quotes'", 2.5, True, [1, 2], {"k": "v"}, "b"]
+    calls = [(f"gen_gen_tool-{193 + i:03d}", {"value": values[(193 + i) % 7]}) for i in range(7)]
+    calls.append(("gen_gen_tool-138", {"value": {"k": "v"}, "note": "from the model"}))
+    model = ScriptedModel([lambda r: say(r, calls), lambda r: say(r, content="done")])
     async with Agent(model, tools=[server]) as agent:
-        result = await agent.run("call number 138")
+        result = await agent.run("call them")
         prompt = model.prompts[0].prompt or ""
         assert len(agent.tools) == 208
     # each tool is one JSON line of the tools section, and reads back as exactly what was listed
@@ -332,15 +335,18 @@ async def test_200_tools_render_valid_dsml_and_report_prompt_size(tmp_path: Path
     assert not any(DSML in ln or "<think>" in ln for ln in lines)
     hostile = next(s for s in agent.tool_schemas if s["function"]["name"] == "gen_gen_tool-007")
     assert "<|end▁of▁sentence|>" in hostile["function"]["description"]
-    # the model's call parses back strictly to the same call, and the server ran it
-    parsed = parse_completion(
-        model.prompts[1].prompt.split(prompt, 1)[1].split(EOS)[0], "thinking", strict=True
-    )  # type: ignore[union-attr]
-    assert [(c.name, c.arguments) for c in parsed.tool_calls] == [(target, call_args)]
-    assert results(result)[target].content == "tool 138: {'k': 'v'} from the model"
+    # the model's block parses back strictly to the same calls, and the server ran each one
+    written = (model.prompts[1].prompt or "").split(prompt, 1)[1].split(EOS)[0]
+    parsed = parse_completion(written, "thinking", strict=True)
+    assert [(c.name, c.arguments) for c in parsed.tool_calls] == calls
+    got = {m.name: m for m in result.messages if isinstance(m, ToolMessage)}
+    for name, args in calls:
+        i = int(name.rsplit("-", 1)[1])
+        assert not got[name].is_error, got[name].content
+        assert got[name].content == f"tool {i}: {args['value']!r} {args.get('note', '')}".strip()
     chars = len(prompt)
     print(f"\n200-tool MCP prompt: {chars} chars, {round(chars / len(lines))} chars per tool")
-    assert chars < 200 * 600  # ~400 chars per generated tool: a size report, not a budget
+    assert chars < 200 * 600  # ~300 chars per generated tool: a size report, not a budget
 
 
 # ------------------------------------------------------------------------------ timeouts, bad input
