@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 from agentkit import events as ev
 from agentkit.dispatch import CALLER_KEY, ToolRunner
 from agentkit.limits import Usage
-from agentkit.session import RunState
 from agentkit.tools.context import RunContext
 from agentkit.tools.tool import Tool, ToolError, ToolOptions
 
@@ -135,8 +134,3 @@ def subagent_tool(
         max_output_chars=max_output_chars,
     )
     return Tool(delegate, options)
-
-
-def child_states(state: RunState) -> dict[str, RunState]:
-    """The paused sub-agent runs inside `state`, by the parent call id that started each (for UIs)."""
-    return {state.block[i].id: child for i, child in state.children.items()}
