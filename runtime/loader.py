@@ -14,7 +14,7 @@ from .checkpoint_layout import CheckpointError
 from .checkpoint_read import shipped_checkpoint
 from .config import ConfigError, ModelConfig
 from .model import V4Model
-from .parallel import Parallel, local_tensor_reader, shard_tensors
+from .parallel import Parallel, holds, local_tensor_reader, shard_tensors
 from .random_weights import random_tensors
 
 __all__ = ["load_model"]
@@ -55,9 +55,13 @@ def load_model(
     if config.weight_format == "quantized":
         # the layouts benchmarks load: a random checkpoint's values, generated on the target device
         dev = torch.device(device or "cpu")
-        drawn = random_tensors(config, random_seed, device=dev)
-        if parallel is not None:
-            drawn = shard_tensors(config, drawn, parallel)
+        if parallel is None:
+            drawn = random_tensors(config, random_seed, device=dev)
+        else:  # only what this rank holds is drawn (other ranks' experts never exist here)
+            keep = holds(config, parallel)
+            drawn = shard_tensors(
+                config, random_tensors(config, random_seed, device=dev, keep=keep), parallel
+            )
         model.load_weights(dict(drawn))
     else:
         model.init_random_(random_seed)

@@ -54,6 +54,7 @@ __all__ = [
     "broadcast_bytes",
     "check_config",
     "expert_of",
+    "holds",
     "init_parallel",
     "local_slices",
     "local_tensor_reader",
@@ -237,16 +238,30 @@ def local_slices(
     return tuple(out)
 
 
+def holds(config: ModelConfig, par: Parallel) -> Callable[[str], bool]:
+    """Whether this rank holds (a slice of) the tensor of a name: all but other ranks' experts. Lets a
+    random-weights generator skip what the rank would throw away (`random_tensors(keep=...)`)."""
+
+    def keep(name: str) -> bool:
+        e = expert_of(name)
+        if e is None:
+            return True
+        lo, hi = par.part(config.n_routed_experts, "n_routed_experts")
+        return lo <= e < hi
+
+    return keep
+
+
 def shard_tensors(
     config: ModelConfig, tensors: Iterable[tuple[str, torch.Tensor]], par: Parallel
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """This rank's slices of full tensors (e.g. `random_init_tensors`), dropping other ranks' experts."""
+    """This rank's slices of full tensors (e.g. `random_init_tensors`), one at a time, dropping other
+    ranks' experts."""
     check_config(config, par.world)
-    held = dict(tensors)
-    for name, t in held.items():
-        w = held.get(name[: -len(".scale")] + ".weight") if name.endswith(".scale") else None
-        wshape = None if w is None else tuple(w.shape)
-        idx = local_slices(name, tuple(t.shape), par, config.n_routed_experts, wshape)
+    shapes = {s.name: s.shape for s in tensor_specs(config, checkpoint=False)}
+    for name, t in tensors:
+        w = shapes.get(name[: -len(".scale")] + ".weight") if name.endswith(".scale") else None
+        idx = local_slices(name, tuple(t.shape), par, config.n_routed_experts, w)
         if idx is not None:
             yield name, t[idx].contiguous()
 

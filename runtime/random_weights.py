@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -137,13 +137,19 @@ def _random_plain(
 
 
 def random_tensors(
-    config: ModelConfig, seed: int = 0, *, device: str | torch.device = "cpu"
+    config: ModelConfig,
+    seed: int = 0,
+    *,
+    device: str | torch.device = "cpu",
+    keep: Callable[[str], bool] | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, stored tensor) for every spec in order, generated lazily with deterministic per-tensor seeds.
 
-    The checkpoint law (module docstring); what `save_random_checkpoint` writes.
+    The checkpoint law (module docstring); what `save_random_checkpoint` writes. `keep` limits it to the
+    names one tensor-parallel rank holds (same values: each tensor has its own stream).
     """
-    return _generate(tensor_specs(config), config, seed, torch.device(device), every_term=False)
+    specs = [s for s in tensor_specs(config) if keep is None or keep(s.name)]
+    return _generate(specs, config, seed, torch.device(device), every_term=False)
 
 
 def random_init_tensors(config: ModelConfig, seed: int = 0) -> Iterator[tuple[str, torch.Tensor]]:

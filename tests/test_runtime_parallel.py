@@ -36,11 +36,14 @@ from agentkit.runtime.parallel import (
     ParallelError,
     broadcast_bytes,
     check_config,
+    holds,
     read_local_tensors,
     shard_key,
+    shard_tensors,
     spawn,
     states_agree,
 )
+from agentkit.runtime.random_weights import random_tensors
 from agentkit.runtime.state import SequenceState
 
 WORLD = 2
@@ -236,6 +239,18 @@ def test_each_rank_reads_its_slices(checkpoints: dict[str, Path]) -> None:
                 whole = torch.cat([p[name].view(torch.uint8) for p in parts], dim)
                 assert torch.equal(whole, t.view(torch.uint8)), name
                 assert parts[0][name].shape[dim] == t.shape[dim] // WORLD, name
+
+
+def test_random_weights_drawn_per_rank_equal_the_checkpoints_slices(checkpoints: dict[str, Path]) -> None:
+    """A rank drawing only its own random tensors (no full model anywhere) gets its checkpoint slices."""
+    config = quantized_config()
+    for r in range(WORLD):
+        par = Parallel(r, WORLD)
+        drawn = dict(shard_tensors(config, random_tensors(config, 6, keep=holds(config, par)), par))
+        _, read = read_local_tensors(checkpoints["quantized"], par)
+        assert drawn.keys() == read.keys()
+        for name, t in read.items():
+            assert torch.equal(drawn[name].view(torch.uint8), t.view(torch.uint8)), name
 
 
 def test_sharding_rules_are_the_reference_ones() -> None:
