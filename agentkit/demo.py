@@ -168,12 +168,14 @@ def _tool_names(asked: list[str] | None) -> list[str] | None:
     return names
 
 
-def _scope_refusal(reason: str) -> CliError:
-    from agentkit.tiny.scope import shape_summary
+def _scope_refusal(task: str, reason: str) -> CliError:
+    from agentkit.tiny.scope import shape_summary, suggest
 
+    spelling = suggest(task)
+    instead = f'Did you mean "{spelling}" (the spelling it was trained on)? Else u' if spelling else "U"
     return CliError(
-        f"agentkit-tiny was not trained for this task ({reason}), so its answer would be a guess; "
-        "use a real model with --model, or --no-scope-check to run it anyway",
+        f"agentkit-tiny was not trained for this task ({reason}), so its answer would be a guess. "
+        f"{instead}se a real model with --model, or --no-scope-check to run it anyway",
         EXIT_OUT_OF_SCOPE,
         "real models: --model deepseek:deepseek-v4-flash (needs DEEPSEEK_API_KEY), "
         "--model completions:http://HOST:8000#MODEL (vLLM / SGLang), --model embedded:<checkpoint dir>\n"
@@ -203,7 +205,7 @@ async def run_one(console: Console, opts: RunOptions) -> int:
 
         verdict = check_scope(opts.task, [n for n in names if n != "browser"] if names else None)
         if not verdict.in_scope:
-            raise _scope_refusal(verdict.reason)
+            raise _scope_refusal(opts.task, verdict.reason)
         names = list(verdict.tools)
         scope_note = f"scope: {verdict.reason} (a shape agentkit-tiny was trained on); tools: "
         scope_note += ", ".join(names)

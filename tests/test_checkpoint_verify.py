@@ -134,3 +134,19 @@ def test_structure_problems_are_reported_not_raised(ckpt: Path, tmp_path: Path) 
         and "missing shard" in report.problems[0]
     )
     assert torch.__version__  # torch stays importable after a failed verify (no global state touched)
+
+
+def test_the_tiny_models_export_writes_a_manifest_with_its_tokenizer(tmp_path: Path) -> None:
+    # agentkit-tiny's own export (agentkit.train.export.save_model) covers the tokenizer files too
+    from agentkit.train.bpe import train_bpe
+    from agentkit.train.export import save_model
+    from agentkit.train.trainer import build_model, micro_config
+
+    tok = train_bpe(["The answer is 42. I will use the calculator."] * 4, 280)
+    model = build_model(micro_config(tok.vocab_size), 0, torch.device("cpu"))
+    out = save_model(model, tok, tmp_path / "export", meta={"note": "test"})
+    manifest = read_manifest(out)
+    assert manifest is not None and {"tokenizer.json", "tokenizer_config.json", "config.json"} <= set(manifest)
+    assert "training.json" not in manifest  # a record about the model, not part of it
+    assert verify_checkpoint(out).ok
+    load_checkpoint(out, verify=True)

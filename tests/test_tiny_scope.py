@@ -65,3 +65,26 @@ def test_refusals_say_why(task: str, tools: list[str] | None, why: str) -> None:
 def test_the_issues_in_shape_example_gets_the_shapes_toolbox() -> None:
     verdict = check_scope("Please calculate the product of 417 and 36.")
     assert verdict.in_scope and verdict.shape == "calc" and verdict.tools == ("calculator",)
+
+
+@pytest.mark.parametrize(
+    ("task", "spelling"),
+    [
+        ("what is 17*23?", "What is 17 * 23?"),
+        ("Please calculate the product of 417 and 36", "Please calculate the product of 417 and 36."),
+        # the dates keep their dashes (no spaces around them as if they were minus signs)
+        (
+            "how many days are there from 2024-01-01 to 2024-02-01",
+            "How many days are there from 2024-01-01 to 2024-02-01?",
+        ),
+        ("summarize README.md", None),
+        ("What is 17 * 23?", None),  # already in scope: nothing to suggest
+    ],
+)
+def test_a_near_miss_gets_the_trained_spelling_suggested(task: str, spelling: str | None) -> None:
+    from agentkit.tiny.scope import suggest
+
+    got = suggest(task)
+    assert got == spelling
+    if got is not None:
+        assert check_scope(got).in_scope

@@ -257,6 +257,25 @@ def check_scope(task: str, tools: Sequence[str] | None = None) -> ScopeVerdict:
     )
 
 
+_OPERATOR = re.compile(r"(?<=[\d)])\s*([+*/×x-])\s*(?=[\d(])")
+
+
+def suggest(task: str) -> str | None:
+    """A spelling of a refused task that is in scope, when a few mechanical fixes give one: the first
+    letter capitalized, spaces around the operators, the final `?` or `.` the templates end with. The
+    CLI offers it; it never runs it in the user's place, and an accepted task is never rewritten."""
+    text = " ".join(task.split())
+    if not text:
+        return None
+    text = text[0].upper() + text[1:]
+    spaced = _OPERATOR.sub(lambda m: f" {m.group(1)} ", text)
+    for base in dict.fromkeys((text, spaced)):
+        for candidate in (base, base.rstrip("?.") + "?", base.rstrip("?.") + "."):
+            if candidate != task.strip() and check_scope(candidate).in_scope:
+                return candidate
+    return None
+
+
 def shape_summary() -> str:
     """One line per shape (name, what it is, an example): the list the CLI prints with a refusal."""
     return "\n".join(f"  {s.name:<10} {s.summary}; e.g. {s.example!r}" for s in SHAPES)
