@@ -180,10 +180,12 @@ class Chat:
         backup = self.agent.fork(before, 1)[0] if before is not None else None
         steps0 = len(before.steps) if before is not None else 0
         context0 = before.usage.context_tokens if before is not None else 0
+        run = before if before is not None else self.agent.new_state(text)
+        stats = RunStats(text)
         try:
-            result = self._stream(text, before, None)
+            result = self._stream(text if before is not None else None, run, None, stats)
             while result.status == "paused":
-                result = self._stream(None, result.state, self._ask(result.pending_approvals))
+                result = self._stream(None, result.state, self._ask(result.pending_approvals), stats)
         except Exception as exc:  # Ctrl-C, an unreachable server, a tool set that no longer fits...
             if isinstance(exc, Interrupted):
                 why = "[yellow]interrupted:[/] the step was stopped"
@@ -192,11 +194,12 @@ class Chat:
             else:
                 why = f"[red]error:[/] {escape(type(exc).__name__)}: {escape(str(exc))}"
             self.console.print(f"\n{why}; the session is as it was before this message")
+            if stats.tool_calls:  # the conversation goes back; what tools did outside it stays
+                started = stats.tool_calls
+                self.console.print(f"[dim]({started} tool calls had started; their effects remain)[/]")
+            self._forget(run.run_id)  # the abandoned attempt's KV state
             self.state = backup
             return
-        finally:
-            if self.state is not None and before is not None and self.state is not before:
-                self._forget(before.run_id)  # the interrupted attempt's state, no longer reachable
         if backup is not None:
             self._forget(backup.run_id)
         self.state = result.state
@@ -210,10 +213,10 @@ class Chat:
             forget(run_id)
 
     def _stream(
-        self, task: str | None, state: RunState | None, approvals: dict[str, bool | str] | None
+        self, task: str | None, state: RunState, approvals: dict[str, bool | str] | None, stats: RunStats
     ) -> RunResult[str]:
         """One `agent.stream` rendered to the terminal; raises `Interrupted` on Ctrl-C."""
-        render = ChatRenderer(self.console, RunStats(task or ""))
+        render = ChatRenderer(self.console, stats)
         stopped = False
         result: RunResult[str] | None = None
 
@@ -342,7 +345,7 @@ class Chat:
         )
         if state.status == "paused":  # saved elsewhere while waiting for approvals: ask now
             try:
-                result = self._stream(None, state, self._ask(state.pending_calls))
+                result = self._stream(None, state, self._ask(state.pending_calls), RunStats(""))
             except Interrupted:
                 self.console.print("[yellow]left paused[/]")
                 return

@@ -329,3 +329,30 @@ def test_ctrl_c_on_the_embedded_backend_keeps_the_kv_state() -> None:
     assert first is not None
     assert first.cached_tokens == before.usage.context_tokens  # none of the kept context prefilled again
     assert "re-prefilled 0 of" in out.getvalue()
+
+
+def test_ctrl_c_while_a_tool_runs_says_its_effects_remain() -> None:
+    import anyio
+    from agentkit.tools.tool import tool
+
+    @tool
+    async def slow(x: int) -> int:
+        """Takes long (the user presses Ctrl-C while it runs).
+
+        Args:
+            x: echoed
+        """
+        os.kill(os.getpid(), signal.SIGINT)
+        await anyio.sleep(10)
+        return x
+
+    chat, out = make_chat([scripted_turn("r", calls=[("slow", {"x": 1})]), scripted_turn("r", "never")])
+    chat.tools = [slow]
+    chat.agent = chat._agent(chat.agent.model, "high")
+    t0 = time.monotonic()
+    chat.handle("go")
+    assert time.monotonic() - t0 < 5  # the tool was cancelled, not waited for
+    text = out.getvalue()
+    assert "interrupted: the step was stopped" in text
+    assert "(1 tool calls had started; their effects remain)" in text
+    assert chat.state is None  # the first message: back to no conversation at all
