@@ -29,7 +29,7 @@ from agentkit.output import OutputSpec
 from agentkit.recovery import recover
 from agentkit.session import RunState, StepRecord, load_session, save_session
 from agentkit.store import RunStore, open_store
-from agentkit.toolsets import ToolsetOwner, is_toolset, tools_for_run
+from agentkit.toolsets import ToolsetOwner, announce_tool_changes, is_toolset, tools_for_run
 
 if TYPE_CHECKING:
     from agentkit.runtime.engine import Engine
@@ -375,6 +375,7 @@ class Agent(ToolsetOwner, Generic[DepsT, OutputT]):
         spec = await tools_for_run(self)  # the tools this run prompts with and dispatches to
         st = self._prepare(task, state, approvals) if not crashed else state
         assert st is not None
+        announce_tool_changes(st, spec)  # a continued conversation hears of added / removed tools
         if run_id is not None and state is None:
             st.run_id = run_id
         sandbox, owned = await self._open_sandbox()

@@ -17,7 +17,18 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from agentkit.tools.tool import Tool
 
-__all__ = ["RunTools", "ToolNameConflict", "Toolset", "ToolsetOwner", "is_toolset", "tools_for_run"]
+__all__ = [
+    "TOOLS_CHANGED",
+    "RunTools",
+    "ToolNameConflict",
+    "Toolset",
+    "ToolsetOwner",
+    "announce_tool_changes",
+    "is_toolset",
+    "tools_for_run",
+]
+
+TOOLS_CHANGED = "[agentkit] The available tools changed since this conversation began."
 
 
 class ToolNameConflict(ValueError):
@@ -72,6 +83,51 @@ async def tools_for_run(agent: Any) -> Any:
         agent.tool_schemas = [t.openai_schema() for t in merged.values()]
         agent.toolset_tool_names = frozenset(listed)
     return RunTools(agent, agent.tools, agent.tool_schemas)
+
+
+def _announced(state: Any) -> dict[str, str]:
+    """Tool name -> its schema line, as the model was told: the system prompt, then earlier change notes."""
+    import json
+
+    from agentkit.messages import SystemMessage, UserMessage
+
+    told: dict[str, str] = {}
+    for msg in state.messages:
+        if isinstance(msg, SystemMessage):
+            for t in msg.tools or []:
+                told[t["function"]["name"]] = json.dumps(t["function"], ensure_ascii=False)
+        elif isinstance(msg, UserMessage) and TOOLS_CHANGED in msg.content:
+            note = msg.content.split(TOOLS_CHANGED, 1)[1]
+            for line in note.splitlines():
+                if line.startswith('{"name": '):
+                    told[json.loads(line)["name"]] = line
+                elif line.startswith("No longer available: "):
+                    for name in line.removeprefix("No longer available: ").rstrip(".").split(", "):
+                        told.pop(name, None)
+    return told
+
+
+def announce_tool_changes(state: Any, spec: Any) -> None:
+    """A conversation continued after its toolsets changed: its system prompt (append-only) still lists
+    the old tools, so the next user turn says what was added, changed and removed, in the tools section's
+    own format. Nothing is said when nothing changed, or for an agent without toolsets."""
+    if not isinstance(spec, RunTools) or not state.messages:
+        return
+    import json
+
+    told = _announced(state)
+    now = {s["function"]["name"]: json.dumps(s["function"], ensure_ascii=False) for s in spec.tool_schemas}
+    new = [line for name, line in now.items() if told.get(name) != line]
+    gone = [name for name in told if name not in now]
+    if not new and not gone:
+        return
+    parts = [TOOLS_CHANGED]
+    if new:
+        parts.append("New or changed tools, in the same format as the tool list:\n" + "\n".join(new))
+    if gone:
+        parts.append(f"No longer available: {', '.join(gone)}.")
+    text = "\n".join(parts)
+    state.note = text if state.note is None else text + "\n\n" + state.note
 
 
 class ToolsetOwner:

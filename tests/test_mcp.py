@@ -311,6 +311,35 @@ async def test_tool_list_change_is_picked_up_by_the_next_run(tmp_path: Path) -> 
     assert results(second)["mirror"].content == "desserts"
 
 
+@pytest.mark.anyio
+async def test_a_continued_conversation_is_told_of_tool_changes(tmp_path: Path) -> None:
+    """A follow-up on the same state keeps its old system prompt (append-only), so the change is announced
+    in the next user turn, in the tools section's format, once."""
+    from agentkit.toolsets import TOOLS_CHANGED
+
+    server = stdio_server(tmp_path / "s.pid")
+    model = ScriptedModel(
+        [
+            lambda r: say(r, [("grow", {"name": "mirror"})]),
+            lambda r: say(r, content="grown"),
+            lambda r: say(r, [("mirror", {"word": "live"})]),
+            lambda r: say(r, content="evil"),
+            lambda r: say(r, content="still here"),
+        ]
+    )
+    async with Agent(model, tools=[server]) as agent:
+        first = await agent.run("grow")
+        second = await agent.run("now mirror 'live'", state=first.state)
+        third = await agent.run("anything new?", state=second.state)
+    note = model.prompts[2].suffix
+    assert TOOLS_CHANGED in note and note.index(TOOLS_CHANGED) < note.index("now mirror 'live'")
+    mirror = next(s for s in agent.tool_schemas if s["function"]["name"] == "mirror")
+    assert json.dumps(mirror["function"], ensure_ascii=False) in note
+    assert "No longer available" not in note
+    assert results(second)["mirror"].content == "evil"
+    assert TOOLS_CHANGED not in model.prompts[4].suffix and third.status == "completed"
+
+
 # ------------------------------------------------------------------------------ 200 tools
 
 
@@ -478,3 +507,47 @@ def test_tool_names_are_sanitized_prefixed_and_checked() -> None:
     with pytest.raises(MCPToolNameError, match="1-64 characters"):
         server._make_tools([spec("x" * 70)])
     assert not server.connected
+
+
+def test_any_toolset_works_and_removed_tools_are_announced() -> None:
+    """The agent side needs only `list_tools` / `aclose` (the Toolset protocol), not MCP."""
+    from agentkit.toolsets import TOOLS_CHANGED, is_toolset
+
+    @tool
+    def alpha(x: int) -> int:
+        """Alpha."""
+        return x
+
+    @tool
+    def beta(x: int) -> int:
+        """Beta."""
+        return -x
+
+    class Shelf:
+        def __init__(self) -> None:
+            self.tools = [alpha, beta]
+            self.closed = 0
+
+        async def list_tools(self) -> list[Any]:
+            return list(self.tools)
+
+        async def aclose(self) -> None:
+            self.closed += 1
+
+    shelf = Shelf()
+    assert is_toolset(shelf) and not is_toolset(alpha)
+    model = ScriptedModel(
+        [
+            lambda r: say(r, [("beta", {"x": 2})]),
+            lambda r: say(r, content="-2"),
+            lambda r: say(r, content="ok"),
+        ]
+    )
+    with Agent(model, tools=[shelf]) as agent:
+        first = agent.run_sync("beta")
+        shelf.tools = [alpha]
+        agent.run_sync("and now?", state=first.state)
+        assert list(agent.tools) == ["alpha"]
+    assert shelf.closed == 1
+    note = model.prompts[2].suffix
+    assert TOOLS_CHANGED in note and "No longer available: beta." in note and '{"name": ' not in note
