@@ -28,6 +28,7 @@ from agentkit.runtime.checkpoint_layout import tensor_specs
 from agentkit.runtime.checkpoint_read import load_checkpoint
 from agentkit.runtime.checkpoint_write import save_random_checkpoint
 from agentkit.runtime.config import ModelConfig
+from agentkit.runtime.generate import SamplingParams, generate
 from agentkit.runtime.loader import load_model
 from agentkit.runtime.model import ModelInputError, V4Model
 from agentkit.runtime.parallel import (
@@ -80,7 +81,7 @@ def token_ids(vocab: int) -> torch.Tensor:
 
 def script(model: V4Model, par: Parallel | None, foreign_blob: bytes | None) -> dict[str, Any]:
     """The same calls in every mode: prefill, chunked extend, decode, snapshot + resume, a batch of two
-    sequences, the MTP block."""
+    sequences, the MTP block, sampled and speculative generation."""
     ids = token_ids(model.config.vocab_size)
     out: dict[str, Any] = {}
     states: list[SequenceState] = []
@@ -119,6 +120,12 @@ def script(model: V4Model, par: Parallel | None, foreign_blob: bytes | None) -> 
     _, streams = model.extend_hidden([b], [ids[220:260]])
     mtp, _ = model.mtp_extend([model.new_mtp_layer()], [0], [streams[0][:-1]], [ids[221:260]])
     out["mtp"] = mtp[0]
+    # generation: sampled, and greedy with MTP speculation (verify extends + drafts); tokens as ids
+    for key, params in (
+        ("sampled", SamplingParams(temperature=0.8, seed=3, max_tokens=24, stop_token_ids=())),
+        ("speculative", SamplingParams(temperature=0.0, max_tokens=16, stop_token_ids=(), speculative=2)),
+    ):
+        out[key] = torch.tensor(generate(model, model.new_state(), ids[:40], params).token_ids)
     states += [s, c, d, resumed, st, a, b]
     out["agree"] = par is None or all(states_agree(x, par) for x in states)
     return out
@@ -202,6 +209,8 @@ def test_two_gloo_ranks_equal_single_process(checkpoints: dict[str, Path], tmp_p
         assert torch.equal(two["resumed"], two["continued"])
         assert torch.equal(two["restored"], two["continued"])
         assert header(two["snapshot"]) == header(ranks[1]["snapshot"])  # incl. the tensors' SHA-256
+        for key in ("sampled", "speculative"):  # the same tokens on every rank and in one process
+            assert torch.equal(ranks[1][key], two[key]) and torch.equal(two[key], one[key]), key
         # 2 ranks vs 1 process, per position
         for key in logit_keys:
             assert_close(two[key], one[key], sims)
