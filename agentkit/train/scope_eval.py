@@ -8,6 +8,12 @@ the templates); an acceptance is a false positive. Each in-shape task is checked
 both without tools (the shape picks them) and with the toolbox its episode offered.
 
     python -m agentkit.train.scope_eval [--write]    # --write: scope-eval.json beside the model card
+    python -m agentkit.train.scope_eval --near-misses [--write]
+
+`--near-misses` runs agentkit-tiny itself (the real loop, greedy, CPU) on the out-of-shape tasks for
+which `suggest` finds a trained spelling, once as the user wrote it (what `--no-scope-check` gets) and
+once as suggested, with the suggested shape's toolbox both times, and judges both answers: what the
+refusal saves the user from, and whether its suggestion helps (`scope-near-misses.json`).
 
 Training code: the CLI never imports it (it only reads the classifier in `agentkit.tiny`).
 """
@@ -28,6 +34,9 @@ IN_SHAPE_START = 900_000
 SEED = 0
 OUT_OF_SHAPE = Path(__file__).with_name("scope_out_of_shape.txt")
 RESULT = Path(__file__).resolve().parents[2] / "runtime" / "weights" / "agentkit-tiny" / "scope-eval.json"
+NEAR_MISSES = RESULT.with_name("scope-near-misses.json")
+#: The right answer of each near miss in scope_out_of_shape.txt that has a suggested spelling.
+NEAR_MISS_ANSWERS = {"17*23": "391", "17 * 23": "391", "417": "15012", "10 kg": "10000 g", "12": "42"}
 
 
 def in_shape_tasks(per_shape: int = PER_SHAPE) -> list[tuple[str, str, tuple[str, ...]]]:
@@ -75,10 +84,71 @@ def evaluate() -> dict[str, Any]:
     }
 
 
+def _expected(task: str) -> str:
+    return next(v for k, v in NEAR_MISS_ANSWERS.items() if k in task)
+
+
+async def _near_misses() -> dict[str, Any]:
+    from agentkit.agent import Agent
+    from agentkit.backends import resolve
+    from agentkit.demo import RUN_INSTRUCTIONS
+    from agentkit.limits import Limits
+    from agentkit.tiny.scope import suggest
+    from agentkit.tiny.tasks import MAX_STEPS, extract_answer
+    from agentkit.tiny.tools import all_tools
+    from agentkit.tools.sandbox import LocalSandbox
+
+    tools = all_tools()
+    backend = resolve("embedded:tiny")
+    rows = []
+    for task in out_of_shape_tasks():
+        spelling = suggest(task)
+        if spelling is None:
+            continue
+        toolbox = check_scope(spelling).tools
+        row: dict[str, Any] = {"task": task, "suggested": spelling, "expected": _expected(task)}
+        for key, text in (("as_written", task), ("as_suggested", spelling)):
+            async with LocalSandbox() as sandbox:  # the number tools never touch it
+                agent: Agent[None, str] = Agent(
+                    backend,
+                    tools=[tools[n] for n in toolbox],
+                    instructions=RUN_INSTRUCTIONS,
+                    sandbox=sandbox,
+                    limits=Limits(max_steps=MAX_STEPS),
+                )
+                result = await agent.run(text)
+            answer = extract_answer(result.text or "") if result.status == "completed" else None
+            row[key] = {"status": result.status, "answer": answer, "right": answer == row["expected"]}
+        rows.append(row)
+    n = len(rows)
+    return {
+        "tasks": n,
+        "right_as_written": sum(r["as_written"]["right"] for r in rows),
+        "right_as_suggested": sum(r["as_suggested"]["right"] for r in rows),
+        "rows": rows,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--write", action="store_true", help=f"write {RESULT.name} beside the model card")
+    p.add_argument("--near-misses", action="store_true", help="run agentkit-tiny on the near misses")
     args = p.parse_args(argv)
+    if args.near_misses:
+        import anyio
+
+        nm = anyio.run(_near_misses)
+        for row in nm["rows"]:
+            w, g = row["as_written"], row["as_suggested"]
+            verdicts = ["right" if x["right"] else "wrong" for x in (w, g)]
+            print(f"{row['task']!r}: {w['answer']!r} ({verdicts[0]}); "
+                  f"as {row['suggested']!r}: {g['answer']!r} ({verdicts[1]})")  # fmt: skip
+        print(f"right as written: {nm['right_as_written']}/{nm['tasks']}; "
+              f"as suggested: {nm['right_as_suggested']}/{nm['tasks']}")  # fmt: skip
+        if args.write:
+            NEAR_MISSES.write_text(json.dumps(nm, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+            print(f"wrote {NEAR_MISSES}")
+        return 0
     r = evaluate()
     print(
         f"false negatives: {r['false_negative_rate']:.1%} of {r['in_shape']} held-out in-shape tasks "
