@@ -88,3 +88,18 @@ def test_a_near_miss_gets_the_trained_spelling_suggested(task: str, spelling: st
     assert got == spelling
     if got is not None:
         assert check_scope(got).in_scope
+
+
+def test_the_recorded_near_miss_runs_are_of_todays_suggestions() -> None:
+    # scope-near-misses.json comes from running the model (a minute of CPU, not in CI); it must still be
+    # about the tasks and spellings the check suggests today, and the card must quote its numbers
+    from agentkit.tiny.scope import suggest
+
+    root = shipped_checkpoint("tiny")
+    assert root is not None
+    recorded = json.loads((root / "scope-near-misses.json").read_text(encoding="utf-8"))
+    today = [(t, suggest(t)) for t in scope_eval.out_of_shape_tasks() if suggest(t) is not None]
+    assert [(r["task"], r["suggested"]) for r in recorded["rows"]] == today
+    n, written, suggested = recorded["tasks"], recorded["right_as_written"], recorded["right_as_suggested"]
+    card = (root / "README.md").read_text(encoding="utf-8")
+    assert f"answers {written} of {n} right" in card and f"as suggested, {suggested} of {n} right" in card
