@@ -183,6 +183,7 @@ def main() -> None:
         elif args.ranks_only or "RANK" in os.environ:
             par = init_parallel()
             row = _decode_run(par, args)
+            dist.destroy_process_group()
             if par.rank != 0:
                 return
             rows = [row]
