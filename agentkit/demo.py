@@ -32,7 +32,7 @@ from agentkit.tiny.tasks import DEMO_TASKS, Task, load_tasks
 
 DEFAULT_MODEL = "embedded:tiny"
 RUN_INSTRUCTIONS = "You help users by calling tools and reporting the result."
-TINY_MODELS = ("embedded:tiny", "tiny")
+TINY_MODELS = ("embedded:tiny",)
 TOOL_GROUPS = {"files": ("read_file", "write_file", "edit_file", "list_dir")}
 DEFAULT_TOOLS = ("shell", "python", "read_file", "write_file", "edit_file", "list_dir", "grep")
 EXIT_OUT_OF_SCOPE = 3

@@ -51,8 +51,19 @@ def check_model(spec: str, *, timeout: float = 5.0) -> None:
 def _check_embedded(target: str) -> None:
     if not target:
         raise PreflightError("embedded: needs a name or a checkpoint folder (embedded:tiny, embedded:<dir>)")
-    if target == "tiny" or ("/" not in target and not Path(target).exists()):
-        return  # a shipped name or a preset: the loader says which ones have weights
+    if target == "tiny":
+        return
+    if "/" not in target and not Path(target).exists():
+        from agentkit.runtime.config import _PRESETS
+
+        if target in _PRESETS:
+            raise PreflightError(
+                f"no weights ship for the {target!r} preset (only tiny's do); download a V4 checkpoint "
+                "and pass embedded:<checkpoint dir>"
+            )
+        raise PreflightError(
+            f"embedded:{target} is neither the shipped model (embedded:tiny) nor a checkpoint folder"
+        )
     path = Path(target)
     if not path.is_dir():
         raise PreflightError(f"no checkpoint folder at {target} (embedded:<dir> needs a folder)")

@@ -138,6 +138,8 @@ CASES = [
     ("server unreachable", ["run", "x", "--model", "completions:http://127.0.0.1:9#v4"], {}, 2,
      ["cannot reach http://127.0.0.1:9 .*is the server running"]),
     ("bad model string", ["run", "x", "--model", "nonsense"], {}, 2, ["not a model string"]),
+    ("preset without weights", ["run", "x", "--model", "embedded:flash"], {}, 2,
+     ["no weights ship for the 'flash' preset"]),
     ("missing checkpoint folder", ["demo", "--model", "embedded:/nonexistent/ckpt"], {}, 2,
      ["no checkpoint folder at /nonexistent/ckpt"]),
     ("AGENTKIT_MODEL is the default", ["run", "x"], {"AGENTKIT_MODEL": "deepseek:deepseek-v4-flash"}, 2,
