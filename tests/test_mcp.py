@@ -287,6 +287,34 @@ async def test_mcp_calls_can_require_approval(tmp_path: Path) -> None:
     assert done.status == "completed" and results(done)["add"].content == "3"
 
 
+def test_a_server_that_never_answers_is_stopped_on_timeout_or_cancellation(tmp_path: Path) -> None:
+    """Connecting is bounded (`connect_timeout`), and a run cancelled while its server starts leaves no
+    process behind either."""
+    pidfile = tmp_path / "silent.pid"
+    silent = tmp_path / "silent.py"
+    silent.write_text(
+        "import os, sys, time\nopen(sys.argv[1], 'a').write(f'{os.getpid()}\\n')\ntime.sleep(60)\n"
+    )
+
+    def server(**options: Any) -> MCPServer:
+        return MCPServer.stdio(sys.executable, [str(silent), str(pidfile)], **options)
+
+    agent = Agent(ScriptedModel([]), tools=[server(connect_timeout=1.5)])
+    with pytest.raises(MCPConnectError, match=r"did not finish connecting within 1\.5 s"):
+        agent.run_sync("x")
+    (first,) = pids(pidfile)
+    assert wait_gone(first)
+
+    async def cancelled() -> None:
+        async with Agent(ScriptedModel([]), tools=[server()]) as agent:
+            with anyio.move_on_after(1.5):
+                await agent.run("x")
+
+    anyio.run(cancelled)
+    second = pids(pidfile)[-1]
+    assert second != first and wait_gone(second)
+
+
 # ------------------------------------------------------------------------------ tool-list changes
 
 

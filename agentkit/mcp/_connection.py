@@ -43,6 +43,7 @@ class _Live:
     stop: anyio.Event = field(default_factory=anyio.Event)
     done: anyio.Event = field(default_factory=anyio.Event)
     task: asyncio.Task[None] | None = None
+    dropping: bool = False
 
 
 class _WatchedRead:
@@ -83,6 +84,12 @@ class _WatchedRead:
         return getattr(self._inner, name)
 
 
+def _consume(future: asyncio.Future[None]) -> None:
+    """Mark a connect future's exception as seen (the connect was abandoned; nobody will read it)."""
+    if future.done() and not future.cancelled():
+        future.exception()
+
+
 def describe(exc: BaseException) -> str:
     """The innermost useful message of an exception (task groups wrap one failure in a group)."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
@@ -99,6 +106,7 @@ class Connection:
         self._open_transport = open_transport
         self.connect_timeout = connect_timeout
         self._live: _Live | None = None
+        self._holders: set[_Live] = set()  # every holder task not finished yet, connected or not
         self._lock: anyio.Lock | None = None
         self.tools_changed = True  # set by list-changed notifications, read from other threads
         self.connects = 0
@@ -124,17 +132,20 @@ class Connection:
     async def _connect(self) -> _Live:
         live = _Live()
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._holders.add(live)
         live.task = asyncio.create_task(self._hold(live, ready), name=f"mcp:{self.label}")
         try:
             with anyio.fail_after(self.connect_timeout):
                 await asyncio.shield(ready)
         except TimeoutError:
             await self._drop(live, cancel=True)
+            _consume(ready)
             raise ConnectError(
                 f"MCP server `{self.label}` did not finish connecting within {self.connect_timeout:g} s"
             ) from None
         except BaseException:
             await self._drop(live, cancel=True)
+            _consume(ready)
             raise
         self.connects += 1
         self.tools_changed = True  # a new session (maybe a restarted server): list its tools again
@@ -169,6 +180,7 @@ class Connection:
         finally:
             live.alive = False
             live.done.set()
+            self._holders.discard(live)
 
     @asynccontextmanager
     async def _watched_transport(self, live: _Live) -> AsyncIterator[Any]:
@@ -230,19 +242,29 @@ class Connection:
         """Close one connection and wait for its holder to finish (the process tree is gone then).
 
         `cancel`: the holder may still be connecting, so it will not see `stop`; cancel it instead (the
-        SDK's stdio transport stops the process under cancellation too)."""
-        live.stop.set()
+        SDK's stdio transport stops the process under cancellation too). A holder already being stopped
+        by another task is waited for, not cancelled again in the middle of its shutdown."""
         task = live.task
-        if task is not None and not task.done():
+        if live.dropping or task is None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(30):
+                await live.done.wait()
+            return
+        live.dropping = True
+        live.stop.set()
+        if not task.done():
             if not cancel:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(15):
                     await live.done.wait()
             if not task.done():
                 task.cancel()
-                with anyio.CancelScope(shield=True):
-                    await asyncio.wait({task}, timeout=5)
+                with anyio.CancelScope(shield=True), anyio.move_on_after(30):
+                    await live.done.wait()
 
     async def close(self) -> None:
+        """Stop the session and every holder still connecting or stopping: when this returns, no task
+        of this connection runs on the bridge loop (stopping the loop would cut a shutdown short)."""
         live, self._live = self._live, None
         if live is not None:
             await self._drop(live)
+        for other in list(self._holders):
+            await self._drop(other, cancel=other.client is None)

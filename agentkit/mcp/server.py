@@ -12,7 +12,8 @@ dies outright exits on its own when its stdin closes, as MCP servers do.
 
 Tool list: listed when a run starts, cached, listed again after the server says it changed (or after a
 reconnect). A run keeps the list it started with: its prompt is append-only, so new tools appear in the
-next run's tools section, and a call to a tool the server has since removed gets the server's error.
+next run's tools section (or, for a conversation continued from its state, in a note of its next user
+turn: `agentkit.toolsets.announce_tool_changes`); a call to a tool since removed gets the server's error.
 """
 
 from __future__ import annotations
