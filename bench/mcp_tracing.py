@@ -128,7 +128,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     if args.only in (None, "prompt"):
-        print("MCP tools in the prompt (fixture server; +8 fixed tools)")
+        print("MCP tools in the prompt (fixture server: 9 fixed tools + N generated)")
         print(
             "| tools | first run incl. server start, ms | prompt chars | chars per tool | ~tokens (chars/4) |"
         )

@@ -143,7 +143,11 @@ async def test_stdio_server_tools_in_a_run_and_process_gone_after(tmp_path: Path
 @pytest.mark.anyio
 async def test_http_server_tools_in_a_run(http_url: tuple[str, Path]) -> None:
     url, _ = http_url
-    await check_round_trip(MCPServer.http(url, {"X-Agent": "agentkit-test"}))
+    server = MCPServer.http(url, {"X-Agent": "agentkit-test"})
+    await check_round_trip(server)
+    async with server:  # closed with the agent above; a later use reconnects
+        sent = await server.call_tool("header", {"name": "X-Agent"})
+        assert sent.content[0].text == "agentkit-test" and server.connects == 2
 
 
 def test_http_server_gone_mid_call_then_back(tmp_path: Path) -> None:
@@ -383,7 +387,7 @@ async def test_200_tools_render_valid_dsml_and_report_prompt_size(tmp_path: Path
     async with Agent(model, tools=[server]) as agent:
         result = await agent.run("call them")
         prompt = model.prompts[0].prompt or ""
-        assert len(agent.tools) == 208
+        assert len(agent.tools) == 209
     # each tool is one JSON line of the tools section, and reads back as exactly what was listed
     lines = [ln for ln in prompt.splitlines() if ln.startswith('{"name": ')]
     assert [json.loads(ln) for ln in lines] == [s["function"] for s in agent.tool_schemas]
