@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -230,6 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args, console)
     except KeyboardInterrupt:
+        # the run is already stopped and its sandbox gone: another Ctrl-C now would only turn the
+        # exit into a traceback from the interpreter's shutdown
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         err.print("interrupted (the run and its sandbox were stopped)")
         return EXIT_INTERRUPTED
     except CliError as e:

@@ -290,9 +290,12 @@ def _left_behind(pid: int) -> list[str]:
     return found
 
 
-def _ctrl_c(argv: list[str], trigger: str, settle: float) -> tuple[int, str, list[str], list[str], float]:
-    """Run in a pty; type Ctrl-C `settle` s after `trigger` shows. (exit code, output, sandboxes seen
-    just before the Ctrl-C, sandboxes left after exit, seconds from Ctrl-C to exit)."""
+def _ctrl_c(
+    argv: list[str], trigger: str, settle: float, presses: int = 1
+) -> tuple[int, str, list[str], list[str], float]:
+    """Run in a pty; type Ctrl-C `settle` s after `trigger` shows (`presses` times, 50 ms apart: an
+    impatient user). (exit code, output, sandboxes seen just before the Ctrl-C, sandboxes left after
+    exit, seconds from the first Ctrl-C to exit)."""
     pid, fd = pty.fork()
     if pid == 0:  # the child: the pty is its controlling terminal, it is the foreground group
         os.chdir(REPO)
@@ -313,8 +316,10 @@ def _ctrl_c(argv: list[str], trigger: str, settle: float) -> tuple[int, str, lis
             if not t_sent and trigger in ANSI.sub("", buf.decode(errors="replace")):
                 time.sleep(settle)
                 seen = _left_behind(pid)
-                os.write(fd, b"\x03")
                 t_sent = time.monotonic()
+                for i in range(presses):
+                    os.write(fd, b"\x03")
+                    time.sleep(0.05 if i + 1 < presses else 0)
     finally:
         _, status = os.waitpid(pid, 0)
         os.close(fd)
@@ -338,14 +343,16 @@ def _no_sleeper() -> bool:
     )
 
 
+@pytest.mark.parametrize("presses", [1, 2])
 @pytest.mark.parametrize("backend", BOTH)
 def test_ctrl_c_during_a_tool_call_stops_cleanly_and_leaves_no_sandbox(
-    backend: str, scripts: dict[str, str]
+    backend: str, presses: int, scripts: dict[str, str]
 ) -> None:
     code, out, seen, left, took = _ctrl_c(
         ["run", "x", "--model", scripts["sleep"], "--tools", "shell", "--sandbox", backend],
         "call shell(",
         1.0,
+        presses,
     )
     assert took >= 0, out[-2000:]
     assert seen, "the run's sandbox should exist while the tool runs"
