@@ -380,3 +380,39 @@ def test_help_names_every_runtime_preset() -> None:
 
     assert sorted(cli.PRESETS) == sorted(_PRESETS)
     assert f"runtime presets: {', '.join(cli.PRESETS)}" in agentkit("--help").stdout
+
+
+@pytest.mark.browser
+@pytest.mark.bwrap
+def test_tools_browser_drives_chromium_within_allow(tmp_path: Path) -> None:
+    # `--tools browser --allow URL`: the public browser tools, limited to the allowed prefix
+    import http.server
+    import threading
+
+    (tmp_path / "index.html").write_text("<html><title>Shop</title><body>valves cost 17</body></html>")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a: object, **kw: object) -> None:
+            super().__init__(*a, directory=str(tmp_path), **kw)  # type: ignore[arg-type]
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    turns = [
+        scripted_turn("Open it.", calls=[("browser_open", {"url": f"{url}/index.html"})]),
+        scripted_turn("Elsewhere.", calls=[("browser_open", {"url": "http://example.com/"})]),
+        scripted_turn("Done.", "The answer is 17."),
+    ]
+    script = tmp_path / "turns.json"
+    script.write_text(json.dumps(turns), encoding="utf-8")
+    try:
+        r = agentkit("run", "x", "--model", f"scripted:{script}", "--tools", "browser", "--allow", url,
+                     "--sandbox", "bwrap")  # fmt: skip
+    finally:
+        server.shutdown()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "valves cost 17" in r.stdout
+    assert "URL not allowed: http://example.com/" in r.stdout
