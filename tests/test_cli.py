@@ -416,3 +416,14 @@ def test_tools_browser_drives_chromium_within_allow(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     assert "valves cost 17" in r.stdout
     assert "URL not allowed: http://example.com/" in r.stdout
+
+
+def test_expect_judges_the_answer_ok_or_wrong(scripts: dict[str, str]) -> None:
+    # the answer "The answer is 42." judged against --expect: its value or the whole text counts
+    base = ("run", "x", "--model", scripts["answer"], "--sandbox", "local")
+    for expect, code, word in (("42", 0, "ok"), ("The answer is 42.", 0, "ok"), ("41", 1, "wrong")):
+        r = agentkit(*base, "--expect", expect)
+        assert r.returncode == code, r.stdout + r.stderr
+        assert re.search(rf"^{word}\b", r.stdout, re.M), r.stdout
+    plain = agentkit(*base)
+    assert plain.returncode == 0 and re.search(r"^answered  1 steps", plain.stdout, re.M), plain.stdout
