@@ -337,14 +337,21 @@ _FUSED_EP_CHILD = textwrap.dedent(
     assert len(list(build(Parallel(1, 2)).experts)) == cfg.n_routed_experts // 2
     err = ((parts[0] + parts[1]) - whole).abs().max() / whole.abs().max()
     assert err < 1e-6, err
+    # another rank's pairs (index one past the local experts) are in no block: never computed
+    from agentkit.runtime.kernels.moe import route_blocks
+    n = cfg.n_routed_experts // 2
+    local = torch.where(idx < n, idx, n)
+    _, _, lo, hi = route_blocks(local, n, 16)
+    assert int((hi - lo).sum()) == int((idx < n).sum())
     print("ok")
     """
 )
 
 
 def test_fused_moe_kernel_expert_parallel_interpreted() -> None:
-    """The fused MoE kernel's expert-parallel path (other ranks' pairs as exact zeros): the ranks' partial
-    sums add up to the one-process kernel's (Triton interpreter on CPU; natively it is the same kernel)."""
+    """The fused MoE kernel's expert-parallel path (other ranks' pairs skipped, adding exact zeros): the
+    ranks' partial sums add up to the one-process kernel's (Triton interpreter on CPU; natively it is the
+    same kernel)."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     out = subprocess.run(
         [sys.executable, "-c", _FUSED_EP_CHILD], env=env, capture_output=True, text=True, timeout=600

@@ -165,12 +165,14 @@ def route_blocks(
 
     Returns (order [P]: pair ids sorted by expert, stable; block_expert, block_lo, block_hi [NB]: block b
     covers order[lo:hi] of one expert). NB = ceil(P / BM) + min(E, P) bounds the blocks whatever the
-    routing; blocks past the real ones have lo == hi and do nothing."""
+    routing; blocks past the real ones have lo == hi and do nothing. A pair whose expert index is E (one
+    past the last) sorts after all others and is in no block: it is skipped."""
     flat = idx.reshape(-1)
     p = flat.numel()
     order = torch.argsort(flat, stable=True)
-    counts = torch.zeros(n_experts, dtype=torch.long, device=idx.device)
+    counts = torch.zeros(n_experts + 1, dtype=torch.long, device=idx.device)
     counts.scatter_add_(0, flat.long(), torch.ones_like(flat, dtype=torch.long))
+    counts = counts[:n_experts]
     n_blocks = (counts + block_m - 1) // block_m
     blk_end = torch.cumsum(n_blocks, 0)
     row_end = torch.cumsum(counts, 0)
@@ -198,12 +200,14 @@ def fused_moe(
     act_quant: bool,
     limit: float,
     block_n: int = 64,
+    partial: bool = False,
 ) -> torch.Tensor:
     """Sum over each token's routed experts of weight * expert(x), fp32 [T, D].
 
     x [T, D]; weights [T, k] fp32 and idx [T, k] from the gate; w = (w1, w3, w2) stacked over experts
     ([E, I, D], [E, I, D], [E, D, I]; FP8 e4m3 or packed FP4 int8 for quantized formats) with their stacked
-    E8M0 `scales`."""
+    E8M0 `scales`. `partial`: idx may hold E for a pair of an expert not stacked here (expert parallelism:
+    another rank's); such pairs are skipped and add an exact zero."""
     t, d = x.shape
     k = idx.shape[1]
     w1, w3, w2 = w
@@ -233,7 +237,8 @@ def fused_moe(
         x2.stride(0), w1.stride(0), w1.stride(1), s1.stride(0), s1.stride(1), h.stride(0),
         TOPK=k, FMT=fcode, ACT=act_quant, F32=f32, BF16=bf16, BM=bm, BN=block_n,
     )  # fmt: skip
-    y = torch.empty(t * k, d, dtype=torch.float32, device=x.device)
+    # skipped pairs' rows are never written: zeros, not garbage, go into their tokens' sums
+    y = (torch.zeros if partial else torch.empty)(t * k, d, dtype=torch.float32, device=x.device)
     _moe_down[(nb, triton.cdiv(d, block_n))](
         h, w2, s2, order, bexp, blo, bhi, y,
         d, inter,

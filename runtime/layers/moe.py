@@ -194,15 +194,13 @@ class MoE(nn.Module):
         first = next(iter(self.experts))
         assert isinstance(first, Expert)
         scales = (st["s1"], st["s3"], st["s2"]) if "s1" in st else None
-        if self.parallel is not None:
-            # Expert parallel: the stacked weights are this rank's experts only. Other ranks' (token, slot)
-            # pairs go to local expert 0 with routing weight 0, an exact zero term (SwiGLU is finite), so
-            # the kernel and its summation order stay as they are; the cost is computing those zeros.
-            lo = self.local_experts.start
-            mine = (idx >= lo) & (idx < self.local_experts.stop)
-            idx = torch.where(mine, idx - lo, 0)
-            weights = torch.where(mine, weights, 0.0)
+        partial = self.parallel is not None
+        if partial:
+            # Expert parallel: the stacked weights are this rank's experts only; other ranks' (token, slot)
+            # pairs get the index one past them, which the kernel skips (an exact zero term)
+            lo, hi = self.local_experts.start, self.local_experts.stop
+            idx = torch.where((idx >= lo) & (idx < hi), idx - lo, hi - lo)
         return moe_kernel.fused_moe(
             x, weights, idx, (st["w1"], st["w3"], st["w2"]), scales, first.w1.fmt,
-            act_quant=first.w1.act_quant, limit=first.limit,
+            act_quant=first.w1.act_quant, limit=first.limit, partial=partial,
         )  # fmt: skip
