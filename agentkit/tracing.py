@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -78,7 +79,12 @@ NO_TRACE = _NoTrace()
 
 
 def _tracer() -> Any:
-    """The global provider's tracer, or None when none is installed (the API's proxy or no-op)."""
+    """The global provider's tracer, or None when none is installed (the API's proxy or no-op).
+
+    An app that installed a provider has imported `opentelemetry.trace` (or names one in
+    OTEL_PYTHON_TRACER_PROVIDER); otherwise there is none, and the API's import (~25 ms) is skipped."""
+    if "opentelemetry.trace" not in sys.modules and "OTEL_PYTHON_TRACER_PROVIDER" not in os.environ:
+        return None
     try:
         from opentelemetry import trace
     except ImportError:  # opentelemetry-api is a dependency, but a trimmed install must still run

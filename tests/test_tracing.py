@@ -248,6 +248,9 @@ def test_no_sdk_no_spans_no_span_calls() -> None:
     """Without a provider a run gets NO_TRACE: the OpenTelemetry API is never asked for a span."""
     script = textwrap.dedent(
         """
+        import sys
+        from agentkit import tracing
+        assert tracing._tracer() is None and "opentelemetry.trace" not in sys.modules  # not even imported
         from opentelemetry import trace
         calls = []
         for cls in (trace.ProxyTracer, trace.NoOpTracer):
