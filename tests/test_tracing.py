@@ -244,6 +244,26 @@ async def test_calls_approved_after_a_pause_are_traced_under_the_run(spans: InMe
     assert tool_span.attributes["gen_ai.tool.call.id"] == call.id
 
 
+@pytest.mark.anyio
+async def test_a_sub_agent_run_nests_under_the_parent_tool_span(spans: InMemorySpanExporter) -> None:
+    child = Agent(ScriptedModel([lambda r: say(r, content="42")], name="completions:http://x#child-model"))
+    parent = Agent(
+        ScriptedModel(
+            [lambda r: say(r, [("expert", {"task": "the answer?"})]), lambda r: say(r, content="42")]
+        ),
+        tools=[child.as_tool("expert", "Knows the answer.")],
+    )
+    assert (await parent.run("ask the expert")).status == "completed"
+    got = list(spans.get_finished_spans())
+    runs = by_name(got, "invoke_agent")
+    assert len(runs) == 2
+    (tool_span,) = by_name(got, "execute_tool")
+    top, nested = sorted(runs, key=lambda s: s.parent is not None)
+    assert top.parent is None and parent_id(nested) == tool_span.context.span_id
+    assert nested.attributes["gen_ai.request.model"] == "child-model"
+    assert {s.context.trace_id for s in got} == {top.context.trace_id}
+
+
 def test_no_sdk_no_spans_no_span_calls() -> None:
     """Without a provider a run gets NO_TRACE: the OpenTelemetry API is never asked for a span."""
     script = textwrap.dedent(
