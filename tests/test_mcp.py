@@ -423,6 +423,18 @@ async def test_call_timeout_and_run_cancellation_become_results(tmp_path: Path) 
         assert (await nap.invoke({"seconds": "0.01"})).content == "slept 0.01"
 
 
+def test_stderr_without_a_file_descriptor_is_not_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a notebook sys.stderr may have no descriptor to give a subprocess: the server's log is dropped."""
+    import io
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    model = ScriptedModel([lambda r: say(r, [("add", {"a": 1, "b": 1})]), lambda r: say(r, content="2")])
+    with Agent(model, tools=[MCPServer.stdio(sys.executable, [str(SERVER)])]) as agent:
+        assert results(agent.run_sync("add"))["add"].content == "2"
+
+
 def test_bad_input_gets_typed_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs a command"):
         MCPServer.stdio("")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import importlib.util
+import os
 import re
 import sys
 import threading
@@ -121,7 +122,12 @@ class MCPServer:
         async def open_stdio() -> Any:
             from mcp.client.stdio import StdioServerParameters, stdio_client
 
-            async with stdio_client(StdioServerParameters(**params), errlog=stderr or sys.stderr) as streams:
+            errlog = stderr or sys.stderr
+            try:
+                errlog.fileno()
+            except (AttributeError, OSError, ValueError):  # a notebook's or a test's captured stderr
+                errlog = _devnull()
+            async with stdio_client(StdioServerParameters(**params), errlog=errlog) as streams:
                 yield streams
 
         label = Path(command).name
@@ -269,6 +275,17 @@ class MCPServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _devnull() -> TextIO:
+    """Where a server's stderr goes when ours has no file descriptor to hand a subprocess."""
+    global _DEVNULL
+    if _DEVNULL is None:
+        _DEVNULL = open(os.devnull, "w")  # noqa: SIM115 (kept for the process's lifetime)
+    return _DEVNULL
+
+
+_DEVNULL: TextIO | None = None
 
 
 def _stop(bridge: Bridge, conn: Connection) -> None:
