@@ -219,7 +219,8 @@ class MCPTool(Tool):
                 result = await self.server.call_tool(self.remote_name, args)
         except TimeoutError:
             limit, label = self.server.timeout, self.server.label
-            text = f"Tool `{self.name}` timed out after {limit:g} s (MCP server `{label}`)."
+            after = f"after {limit:g} s" if limit is not None else "(the MCP client's own read timeout)"
+            text = f"Tool `{self.name}` timed out {after} (MCP server `{label}`)."
             return ToolOutcome(text, True, "timeout", attempts=1)
         except MCPCallError as exc:
             content, cut = truncate_middle(f"Tool `{self.name}` failed: {exc}", budget)
