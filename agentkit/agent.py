@@ -29,6 +29,7 @@ from agentkit.output import OutputSpec
 from agentkit.recovery import recover
 from agentkit.session import RunState, StepRecord, load_session, save_session
 from agentkit.store import RunStore, open_store
+from agentkit.subagent import load_children_kv, save_children_kv, subagent_tool
 from agentkit.toolsets import ToolsetOwner, announce_tool_changes, is_toolset, tools_for_run
 
 if TYPE_CHECKING:
@@ -177,6 +178,7 @@ class Agent(ToolsetOwner, Generic[DepsT, OutputT]):
         state = run.state if isinstance(run, RunResult) else run
         export = getattr(self.model, "export_state", None)
         kv = export(state.run_id) if export is not None else None
+        save_children_kv(self, state, path)  # paused sub-agents' KV states, in a file beside it
         return save_session(path, state, kv=kv)
 
     def load_session(self, path: str | Path) -> RunState:
@@ -185,6 +187,7 @@ class Agent(ToolsetOwner, Generic[DepsT, OutputT]):
         importer = getattr(self.model, "import_state", None)
         if kv is not None and importer is not None:
             importer(state.run_id, kv, state.transcript)
+        load_children_kv(self, state, path)
         return state
 
     def fork(
@@ -218,11 +221,7 @@ class Agent(ToolsetOwner, Generic[DepsT, OutputT]):
         return branches
 
     def as_tool(self, name: str, description: str, **options: Any) -> Tool:
-        """This agent as a tool another agent calls with a subtask: a sub-agent with its own instructions,
-        tools, sandbox and limits, its usage added to the caller's, its approvals surfaced through the
-        caller's run state. Options: `agentkit.subagent.subagent_tool`."""
-        from agentkit.subagent import subagent_tool
-
+        """This agent as a sub-agent another agent delegates subtasks to (`agentkit.subagent`)."""
         return subagent_tool(self, name, description, **options)
 
     # -- running ----------------------------------------------------------------------------------

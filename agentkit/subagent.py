@@ -16,24 +16,31 @@ What a plain tool could not do goes through the caller's `ToolRunner` (found in 
   The parent's state is then one JSON document holding the whole tree; `agent.run(state=...,
   approvals={"call_1_0/call_1_0": True})`, in this process or another, resumes the child where it
   stopped and the parent with the child's answer.
+
+`agent.save_session` saves the paused children's KV states too (embedded backends; one file beside the
+session, `<path>.children.kv`), and `agent.load_session` gives them back to the children's models, so a
+child resumed in a new process prefills only what comes after its pause, as its parent does.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agentkit import events as ev
 from agentkit.dispatch import CALLER_KEY, ToolRunner
 from agentkit.limits import Usage
+from agentkit.session import RunState, SessionError
 from agentkit.tools.context import RunContext
 from agentkit.tools.tool import Tool, ToolError, ToolOptions
 
 if TYPE_CHECKING:
     from agentkit.agent import Agent
 
-__all__ = ["PAUSED_RESULT", "subagent_tool"]
+__all__ = ["PAUSED_RESULT", "load_children_kv", "paused_children", "save_children_kv", "subagent_tool"]
 
 PAUSED_RESULT = "[agentkit] The sub-agent is waiting for approvals."
 _SUMMED = ("requests", "prompt_tokens", "cached_prompt_tokens", "prefilled_tokens", "completion_tokens")
@@ -133,4 +140,86 @@ def subagent_tool(
         requires_approval=requires_approval,
         max_output_chars=max_output_chars,
     )
-    return Tool(delegate, options)
+    made = Tool(delegate, options)
+    made.subagent = agent  # type: ignore[attr-defined]  # how sessions find a paused child's model
+    return made
+
+
+# -- the KV states of paused children, saved with the parent's session ---------------------------------
+
+CHILDREN_KV_FORMAT = "agentkit-children-kv-1"
+
+
+def paused_children(agent: Agent[Any, Any], state: RunState) -> Iterator[tuple[Agent[Any, Any], RunState]]:
+    """(child agent, child state) for each paused sub-agent run inside `state`, nested ones included;
+    a child whose tool this agent no longer has is skipped (it cannot be resumed here anyway)."""
+    for index, child in state.children.items():
+        tool = agent.tools.get(state.block[index].name)
+        sub = getattr(tool, "subagent", None)
+        if sub is None:
+            continue
+        yield sub, child
+        yield from paused_children(sub, child)
+
+
+def children_kv_path(path: str | Path) -> Path:
+    p = Path(path)
+    return p.with_name(p.name + ".children.kv")
+
+
+def save_children_kv(agent: Agent[Any, Any], state: RunState, path: str | Path) -> None:
+    """Write the paused children's KV states beside a session at `path` (one file, written whole and
+    renamed) and mark each child saved with one (`has_kv`); a child whose model keeps no state is
+    marked without, and resumes by prefilling its transcript."""
+    blobs: list[tuple[str, bytes]] = []
+    for sub, child in paused_children(agent, state):
+        export = getattr(sub.model, "export_state", None)
+        blob = None
+        if export is not None:
+            try:
+                blob = export(child.run_id)
+            except Exception:  # this model holds no state for the child (e.g. loaded without one)
+                blob = None
+        child.has_kv = blob is not None
+        if blob is not None:
+            blobs.append((child.run_id, blob))
+    target = children_kv_path(path)
+    if not blobs:
+        target.unlink(missing_ok=True)
+        return
+    header = json.dumps({"format": CHILDREN_KV_FORMAT, "runs": [[rid, len(b)] for rid, b in blobs]}).encode()
+    tmp = target.with_name(target.name + ".tmp")
+    with tmp.open("wb") as f:
+        f.write(len(header).to_bytes(4, "big") + header)
+        for _, blob in blobs:
+            f.write(blob)
+    tmp.replace(target)
+
+
+def load_children_kv(agent: Agent[Any, Any], state: RunState, path: str | Path) -> None:
+    """Hand each paused child saved with a KV state (`save_children_kv`) back to its model.
+    SessionError if the file is missing or damaged; the model's own error if a state does not fit."""
+    wanted = [(sub, child) for sub, child in paused_children(agent, state) if child.has_kv]
+    if not wanted:
+        return
+    source = children_kv_path(path)
+    try:
+        raw = source.read_bytes()
+        n = int.from_bytes(raw[:4], "big")
+        header = json.loads(raw[4 : 4 + n])
+        if header.get("format") != CHILDREN_KV_FORMAT:
+            raise ValueError(f"format {header.get('format')!r}")
+        blobs, at = {}, 4 + n
+        for run_id, size in header["runs"]:
+            blobs[str(run_id)] = raw[at : at + int(size)]
+            at += int(size)
+        if at != len(raw):
+            raise ValueError(f"{len(raw) - at} bytes past the last state")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SessionError(
+            f"saved run {path} has sub-agents saved with KV states, but {source}: {exc}"
+        ) from exc
+    for sub, child in wanted:
+        importer = getattr(sub.model, "import_state", None)
+        if importer is not None and child.run_id in blobs:
+            importer(child.run_id, blobs[child.run_id], child.transcript)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -409,3 +410,89 @@ async def test_children_on_the_embedded_agentkit_tiny_share_one_engine(agent_def
     for name in SUMMED:
         assert getattr(result.usage, name) == own[name] + sum(getattr(k.usage, name) for k in kids.values())
     assert tiny.kept_state_bytes() == 0  # finished children's KV states were let go
+
+
+TINY_SRC = textwrap.dedent(
+    """
+    from agentkit.agent import Agent
+    from agentkit.backends import ScriptedModel, resolve
+    from agentkit.tiny.tools import calculator
+    from agentkit.tools.tool import Tool
+
+    import agent_def
+
+    INSTRUCTIONS = "You are a helpful assistant that solves tasks with tools. Answer with the final result."
+
+    def build():
+        asks = Tool(calculator.function, requires_approval=True)
+        adder = Agent(resolve("embedded:tiny"), [asks], instructions=INSTRUCTIONS)
+        return Agent(ScriptedModel([agent_def.parent_policy] * 3), [adder.as_tool("adder", "Adds.")])
+    """
+)
+
+TINY_RESUME_SRC = textwrap.dedent(
+    """
+    import json, sys
+    import anyio
+    from agentkit import events as ev
+    import tiny_def
+
+    async def main():
+        parent = tiny_def.build()
+        state = parent.load_session(sys.argv[1])
+        child = None
+        async for e in parent.stream(state=state, approvals=json.loads(sys.argv[2])):
+            if isinstance(e, ev.SubAgentEvent) and isinstance(e.event, ev.RunEnd):
+                child = e.event.result
+            if isinstance(e, ev.RunEnd):
+                result = e.result
+        steps = [s.to_dict() for s in child.state.steps]
+        print(json.dumps({"status": result.status, "output": result.output, "child_steps": steps}))
+
+    anyio.run(main)
+    """
+)
+
+
+def test_a_paused_embedded_child_resumes_in_a_new_process_from_its_saved_kv_state(
+    agent_def: Any, tmp_path: Path
+) -> None:
+    """agentkit-tiny as the child: its approval pauses the parent; the session saves the child's KV state
+    beside it, and the resumed child in a new process prefills only the tool result's turn."""
+    from agentkit.session import SessionError
+
+    (tmp_path / "tiny_def.py").write_text(TINY_SRC)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        tiny_def = importlib.import_module("tiny_def")
+    finally:
+        sys.path.remove(str(tmp_path))
+    parent = tiny_def.build()
+    paused = parent.run_sync("adder:Please calculate the sum of 1234 and 4321.")
+    [pending] = paused.pending_approvals
+    assert (pending.id, pending.arguments) == ("call_1_0/call_1_0", {"expression": "1234 + 4321"})
+    path = parent.save_session(tmp_path / "paused.json", paused)
+    child = paused.state.children[0]
+    assert child.has_kv and (tmp_path / "paused.json.children.kv").stat().st_size > 0
+    context = child.usage.context_tokens
+    assert context > 300
+
+    (tmp_path / "resume.py").write_text(TINY_RESUME_SRC)
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "resume.py"), str(path), json.dumps({pending.id: True})],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    done = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert done["status"] == "completed" and done["output"] == "The answer is 5555."
+    resumed = done["child_steps"][len(child.steps)]["model"]
+    assert resumed["cached_tokens"] == context  # the child's whole saved context came from its KV state
+    assert 0 < resumed["prefilled_tokens"] == resumed["prompt_tokens"] - context < 20  # the result turn
+
+    (tmp_path / "paused.json.children.kv").write_bytes(b"\x00\x00\x00\x02{}")
+    with pytest.raises(SessionError, match=r"children\.kv"):
+        tiny_def.build().load_session(path)
