@@ -55,7 +55,7 @@ def run_mode(episodes: int, jobs: int, engine: bool, sandbox: str) -> dict[str, 
         "success_rate": report["success_rate"],
         "strict_parse_rate": report["strict_parse_rate"],
         "failed": sorted(f["id"] for f in report["failures"]),
-        "command": " ".join(["python", *cmd[1:]]).replace(str(ROOT) + "/", ""),
+        "command": " ".join(["python", *cmd[1:]]).replace(str(ROOT) + "/", "").replace(f" --out {out}", ""),
     }
 
 

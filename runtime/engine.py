@@ -35,6 +35,10 @@ Prefix cache policy (runtime/prefix_cache.py): a request restores the longest ca
 boundary, at the deepest boundary it shares with an earlier prompt, and every `snapshot_every` tokens.
 Each such point is announced at admission, and a request that could reuse an announced point waits for it
 rather than prefilling the same prefix again, so N concurrent requests sharing a prefix prefill it once.
+A continuation given the ids its state covers (`submit(ids, state=kept, context=...)`, as the embedded
+backend does for every agent turn) snapshots its own prompt's boundaries the same way, filed under
+context + prompt: so a conversation's later turns become cache entries, and another request that shares
+the conversation's history (a second agent, a resumed run without its KV state) restores them.
 
 Forks (`fork`): one finished sequence (kept with keep_state=True) or a state continues n ways: it is
 snapshotted once (sharing its entries) and each of the n branches shares that snapshot's entries; nothing
@@ -133,6 +137,11 @@ class _Request:
     """Prompt tokens in the state (restored ones included)."""
     cached: int = 0
     points: list[int] = field(default_factory=list)
+    path: list[int] | None = None
+    """The ids from position 0 to the prompt's end, when known (the prompt itself, or a continuation's
+    context + prompt): what its prefix-cache snapshots are filed under."""
+    snapshots: bool = False
+    """Whether this request snapshots block boundaries of its prompt into the prefix cache."""
     phase: Phase = "prefill"
     next_token: int = 0
     ready: torch.Tensor | None = None
@@ -242,21 +251,34 @@ class Engine:
         keep_state: bool = False,
         use_cache: bool = True,
         state: SequenceState | None = None,
+        context: Sequence[int] | torch.Tensor | None = None,
         logits_processor: LogitsProcessor | None = None,
     ) -> RequestHandle:
         """Queue a request; returns at once. Bad requests raise `RequestError` here, touching nothing.
 
         `state`: continue that sequence (e.g. an earlier result's kept state): `prompt` is then only the
-        tokens after it, nothing before it is recomputed and the prefix cache is not consulted. The state is
-        read at admission and never written (see the module docstring), so it may be continued again."""
+        tokens after it, nothing before it is recomputed and no cached prefix is restored. The state is
+        read at admission and never written (see the module docstring), so it may be continued again.
+        `context`: the ids `state` covers (exactly `state.pos` of them); given, the prompt's block
+        boundaries are snapshotted into the prefix cache under context + prompt (unless use_cache=False)."""
         ids = self._ids(prompt)
         if not ids:
             raise RequestError("prompt must not be empty (the first token needs the logits of a last token)")
         if state is not None and state.broken:
             raise RequestError(f"cannot continue a broken state: {state.broken}")
+        path = None
+        if context is not None:
+            if state is None:
+                raise RequestError("context names the ids a given state covers: pass the state too")
+            path = self._ids(context)
+            if len(path) != state.pos:
+                raise RequestError(f"context has {len(path)} ids, the state covers {state.pos}")
+            path += ids
         with self._lock:
             req = self._request(ids, params, decode, keep_state, use_cache, base=state, logits=None)
             req.processor = logits_processor
+            if path is not None and use_cache and self.cache.enabled:
+                req.path, req.snapshots = path, True
             self._enqueue([req])
         return req.handle
 
@@ -389,6 +411,8 @@ class Engine:
             base=base,
             base_logits=logits if not ids else None,
             offset=offset,
+            path=ids if base is None else None,
+            snapshots=use_cache and self.cache.enabled and base is None,
         )
 
     def _bytes_for(self, capacity: int, shared: int = 0) -> int:
@@ -548,8 +572,9 @@ class Engine:
         if snap is not None:
             req.cached = snap.pos
             req.fed = snap.pos - req.offset
-        if req.use_cache:
-            req.points = self.cache.plan(req.prompt, req.fed, req, self.snapshot_every)
+        if req.snapshots:
+            assert req.path is not None
+            req.points = self.cache.plan(req.path, req.offset + req.fed, req, self.snapshot_every)
         req.state, req.ready = state, req.base_logits
         self._reserved += req.reserve
         self._running.append(req)
@@ -617,8 +642,8 @@ class Engine:
                 if w.kind == "prefill":
                     req.fed += len(w.tokens or ())
                     pos = req.offset + req.fed
-                    if pos in req.points and req.state is not None:
-                        self.cache.insert(req.prompt[:pos], req.state.snapshot(), req)
+                    if pos in req.points and req.state is not None and req.path is not None:
+                        self.cache.insert(req.path[:pos], req.state.snapshot(), req)
                     if req.fed < len(req.prompt):
                         continue
                 elif w.kind == "feed":

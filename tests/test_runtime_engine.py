@@ -401,6 +401,37 @@ def test_submit_continues_a_kept_state_and_never_writes_it(engine: Engine, model
     assert again.token_ids == outs[0].token_ids
 
 
+def test_a_later_turn_given_its_context_files_its_boundaries_in_the_prefix_cache(
+    engine: Engine, model: V4Model
+) -> None:
+    """An agent's later turn (`submit(suffix, state=kept, context=history)`) snapshots the block boundaries
+    of its suffix under history + suffix, so another request sharing that history restores them."""
+    rng = random.Random(12)
+    prompt = ids(rng, 300)
+    first = engine.submit(prompt, greedy(6, stop_token_ids=()), keep_state=True).result()
+    history = prompt + first.token_ids  # what the kept state covers: 306 ids, a snapshot at 256
+    assert first.state is not None and first.state.pos == len(history)
+    turn = ids(rng, 200)  # prefills 306..506: the boundary at 384 falls in it
+    second = engine.submit(
+        turn, greedy(6, stop_token_ids=()), state=first.state, context=history, keep_state=True
+    ).result()
+    assert second.cached_tokens == 306 and second.prompt_tokens == 200
+    other = history + turn + second.token_ids + ids(rng, 20)  # a new request sharing the whole history
+    hits = engine.stats().cache.hits
+    res = engine.submit(other, greedy(8)).result()
+    assert res.cached_tokens == 384 and engine.stats().cache.hits == hits + 1
+    assert res.token_ids == reference(model, other, greedy(8))
+    # without its context a continuation files nothing (it cannot know what its state covers)
+    with Engine(model) as bare:
+        kept = bare.submit(prompt, greedy(6, stop_token_ids=()), keep_state=True).result().state
+        bare.submit(turn, greedy(6, stop_token_ids=()), state=kept).result()
+        assert bare.submit(other, greedy(8)).result().cached_tokens == 256
+    with pytest.raises(RequestError, match="context has"):
+        engine.submit(turn, greedy(2), state=first.state, context=history[:-1])
+    with pytest.raises(RequestError, match="pass the state"):
+        engine.submit(turn, greedy(2), context=history)
+
+
 def test_logits_processor_shapes_each_sample_and_its_failure_is_the_request_s_own(
     engine: Engine, model: V4Model
 ) -> None:

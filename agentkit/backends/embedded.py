@@ -443,6 +443,8 @@ class EmbeddedModel:
                 self._params(sess.seed + prompt_tokens, limit),
                 keep_state=True,
                 state=sess.state if sess.fed else None,
+                # the ids the kept state covers: this turn's block boundaries go into the prefix cache
+                context=sess.ids[: sess.fed] if sess.fed else None,
                 logits_processor=self._processor(),
             )
         except (RequestError, EngineError) as exc:  # bad ids, too long, engine closed: one typed error
