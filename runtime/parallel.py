@@ -39,7 +39,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint_layout import CheckpointError, tensor_specs
+from .checkpoint_layout import CONFIG_NAME, INDEX_NAME, CheckpointError, tensor_specs
+from .checkpoint_manifest import AUTO_VERIFY_BYTES, check_files, read_manifest
 from .checkpoint_read import validate_checkpoint
 from .config import ModelConfig
 
@@ -267,7 +268,7 @@ def shard_tensors(
 
 
 def local_tensor_reader(
-    path: str | Path, par: Parallel
+    path: str | Path, par: Parallel, *, verify: bool | None = None
 ) -> tuple[ModelConfig, Iterator[tuple[str, torch.Tensor]]]:
     """(config, this rank's (name, tensor) pairs, read lazily) from a V4 checkpoint.
 
@@ -275,7 +276,8 @@ def local_tensor_reader(
     iterator then memory-maps one shard file at a time and reads only the rows / columns this rank holds,
     in stored precision (FP8 stays e4m3, experts stay packed FP4, scales stay E8M0), into CPU memory one
     tensor at a time, so loading to a GPU never holds more than the model plus one tensor. Other ranks'
-    experts are never read."""
+    experts are never read. `verify` is `load_checkpoint`'s SHA256SUMS policy over the files this rank
+    reads from (by default only when they are small: hashing a file reads all of it)."""
     config, weight_map = validate_checkpoint(path)
     check_config(config, par.world)
     shapes = {s.name: s.shape for s in tensor_specs(config)}
@@ -285,15 +287,25 @@ def local_tensor_reader(
         idx = local_slices(name, shapes[name], par, config.n_routed_experts, w)
         if idx is not None:
             plan.setdefault(fname, []).append((name, idx))
-    return config, _read_slices(Path(path), plan)
+    root = Path(path)
+    manifest = read_manifest(root) if verify is not False else None
+    if verify and manifest is None:
+        raise CheckpointError(f"{root}: verify=True, but the folder has no SHA256SUMS to check against")
+    if manifest and verify is None:
+        manifest = manifest if sum((root / f).stat().st_size for f in plan) <= AUTO_VERIFY_BYTES else None
+    if manifest:
+        check_files(root, [n for n in (CONFIG_NAME, INDEX_NAME) if (root / n).is_file()], manifest)
+    return config, _read_slices(root, plan, manifest)
 
 
 def _read_slices(
-    root: Path, plan: dict[str, list[tuple[str, tuple[slice, ...]]]]
+    root: Path, plan: dict[str, list[tuple[str, tuple[slice, ...]]]], manifest: dict[str, str] | None
 ) -> Iterator[tuple[str, torch.Tensor]]:
     from safetensors import SafetensorError, safe_open
 
     for fname, items in sorted(plan.items()):
+        if manifest:
+            check_files(root, [fname], manifest)  # just before it is read
         try:
             with safe_open(str(root / fname), framework="pt", device="cpu") as f:
                 for name, idx in items:
@@ -302,9 +314,11 @@ def _read_slices(
             raise CheckpointError(f"{root / fname}: cannot load: {e}") from e
 
 
-def read_local_tensors(path: str | Path, par: Parallel) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+def read_local_tensors(
+    path: str | Path, par: Parallel, *, verify: bool | None = None
+) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """`local_tensor_reader` collected into a dict (CPU tensors)."""
-    config, items = local_tensor_reader(path, par)
+    config, items = local_tensor_reader(path, par, verify=verify)
     return config, dict(items)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -24,7 +25,7 @@ from typing import Any
 
 import pytest
 import torch
-from agentkit.runtime.checkpoint_layout import tensor_specs
+from agentkit.runtime.checkpoint_layout import CheckpointError, tensor_specs
 from agentkit.runtime.checkpoint_read import load_checkpoint
 from agentkit.runtime.checkpoint_write import save_random_checkpoint
 from agentkit.runtime.config import ModelConfig
@@ -260,6 +261,19 @@ def test_random_weights_drawn_per_rank_equal_the_checkpoints_slices(checkpoints:
         assert drawn.keys() == read.keys()
         for name, t in read.items():
             assert torch.equal(drawn[name].view(torch.uint8), t.view(torch.uint8)), name
+
+
+def test_a_damaged_shard_is_refused(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    """A rank checks the files it reads against the checkpoint's SHA256SUMS, as load_checkpoint does."""
+    copy = tmp_path / "damaged"
+    shutil.copytree(checkpoints["float"], copy)
+    shard = sorted(copy.glob("*.safetensors"))[0]
+    data = bytearray(shard.read_bytes())
+    data[-100] ^= 0x10  # one bit of a tensor's bytes
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=shard.name):
+        read_local_tensors(copy, Parallel(1, WORLD))
+    read_local_tensors(copy, Parallel(1, WORLD), verify=False)  # unchecked, it reads
 
 
 def test_sharding_rules_are_the_reference_ones() -> None:
