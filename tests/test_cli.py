@@ -264,6 +264,7 @@ def test_readme_command_1_without_docker_solves_8_of_8_and_notes_the_fallback_on
     notes = [ln for ln in r.stderr.splitlines() if "using bubblewrap, not Docker" in ln]
     assert len(notes) == 1, r.stderr
     assert notes[0].startswith("note: ") and "no Docker engine" in notes[0] and "--sandbox bwrap" in notes[0]
+    assert "use bwrap" not in notes[0]  # no advice to do what it is already doing
     assert "warning" not in r.stderr.lower() or "cgroup" in r.stderr  # nothing else is shouted
 
 

@@ -63,6 +63,7 @@ async def test_auto_falls_back_to_bwrap_without_engine_and_says_so_once(
     # Docker), and its advice fits what happened: it does not tell the user to use bwrap "instead"
     assert len(notes) == 1 and notes[0].levelno == logging.INFO, caplog.text
     assert "no Docker engine" in notes[0].getMessage() and "--sandbox bwrap" in notes[0].getMessage()
+    assert "start dockerd or use bwrap" not in notes[0].getMessage()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "Docker" in r.getMessage()]
 
 

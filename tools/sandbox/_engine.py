@@ -10,6 +10,9 @@ from typing import Any
 
 from .base import SandboxUnavailable
 
+HINT = "start dockerd or use bwrap"
+"""The advice when Docker was asked for by name; the fallback note leaves it out (bwrap is in use)."""
+
 
 def docker_client() -> Any:
     """A client whose engine answers, or SandboxUnavailable saying why not."""
@@ -21,5 +24,5 @@ def docker_client() -> Any:
         client = docker.from_env(timeout=60)
         client.ping()
     except Exception as e:
-        raise SandboxUnavailable(f"no Docker engine answers ({e}); start dockerd or use bwrap") from e
+        raise SandboxUnavailable(f"no Docker engine answers ({e}); {HINT}") from e
     return client

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
+from ._engine import HINT as DOCKER_HINT
 from .base import Sandbox, SandboxError, SandboxUnavailable
 from .bubblewrap import BwrapConfig, BwrapSandbox
 from .docker import DockerConfig, DockerSandbox
@@ -38,8 +39,8 @@ def _note_fallback(reason: str) -> None:
     _noted_fallback.append(reason)
     log.info(
         "sandbox: using bubblewrap, not Docker (%s). To use Docker, start its engine; "
-        "to skip this check, ask for the bwrap backend (--sandbox bwrap).",
-        reason.removeprefix("docker: "),
+        'to skip this check, ask for bubblewrap (sandbox="bwrap"; CLI: --sandbox bwrap).',
+        reason.removeprefix("docker: ").removesuffix(f"; {DOCKER_HINT}"),
     )
 
 
