@@ -175,12 +175,12 @@ def _verify(console: Console, args: argparse.Namespace) -> int:
 
     report = verify_checkpoint(args.checkpoint)
     for line in report.lines:
-        console.print(escape(line))
+        console.print(escape(line), soft_wrap=True)
     if report.ok:
         console.print(f"[green]ok[/]: {escape(str(args.checkpoint))} passed every check")
         return EXIT_OK
     for problem in report.problems:
-        console.print(f"[red]problem:[/] {escape(problem)}")
+        console.print(f"[red]problem:[/] {escape(problem)}", soft_wrap=True)
     console.print(f"[red]{len(report.problems)} problem(s)[/] in {escape(str(args.checkpoint))}")
     return EXIT_FAILED
 
