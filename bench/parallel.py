@@ -12,7 +12,8 @@ experts) on the activations every rank already holds under tensor-parallel atten
               back (two variable all-to-alls, plus the split-size exchange), then an all-gather puts [T, D]
               back on every rank, as the next tensor-parallel attention needs.
 Expert compute is left out (identical in both). `decode` loads a checkpoint or preset on every rank and
-reports load time, memory per rank, prefill tok/s and batch-1 decode tok/s, next to one process.
+reports load time, memory per rank, prefill tok/s and batch-1 decode tok/s against its bound (one rank's
+weight bytes per step over one device's measured copy bandwidth), next to one process.
 Prints a markdown table; `--out` writes the rows as JSON.
 """
 
@@ -32,6 +33,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from agentkit.runtime.loader import load_model
+from agentkit.runtime.model import V4Model
 from agentkit.runtime.parallel import Parallel, init_parallel, spawn
 
 D, K, E = 4096, 6, 256
@@ -101,6 +103,41 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _copy_bandwidth(dev: torch.device) -> float:
+    """Bytes/s of a large copy on the device (bytes read + written), best of 6."""
+    n = (1 << 30) if dev.type == "cuda" else (1 << 26)
+    a = torch.empty(n, dtype=torch.uint8, device=dev)
+    b = torch.empty_like(a)
+    best = float("inf")
+    for _ in range(6):
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t = time.perf_counter()
+        b.copy_(a)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n / best
+
+
+def _bytes_per_token(model: V4Model) -> float:
+    """Weight bytes this rank reads per batch-1 decode step, in stored format: its share of every split
+    weight, every replicated one, its experts times k/E (on average k/N of the token's k experts are this
+    rank's), one embedding row; the MTP block left out (as bench/runtime.py counts one process)."""
+    cfg = model.config
+    total = 0.0
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if name.startswith("mtp.") or name.endswith("tid2eid") or "freqs" in name:
+            continue
+        b = float(t.numel() * t.element_size())
+        if ".ffn.experts." in name:
+            b *= cfg.n_activated_experts / cfg.n_routed_experts
+        elif name == "embed.weight":
+            b /= t.shape[0]
+        total += b
+    return total
+
+
 def _decode_run(par: Parallel | None, args: argparse.Namespace) -> dict[str, Any]:
     dev = torch.device(args.device)
     if dev.type == "cuda" and dev.index is None:
@@ -136,13 +173,19 @@ def _decode_run(par: Parallel | None, args: argparse.Namespace) -> dict[str, Any
     timed(lambda: model.extend(state, [nxt[0]], last_only=True))  # warm-up step
     decode_s = timed(lambda: [model.extend(state, [tok], last_only=True) for tok in nxt[1 : args.decode + 1]])
     mem = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else _rss_mib()
+    # every rank reads its share at once: the step's bound is one rank's bytes over one device's bandwidth
+    # (collectives and the replicated parts' duplicate reads included in the measurement, not the bound)
+    bound = _copy_bandwidth(dev) / _bytes_per_token(model)
+    decode_tok_s = args.decode / decode_s
     return {
         "ranks": 1 if par is None else par.world,
         "load_s": round(load_s, 3),
         "memory_mib_per_rank": round(mem, 1),
         "prefill_tokens": args.prefill,
         "prefill_tok_s": round(args.prefill / prefill_s, 1),
-        "decode_tok_s": round(args.decode / decode_s, 2),
+        "decode_tok_s": round(decode_tok_s, 2),
+        "decode_bound_tok_s": round(bound, 1),
+        "fraction_of_bound": round(decode_tok_s / bound, 4),
     }
 
 
