@@ -539,13 +539,18 @@ def test_tool_names_are_sanitized_prefixed_and_checked() -> None:
         )
 
     server = MCPServer.stdio("never-started", prefix="fs")  # nothing runs until a run lists its tools
-    tools = server._make_tools([spec("read.file"), spec("git/status"), spec("ok-name_1")])
+    specs = [spec("read.file"), spec("git/status"), spec("ok-name_1")]
+    tools = server._make_tools(specs)
     assert [(t.name, t.remote_name) for t in tools] == [
         ("fs_read_file", "read.file"),
         ("fs_git_status", "git/status"),
         ("fs_ok-name_1", "ok-name_1"),
     ]
     assert tools[0].parameters_schema == {"type": "object", "properties": {}}
+    only = MCPServer.stdio("never-started", include={"read.file"}, requires_approval=lambda n: "file" in n)
+    assert [(t.name, t.requires_approval) for t in only._make_tools(specs)] == [("read_file", True)]
+    with pytest.raises(TypeError, match="not one string"):
+        MCPServer.stdio("x", include="read.file")  # type: ignore[arg-type]
     with pytest.raises(MCPToolNameError, match="both become 'fs_a_b'"):
         server._make_tools([spec("a.b"), spec("a/b")])
     with pytest.raises(MCPToolNameError, match="1-64 characters"):

@@ -45,6 +45,17 @@ _LIVE: weakref.WeakSet[MCPServer] = weakref.WeakSet()
 _LIVE_LOCK = threading.Lock()
 
 
+def _matches(rule: Any, name: str, default: bool) -> bool:
+    """A rule given as None (the default), a bool, a collection of names, or a predicate on a name."""
+    if rule is None:
+        return default
+    if isinstance(rule, bool):
+        return rule
+    if callable(rule):
+        return bool(rule(name))
+    return name in rule
+
+
 def _tool_name(prefix: str | None, remote: str) -> str:
     """The name the model sees: the server's, with characters DSML/OpenAI names cannot carry as `_`."""
     name = _NAME_BAD.sub("_", f"{prefix}_{remote}" if prefix else remote)
@@ -56,7 +67,8 @@ def _tool_name(prefix: str | None, remote: str) -> str:
 class MCPServer:
     """One MCP server. Make it with `MCPServer.stdio(...)` or `MCPServer.http(...)`.
 
-    `prefix`: put before every tool name (`fs_read_file`), to keep servers' names apart. `timeout`:
+    `prefix`: put before every tool name (`fs_read_file`), to keep servers' names apart. `include`:
+    offer only these of the server's tools (its names, or a predicate on them; default: all). `timeout`:
     seconds a call may take (None: no limit). `requires_approval`: True for all tools, a set of tool
     names (the server's names), or a predicate on them; such calls go through the agent's approver or
     pause the run, as Python tools marked `requires_approval` do.
@@ -71,6 +83,7 @@ class MCPServer:
         timeout: float | None = 120.0,
         connect_timeout: float = 30.0,
         requires_approval: ApprovalRule = False,
+        include: Collection[str] | Callable[[str], bool] | None = None,
         stdio: bool = False,
     ) -> None:
         if importlib.util.find_spec("mcp") is None:
@@ -85,6 +98,9 @@ class MCPServer:
         self.prefix = prefix
         self.timeout = timeout
         self.requires_approval = requires_approval
+        if isinstance(include, str):
+            raise TypeError("include= takes a collection of tool names or a predicate, not one string")
+        self.include = include
         self._bridge = Bridge(label)
         self._conn = Connection(label, open_transport, connect_timeout)
         self._tools: list[MCPTool] | None = None
@@ -210,6 +226,8 @@ class MCPServer:
         tools: list[MCPTool] = []
         seen: dict[str, str] = {}
         for spec in specs:
+            if not _matches(self.include, spec.name, default=True):
+                continue
             name = _tool_name(self.prefix, spec.name)
             if name in seen:
                 raise MCPToolNameError(
@@ -220,12 +238,7 @@ class MCPServer:
         return tools
 
     def _needs_approval(self, remote: str) -> bool:
-        rule = self.requires_approval
-        if isinstance(rule, bool):
-            return rule
-        if callable(rule):
-            return bool(rule(remote))
-        return remote in rule
+        return _matches(self.requires_approval, remote, default=False)
 
     async def call_tool(self, name: str, arguments: dict[str, Any]) -> Any:
         """Call tool `name` (the server's name for it); the SDK's `CallToolResult`.
