@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 __all__ = ["Chat", "ChatRenderer", "Interrupted", "add_chat_parser", "run_chat"]
 
 DEFAULT_TOOLS = ("calculator", "convert_units", "count_words", "days_between")
-SANDBOX_TOOLS = frozenset({"shell", "python", "read_file", "write_file", "list_dir", "grep"})
 INSTRUCTIONS = "You are a helpful assistant that solves tasks with tools. Answer with the final result."
 HELP = """\
 /save PATH    save the session (with the embedded model's KV state beside it, PATH.kv)
@@ -367,11 +366,9 @@ class Chat:
         )
 
     def list_tools(self) -> None:
-        table = Table(show_edge=False, box=None)
-        for col in ("tool", "approval", "description"):
-            table.add_column(col)
+        table = Table("tool", "approval", "description", show_edge=False, box=None)
         for t in self.tools:
-            first = (t.description or "").strip().splitlines()[0] if t.description else ""
+            first = (t.description or "").strip().splitlines()[0] if (t.description or "").strip() else ""
             table.add_row(t.name, "asks" if t.requires_approval else "-", escape(first))
         self.console.print(table)
 
@@ -404,7 +401,8 @@ def add_chat_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--tools",
         default=",".join(DEFAULT_TOOLS),
-        help="comma-separated tools to offer (sandbox tools: " + ", ".join(sorted(SANDBOX_TOOLS)) + ")",
+        help="comma-separated tools to offer: agentkit-tiny's four (the default) and the sandbox tools "
+        "shell, python, files (= read_file, write_file, edit_file, list_dir), grep",
     )
     p.add_argument("--approve", default="", help="comma-separated tools that ask before running, or 'all'")
     p.add_argument("--thinking", default="high", choices=["off", "high", "max"])
@@ -436,16 +434,22 @@ def load_model(console: Console, spec: str) -> Any:
 
 
 def chat_tools(names: str, approve: str) -> list[Tool]:
-    """The tools named (from the episode tools and the built-ins), those in `approve` asking first.
-    Raises ValueError naming unknown tools."""
-    from agentkit.tiny.tools import all_tools
+    """The tools named, as `agentkit run --tools` names them (the built-ins, `files` for the file tools,
+    agentkit-tiny's trained tools), those in `approve` asking first. ValueError names unknown ones."""
+    from agentkit.demo import TOOL_GROUPS, known_tools
 
-    available = all_tools()
-    wanted = [n.strip() for n in names.split(",") if n.strip()]
-    asks = {n.strip() for n in approve.split(",") if n.strip()}
+    def expand(text: str) -> list[str]:
+        out: list[str] = []
+        for n in (n.strip() for n in text.split(",")):
+            out += [m for m in TOOL_GROUPS.get(n, (n,)) if m and m not in out]
+        return out
+
+    available = known_tools()
+    wanted, asks = expand(names), set(expand(approve))
     unknown = sorted((set(wanted) | (asks - {"all"})) - set(available))
     if unknown:
-        raise ValueError(f"unknown tools: {', '.join(unknown)}; known: {', '.join(sorted(available))}")
+        known = ", ".join([*sorted(available), *TOOL_GROUPS])
+        raise ValueError(f"unknown tools: {', '.join(unknown)}; known: {known}")
     not_offered = sorted(asks - {"all"} - set(wanted))
     if not_offered:
         raise ValueError(f"--approve names tools that are not offered: {', '.join(not_offered)}")
@@ -469,7 +473,7 @@ def run_chat(console: Console, args: argparse.Namespace) -> int:
     spec = args.model or os.environ.get("AGENTKIT_MODEL") or "embedded:tiny"
     model = load_model(console, spec)
     sandbox = None
-    if any(t.name in SANDBOX_TOOLS for t in tools):
+    if any(t.name not in DEFAULT_TOOLS for t in tools):  # only agentkit-tiny's four need no sandbox
         from agentkit.tools.sandbox import open_sandbox
 
         with console.status(f"opening a {args.sandbox} sandbox…"):

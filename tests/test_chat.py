@@ -356,3 +356,20 @@ def test_ctrl_c_while_a_tool_runs_says_its_effects_remain() -> None:
     assert "interrupted: the step was stopped" in text
     assert "(1 tool calls had started; their effects remain)" in text
     assert chat.state is None  # the first message: back to no conversation at all
+
+
+def test_tools_are_named_as_agentkit_run_names_them() -> None:
+    tools = chat_tools("calculator,files", "files")
+    assert [(t.name, t.requires_approval) for t in tools] == [
+        ("calculator", False),
+        ("read_file", True),
+        ("write_file", True),
+        ("edit_file", True),
+        ("list_dir", True),
+    ]
+    from agentkit.tiny.tools import EPISODE_TOOLS
+
+    assert not EPISODE_TOOLS["calculator"].requires_approval  # the shared definition is untouched
+    chat, out = make_chat([], tools="calculator,shell", approve="shell")
+    chat.handle("/tools")
+    assert re.search(r"shell\s+asks", out.getvalue()) and re.search(r"calculator\s+-", out.getvalue())
