@@ -107,6 +107,7 @@ class Connection:
         self.connect_timeout = connect_timeout
         self._live: _Live | None = None
         self._holders: set[_Live] = set()  # every holder task not finished yet, connected or not
+        self._retiring: set[asyncio.Task[None]] = set()  # background teardowns (strong references)
         self._lock: anyio.Lock | None = None
         self.tools_changed = True  # set by list-changed notifications, read from other threads
         self.connects = 0
@@ -124,7 +125,7 @@ class Connection:
             if live is not None and live.alive:
                 return live.client, live
             if live is not None:
-                await self._drop(live)
+                self._retire(live)
             live = await self._connect()
             self._live = live
             return live.client, live
@@ -231,12 +232,18 @@ class Connection:
 
     async def _lost(self, live: _Live) -> None:
         live.alive = False
-        if self._lock is None:
-            self._lock = anyio.Lock()
-        async with self._lock:
-            await self._drop(live)
-            if self._live is live:
-                self._live = None
+        if self._live is live:
+            self._live = None
+        self._retire(live)
+        await anyio.lowlevel.checkpoint()
+
+    def _retire(self, live: _Live) -> None:
+        """Tear an ended session down in the background: the call that found it ended answers at once
+        (an unreachable HTTP server can take its connect timeout to refuse the session's DELETE), and
+        `close()` still waits for the teardown, through `_holders`."""
+        task = asyncio.get_running_loop().create_task(self._drop(live))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     async def _drop(self, live: _Live, cancel: bool = False) -> None:
         """Close one connection and wait for its holder to finish (the process tree is gone then).
@@ -268,3 +275,6 @@ class Connection:
             await self._drop(live)
         for other in list(self._holders):
             await self._drop(other, cancel=other.client is None)
+        if self._retiring:
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait(set(self._retiring), timeout=30)
