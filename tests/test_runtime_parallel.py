@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import torch
 from agentkit.runtime.checkpoint_layout import CheckpointError, tensor_specs
-from agentkit.runtime.checkpoint_read import load_checkpoint
+from agentkit.runtime.checkpoint_read import load_checkpoint, shipped_checkpoint
 from agentkit.runtime.checkpoint_write import save_random_checkpoint
 from agentkit.runtime.config import ModelConfig
 from agentkit.runtime.generate import SamplingParams, generate
@@ -187,18 +187,22 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def test_two_gloo_ranks_equal_single_process(checkpoints: dict[str, Path], tmp_path: Path) -> None:
-    """The issue's CPU bar: prefill, chunked extend, decode and snapshot/resume on 2 ranks."""
-    kinds = list(checkpoints)
+    """The issue's CPU bar: prefill, chunked extend, decode and snapshot/resume on 2 ranks; for the random
+    checkpoints and for the shipped, trained agentkit-tiny (its QAT simulations on)."""
+    shipped = shipped_checkpoint("tiny")
+    assert shipped is not None
+    sources = {**checkpoints, "agentkit-tiny": shipped}
+    kinds = list(sources)
     single: dict[str, dict[str, Any]] = {}
     jobs = []
     for kind in kinds:
-        single[kind] = script(load_model(checkpoints[kind]), None, None)
+        single[kind] = script(load_model(sources[kind]), None, None)
         blob_file = tmp_path / f"{kind}.state"
         blob_file.write_bytes(single[kind]["snapshot"])
-        jobs.append((str(checkpoints[kind]), str(blob_file)))
+        jobs.append((str(sources[kind]), str(blob_file)))
     spawn(_worker, WORLD, jobs, str(tmp_path), backend="gloo", threads=1)
     for k, kind in enumerate(kinds):
-        sims = kind == "quantized"
+        sims = kind != "float"
         ranks = [torch.load(tmp_path / f"rank{r}-{k}.pt", weights_only=False) for r in range(WORLD)]
         two, one = ranks[0], single[kind]
         for r in ranks:
@@ -217,8 +221,9 @@ def test_two_gloo_ranks_equal_single_process(checkpoints: dict[str, Path], tmp_p
             assert_close(two[key], one[key], sims)
         # a snapshot resumes across modes (the state format does not depend on the rank count)
         assert_close(two["foreign"], one["continued"], sims)
-        resumed_here = load_model(checkpoints[kind]).extend(
-            SequenceState.from_bytes(two["snapshot"]), token_ids(256)[SNAP_AT:]
+        here = load_model(sources[kind])
+        resumed_here = here.extend(
+            SequenceState.from_bytes(two["snapshot"]), token_ids(here.config.vocab_size)[SNAP_AT:]
         )
         assert isinstance(resumed_here, torch.Tensor)
         assert_close(resumed_here, one["continued"], sims)
