@@ -1,7 +1,7 @@
 """Tensor + expert parallelism over torch.distributed, as DeepSeek's reference splits V4 (spec §9.3-§9.4).
 
 One process per device, all running the same model code on the same tokens. What differs per rank is
-which slice of some weights it holds, and three places where ranks combine partial results:
+which slice of some weights it holds; where a rank has only part of a result, the ranks combine it:
 
 * attention heads are column-parallel: `wq_b`, `attn_sink` and the `wo_a` groups (and the indexer's
   `wq_b` / `weights_proj` heads) are split by head; `wo_b` is row-parallel, so each rank's output is a
