@@ -421,6 +421,17 @@ async def test_call_timeout_and_run_cancellation_become_results(tmp_path: Path) 
         out = await nap.invoke({"seconds": 2})
         assert out.is_error and out.error_kind == "timeout" and "timed out after 0.5 s" in out.content
         assert (await nap.invoke({"seconds": "0.01"})).content == "slept 0.01"
+    # the run's wall-time limit cancels an MCP call in flight like any tool; the run then answers
+    from agentkit.limits import Limits
+
+    model = ScriptedModel([lambda r: say(r, [("nap", {"seconds": 30})]), lambda r: say(r, content="gave up")])
+    async with Agent(
+        model, tools=[stdio_server(tmp_path / "s.pid")], limits=Limits(max_wall_time_s=4)
+    ) as agent:
+        result = await agent.run("nap")
+    cut = results(result)["nap"]
+    assert cut.is_error and "was cancelled (the run's wall-time limit was reached)" in cut.content
+    assert result.status == "limit:max_wall_time_s" and result.text == "gave up"
 
 
 def test_stderr_without_a_file_descriptor_is_not_an_error(
