@@ -426,7 +426,7 @@ async def test_call_timeout_and_run_cancellation_become_results(tmp_path: Path) 
 
     model = ScriptedModel([lambda r: say(r, [("nap", {"seconds": 30})]), lambda r: say(r, content="gave up")])
     async with Agent(
-        model, tools=[stdio_server(tmp_path / "s.pid")], limits=Limits(max_wall_time_s=4)
+        model, tools=[stdio_server(tmp_path / "s.pid")], limits=Limits(max_wall_time_s=1.5)
     ) as agent:
         result = await agent.run("nap")
     cut = results(result)["nap"]
