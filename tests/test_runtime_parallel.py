@@ -39,6 +39,7 @@ from agentkit.runtime.parallel import (
     broadcast_bytes,
     check_config,
     holds,
+    local_slices,
     read_local_tensors,
     shard_key,
     shard_tensors,
@@ -301,8 +302,16 @@ def test_sharding_rules_are_the_reference_ones() -> None:
         "mtp.0.hc_head_fn",
     ):
         assert replicated in names and replicated not in split, replicated
-    for world in (2, 4, 8):
-        check_config(flash, world)
+    # the published checkpoints split in stored precision (whole FP8 tiles per rank) at 2, 4 and 8 ranks
+    for config in (flash, ModelConfig.preset("pro")):
+        specs = {s.name: s.shape for s in tensor_specs(config)}
+        split_names = [n for n in specs if shard_key(n) in SPLIT_DIM]
+        for world in (2, 4, 8):
+            check_config(config, world)
+            par = Parallel(world - 1, world)
+            for n in split_names:
+                w = specs.get(n.removesuffix(".scale") + ".weight") if n.endswith(".scale") else None
+                assert local_slices(n, specs[n], par, config.n_routed_experts, w) is not None
     with pytest.raises(ParallelError, match="o_groups"):
         check_config(ModelConfig.preset("tiny-test"), 4)
 
@@ -377,3 +386,21 @@ def test_fused_moe_kernel_expert_parallel_interpreted() -> None:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok")
+
+
+def test_rank_models_hold_exactly_their_slices_at_flash_dims() -> None:
+    """At the published dims (flash-reduced: Flash's widths, fewer layers and experts), built on the meta
+    device: each rank's parameters have exactly the shapes of its checkpoint slices, at 2, 4 and 8 ranks."""
+    config = ModelConfig.preset("flash-reduced")
+    specs = {s.name: s.shape for s in tensor_specs(config)}
+    for world in (2, 4, 8):
+        par = Parallel(world - 1, world)
+        model = V4Model(config, device="meta", parallel=par)
+        own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        local = {}
+        for name, shape in specs.items():
+            w = specs.get(name.removesuffix(".scale") + ".weight") if name.endswith(".scale") else None
+            idx = local_slices(name, shape, par, config.n_routed_experts, w)
+            if idx is not None:
+                local[name] = tuple(len(range(*s.indices(d))) for s, d in zip(idx, shape, strict=True))
+        assert local == own
