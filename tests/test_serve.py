@@ -56,7 +56,9 @@ KEY = "sk-test-serve"
 @contextlib.contextmanager
 def running(asgi: Any) -> Iterator[str]:
     """A real uvicorn server on 127.0.0.1 (a random free port, bound before it starts); its /v1 URL."""
-    sock = socket.socket()
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on such sockets; without it every keep-alive
+    # request waits ~40 ms for a delayed ACK (uvicorn's own host/port sockets have it)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(asgi, log_level="warning", lifespan="off"))
@@ -536,6 +538,14 @@ BAD: list[tuple[str, str, dict[str, str] | None, Any, int, str | None]] = [
         "invalid_value",
     ),
     (
+        "seed past 64 bits",
+        "/completions",
+        None,
+        {"model": MODEL, "prompt": "hi", "seed": 2**70},
+        400,
+        "invalid_value",
+    ),
+    (
         "max_tokens 0",
         "/chat/completions",
         None,
@@ -649,6 +659,80 @@ def test_bad_requests_get_typed_openai_errors(base_url: str, engine: Engine) -> 
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model=MODEL, messages=[])
     assert info.value.code == "invalid_type" and info.value.param == "messages"
+    _wait_idle(engine)
+
+
+_VALID_CHAT: dict[str, Any] = {
+    "model": MODEL,
+    "max_tokens": 1,
+    "messages": [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "u"},
+        {
+            "role": "assistant",
+            "content": "a",
+            "reasoning_content": "r",
+            "tool_calls": [
+                {"id": "1", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "1", "content": "res"},
+    ],
+    "tools": [_TOOL],
+    "tool_choice": "auto",
+    "temperature": 0.5,
+    "top_p": 0.9,
+    "seed": 1,
+    "stop": ["zz"],
+    "reasoning_effort": "high",
+}
+
+
+def _paths(obj: Any, at: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    yield at
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for k, v in items:
+        yield from _paths(v, (*at, k))
+
+
+def _replaced(obj: Any, at: tuple[Any, ...], value: Any) -> Any:
+    if not at:
+        return value
+    out = json.loads(json.dumps(obj))
+    cur = out
+    for k in at[:-1]:
+        cur = cur[k]
+    cur[at[-1]] = value
+    return out
+
+
+def test_no_malformed_request_crashes_the_server(base_url: str, engine: Engine) -> None:
+    """Every field of a valid request (nested ones included) replaced by values of the wrong shape: each
+    answer is a 200 or a typed 4xx error, never a 5xx, and nothing is left running."""
+    weird: list[Any] = [None, -1, "x", [], {"a": 1}, True]
+    seen = 0
+    with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {KEY}"}) as http:
+        for at in _paths(_VALID_CHAT):
+            for value in weird:
+                r = http.post(base_url + "/chat/completions", json=_replaced(_VALID_CHAT, at, value))
+                seen += 1
+                assert r.status_code < 500, (at, value, r.text)
+                if r.status_code != 200:
+                    assert set(r.json()["error"]) == {"message", "type", "param", "code"}, (at, value)
+        for key in (
+            "prompt",
+            "max_tokens",
+            "stop",
+            "skip_special_tokens",
+            "return_token_ids",
+            "stream_options",
+        ):
+            for value in [*weird, [[1, 2]], ["a", "b"], [1, "a"]]:
+                body = {"model": MODEL, "prompt": "hi", "max_tokens": 1, key: value}
+                r = http.post(base_url + "/completions", json=body)
+                seen += 1
+                assert r.status_code < 500, (key, value, r.text)
+    assert seen > 150
     _wait_idle(engine)
 
 

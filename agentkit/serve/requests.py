@@ -128,6 +128,9 @@ def _sampling(body: Mapping[str, Any], max_tokens_keys: tuple[str, ...]) -> Samp
         raise bad_request("'stop' must be a string or a list of strings", "stop", "invalid_type")
     if len(stops) > MAX_STOPS or any(not s for s in stops):
         raise bad_request(f"'stop' takes at most {MAX_STOPS} non-empty strings", "stop")
+    seed = _get(body, "seed", int)
+    if seed is not None and not -(2**63) <= seed < 2**64:
+        raise bad_request(f"'seed' must fit in 64 bits, got {seed}", "seed")
     top_k = _get(body, "top_k", int)
     if top_k is not None and top_k < -1:
         raise bad_request(f"'top_k' must be >= -1, got {top_k}", "top_k")
@@ -135,7 +138,7 @@ def _sampling(body: Mapping[str, Any], max_tokens_keys: tuple[str, ...]) -> Samp
         temperature=_number(body, "temperature", 0.0, 2.0),
         top_p=_number(body, "top_p", 0.0, 1.0, lo_open=True),
         top_k=None if top_k is None or top_k <= 0 else top_k,
-        seed=_get(body, "seed", int),
+        seed=seed,
         max_tokens=max_tokens,
         stop=stops,
         ignore_eos=bool(_get(body, "ignore_eos", bool, False)),
