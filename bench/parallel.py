@@ -1,6 +1,7 @@
 """Tensor + expert parallel runtime (runtime/parallel.py): MoE combine schemes and N-rank inference.
 
     python bench/parallel.py combine                    # 2 gloo ranks (CPU): all-reduce vs all-to-all
+    python bench/parallel.py combine --device cuda      # 2 GPUs over NCCL
     python bench/parallel.py decode --source tiny-test  # 1 process vs 2 gloo ranks: load, prefill, decode
     torchrun --nproc-per-node 2 bench/parallel.py decode --source /ckpt/flash --device cuda --ranks-only
 
@@ -45,9 +46,9 @@ def _all_reduce(par: Parallel, partial: torch.Tensor) -> torch.Tensor:
 
 def _all_to_all(par: Parallel, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Owner-dispatch / combine of (token, slot) pairs, then an all-gather of the owners' rows."""
-    t, n = x.shape[0], par.world
+    t, n, dev = x.shape[0], par.world, x.device
     per = -(-t // n)
-    mine = torch.arange(par.rank * per, min(t, (par.rank + 1) * per))
+    mine = torch.arange(par.rank * per, min(t, (par.rank + 1) * per), device=dev)
     dest = (idx[mine] // (E // n)).reshape(-1)  # expert owner of each of my pairs
     order = torch.argsort(dest, stable=True)
     send = x[mine].repeat_interleave(K, 0)[order]
@@ -59,19 +60,22 @@ def _all_to_all(par: Parallel, x: torch.Tensor, idx: torch.Tensor) -> torch.Tens
     dist.all_to_all_single(recv, send, rc, sc)  # dispatch
     back = torch.empty_like(send)
     dist.all_to_all_single(back, recv, sc, rc)  # combine (expert outputs = inputs here)
-    out = torch.zeros(per, x.shape[1], dtype=x.dtype)
-    out[: mine.numel()].index_add_(0, torch.arange(mine.numel()).repeat_interleave(K)[order], back)
+    out = torch.zeros(per, x.shape[1], dtype=x.dtype, device=dev)
+    out[: mine.numel()].index_add_(
+        0, torch.arange(mine.numel(), device=dev).repeat_interleave(K)[order], back
+    )
     parts = [torch.empty_like(out) for _ in range(n)]
     dist.all_gather(parts, out)
     return torch.cat(parts)[:t]
 
 
-def _combine_rank(par: Parallel, tokens: list[int], iters: int, out_file: str) -> None:
+def _combine_rank(par: Parallel, tokens: list[int], iters: int, out_file: str, device: str) -> None:
+    dev = torch.device("cuda", par.rank) if device == "cuda" else torch.device("cpu")
     rows = []
     for t in tokens:
         g = torch.Generator().manual_seed(t)
-        x = torch.randn(t, D, generator=g)
-        idx = torch.stack([torch.randperm(E, generator=g)[:K] for _ in range(t)])
+        x = torch.randn(t, D, generator=g).to(dev)
+        idx = torch.stack([torch.randperm(E, generator=g)[:K] for _ in range(t)]).to(dev)
         # identity experts with weight 1: every token's combined output is K times its activation
         assert torch.allclose(_all_to_all(par, x, idx), K * x)
         schemes = (
@@ -84,8 +88,12 @@ def _combine_rank(par: Parallel, tokens: list[int], iters: int, out_file: str) -
             times = []
             for _ in range(iters):
                 dist.barrier()
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
                 t0 = time.perf_counter()
                 fn()
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
                 times.append(time.perf_counter() - t0)
             rows.append(
                 {
@@ -93,6 +101,9 @@ def _combine_rank(par: Parallel, tokens: list[int], iters: int, out_file: str) -
                     "tokens": t,
                     "ranks": par.world,
                     "median_us": round(statistics.median(times) * 1e6),
+                    "device": "cpu (gloo)"
+                    if dev.type == "cpu"
+                    else torch.cuda.get_device_name(dev) + " (nccl)",
                 }
             )
     if par.rank == 0:
@@ -221,7 +232,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out_file = str(Path(tmp) / "rows.json")
         if args.what == "combine":
-            spawn(_combine_rank, args.ranks, [int(t) for t in args.tokens.split(",")], args.iters, out_file)
+            tokens = [int(t) for t in args.tokens.split(",")]
+            backend = "nccl" if args.device == "cuda" else "gloo"
+            spawn(_combine_rank, args.ranks, tokens, args.iters, out_file, args.device, backend=backend)
             rows = json.loads(Path(out_file).read_text())
         elif args.ranks_only or "RANK" in os.environ:
             par = init_parallel()
@@ -235,7 +248,7 @@ def main() -> None:
             spawn(_decode_rank, args.ranks, args, out_file)
             rows.append(json.loads(Path(out_file).read_text()))
     for r in rows:
-        r["device"] = args.device if args.what == "decode" else "cpu (gloo)"
+        r.setdefault("device", args.device)
     print(_table(rows))
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
