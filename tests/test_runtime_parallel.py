@@ -1,9 +1,10 @@
 """Tensor + expert parallel runtime (runtime/parallel.py): 2 gloo processes == the single-process run.
 
 Random checkpoints in the real layout (bf16 float weights, and the stored FP8 + FP4 format) are written
-once; two spawned ranks load only their slices of them and run the same script as the single process:
-prefill, chunked extend (boundaries inside partial CSA/HCA blocks, window wrap-around), decode token by
-token, and snapshot / `to_bytes` then resume. Per-position logits must match the single-process run
+once; they and the shipped agentkit-tiny are loaded by two spawned ranks, each reading only its slices, and
+run the same script as the single process: prefill, chunked extend (boundaries inside partial CSA/HCA
+blocks, window wrap-around), decode token by token, snapshot / `to_bytes` then resume, a batch of sequences,
+the MTP block, sampled and speculative generation. Per-position logits must match the single-process run
 within the runtime's tolerance (the one test_runtime_extend.py holds chunkings to); what stays inside the
 2-rank mode (both ranks' logits, their state replicas, a resume against the uninterrupted run) must be
 bit-identical. A state saved in one mode resumes in the other, since V4's single KV head leaves every rank
