@@ -196,7 +196,7 @@ class Generation:
         self.decoder = runner.tokenizer.stream_decoder(skip_special=skip)
         self.tokens: list[int] = []
         self.result: EngineResult | None = None
-        self.stopped_by: str | None = None
+        self.stopped = False  # by one of the request's stop strings
 
     @property
     def finish_reason(self) -> str:
@@ -228,7 +228,7 @@ class Generation:
                 if stops:
                     cut = min((i for i in (text.find(s) for s in stops) if i != -1), default=-1)
                     if cut != -1:
-                        self.stopped_by = text
+                        self.stopped = True
                         if cut:
                             yield text[:cut], ids
                         text, ids = "", []
@@ -239,7 +239,7 @@ class Generation:
                 elif text:
                     yield text, ids
                     text, ids = "", []
-            if self.stopped_by is None:
+            if not self.stopped:
                 text += self.decoder.flush()
                 if text or ids:
                     yield text, ids
