@@ -230,6 +230,11 @@ async def test_crash_mid_call_gives_a_readable_error_and_the_next_call_restarts(
         # killed while idle: the next call finds the session ended and reconnects first, no error
         os.kill(second, signal.SIGKILL)
         assert wait_gone(second)
+        for _ in range(500):  # its end is seen on the idle session (EOF), within moments
+            if not server.connected:
+                break
+            await anyio.sleep(0.02)
+        assert not server.connected
         again = await agent.run("pid?")
         third = pids(pidfile)[-1]
         assert results(again)["pid"].content == str(third) and not results(again)["pid"].is_error

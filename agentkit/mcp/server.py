@@ -215,7 +215,12 @@ class MCPServer:
             return specs
 
         try:
-            return list(await self._conn.request(fetch, self.timeout))
+            try:
+                return list(await self._conn.request(fetch, self.timeout))
+            except ConnectionLost:
+                # listing changes nothing, so it is simply asked again, on a new session: the server
+                # may have ended while idle a moment before its end was noticed
+                return list(await self._conn.request(fetch, self.timeout))
         except ConnectError as exc:
             raise MCPConnectError(str(exc)) from None
         except (ConnectionLost, MCPError) as exc:
