@@ -23,6 +23,7 @@ import anyio
 import pytest
 from agentkit.tools.tool import tool
 
+from agentkit import events as ev
 from agentkit.agent import Agent
 from agentkit.backends import ModelRequest, ScriptedModel
 from agentkit.backends.scripted import scripted_turn
@@ -247,12 +248,15 @@ async def test_crash_mid_call_gives_a_readable_error_and_the_next_call_restarts(
 async def test_no_orphan_after_cancellation_or_an_exception(tmp_path: Path) -> None:
     pidfile = tmp_path / "s.pid"
     server = stdio_server(pidfile)
+    started = False
     model = ScriptedModel([lambda r: say(r, [("nap", {"seconds": 30})])] * 2)
     with pytest.raises(RuntimeError, match="app failed"):
         async with Agent(model, tools=[server]) as agent:
-            with anyio.move_on_after(3) as scope:  # cancelled mid-call: the run goes, the server stays
-                await agent.run("sleep")
-            assert scope.cancelled_caught
+            await server.list_tools()  # started before the clock below, however loaded the machine
+            with anyio.move_on_after(1.5) as scope:  # cancelled mid-call: the run goes, the server stays
+                async for event in agent.stream("sleep"):
+                    started = started or isinstance(event, ev.ToolCallEnd)
+            assert scope.cancelled_caught and started
             (pid,) = pids(pidfile)
             assert alive(pid)
             raise RuntimeError("app failed")
@@ -265,7 +269,8 @@ def test_no_orphan_when_the_host_process_never_closes_the_agent(tmp_path: Path) 
     script = textwrap.dedent(
         f"""
         import os, sys
-        from agentkit.agent import Agent
+        from agentkit import events as ev
+from agentkit.agent import Agent
         from agentkit.backends import ScriptedModel
         from agentkit.backends.scripted import scripted_turn
         from agentkit.mcp import MCPServer
