@@ -320,9 +320,14 @@ def test_a_server_that_never_answers_is_stopped_on_timeout_or_cancellation(tmp_p
     assert wait_gone(first)
 
     async def cancelled() -> None:
-        async with Agent(ScriptedModel([]), tools=[server()]) as agent:
-            with anyio.move_on_after(1.5):
-                await agent.run("x")
+        agent = Agent(ScriptedModel([]), tools=[server()])
+        async with agent, anyio.create_task_group() as tg:
+            tg.start_soon(agent.run, "x")
+            for _ in range(1000):  # cancel once the server process exists, while it "starts"
+                if len(pids(pidfile)) == 2:
+                    break
+                await anyio.sleep(0.02)
+            tg.cancel_scope.cancel()
 
     anyio.run(cancelled)
     second = pids(pidfile)[-1]
