@@ -269,8 +269,7 @@ def test_no_orphan_when_the_host_process_never_closes_the_agent(tmp_path: Path) 
     script = textwrap.dedent(
         f"""
         import os, sys
-        from agentkit import events as ev
-from agentkit.agent import Agent
+        from agentkit.agent import Agent
         from agentkit.backends import ScriptedModel
         from agentkit.backends.scripted import scripted_turn
         from agentkit.mcp import MCPServer
