@@ -64,9 +64,11 @@ class Outcome:
     seconds: float
     peak_running: int
     peak_state_bytes: int
-    """Running requests' preallocated states, at the step where they were largest together."""
+    """What running requests' states allocated, at the step where that was largest (a branch's own window
+    rings, compressor tails and new rows: the entries it shares with its parent are not allocated again)."""
     kept_bytes: int
-    """The branches' kept states after their runs (what the engine holds between turns: one per branch)."""
+    """Memory the branches' kept states hold after their runs (what the engine keeps between turns), shared
+    entries counted once."""
     stats: Any
 
 
