@@ -88,7 +88,8 @@ if HAVE_TRITON:
                 kvb = kvb.to(tl.float32)
                 q = q.to(tl.float32)
             # bf16 rows: products exact in fp32, fp32 accumulation; fp32 rows: IEEE, not TF32
-            s = tl.dot(q, tl.trans(kvb), input_precision=PREC) * scale  # [BH, BK]
+            # fp32 even where torch.compile passes `scale` as an fp64 scalar
+            s = (tl.dot(q, tl.trans(kvb), input_precision=PREC) * scale).to(tl.float32)  # [BH, BK]
             s = tl.where(valid[None, :], s, float("-inf"))
             m_new = tl.maximum(m, tl.max(s, axis=1))
             alpha = tl.exp(m - m_new)
