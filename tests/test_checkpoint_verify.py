@@ -146,7 +146,9 @@ def test_the_tiny_models_export_writes_a_manifest_with_its_tokenizer(tmp_path: P
     model = build_model(micro_config(tok.vocab_size), 0, torch.device("cpu"))
     out = save_model(model, tok, tmp_path / "export", meta={"note": "test"})
     manifest = read_manifest(out)
-    assert manifest is not None and {"tokenizer.json", "tokenizer_config.json", "config.json"} <= set(manifest)
+    assert manifest is not None and {"tokenizer.json", "tokenizer_config.json", "config.json"} <= set(
+        manifest
+    )
     assert "training.json" not in manifest  # a record about the model, not part of it
     assert verify_checkpoint(out).ok
     load_checkpoint(out, verify=True)
