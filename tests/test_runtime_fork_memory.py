@@ -19,11 +19,18 @@ import json
 import random
 from functools import cache
 
+import pytest
 from agentkit.runtime.config import ModelConfig
 from agentkit.runtime.engine import Engine, StepRecord
 from agentkit.runtime.generate import SamplingParams, generate
 from agentkit.runtime.model import V4Model
-from agentkit.runtime.state import SequenceState, fixed_state_bytes, held_bytes, kv_bytes_per_token
+from agentkit.runtime.state import (
+    SequenceState,
+    StateError,
+    fixed_state_bytes,
+    held_bytes,
+    kv_bytes_per_token,
+)
 
 SESSION = 4096
 BRANCHES = 8
@@ -105,3 +112,34 @@ def test_8_branches_of_a_4k_session_hold_its_entries_once_and_equal_runs_from_sc
         assert a.token_ids == b.token_ids and content(shared) == content(copy)
         assert content(shared.snapshot()) == content(copy) == content(SequenceState.branch(shared, 5000))
     assert content(kept) == before
+
+
+def test_snapshots_and_branches_share_entries_without_ever_writing_them() -> None:
+    """A snapshot of a growable state references its entry rows; extending the original, the snapshot or
+    a branch of it afterwards changes none of the others, and each equals the same tokens run alone."""
+    model, cfg = _model(), _model().config
+    rng = random.Random(5)
+    a, b, c = ([rng.randrange(2, 256) for _ in range(n)] for n in (700, 90, 130))
+    st = SequenceState.fresh(cfg, dtype=model.dtype)
+    model.extend(st, a)
+    snap = st.snapshot()
+
+    def stores(s: SequenceState) -> list[int]:
+        return [t.untyped_storage().data_ptr() for ls in s.layers for t in (ls.comp, ls.idx) if t is not None]
+
+    assert stores(snap) == stores(st)
+    assert held_bytes(st, snap) < held_bytes(st) + fixed_state_bytes(cfg, 4) + 1
+    snap_before = content(snap)
+    branch = SequenceState.branch(snap, 700 + len(c))
+    model.extend(st, b)  # the original grows in place past the shared rows
+    model.extend(branch, c)
+    assert content(snap) == snap_before
+    model.extend(snap, c)
+    for got, tokens in ((st, a + b), (branch, a + c), (snap, a + c)):
+        alone = SequenceState.fresh(cfg, dtype=model.dtype)
+        model.extend(alone, a)
+        model.extend(alone, tokens[700:])
+        assert content(got) == content(alone)
+    assert content(SequenceState.from_bytes(st.snapshot().to_bytes())) == content(st)
+    with pytest.raises(StateError, match="branch"):
+        branch.restore(snap)
