@@ -344,14 +344,15 @@ def test_ctrl_c_while_a_tool_runs_says_its_effects_remain() -> None:
         """
         os.kill(os.getpid(), signal.SIGINT)
         await anyio.sleep(10)
+        finished.append(x)
         return x
 
+    finished: list[int] = []
     chat, out = make_chat([scripted_turn("r", calls=[("slow", {"x": 1})]), scripted_turn("r", "never")])
     chat.tools = [slow]
     chat.agent = chat._agent(chat.agent.model, "high")
-    t0 = time.monotonic()
     chat.handle("go")
-    assert time.monotonic() - t0 < 5  # the tool was cancelled, not waited for
+    assert finished == []  # the tool was cancelled, not waited for
     text = out.getvalue()
     assert "interrupted: the step was stopped" in text
     assert "(1 tool calls had started; their effects remain)" in text

@@ -364,7 +364,8 @@ def test_openai_agents_sdk_runs_a_tool_calling_agent_against_the_server(
     against the server. The tools are the SDK's `FunctionTool`s declared with the JSON schemas agentkit-tiny
     was trained on (the SDK's generated strict schemas read differently, and a 12M-parameter model only
     knows its training format: given them it picks the wrong tool)."""
-    agents = pytest.importorskip("agents")
+    import agents  # the dev extra installs openai-agents
+
     agents.set_tracing_disabled(True)
     impl = {
         "count_words": lambda a: calc.count_words(a["text"]),
