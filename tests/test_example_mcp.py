@@ -6,7 +6,6 @@ returned; the server's folder confinement is checked through the MCP client as a
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 import socket
@@ -14,26 +13,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 
 import anyio
+from _examples import EXAMPLES, ROOT, load
 
 from agentkit.mcp import MCPServer
-
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "examples"
-
-
-def load(name: str) -> ModuleType:
-    module_name = f"agentkit_example_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def notes(tmp: Path, seed: int) -> tuple[str, dict[str, int]]:

@@ -10,7 +10,6 @@ answer through a real `completions:` HTTP backend as through its scripted stand-
 from __future__ import annotations
 
 import http.server
-import importlib.util
 import io
 import json
 import math
@@ -22,32 +21,16 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from _examples import ROOT, load
 from agentkit.tools.sandbox import Sandbox, open_sandbox
 from rich.console import Console
 
 from agentkit.dsml import TOOL_CALLS_OPEN, USER, render_assistant_turn
 from agentkit.messages import AssistantMessage, ToolMessage, UserMessage
 from agentkit.session import RunState
-
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "examples"
-
-
-def load(name: str) -> ModuleType:
-    """Import examples/<name>.py as a module (examples/ is deliberately not a package)."""
-    module_name = f"agentkit_example_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def run_example(*argv: str) -> subprocess.CompletedProcess[str]:
