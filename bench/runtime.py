@@ -385,9 +385,10 @@ def row_extend(b: Bench) -> dict[str, Any]:
 def row_profile(b: Bench) -> dict[str, Any]:
     from torch.profiler import ProfilerActivity, profile
 
-    model = b.model("bf16")
+    model = b.model(b.a.profile_weights)
     ctx, steps = b.a.context, 4
-    dec = model.static_decoder(max_batch=1, max_len=ctx + 32, graphs=b.dev == "cuda")
+    model._decoder = None
+    dec = model.static_decoder(max_batch=1, max_len=ctx + 32, graphs=b.dev == "cuda", compile=b.a.compile)
     st = dec.new_state()
     with torch.no_grad():
         first = int(model.extend(st, b.prompt(ctx), last_only=True).argmax())  # type: ignore[union-attr]
@@ -406,14 +407,28 @@ def row_profile(b: Bench) -> dict[str, Any]:
         elif e.name.startswith("cuda") or e.name.startswith("cuLaunch"):
             calls[e.name] += 1
     model._decoder = None
+    # the same step without graphs: which torch ops a step issues (a replayed graph hides them)
+    model._decoder = None
+    dec = model.static_decoder(max_batch=1, max_len=ctx + 32, graphs=False, compile=b.a.compile)
+    st = dec.new_state()
+    with torch.no_grad():
+        first = int(model.extend(st, b.prompt(ctx), last_only=True).argmax())  # type: ignore[union-attr]
+    greedy(model, [st], [first], 2)
+    with profile(activities=[ProfilerActivity.CPU]) as eager:
+        greedy(model, [st], [first], steps)
+        b.sync()
+    ops: Counter[str] = Counter(e.name for e in eager.events() if e.name.startswith(("aten::", "triton", "_")))
+    model._decoder = None
     busy = sum(kernel_us.values())
     return {
-        "context": ctx, "steps": steps, "kernels_per_token": sum(kernels.values()) / steps,
+        "context": ctx, "steps": steps, "weights": b.a.profile_weights, "compiled": b.a.compile,
+        "kernels_per_token": sum(kernels.values()) / steps,
         "gpu_busy_ms_per_token": busy / 1e3 / steps,
         "runtime_calls_per_token": {k: v / steps for k, v in calls.most_common(8)},
+        "eager_ops_per_token": {k: v / steps for k, v in ops.most_common(30)},
         "top_kernels": [
             {"name": k[:80], "ms_per_token": us / 1e3 / steps, "launches_per_token": kernels[k] / steps}
-            for k, us in kernel_us.most_common(10)
+            for k, us in kernel_us.most_common(25)
         ],
     }  # fmt: skip
 
@@ -481,6 +496,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=64, help="timed decode steps")
     ap.add_argument("--no-hf", action="store_true", help="skip transformers")
     ap.add_argument("--compile", action="store_true", help="decode rows: also the torch.compile'd step")
+    ap.add_argument(
+        "--profile-weights", default="bf16", choices=["bf16", "fp8fp4"], help="the profile row's weights"
+    )
     ap.add_argument("--out", default=None, help="JSON report path")
     a = ap.parse_args()
     if a.device == "cuda" and not torch.cuda.is_available():
