@@ -49,7 +49,8 @@ def prepare(args: argparse.Namespace) -> None:
     # the result is the same list as one process makes.
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         futures = [
-            pool.submit(_generate_chunk, args.seed, args.start + start, n, args.family) for start, n in chunks
+            pool.submit(_generate_chunk, args.seed, args.start + start, n, args.family, _recipe(args))
+            for start, n in chunks
         ]
         for fut in futures:
             train_eps += fut.result()
@@ -82,7 +83,10 @@ def prepare(args: argparse.Namespace) -> None:
     for e in train_eps:
         families[e.family] = families.get(e.family, 0) + 1
     meta = {
+        "version": args.version,
+        "recipe": _recipe(args),
         "seed": args.seed,
+        "start": args.start,
         "episodes": len(train_eps),
         "heldout": len(heldout),
         "families": families,
@@ -92,10 +96,19 @@ def prepare(args: argparse.Namespace) -> None:
     _log(f"prepared {data} in {time.perf_counter() - t0:.0f} s")
 
 
-def _generate_chunk(seed: int, start: int, n: int, family: str | None) -> list[Episode]:
+def _recipe(args: argparse.Namespace) -> dict[str, object]:
+    """Issue 21's phrasing knobs (`episodes.draft_episode`); empty for the template-worded data."""
+    if not args.phrasing:
+        return {}
+    return {"phrasing": args.phrasing, "keep": args.keep, "extra": args.extra}
+
+
+def _generate_chunk(
+    seed: int, start: int, n: int, family: str | None, recipe: dict[str, object] | None = None
+) -> list[Episode]:
     from agentkit.train.episodes import generate
 
-    return generate(n, split="train", seed=seed, start=start, family=family)
+    return generate(n, split="train", seed=seed, start=start, family=family, **(recipe or {}))
 
 
 def _tokenize_chunk(tokenizer_dir: str, episodes: list[Episode]) -> list[Example]:
@@ -276,6 +289,16 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--start", type=int, default=0, help="first training episode index (extra data)")
     g.add_argument("--family", default=None, help="generate only this task family (extra data)")
     g.add_argument("--jobs", type=int, default=1, help="processes making episodes (same bytes, any N)")
+    g.add_argument(
+        "--version", default="v8", help="data version recorded in meta.json (v9: --phrasing train)"
+    )
+    g.add_argument(
+        "--phrasing", default=None, help="reword tasks with this phrasing bank (train; issue 21, data v9)"
+    )
+    g.add_argument("--keep", type=float, default=0.35, help="with --phrasing: share kept in template words")
+    g.add_argument(
+        "--extra", type=float, default=0.22, help="with --phrasing: share of combined/refusal tasks"
+    )
     g = p.add_argument_group("train")
     g.add_argument("--micro", action="store_true", help="the CPU-test config instead of agentkit-tiny")
     g.add_argument(

@@ -28,17 +28,23 @@ from agentkit.tools.tool import Tool
 
 ANSWER_TEMPLATE = "The answer is {answer}."
 _ANSWER_RE = re.compile(r"The answer is (.*)\.\s*\Z", re.S)
+REFUSAL = "I cannot do this task with my tools."
+"""The whole final message of a task none of the trained shapes covers (the refusal family, issue 21); a
+task's `answer` is this exact text when the right outcome is to refuse."""
 MAX_STEPS = 8
 DEMO_TASKS = Path(__file__).resolve().with_name("demo_tasks.json")
 """`agentkit demo`'s tasks, package data written by `python -m agentkit.train.demo_tasks`."""
 
 
 def answer_content(answer: str) -> str:
-    return ANSWER_TEMPLATE.format(answer=answer)
+    return REFUSAL if answer == REFUSAL else ANSWER_TEMPLATE.format(answer=answer)
 
 
 def extract_answer(content: str) -> str | None:
-    """The answer inside a final assistant message, or None if it does not follow the format."""
+    """The answer inside a final assistant message (`REFUSAL` for a refusal), or None if it does not
+    follow the format."""
+    if content.strip() == REFUSAL:
+        return REFUSAL
     m = _ANSWER_RE.search(content.strip())
     return m.group(1).strip() if m else None
 

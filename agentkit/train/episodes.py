@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ from agentkit.tools.context import RunContext
 from agentkit.tools.sandbox import LocalSandbox
 from agentkit.tools.tool import Tool
 from agentkit.train.families import FAMILIES, Draft, Final, Step
+from agentkit.train.families.extra import EXTRA_FAMILIES
+from agentkit.train.phrasing import Phrasing, bank, phrasing_rng
 from agentkit.train.vocab import Split, episode_pools, pools
 
 THINKING_MODE = "thinking"
@@ -233,16 +235,39 @@ def episode_rng(seed: int, split: Split, index: int) -> random.Random:
     return random.Random(f"agentkit-episodes:{seed}:{split}:{index}")
 
 
+ALL_FAMILIES = {**FAMILIES, **EXTRA_FAMILIES}
+
+
 def draft_episode(
-    seed: int, split: Split, index: int, family: str | None = None
+    seed: int,
+    split: Split,
+    index: int,
+    family: str | None = None,
+    *,
+    phrasing: str | None = None,
+    keep: float = 0.0,
+    extra: float = 0.0,
 ) -> tuple[Draft, random.Random]:
-    """The plan for episode `index` of a split; the family is drawn by weight unless given."""
+    """The plan for episode `index` of a split; the family is drawn by weight unless given.
+
+    Issue 21's knobs, all drawn from the episode's phrasing generator (so without them, and for every
+    episode they leave alone, the draws are the ones data v8 made): `phrasing` names the bank
+    (`train` / `heldout`) that rewords the task, except with probability `keep`; `extra` is the share of
+    episodes drawn from `EXTRA_FAMILIES` (combined tasks, refusals) instead of `FAMILIES`.
+    """
     rng = episode_rng(seed, split, index)
+    prng = phrasing_rng(seed, split, index)
     names = list(FAMILIES)
+    if family is None and extra > 0 and prng.random() < extra:
+        more = list(EXTRA_FAMILIES)
+        family = prng.choices(more, weights=[EXTRA_FAMILIES[n][1] for n in more])[0]
     chosen = family or rng.choices(names, weights=[FAMILIES[n][1] for n in names])[0]
-    if chosen not in FAMILIES:
-        raise ValueError(f"unknown family {chosen!r}; known: {names}")
-    return FAMILIES[chosen][0](rng, episode_pools(seed, split, index)), rng
+    if chosen not in ALL_FAMILIES:
+        raise ValueError(f"unknown family {chosen!r}; known: {list(ALL_FAMILIES)}")
+    p = episode_pools(seed, split, index)
+    if phrasing is not None:
+        p = replace(p, phrasing=Phrasing(bank(phrasing), prng, keep=keep))
+    return ALL_FAMILIES[chosen][0](rng, p), rng
 
 
 async def generate_async(
@@ -254,10 +279,15 @@ async def generate_async(
     family: str | None = None,
     tools: Mapping[str, Tool] | None = None,
     concurrency: int = 8,
+    phrasing: str | None = None,
+    keep: float = 0.0,
+    extra: float = 0.0,
+    id_prefix: str = "",
 ) -> list[Episode]:
-    """Episodes `start .. start+n-1` of (seed, split); the same arguments always give the same list."""
-    if family is not None and family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; known: {sorted(FAMILIES)}")
+    """Episodes `start .. start+n-1` of (seed, split); the same arguments always give the same list.
+    `phrasing`, `keep` and `extra` as in `draft_episode`; `id_prefix` goes before every id."""
+    if family is not None and family not in ALL_FAMILIES:
+        raise ValueError(f"unknown family {family!r}; known: {sorted(ALL_FAMILIES)}")
     pools(split)  # refuses an unknown split before any work starts
     if tools is None:
         from agentkit.tiny.tools import all_tools
@@ -268,11 +298,11 @@ async def generate_async(
 
     async def build(k: int) -> None:
         index = start + k
-        draft, rng = draft_episode(seed, split, index, family)
+        draft, rng = draft_episode(seed, split, index, family, phrasing=phrasing, keep=keep, extra=extra)
         async with limiter:
             messages, trained = await run_draft(draft, tools, rng)
         out[k] = Episode(
-            id=f"{split}-{seed}-{index}",
+            id=f"{id_prefix}{split}-{seed}-{index}",
             family=draft.family,
             split=split,
             messages=messages,

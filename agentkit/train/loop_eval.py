@@ -21,7 +21,7 @@ import anyio
 from agentkit.dsml.errors import DSMLParseError
 from agentkit.dsml.parse import parse_completion
 from agentkit.messages import Transcript
-from agentkit.tiny.tasks import extract_answer, task_agent, task_sandbox
+from agentkit.tiny.tasks import REFUSAL, extract_answer, task_agent, task_sandbox
 from agentkit.tools.tool import Tool
 from agentkit.train.episodes import Episode
 
@@ -40,6 +40,8 @@ class Outcome:
     completion_tokens: int
     seconds: float
     same_transcript: bool
+    refused: bool = False
+    """The run's final message was the refusal (`REFUSAL`)."""
 
 
 def generated_turns(transcript: Transcript) -> list[str]:
@@ -87,6 +89,7 @@ async def run_episode(backend: Any, episode: Episode, tools: Mapping[str, Tool],
         completion_tokens=result.usage.completion_tokens,
         seconds=seconds,
         same_transcript=result.transcript.text == episode.text,
+        refused=answer == REFUSAL,
     )
 
 
@@ -97,6 +100,10 @@ class Report:
     def success_rate(self, family: str | None = None) -> float:
         rows = [r for r in self.rows if family is None or r.family == family]
         return sum(r.ok for r in rows) / len(rows) if rows else 0.0
+
+    @property
+    def refusal_rate(self) -> float:
+        return sum(r.refused for r in self.rows) / len(self.rows) if self.rows else 0.0
 
     @property
     def strict_rate(self) -> float:
@@ -112,6 +119,7 @@ class Report:
             "episodes": n,
             "success_rate": self.success_rate(),
             "strict_parse_rate": self.strict_rate,
+            "refusal_rate": self.refusal_rate,
             "same_transcript_rate": sum(r.same_transcript for r in self.rows) / n if n else 0.0,
             "mean_steps": sum(r.steps for r in self.rows) / n if n else 0.0,
             "completion_tokens_per_s": tokens / seconds if seconds else 0.0,
@@ -120,6 +128,8 @@ class Report:
                 f: {
                     "episodes": sum(r.family == f for r in self.rows),
                     "success_rate": self.success_rate(f),
+                    "strict_parse_rate": Report([r for r in self.rows if r.family == f]).strict_rate,
+                    "refusal_rate": Report([r for r in self.rows if r.family == f]).refusal_rate,
                 }
                 for f in fams
             },
@@ -128,8 +138,8 @@ class Report:
     def table(self) -> str:
         """Markdown: one row per family and an overall row."""
         lines = [
-            "| family | episodes | success | strict DSML | mean steps | tok/s |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| family | episodes | success | strict DSML | refused | mean steps | tok/s |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
         groups = [(f, [r for r in self.rows if r.family == f]) for f in sorted({r.family for r in self.rows})]
         for name, rows in [*groups, ("**overall**", self.rows)]:
@@ -138,6 +148,7 @@ class Report:
             toks = sum(r.completion_tokens for r in rows)
             lines.append(
                 f"| {name} | {len(rows)} | {sub.success_rate():.1%} | {sub.strict_rate:.1%} | "
+                f"{sub.refusal_rate:.1%} | "
                 f"{sum(r.steps for r in rows) / max(1, len(rows)):.2f} | {toks / secs if secs else 0:.1f} |"
             )
         return "\n".join(lines)

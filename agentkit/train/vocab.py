@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 from functools import cache
-from typing import Literal
+from typing import Any, Literal
 
 Split = Literal["train", "heldout"]
 SPLITS: tuple[Split, ...] = ("train", "heldout")
@@ -189,6 +189,8 @@ class Pools:
     item: tuple[str, ...]
     ext: tuple[str, ...]
     dir: tuple[str, ...]
+    phrasing: Any = None
+    """An `agentkit.train.phrasing.Phrasing` when tasks are to be reworded (issue 21), else None."""
 
     def owns(self, n: int) -> bool:
         return split_of_number(n) == self.split

@@ -9,7 +9,8 @@ import random
 from typing import Any
 
 from agentkit.tiny import calc
-from agentkit.train.families.script import Call, Draft, Final, Script, Step, pick
+from agentkit.train.families.script import Call, Draft, Final, Script, Step, pick, say
+from agentkit.train.phrasing import expr_slots
 from agentkit.train.vocab import Pools
 
 # ---- arithmetic through the calculator ----------------------------------------------------------
@@ -41,14 +42,25 @@ def calc_family(rng: random.Random, p: Pools) -> Draft:
     if rng.random() < 0.3:
         n, price = p.number(rng, 2, 999), p.number(rng, 2, 999)
         expr = f"{n} * {price}"
-        task = pick(
+        person, item1, city, item2 = (
+            rng.choice(p.person),
+            rng.choice(p.item),
+            rng.choice(p.city),
+            rng.choice(p.item),
+        )
+        task = say(
             rng,
+            p,
             [
-                f"{rng.choice(p.person)} buys {n} {rng.choice(p.item)} at {price} each. "
-                "What is the total cost?",
-                f"A shop in {rng.choice(p.city)} sells {rng.choice(p.item)} for {price} each. "
-                f"How much do {n} of them cost?",
+                f"{person} buys {n} {item1} at {price} each. What is the total cost?",
+                f"A shop in {city} sells {item2} for {price} each. How much do {n} of them cost?",
             ],
+            "calc_buy",
+            person=person,
+            n=n,
+            item=item1,
+            price=price,
+            city=city,
         )
     elif p.split == "train" and rng.random() < 0.15:
         # the error family's questions ("What is 12 x 5?") answered right the first time: that family's
@@ -56,11 +68,15 @@ def calc_family(rng: random.Random, p: Pools) -> Draft:
         # produced a first turn for such a question, which is exactly what the real loop asks of it
         a, b = p.number(rng, 10, 9999), p.number(rng, 2, 999)
         expr = f"{a} * {b}"
-        task = pick(rng, [f"What is {a} {rng.choice(['x', '×'])} {b}?", f"Compute {a} x {b} please."])
+        sign = rng.choice(["x", "×"])
+        task = say(
+            rng, p, [f"What is {a} {sign} {b}?", f"Compute {a} x {b} please."], "calc_x", a=a, b=b, sign=sign
+        )
     else:
         expr, spoken = expression(rng, p)
-        task = pick(
+        task = say(
             rng,
+            p,
             [
                 f"What is {spoken}?",
                 f"Compute {spoken}.",
@@ -69,6 +85,8 @@ def calc_family(rng: random.Random, p: Pools) -> Draft:
                 f"Can you work out {spoken} for me?",
                 f"{spoken} = ?",
             ],
+            "calc",
+            **expr_slots(expr),
         )
     answer = calc.calculate(expr)
 
@@ -97,12 +115,17 @@ def choose_family(rng: random.Random, p: Pools) -> Draft:
             value = p.number(rng, 2, 999) * calc.UNIT_FACTORS[(src, dst)]
             args = {"value": value, "from_unit": dst, "to_unit": src}
         answer = calc.convert(args["value"], args["from_unit"], args["to_unit"])
-        task = pick(
+        task = say(
             rng,
+            p,
             [
                 f"Convert {args['value']} {args['from_unit']} to {args['to_unit']}.",
                 f"How many {args['to_unit']} is {args['value']} {args['from_unit']}?",
             ],
+            "convert",
+            value=args["value"],
+            u1=args["from_unit"],
+            u2=args["to_unit"],
         )
         call = Call("convert_units", args)
         why = "This is a unit conversion."
@@ -110,7 +133,13 @@ def choose_family(rng: random.Random, p: Pools) -> Draft:
         words = [rng.choice(p.noun + p.adj) for _ in range(rng.randint(3, 14))]
         text = " ".join(words)
         answer = calc.count_words(text)
-        task = pick(rng, [f'How many words are in "{text}"?', f"Count the words in this text: {text}"])
+        task = say(
+            rng,
+            p,
+            [f'How many words are in "{text}"?', f"Count the words in this text: {text}"],
+            "words",
+            text=text,
+        )
         call = Call("count_words", {"text": text})
         why = "This asks for a word count."
     else:
@@ -118,12 +147,16 @@ def choose_family(rng: random.Random, p: Pools) -> Draft:
         span = p.number(rng, 1, 1500)
         end = start + dt.timedelta(days=span)
         answer = str(span)
-        task = pick(
+        task = say(
             rng,
+            p,
             [
                 f"How many days are there from {start.isoformat()} to {end.isoformat()}?",
                 f"Count the days between {start.isoformat()} and {end.isoformat()}.",
             ],
+            "days",
+            d1=start.isoformat(),
+            d2=end.isoformat(),
         )
         call = Call("days_between", {"start": start.isoformat(), "end": end.isoformat()})
         why = "This asks for the days between two dates."

@@ -9,8 +9,9 @@ import random
 
 from agentkit.tiny import calc
 from agentkit.train.families.arithmetic import expression
-from agentkit.train.families.script import Call, Draft, Final, Script, Step, pick
+from agentkit.train.families.script import Call, Draft, Final, Script, Step, say
 from agentkit.train.families.workspace import distinct_names, kv_file, render_kv
+from agentkit.train.phrasing import expr_slots
 from agentkit.train.vocab import Pools
 
 # ---- questions that need no tool ---------------------------------------------------------------
@@ -21,12 +22,24 @@ def direct_family(rng: random.Random, p: Pools) -> Draft:
     if mode == 0:
         name = rng.choice(p.person)
         answer = name
-        task = pick(rng, [f"Hi, my name is {name}. What is my name?", f"I am {name}. Who am I?"])
+        task = say(
+            rng,
+            p,
+            [f"Hi, my name is {name}. What is my name?", f"I am {name}. Who am I?"],
+            "direct_name",
+            person=name,
+        )
         why = "The user told me their name."
     elif mode == 1:
         word = f"{rng.choice(p.adj)}-{rng.choice(p.noun)}-{p.number(rng, 10, 999)}"
         answer = word
-        task = pick(rng, [f"Repeat this code word exactly: {word}", f"Say back the code {word}."])
+        task = say(
+            rng,
+            p,
+            [f"Repeat this code word exactly: {word}", f"Say back the code {word}."],
+            "direct_code",
+            code=word,
+        )
         why = "The user wants the code word repeated."
     else:
         things = rng.sample(p.noun, rng.randint(3, 6))
@@ -34,6 +47,8 @@ def direct_family(rng: random.Random, p: Pools) -> Draft:
         answer = things[0] if first else things[-1]
         which = "first" if first else "last"
         task = f"What is the {which} item in this list: {', '.join(things)}?"
+        if p.phrasing is not None:
+            task = p.phrasing.say(task, f"direct_{which}", {"items": things})
         why = f"The {which} item of the list is {answer}."
     tools = rng.sample(["calculator", "read_file", "list_dir", "python"], 2)
 
@@ -52,7 +67,7 @@ def error_family(rng: random.Random, p: Pools) -> Draft:
         sign = rng.choice(["x", "×"])
         bad, good = f"{a} {sign} {b}", f"{a} * {b}"
         answer = calc.calculate(good)
-        task = pick(rng, [f"What is {bad}?", f"Compute {bad} please."])
+        task = say(rng, p, [f"What is {bad}?", f"Compute {bad} please."], "calc_x", a=a, b=b, sign=sign)
 
         def script() -> Script:
             yield Step(
@@ -76,7 +91,14 @@ def error_family(rng: random.Random, p: Pools) -> Draft:
         if other != name:
             files[f"{rng.choice(p.dir)}/{other}"] = render_kv(kv_file(rng, p))
     value = kv[key]
-    task = pick(rng, [f"What is the {key} in {name}?", f"Tell me the {key} from {name}."])
+    task = say(
+        rng,
+        p,
+        [f"What is the {key} in {name}?", f"Tell me the {key} from {name}."],
+        "file_read",
+        path=name,
+        key=key,
+    )
 
     # Every step restates the asked key: three tool results later the user's question is past the
     # 128-token window, and a copy from the previous step (inside it) is what a small model learns
@@ -104,7 +126,14 @@ def parallel_family(rng: random.Random, p: Pools) -> Draft:
         (e1, s1), (e2, s2) = expression(rng, p), expression(rng, p)
         r1, r2 = calc.calculate(e1), calc.calculate(e2)
         answer = f"{r1} and {r2}"
-        task = pick(rng, [f"What are {s1} and {s2}?", f"Compute both {s1} and {s2}."])
+        task = say(
+            rng,
+            p,
+            [f"What are {s1} and {s2}?", f"Compute both {s1} and {s2}."],
+            "parallel_calc",
+            **expr_slots(e1),
+            **expr_slots(e2, "2"),
+        )
 
         def script() -> Script:
             results = yield Step(
@@ -119,8 +148,13 @@ def parallel_family(rng: random.Random, p: Pools) -> Draft:
     files = {n1: f"value: {v1}\n", n2: f"value: {v2}\n"}
     expr = f"{v1} + {v2}"
     answer = calc.calculate(expr)
-    task = pick(
-        rng, [f"Add the values in {n1} and {n2}.", f"What is the sum of the values stored in {n1} and {n2}?"]
+    task = say(
+        rng,
+        p,
+        [f"Add the values in {n1} and {n2}.", f"What is the sum of the values stored in {n1} and {n2}?"],
+        "parallel_files",
+        file=n1,
+        file2=n2,
     )
 
     def script_files() -> Script:

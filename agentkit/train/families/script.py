@@ -51,3 +51,10 @@ class Draft:
 
 def pick(rng: random.Random, options: list[str]) -> str:
     return options[rng.randrange(len(options))]
+
+
+def say(rng: random.Random, p: Any, options: list[str], shape: str, **slots: Any) -> str:
+    """The task text: one of the family's own `options` (drawn from `rng` as `pick` does, always, so the
+    episode's other draws never change), reworded by the pools' phrasing when there is one."""
+    text = pick(rng, options)
+    return text if p.phrasing is None else str(p.phrasing.say(text, shape, slots))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 
 from agentkit.tiny import calc
-from agentkit.train.families.script import Call, Draft, Final, Script, Step, pick
+from agentkit.train.families.script import Call, Draft, Final, Script, Step, say
 from agentkit.train.vocab import Pools
 
 
@@ -69,31 +69,56 @@ def file_family(rng: random.Random, p: Pools) -> Draft:
         path = rng.choice(list(files))
         key = rng.choice(list(contents[path]))
         value = contents[path][key]
-        task = pick(
+        task = say(
             rng,
+            p,
             [
                 f"What is the {key} in {path}?",
                 f"Read {path} and tell me its {key}.",
                 f"Which {key} does the file {path} set?",
                 f"Look up the {key} value in {path}.",
             ],
+            "file_read",
+            path=path,
+            key=key,
         )
 
         def script() -> Script:
             yield Step(f"I will read {path} and find the {key} line.", [Call("read_file", {"path": path})])
             yield Final(f"The file says {key}: {value}.", value)
 
+        stem = path.rsplit(".", 1)[0]
+        unique = sum(f.rsplit(".", 1)[0] == stem for f in files) == 1
+        if p.phrasing is not None and not folder and unique and p.phrasing.rng.random() < 0.15:
+            # the user leaves the extension off: list the folder to find the file's full name
+            task = p.phrasing.compose("file_read", {"path": stem, "key": key})
+
+            def script_stem() -> Script:
+                yield Step(
+                    f"I need the {key} in the file {stem}. I will list the folder to find its full name.",
+                    [Call("list_dir", {"path": "."})],
+                )
+                yield Step(
+                    f"The listing has {path}. I will read the {key} there.",
+                    [Call("read_file", {"path": path})],
+                )
+                yield Final(f"The file says {key}: {value}.", value)
+
+            return Draft("file_read", task, value, ["read_file", "list_dir"], script_stem, files)
         return Draft("file_read", task, value, ["read_file", "list_dir"], script, files)
     if mode == 1:
         where = folder or "."
         listed = sorted(n.rsplit("/", 1)[-1] for n in files)
-        task = pick(
+        task = say(
             rng,
+            p,
             [
                 f"How many files are in the {folder or 'current'} folder?",
                 f"Count the files in {where}.",
                 f"How many files does the directory {where} contain?",
             ],
+            "file_list",
+            folder=where,
         )
         answer = str(len(listed))
 
@@ -110,13 +135,16 @@ def file_family(rng: random.Random, p: Pools) -> Draft:
             break
     files[path] += f"code: {needle}\n"
     answer = path
-    task = pick(
+    task = say(
         rng,
+        p,
         [
             f"Which file mentions {needle}?",
             f"Find the file that contains {needle}.",
             f"In which file does {needle} appear?",
         ],
+        "file_grep",
+        needle=needle,
     )
 
     def script_grep() -> Script:
@@ -142,21 +170,41 @@ def csv_family(rng: random.Random, p: Pools) -> Draft:
     use_shell = rng.random() < 0.4
     if mode == 0:
         answer = str(sum(q for _, _, q in rows))
-        task = pick(rng, [f"What is the total qty in {name}?", f"Sum the qty column of {name}."])
+        task = say(
+            rng,
+            p,
+            [f"What is the total qty in {name}?", f"Sum the qty column of {name}."],
+            "csv_total",
+            file=name,
+        )
         py = f"{_CSV_LOAD.format(name=name)}print(sum(int(r['qty']) for r in rows))"
         sh = f"awk -F, 'NR>1 {{s+=$3}} END {{print s}}' {name}"
         what = "sum the qty column"
     elif mode == 1:
         city = rng.choice(cities)
         answer = str(sum(1 for _, c, _ in rows if c == city))
-        task = pick(rng, [f"How many rows in {name} are for {city}?", f"Count the {city} rows in {name}."])
+        task = say(
+            rng,
+            p,
+            [f"How many rows in {name} are for {city}?", f"Count the {city} rows in {name}."],
+            "csv_city",
+            file=name,
+            city=city,
+        )
         py = f"{_CSV_LOAD.format(name=name)}print(sum(1 for r in rows if r['city'] == '{city}'))"
         sh = f"grep -c ',{city},' {name}"
         what = f"count the rows for {city}"
     else:
         item = rng.choice(items)
         answer = str(sum(q for i, _, q in rows if i == item))
-        task = pick(rng, [f"How many {item} in total does {name} list?", f"Sum the qty of {item} in {name}."])
+        task = say(
+            rng,
+            p,
+            [f"How many {item} in total does {name} list?", f"Sum the qty of {item} in {name}."],
+            "csv_item",
+            file=name,
+            item=item,
+        )
         py = f"{_CSV_LOAD.format(name=name)}print(sum(int(r['qty']) for r in rows if r['item'] == '{item}'))"
         sh = f"awk -F, '$1 == \"{item}\" {{s+=$3}} END {{print s+0}}' {name}"
         what = f"sum the qty of {item}"
@@ -181,13 +229,16 @@ def chain_family(rng: random.Random, p: Pools) -> Draft:
     files = {name: f"item: {item}\nunit_price: {price}\nquantity: {qty}\n"}
     expr = f"{price} * {qty}"
     answer = calc.calculate(expr)
-    task = pick(
+    task = say(
         rng,
+        p,
         [
             f"{name} describes an order. What is its total price?",
             f"Read {name} and compute unit_price times quantity.",
             f"What does the order in {name} cost in total?",
         ],
+        "chain",
+        file=name,
     )
 
     def script() -> Script:
