@@ -42,10 +42,26 @@ class Usage:
     tool_calls: int = 0
     cost_usd: float = 0.0
     context_tokens: int = 0
+    decode_steps: int = 0
+    """Decode forwards the backend ran after the prompts' (the embedded backend counts them; others 0)."""
+    drafted_tokens: int = 0
+    """Speculative decoding (embedded backend): tokens the MTP block drafted."""
+    accepted_tokens: int = 0
+    """Drafted tokens the model kept (each one a token without a forward of its own)."""
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted / drafted tokens (0.0 when nothing was drafted)."""
+        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0
+
+    @property
+    def tokens_per_step(self) -> float:
+        """Completion tokens per decode forward (0.0 when the backend does not count forwards)."""
+        return self.completion_tokens / self.decode_steps if self.decode_steps else 0.0
 
     def copy(self) -> Usage:
         return copy.copy(self)

@@ -276,6 +276,9 @@ class Loop:
         u.cached_prompt_tokens += f.cached_tokens
         u.prefilled_tokens += f.prefilled_tokens
         u.completion_tokens += f.completion_tokens
+        u.decode_steps += f.decode_steps
+        u.drafted_tokens += f.drafted_tokens
+        u.accepted_tokens += f.accepted_tokens
         u.context_tokens = f.prompt_tokens + f.completion_tokens
         pricing = self.spec.model.pricing
         if pricing is not None:

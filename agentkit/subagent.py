@@ -43,7 +43,16 @@ if TYPE_CHECKING:
 __all__ = ["PAUSED_RESULT", "load_children_kv", "paused_children", "save_children_kv", "subagent_tool"]
 
 PAUSED_RESULT = "[agentkit] The sub-agent is waiting for approvals."
-_SUMMED = ("requests", "prompt_tokens", "cached_prompt_tokens", "prefilled_tokens", "completion_tokens")
+_SUMMED = (
+    "requests",
+    "prompt_tokens",
+    "cached_prompt_tokens",
+    "prefilled_tokens",
+    "completion_tokens",
+    "decode_steps",
+    "drafted_tokens",
+    "accepted_tokens",
+)
 
 
 def add_usage(target: Usage, child: Usage, already: Usage) -> None:

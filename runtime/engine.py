@@ -76,10 +76,21 @@ from agentkit.runtime.engine_request import (
     RequestError,
     RequestHandle,
 )
-from agentkit.runtime.generate import SamplingParams, sample
+from agentkit.runtime.generate import SamplingParams, draft_length, sample
 from agentkit.runtime.generate import _Seq as _Sampler
 from agentkit.runtime.model import V4Model
 from agentkit.runtime.prefix_cache import CacheStats, PrefixCache, model_fingerprint
+from agentkit.runtime.speculative import (
+    COLD_WINDOW,
+    DraftState,
+    Journal,
+    draft_tokens,
+    drafts_for,
+    main_journal,
+    record,
+    settle,
+    start_draft,
+)
 from agentkit.runtime.state import ENTRY_ARRAYS, SequenceState
 
 Phase = Literal["prefill", "decode", "feed", "done"]
@@ -148,6 +159,23 @@ class _Request:
     last_logits: torch.Tensor | None = None
     cancelled: bool = False
     processor: LogitsProcessor | None = None
+    spec: int = 0
+    """Tokens the MTP block drafts per decode step (0: plain decoding; runtime/speculative.py)."""
+    adaptive: bool = False
+    draft: DraftState | None = None
+    """The MTP block's state (speculating requests): given by `submit(draft=)`, or started cold."""
+    tail: list[tuple[torch.Tensor, list[int]]] = field(default_factory=list)
+    """Prefill chunks' streams and ids kept for a cold MTP start (the prompt's last positions)."""
+
+
+@dataclass(eq=False)
+class _Verify:
+    """A speculating decode step's extras: the drafts' probabilities, the journals that undo the verify."""
+
+    probs: list[torch.Tensor | None]
+    journal: Journal
+    mtp_journal: Journal | None
+    hidden: torch.Tensor | None = None
 
 
 @dataclass
@@ -156,6 +184,9 @@ class _Work:
     tokens: list[int] | None
     """None: sample from logits the request already has (a fork with no new tokens)."""
     kind: Literal["prefill", "decode", "feed", "ready"]
+    verify: _Verify | None = None
+    hidden: torch.Tensor | None = None
+    """The final streams of `tokens` (speculating requests only: what the MTP block consumes)."""
 
 
 class Engine:
@@ -253,6 +284,7 @@ class Engine:
         state: SequenceState | None = None,
         context: Sequence[int] | torch.Tensor | None = None,
         logits_processor: LogitsProcessor | None = None,
+        draft: DraftState | None = None,
     ) -> RequestHandle:
         """Queue a request; returns at once. Bad requests raise `RequestError` here, touching nothing.
 
@@ -260,7 +292,12 @@ class Engine:
         tokens after it, nothing before it is recomputed and no cached prefix is restored. The state is
         read at admission and never written (see the module docstring), so it may be continued again.
         `context`: the ids `state` covers (exactly `state.pos` of them); given, the prompt's block
-        boundaries are snapshotted into the prefix cache under context + prompt (unless use_cache=False)."""
+        boundaries are snapshotted into the prefix cache under context + prompt (unless use_cache=False).
+        `draft`: the MTP block's state for `state` (an earlier result's `draft`), so that a speculating
+        request's block consumes only the new tokens; read once, never written. Requests speculate as
+        `generate()` does (`SamplingParams.speculative`, see generate.draft_length), except those with a
+        logits processor, unless it has a true `speculative_safe` attribute: a pure function of the ids it
+        is given, which a verify then calls once per verified position (with the drafts before it)."""
         ids = self._ids(prompt)
         if not ids:
             raise RequestError("prompt must not be empty (the first token needs the logits of a last token)")
@@ -277,6 +314,10 @@ class Engine:
         with self._lock:
             req = self._request(ids, params, decode, keep_state, use_cache, base=state, logits=None)
             req.processor = logits_processor
+            if logits_processor is not None and not getattr(logits_processor, "speculative_safe", False):
+                req.spec = 0
+            if req.spec and draft is not None and state is not None and draft.main_pos == state.pos:
+                req.draft = draft
             if path is not None and use_cache and self.cache.enabled:
                 req.path, req.snapshots = path, True
             self._enqueue([req])
@@ -400,7 +441,10 @@ class Engine:
             )
         self._next_id += 1
         handle = RequestHandle(self, self._next_id, len(ids))
-        return _Request(
+        spec, adaptive = draft_length(self.model, [params])
+        if adaptive and self.decoder is not None:  # not by default where steps replay CUDA graphs
+            spec = 0
+        req = _Request(
             handle,
             ids,
             _Sampler(params, decode),
@@ -414,6 +458,8 @@ class Engine:
             path=ids if base is None else None,
             snapshots=use_cache and self.cache.enabled and base is None,
         )
+        req.spec, req.adaptive = spec, adaptive
+        return req
 
     def _bytes_for(self, capacity: int, shared: int = 0) -> int:
         """Exact bytes a state preallocated for `capacity` tokens allocates (a meta-device state: no
@@ -576,6 +622,10 @@ class Engine:
             assert req.path is not None
             req.points = self.cache.plan(req.path, req.offset + req.fed, req, self.snapshot_every)
         req.state, req.ready = state, req.base_logits
+        if req.draft is not None:  # the caller's MTP state is read, never written: this request's own copy
+            req.draft = req.draft.snapshot() if req.draft.main_pos == state.pos else None
+        if req.spec and req.draft is None and req.ready is not None:  # a fork sampling from kept logits
+            req.draft = DraftState.cold(self.model, state.pos)
         self._reserved += req.reserve
         self._running.append(req)
         return True
@@ -605,15 +655,29 @@ class Engine:
         return work
 
     def _run(self, work: list[_Work]) -> list[torch.Tensor | None]:
-        """The step's one batched extend; a failure fails exactly the requests in it."""
+        """The step's one batched extend; a failure fails exactly the requests in it. With speculating
+        requests in it, their decodes draft first and verify in it, and it returns the final streams."""
         ext = [w for w in work if w.tokens is not None]
         out: list[torch.Tensor | None] = [None] * len(work)
         if ext:
-            states = [w.req.state for w in ext if w.req.state is not None]
-            chunks = [w.tokens for w in ext if w.tokens is not None]
-            assert len(states) == len(chunks) == len(ext)
+            spec = any(w.req.spec for w in ext)
             try:
-                logits = self.model.extend(states, chunks, last_only=True)
+                journals = self._draft([w for w in ext if w.req.spec and w.kind == "decode"]) if spec else []
+                states = [w.req.state for w in ext if w.req.state is not None]
+                chunks = [w.tokens for w in ext if w.tokens is not None]
+                assert len(states) == len(chunks) == len(ext)
+                if spec:
+                    with record(journals):
+                        rows, hidden = self.model.extend_hidden(
+                            states, chunks, last_only=[w.verify is None for w in ext]
+                        )
+                    for w, h in zip(ext, hidden, strict=True):
+                        w.hidden = h if w.req.spec else None
+                    logits = [lg if w.verify is not None else lg[-1] for w, lg in zip(ext, rows, strict=True)]
+                else:
+                    last = self.model.extend(states, chunks, last_only=True)
+                    assert isinstance(last, list)
+                    logits = last
             except Exception as e:
                 with self._lock:
                     for w in ext:
@@ -632,6 +696,27 @@ class Engine:
                     self._decode_tokens += n
         return out
 
+    def _draft(self, work: list[_Work]) -> list[Journal]:
+        """Speculating decodes: the MTP block drafts each one's tokens (one batched call), which join its
+        chunk; returns the journals the verify extend records into."""
+        ks = []
+        for w in work:
+            req = w.req
+            assert req.draft is not None and req.state is not None
+            limit = min(self.config.max_seq_len, req.capacity)
+            ks.append(drafts_for(req.sampler, req.state, req.draft, req.spec, req.adaptive, limit))
+        drafts = [w.req.draft for w in work if w.req.draft is not None]
+        toks, probs, mtp_journals = draft_tokens(
+            self.model, drafts, [w.req.next_token for w in work], ks, [w.req.sampler for w in work]
+        )
+        journals = []
+        for w, t, q, mj in zip(work, toks, probs, mtp_journals, strict=True):
+            assert w.req.state is not None
+            w.tokens = [w.req.next_token, *t]
+            w.verify = _Verify(q, main_journal(self.model, w.req.state, len(w.tokens)), mj)
+            journals.append(w.verify.journal)
+        return journals
+
     def _postprocess(self, work: list[_Work], logits: list[torch.Tensor | None]) -> list[int]:
         sampled = []
         for w, lg in zip(work, logits, strict=True):
@@ -639,6 +724,15 @@ class Engine:
             if req.phase == "done" or (lg is None and w.kind != "ready"):
                 continue
             try:
+                if w.verify is not None:
+                    assert lg is not None
+                    self._settle(req, w, lg)
+                    sampled.append(req.handle.id)
+                    continue
+                if w.hidden is not None:
+                    self._absorb(req, w)
+                if w.kind in ("decode", "feed"):
+                    req.sampler.result.steps += 1
                 if w.kind == "prefill":
                     req.fed += len(w.tokens or ())
                     pos = req.offset + req.fed
@@ -661,15 +755,57 @@ class Engine:
                 )
         return sampled
 
+    def _absorb(self, req: _Request, w: _Work) -> None:
+        """A speculating request's prefill chunk or fed token: its streams go to the MTP block (a given MTP
+        state continues; without one, the prompt's last chunks start a cold one when the prompt is done)."""
+        assert w.hidden is not None and w.tokens is not None and req.state is not None
+        d, ids = req.draft, list(w.tokens)
+        if d is not None and d.main_pos == req.state.pos - len(ids):
+            req.draft = start_draft(self.model, d, req.state, w.hidden, ids)
+            return
+        req.draft = None
+        req.tail.append((w.hidden, ids))
+        while sum(len(t) for _, t in req.tail[1:]) >= COLD_WINDOW:
+            req.tail.pop(0)
+        if w.kind == "prefill" and req.fed + len(ids) >= len(req.prompt):
+            h = torch.cat([t for t, _ in req.tail])
+            req.draft = start_draft(self.model, None, req.state, h, [i for _, t in req.tail for i in t])
+            req.tail = []
+
+    def _settle(self, req: _Request, w: _Work, logits: torch.Tensor) -> None:
+        """A speculating decode after its verify: the kept drafts and the next token, then as `_sample`."""
+        assert w.verify is not None and w.hidden is not None and req.state is not None
+        assert req.draft is not None and w.tokens is not None
+        v, raw = w.verify, logits
+        if req.processor is not None:  # each verified position as plain decoding would have seen it
+            done, drafts = list(req.sampler.result.token_ids), w.tokens[1:]
+            logits = torch.stack([req.processor(done + drafts[:i], lg) for i, lg in enumerate(logits)])
+        toks, ended = settle(
+            req.sampler, req.state, req.draft, v.journal, v.mtp_journal, w.tokens, v.probs, logits, w.hidden
+        )
+        for tok in toks:
+            req.handle._push(tok)
+        if ended is None:
+            self._advance(req, toks[-1])
+            return
+        if req.sampler.params.feed_last:
+            req.last_logits = raw[ended]
+        self._finish(req)
+
     def _sample(self, req: _Request, logits: torch.Tensor) -> None:
         """generate.py's loop body for one sequence: sample, stop rules, then decode / feed the last / end."""
-        s, state = req.sampler, req.state
-        assert state is not None
+        s = req.sampler
         if req.processor is not None:
             logits = req.processor(list(s.result.token_ids), logits)
         tok = sample(logits, s.params, s.gen)
         s.push(tok)
         req.handle._push(tok)
+        self._advance(req, tok)
+
+    def _advance(self, req: _Request, tok: int) -> None:
+        """After `tok` was chosen (pushed, not in the state): decode it next, feed it last, or end."""
+        s, state = req.sampler, req.state
+        assert state is not None
         room = state.pos < min(self.config.max_seq_len, req.capacity)
         if not s.done and room:
             req.phase, req.next_token = "decode", tok
@@ -698,6 +834,10 @@ class Engine:
                 cached_tokens=req.cached,
                 state=kept,
                 last_logits=last,
+                draft=req.draft if req.keep_state else None,
+                steps=r.steps,
+                drafted=r.drafted,
+                accepted=r.accepted,
             )
         )
 
@@ -711,7 +851,7 @@ class Engine:
             self.cache.release(req)
             # a decoder slot returns to its slab when the state is garbage (its weakref finalizer); calling
             # decoder.release() as well would put the slot on the free list twice
-            req.state = req.ready = req.last_logits = None
+            req.state = req.ready = req.last_logits = req.draft = None
             self._reserved -= req.reserve
             self._by_id.pop(req.handle.id, None)
         self._running = keep

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Literal
 import anyio
 import torch
 from agentkit.runtime.generate import FinishReason
+from agentkit.runtime.speculative import DraftState
 from agentkit.runtime.state import SequenceState
 
 if TYPE_CHECKING:
@@ -63,6 +64,24 @@ class EngineResult:
     last_logits: torch.Tensor | None = None
     """fp32 [V] logits after the last state position (keep_state=True, last token fed): a fork with no
     new tokens samples its first token from these."""
+    draft: DraftState | None = None
+    """The MTP block's state beside `state` (keep_state=True, speculating requests): pass it with the
+    state to the next turn's `submit(draft=)` so the block consumes only that turn's tokens."""
+    steps: int = 0
+    """Decode forwards after the prompt's (a speculative step is one verify of its drafts)."""
+    drafted: int = 0
+    """Tokens the MTP block drafted (0 without speculation)."""
+    accepted: int = 0
+    """Drafted tokens the main model kept."""
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def tokens_per_step(self) -> float:
+        """Generated tokens per decode forward (the first token comes from the prompt's forward)."""
+        return len(self.token_ids) / self.steps if self.steps else float(len(self.token_ids))
 
 
 def _threadsafe_caller(fn: Callable[[], None]) -> Callable[[], None]:

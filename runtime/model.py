@@ -517,21 +517,33 @@ class V4Model(nn.Module):
         return fresh_layer(self.config, self.config.n_layers, self.device, self.dtype, max_len=max_len)
 
     def extend_hidden(
-        self, states: Sequence[SequenceState], tokens: Sequence[Sequence[int] | torch.Tensor]
+        self,
+        states: Sequence[SequenceState],
+        tokens: Sequence[Sequence[int] | torch.Tensor],
+        *,
+        last_only: bool | Sequence[bool] = False,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """`extend` for a batch that also returns the final pre-head mHC streams ([n, hc, D] per chunk).
 
         The streams at position p are what the MTP block drafts token p+2 from (spec §8). Always the general
         path (never the static decoder's one-token step), so a verify chunk and its streams come from one
-        computation."""
+        computation. `last_only` (for all chunks, or per chunk): logits of the chunk's last position only
+        ([1, V]; a prompt's)."""
         st = list(states)
         chunks = [_as_ids(t) for t in tokens]
         self._check(st, chunks)
+        sizes = [c.numel() for c in chunks]
+        last = [last_only] * len(sizes) if isinstance(last_only, bool) else list(last_only)
+        rows = [1 if lo else n for lo, n in zip(last, sizes, strict=True)]
         with torch.inference_mode():
             x = self._streams(st, chunks)
-            logits = self._logits(x, self.hc_head_fn, self.hc_head_base, self.hc_head_scale, self.norm)
-        sizes = [c.numel() for c in chunks]
-        return list(logits.split(sizes)), list(x.split(sizes))
+            y = x
+            if any(last):
+                ends = torch.tensor(sizes).cumsum(0).tolist()
+                pick = [i for e, n, r in zip(ends, sizes, rows, strict=True) for i in range(e - r, e)]
+                y = x[torch.tensor(pick, device=x.device)]
+            logits = self._logits(y, self.hc_head_fn, self.hc_head_base, self.hc_head_scale, self.norm)
+        return list(logits.split(rows)), list(x.split(sizes))
 
     def mtp_extend(
         self,
@@ -539,13 +551,16 @@ class V4Model(nn.Module):
         positions: Sequence[int],
         streams: Sequence[torch.Tensor],
         next_ids: Sequence[Sequence[int] | torch.Tensor],
+        *,
+        last_only: bool = False,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Run the MTP block for a batch of sequences, extending each one's MTP layer state.
 
         Sequence i processes positions positions[i] .. + n - 1 from the main streams `streams[i]` [n, hc, D]
         at those positions and the tokens `next_ids[i]` [n] at the positions one later. Returns per sequence
         the logits [n, V] (each predicting the token two after its position) and the block's output streams
-        [n, hc, D] (what a chained draft uses in place of the main streams it does not have yet)."""
+        [n, hc, D] (what a chained draft uses in place of the main streams it does not have yet).
+        `last_only`: logits of each sequence's last position only ([1, V]), all that a draft needs."""
         blk = self._mtp_block()
         ids = [_as_ids(t).to(self.device) for t in next_ids]
         if not (len(layers) == len(positions) == len(streams) == len(ids)) or not ids:
@@ -568,8 +583,13 @@ class V4Model(nn.Module):
                 for i, (p, ls) in enumerate(zip(positions, layers, strict=True))
             ]
             y = blk(x, pos, flat_ids, seqs)
-            logits = self._logits(y, blk.hc_head_fn, blk.hc_head_base, blk.hc_head_scale, blk.norm)
-        return list(logits.split(sizes)), list(y.split(sizes))
+            z = y[_last_rows(sizes, y.device)] if last_only else y
+            logits = self._logits(z, blk.hc_head_fn, blk.hc_head_base, blk.hc_head_scale, blk.norm)
+        return list(logits.split([1] * len(sizes) if last_only else sizes)), list(y.split(sizes))
+
+
+def _last_rows(sizes: Sequence[int], device: torch.device) -> torch.Tensor:
+    return torch.tensor(sizes, device=device).cumsum(0) - 1
 
 
 def _as_ids(t: Sequence[int] | torch.Tensor) -> torch.Tensor:

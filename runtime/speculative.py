@@ -64,6 +64,11 @@ AUTO_MIN_ACCEPTANCE = 0.3
 """With the automatic default, a sequence stops drafting once AUTO_PROBE drafts were accepted at less than
 this rate: a verify of k + 1 tokens plus an MTP call then costs more than the tokens it wins."""
 AUTO_PROBE = 8
+COLD_WINDOW = 128
+"""A sequence without an MTP state for its history (a first turn, a state restored without one) starts the
+block at its last COLD_WINDOW positions only: its window then holds what it would have held after the whole
+history, its compressed entries before that read as zeros. Output is unaffected (drafts are verified);
+on agentkit-tiny's held-out turns acceptance is the same as with the whole prompt (bench/speculative.py)."""
 DRAFT_FORMAT_VERSION = 1
 
 
@@ -211,10 +216,7 @@ class Journal:
             raise StateError(f"a journal covers at most one window of tokens, not {count}")
         self.pairs = list(pairs)
         self.start, self.count = start, count
-        self.rows = []
-        for ls, attn in self.pairs:
-            slots = torch.arange(start, start + count, device=ls.window.device) % attn.window
-            self.rows.append(ls.window[slots].clone())
+        self.rows = [_ring(ls.window, attn.window, start, count).clone() for ls, attn in self.pairs]
         self.logs: dict[int, _PoolLog] = {}
 
     def truncate(self, to: int) -> None:
@@ -230,8 +232,7 @@ class Journal:
         keep = to - self.start
         with torch.no_grad():
             for (ls, attn), rows in zip(self.pairs, self.rows, strict=True):
-                slots = torch.arange(to, end, device=ls.window.device) % attn.window
-                ls.window[slots] = rows[keep:]
+                _set_ring(ls.window, attn.window, to, rows[keep:])
                 if attn.compressor is not None:
                     assert ls.comp_tail_kv is not None and ls.comp_tail_score is not None
                     self._retail(attn.compressor, ls.comp_tail_kv, ls.comp_tail_score, keep)
@@ -247,6 +248,22 @@ class Journal:
         _, _, new_kv, new_score = type(comp).pool(comp, log.tail_kv, log.tail_score, kv, score, self.start)
         tail_kv.copy_(new_kv)
         tail_score.copy_(new_score)
+
+
+def _ring(window: torch.Tensor, w: int, start: int, count: int) -> torch.Tensor:
+    """Rows of positions start .. start + count - 1 of a window ring (a view when they do not wrap)."""
+    a = start % w
+    if a + count <= w:
+        return window[a : a + count]
+    return window[torch.arange(start, start + count, device=window.device) % w]
+
+
+def _set_ring(window: torch.Tensor, w: int, start: int, rows: torch.Tensor) -> None:
+    a, n = start % w, rows.shape[0]
+    if a + n <= w:
+        window[a : a + n] = rows
+    else:
+        window[torch.arange(start, start + n, device=window.device) % w] = rows
 
 
 @contextmanager
@@ -316,11 +333,11 @@ def accept_drafts(
     normalize(max(0, p_i - q_i)); if all are kept, draw a bonus token from p_k."""
     k = len(drafts)
     if is_greedy(params):  # generate.sample's greedy rule: argmax of the fp32 logits on the CPU
+        best = main_logits[: k + 1].detach().float().cpu().argmax(-1).tolist()
         for i, d in enumerate(drafts):
-            best = int(main_logits[i].detach().float().cpu().argmax())
-            if best != d:
-                return i, best
-        return k, int(main_logits[k].detach().float().cpu().argmax())
+            if best[i] != d:
+                return i, best[i]
+        return k, best[k]
     for i, d in enumerate(drafts):
         q = draft_probs[i]
         assert q is not None
@@ -337,7 +354,7 @@ def accept_drafts(
 
 
 # ---------------------------------------------------------------------------------------------- the loop
-def _draft(
+def draft_tokens(
     model: V4Model,
     drafts: list[DraftState],
     pending: list[int],
@@ -359,6 +376,7 @@ def _draft(
         [drafts[i].pos for i in idx],
         [drafts[i].streams for i in idx],
         [[*drafts[i].ids, pending[i]] for i in idx],
+        last_only=True,
     )
     last_y: dict[int, torch.Tensor] = {}
     for j, i in enumerate(idx):
@@ -380,6 +398,7 @@ def _draft(
                 [drafts[i].pos + step - 1 for i in idx],
                 [last_y[i] for i in idx],
                 [[out_tokens[i][-1]] for i in idx],
+                last_only=True,
             )
         for j, i in enumerate(idx):
             last_y[i] = ys[j]
@@ -398,6 +417,22 @@ def _pick(logits: torch.Tensor, seq: _Seq, tokens: list[int], qs: list[torch.Ten
         qs.append(q)
 
 
+def drafts_for(seq: _Seq, st: SequenceState, d: DraftState, k: int, adaptive: bool, limit: int) -> int:
+    """How many tokens to draft for one sequence this step: up to `k` (or its own `speculative`), never past
+    its max_tokens or its state's room, none while the MTP state has no stream to start from (a fork
+    sampling from kept logits), none once an `adaptive` sequence's acceptance proved too low."""
+    r = seq.result
+    if d.streams.shape[0] == 0:
+        return 0
+    room = min(limit, st.capacity or limit) - st.pos - 1
+    want, own = k, seq.params.speculative
+    if own is not None:
+        want = min(k, own)
+    if adaptive and r.drafted >= AUTO_PROBE and r.accepted < AUTO_MIN_ACCEPTANCE * r.drafted:
+        want = 0
+    return max(0, min(want, seq.params.max_tokens - len(r.token_ids) - 1, room))
+
+
 def speculative_loop(
     model: V4Model,
     states: Sequence[SequenceState],
@@ -414,18 +449,15 @@ def speculative_loop(
     whose acceptance is below AUTO_MIN_ACCEPTANCE after AUTO_PROBE drafts continues without drafts."""
     n = len(states)  # the request was validated by generate._run
     given = list(drafts) if drafts is not None else [None] * n
-    dstates: list[DraftState] = []
-    for st, d in zip(states, given, strict=True):
-        if d is None or d.main_pos != st.pos:
-            d = DraftState.cold(model, st.pos)
-        dstates.append(d)
     limit = model.config.max_seq_len
     seqs = list(seqs)
-    logits, hs = model.extend_hidden(list(states), list(prompts))
+    logits, hs = model.extend_hidden(list(states), list(prompts), last_only=True)
     pending: list[int] = [0] * n
     active: list[int] = []
+    dstates = [
+        start_draft(model, d, st, h, p) for d, st, h, p in zip(given, states, hs, prompts, strict=True)
+    ]
     for i in range(n):
-        _absorb(dstates[i], hs[i], prompts[i])
         seqs[i].draft = dstates[i]
         tok = sample(logits[i][-1], seqs[i].params, seqs[i].gen)
         seqs[i].push(tok)
@@ -437,52 +469,90 @@ def speculative_loop(
     while active:
         ks = [0] * n
         for i in active:
-            st, r = states[i], seqs[i].result
-            room = min(limit, st.capacity or limit) - st.pos - 1
-            want, own = k, seqs[i].params.speculative
-            if own is not None:
-                want = min(k, own)
-            if adaptive and r.drafted >= AUTO_PROBE and r.accepted < AUTO_MIN_ACCEPTANCE * r.drafted:
-                want = 0
-            ks[i] = max(0, min(want, seqs[i].params.max_tokens - len(r.token_ids) - 1, room))
-        dt, dq, mtp_journals = _draft(model, dstates, pending, ks, seqs)
+            ks[i] = drafts_for(seqs[i], states[i], dstates[i], k, adaptive, limit)
+        dt, dq, mtp_journals = draft_tokens(model, dstates, pending, ks, seqs)
         chunks = [[pending[i], *dt[i]] for i in active]
         journals = [main_journal(model, states[i], len(c)) for i, c in zip(active, chunks, strict=True)]
         with record(journals):
             vlogits, vh = model.extend_hidden([states[i] for i in active], chunks)
         going: list[int] = []
         for j, i in enumerate(active):
-            seq, st, d, start = seqs[i], states[i], dstates[i], states[i].pos - len(chunks[j])
-            seq.result.steps += 1
-            seq.result.drafted += ks[i]
-            mj = mtp_journals[i]
-            if mj is not None:
-                mj.truncate(d.pos)  # the chained MTP positions were drafts
-            kept, nxt = accept_drafts(vlogits[j], dt[i], dq[i], seq.params, seq.gen)
-            seq.result.accepted += kept
-            done_at = None
-            for m, tok in enumerate(dt[i][:kept]):
-                seq.push(tok)
+            seq, st, d = seqs[i], states[i], dstates[i]
+            toks, ended = settle(
+                seq, st, d, journals[j], mtp_journals[i], chunks[j], dq[i], vlogits[j], vh[j]
+            )
+            for tok in toks:
                 yield i, tok
-                if seq.done:
-                    done_at = m
-                    break
-            if done_at is not None:  # a kept draft ended the sequence: keep the state up to it
-                fed = done_at + 2 if seq.params.feed_last else done_at + 1
-                truncate(st, journals[j], start + fed)
-                _absorb(d, vh[j][:fed], chunks[j][:fed])
-                if not seq.params.feed_last:
-                    seq.result.pending = [dt[i][done_at]]
+            if ended is not None or _finish(model, st, d, seq, toks[-1], limit):
                 continue
-            truncate(st, journals[j], start + kept + 1)
-            _absorb(d, vh[j][: kept + 1], chunks[j][: kept + 1])
-            seq.push(nxt)
-            yield i, nxt
-            if _finish(model, st, d, seq, nxt, limit):
-                continue
-            pending[i] = nxt
+            pending[i] = toks[-1]
             going.append(i)
         active = going
+
+
+def start_draft(
+    model: V4Model,
+    draft: DraftState | None,
+    state: SequenceState,
+    h: torch.Tensor,
+    chunk: Sequence[int] | torch.Tensor,
+) -> DraftState:
+    """The MTP state for a sequence whose main state just took `chunk` (streams `h`): the given one when it
+    was at the chunk's start (a session's previous turn: the block then consumes only the new tokens), else
+    a cold one that sees only the chunk's last COLD_WINDOW positions (see COLD_WINDOW)."""
+    start = state.pos - len(chunk)
+    if draft is not None and draft.main_pos == start:
+        _absorb(draft, h, chunk)
+        return draft
+    ratio = max(model.config.compress_ratios[model.config.n_layers], 1)
+    first = max(start, -(-(state.pos - COLD_WINDOW) // ratio) * ratio)  # a block boundary of the MTP layer
+    first = min(first, state.pos - 1)
+    d = DraftState.cold(model, first)
+    _absorb(d, h[first - start :], chunk[first - start :])
+    return d
+
+
+def settle(
+    seq: _Seq,
+    st: SequenceState,
+    d: DraftState,
+    journal: Journal,
+    mtp_journal: Journal | None,
+    chunk: Sequence[int],
+    draft_probs: Sequence[torch.Tensor | None],
+    vlogits: torch.Tensor,
+    vh: torch.Tensor,
+) -> tuple[list[int], int | None]:
+    """One sequence after the verify extend of `chunk` = [pending token, *drafts] (under `journal`): count,
+    accept, push the chosen tokens to `seq`, roll the main and MTP states back to what was kept and queue
+    the kept positions' streams for the block. Returns (the tokens chosen, in order; ended): `ended` is None
+    when the last token chosen is the next pending one (not in the state), else a kept draft ended the
+    sequence and `ended` is the row of `vlogits` after the state's last position (the state holds the stop
+    token with feed_last; without it the token is `seq.result.pending`)."""
+    drafts = list(chunk[1:])
+    start = st.pos - len(chunk)
+    seq.result.steps += 1
+    seq.result.drafted += len(drafts)
+    if mtp_journal is not None:
+        mtp_journal.truncate(d.pos)  # the chained MTP positions were drafts
+    kept, nxt = accept_drafts(vlogits, drafts, draft_probs, seq.params, seq.gen)
+    seq.result.accepted += kept
+    out: list[int] = []
+    for m, tok in enumerate(drafts[:kept]):
+        seq.push(tok)
+        out.append(tok)
+        if seq.done:  # a kept draft ended the sequence: keep the state up to it
+            fed = m + 2 if seq.params.feed_last else m + 1
+            truncate(st, journal, start + fed)
+            _absorb(d, vh[:fed], chunk[:fed])
+            if not seq.params.feed_last:
+                seq.result.pending = [tok]
+            return out, fed - 1
+    truncate(st, journal, start + kept + 1)
+    _absorb(d, vh[: kept + 1], chunk[: kept + 1])
+    seq.push(nxt)
+    out.append(nxt)
+    return out, None
 
 
 def _absorb(d: DraftState, h: torch.Tensor, chunk: Sequence[int] | torch.Tensor) -> None:
@@ -517,9 +587,13 @@ __all__ = [
     "DraftState",
     "Journal",
     "accept_drafts",
+    "draft_tokens",
+    "drafts_for",
     "main_journal",
     "probs",
     "record",
+    "settle",
     "speculative_loop",
+    "start_draft",
     "truncate",
 ]

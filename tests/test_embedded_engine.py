@@ -275,3 +275,34 @@ def test_sampled_fork_branches_differ_and_reproduce_from_their_run_ids() -> None
         assert texts(["x0", "x1"]) == first[:2]
         with pytest.raises(ValueError, match="distinct"):
             agent.fork(root, 2, run_ids=["same", "same"])
+
+
+def test_speculative_runs_keep_their_tokens_and_count_drafts_in_usage() -> None:
+    """The embedded backend with MTP speculation on and off: the same transcripts (greedy), and the run's
+    usage counts drafted / accepted tokens and decode steps; each later turn of a run hands the engine the
+    MTP state its previous turn left, beside the kept state."""
+    on = EmbeddedModel("tiny", max_tokens=200, speculative=1)
+    off = EmbeddedModel("tiny", max_tokens=200, speculative=0)
+    given: list[Any] = []
+    submit = on.engine.submit
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        given.append((kw.get("state"), kw.get("draft")))
+        return submit(*args, **kw)
+
+    on.engine.submit = spy  # type: ignore[method-assign]  # (off shares this engine: spy on `on` only)
+    try:
+        fast_runs = [_agent(on).run_sync(p) for p in PROMPTS[:3]]
+    finally:
+        del on.engine.submit
+    plain_runs = [_agent(off).run_sync(p) for p in PROMPTS[:3]]
+    for fast, plain in zip(fast_runs, plain_runs, strict=True):
+        assert _ids(fast) == _ids(plain) and fast.text == plain.text
+        u, p = fast.usage, plain.usage
+        assert p.drafted_tokens == p.accepted_tokens == 0 and p.tokens_per_step == 1.0
+        assert p.decode_steps == p.completion_tokens
+        assert 0 < u.accepted_tokens <= u.drafted_tokens and u.acceptance_rate > 0.5
+        assert u.completion_tokens == p.completion_tokens and u.tokens_per_step > 1.3
+        assert u.decode_steps == u.completion_tokens - u.accepted_tokens
+    later = [(s, d) for s, d in given if s is not None]
+    assert later and all(d is not None and d.main_pos == s.pos for s, d in later)

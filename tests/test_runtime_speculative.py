@@ -7,6 +7,7 @@ tokens on both models) runs in `bench/speculative.py --equality`, whose result t
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from functools import cache
 
@@ -162,9 +163,9 @@ def test_mtp_layer_rollback_after_chained_drafts_is_exact() -> None:
         ref = d.snapshot()
         params = greedy(8, 4)
         from agentkit.runtime.generate import _Seq
-        from agentkit.runtime.speculative import _draft
+        from agentkit.runtime.speculative import draft_tokens
 
-        toks, _, journals = _draft(model, [d], [5], [4], [_Seq(params, None)])
+        toks, _, journals = draft_tokens(model, [d], [5], [4], [_Seq(params, None)])
         j = journals[0]
         assert j is not None and len(toks[0]) == 4
         j.truncate(d.pos)
@@ -367,3 +368,74 @@ def test_counters_and_validation() -> None:
     ).init_random_(1)
     assert draft_length(no_mtp, [greedy(3, 2)]) == (0, False)  # no MTP block: plain decoding
     assert generate(no_mtp, no_mtp.new_state(), [1, 2], greedy(3, 2)).drafted == 0
+
+
+# ------------------------------------------------------------------------------------------ the engine
+def test_engine_speculation_gives_the_plain_tokens_for_concurrent_requests() -> None:
+    """Concurrent requests on one engine (small prefill chunks, so prefills and verifies share steps), with
+    different draft lengths, prompts whose rejected drafts cross 4- and 128-token boundaries, a request
+    whose logits processor is speculative_safe (it speculates, processed per verified position) and one
+    whose processor is not (plain): every one gets generate()'s plain greedy tokens."""
+    from agentkit.runtime.engine import Engine
+
+    model = random_model(3)
+    g = torch.Generator().manual_seed(3)
+    lengths = (120, 125, 7, 250, 60, 190, 126, 33)
+    prompts = [torch.randint(0, 256, (n,), generator=g).tolist() for n in lengths]
+    ks = [1, 2, 3, 0, 2, 1, 2, 1]
+
+    def ban(generated: list[int], logits: torch.Tensor) -> torch.Tensor:
+        out = logits.clone()
+        out[(len(generated) * 7) % 256] = float("-inf")  # a pure function of the ids so far
+        return out
+
+    ban.speculative_safe = True  # type: ignore[attr-defined]
+
+    def unsafe(generated: list[int], logits: torch.Tensor) -> torch.Tensor:
+        return ban(generated, logits)
+
+    procs = [None, None, None, None, None, None, ban, unsafe]
+    plain = []
+    for p, proc in zip(prompts, procs, strict=True):
+        with Engine(model, cache_bytes=0) as one:
+            plain.append(one.submit(p, greedy(30, 0), logits_processor=proc).result().token_ids)
+    with Engine(model, prefill_chunk=64, cache_bytes=0) as eng:
+        hs = [
+            eng.submit(p, greedy(30, k), logits_processor=proc)
+            for p, k, proc in zip(prompts, ks, procs, strict=True)
+        ]
+        rs = [h.result() for h in hs]
+    for r, ref, k, proc in zip(rs, plain, ks, procs, strict=True):
+        assert r.token_ids == ref
+        assert (r.drafted > 0) == (k > 0 and proc is not unsafe)
+        assert r.steps == 30 - r.accepted  # the first token is the prompt's; the last one is fed
+    assert plain[0] == generate(model, model.new_state(), prompts[0], greedy(30, 0)).token_ids
+
+
+def test_engine_carries_the_mtp_state_across_turns_of_a_session() -> None:
+    """agentkit-tiny through the engine: a first turn kept with its state and MTP state, a second turn
+    continuing both with only the new tokens (the block consumes just those): the same tokens as plain
+    decoding of the whole context, drafts mostly accepted, the counters in the result."""
+    from agentkit.runtime.engine import Engine
+
+    model, tok = tiny()
+    prompts = _episode_prompts(1)
+    first, second = prompts[0], prompts[1]
+    suffix = second[len(first) :] if second[: len(first)] == first else second[-40:]
+    params = SamplingParams(temperature=0.0, max_tokens=64, speculative=1)
+    decode = tok.decode  # type: ignore[attr-defined]
+    with Engine(model) as eng:
+        r1 = eng.submit(first, params, decode=decode, keep_state=True).result()
+        assert r1.state is not None and r1.draft is not None and r1.draft.main_pos == r1.state.pos
+        mtp_pos = r1.draft.pos
+        r2 = eng.submit(
+            suffix, params, decode=decode, keep_state=True, state=r1.state, draft=r1.draft
+        ).result()
+        assert r2.draft is not None and r2.state is not None and r2.draft.main_pos == r2.state.pos
+        assert r1.draft.pos == mtp_pos  # the given MTP state was read, not written
+    plain = dataclasses.replace(params, speculative=0)
+    ref1 = generate(model, model.new_state(), first, plain, decode)
+    ref2 = generate(model, model.new_state(), [*first, *r1.token_ids, *suffix], plain, decode)
+    assert r1.token_ids == ref1.token_ids and r2.token_ids == ref2.token_ids
+    for r in (r1, r2):
+        assert r.drafted > 0 and r.acceptance_rate > 0.5 and r.tokens_per_step > 1.4

@@ -64,7 +64,8 @@ class Turn:
             "raw": self.raw, "token_ids": self.token_ids, "reasoning": self.reasoning,
             "content": self.content, "calls": [c.to_dict() for c in self.calls],
             "finish": None if f is None else [f.reason, f.prompt_tokens, f.cached_tokens,
-                                              f.prefilled_tokens, f.completion_tokens],
+                                              f.prefilled_tokens, f.completion_tokens, f.decode_steps,
+                                              f.drafted_tokens, f.accepted_tokens],
             "parse_error": self.parse_error, "first_chunk_s": self.first_chunk_s,
             "refused": self.refused, "lost": self.lost,
         }  # fmt: skip

@@ -82,6 +82,11 @@ class Finish:
     cached_tokens: int = 0
     prefilled_tokens: int = 0
     completion_tokens: int = 0
+    decode_steps: int = 0
+    """Model forwards that produced the completion after the prompt's (embedded backend; 0: not known)."""
+    drafted_tokens: int = 0
+    """Speculative decoding (embedded backend): tokens the MTP block drafted, and how many were kept."""
+    accepted_tokens: int = 0
 
 
 Chunk = RawText | ReasoningChunk | ContentChunk | ToolCallChunk | Finish

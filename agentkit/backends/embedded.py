@@ -127,6 +127,7 @@ class _Session:
     fed: int = 0  # ids already inside `state` (== state.pos)
     transcript: Transcript | None = None
     seed: int = 0  # sampling seed base: the backend's seed, offset for a forked branch
+    draft: Any = None  # the MTP block's state beside `state` (speculative decoding; None: start it cold)
 
 
 class _EngineLease:
@@ -208,6 +209,7 @@ class EmbeddedModel:
         random_seed: int | None = None,
         pricing: Pricing | None = None,
         logits_processor: Callable[[list[int], Any], Any] | None = None,
+        speculative: int | None = None,
     ) -> None:
         """`target`: a checkpoint directory or a preset name (its shipped checkpoint; random weights
         only when `random_seed` is given), served by the engine shared by every backend of that string.
@@ -215,7 +217,9 @@ class EmbeddedModel:
         private engine (see the module docstring). Sampling settings are this backend's own, so backends
         with different settings can share one engine. `logits_processor(generated_ids, logits) -> logits`
         can constrain decoding (grammar, bans, or forcing an exact output in tests); it runs on the
-        engine's scheduler thread."""
+        engine's scheduler thread. `speculative`: tokens the MTP block drafts per step (0 = off, None =
+        the runtime's default, `agentkit.runtime.generate.draft_length`); greedy output is the same either
+        way, and a run's usage counts drafted and accepted tokens and decode steps."""
         self.logits_processor = logits_processor
         self._lease: _EngineLease | None = None
         if engine is not None:
@@ -243,7 +247,9 @@ class EmbeddedModel:
         self.name = f"embedded:{target or type(model).__name__}"
         from agentkit.runtime.generate import SamplingParams
 
-        self.sampling = SamplingParams(temperature=temperature, top_p=top_p, seed=seed)
+        self.sampling = SamplingParams(
+            temperature=temperature, top_p=top_p, seed=seed, speculative=speculative
+        )
         self.seed = seed
         self.default_max_tokens = max_tokens
         self.pricing = pricing
@@ -392,6 +398,7 @@ class EmbeddedModel:
                 fed=parent.fed,
                 transcript=None,  # the branch's own transcript is checked against `ids` on first use
                 seed=self._seeds[child],
+                draft=parent.draft,  # the engine copies it at admission: branches never share writes
             )
 
     # -- generation -------------------------------------------------------------------------------
@@ -423,6 +430,8 @@ class EmbeddedModel:
             logits[start:] = float("-inf")
             return logits if user is None else user(generated, logits)
 
+        # a pure function of its arguments: the engine may speculate with it (runtime/engine.py submit)
+        mask_padding.speculative_safe = user is None  # type: ignore[attr-defined]
         return mask_padding
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[Chunk]:
@@ -446,6 +455,7 @@ class EmbeddedModel:
                 # the ids the kept state covers: this turn's block boundaries go into the prefix cache
                 context=sess.ids[: sess.fed] if sess.fed else None,
                 logits_processor=self._processor(),
+                draft=sess.draft if sess.fed else None,
             )
         except (RequestError, EngineError) as exc:  # bad ids, too long, engine closed: one typed error
             raise ModelError(
@@ -481,12 +491,22 @@ class EmbeddedModel:
                 handle.cancel()
         if result.state is not None:
             sess.state, sess.fed = result.state, result.state.pos
+            sess.draft = getattr(result, "draft", None)
         if ids_sent < len(out):
             rest = decoder.flush() if decoder is not None else self.tokenizer.decode(out)[len(emitted) :]
             yield RawText(rest, tuple(out[ids_sent:]))
         reason = "stop" if result.finish_reason == "stop_token" else "length"
         cached = result.cached_tokens
-        yield Finish(reason, prompt_tokens, cached, prompt_tokens - cached, len(out))
+        yield Finish(
+            reason,
+            prompt_tokens,
+            cached,
+            prompt_tokens - cached,
+            len(out),
+            decode_steps=result.steps,
+            drafted_tokens=result.drafted,
+            accepted_tokens=result.accepted,
+        )
 
     async def aclose(self) -> None:
         self._sessions.clear()
