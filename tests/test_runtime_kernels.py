@@ -116,7 +116,8 @@ _LOWP_CHILD = textwrap.dedent(
     # e4m3 ties (x.0625 lies half way between 1.0 and 1.125 at scale 1: ties go to the even code) and the
     # amax-floor block, ragged N, several K blocks, with and without the activation rounding
     ties = torch.tensor([448.0, 1.0625, 1.1875, -2.125, 0.0029296875, 1e-3, 240.0, 3.0] * 16)
-    shapes = ((1, 130, 256, True), (3, 64, 384, False), (17, 200, 256, True), (2, 128, 128, True))
+    shapes = ((1, 130, 256, True), (3, 64, 384, False), (17, 200, 256, True), (2, 128, 128, True),
+              (1, 64, 1024, True))  # the last: K split over programs
     for fmt in ("fp8", "fp4"):
         for m, n, k, act in shapes:
             lin = Linear(k, n, fmt)
@@ -128,6 +129,25 @@ _LOWP_CHILD = textwrap.dedent(
             got = LG.lowp_linear(x, lin.weight, lin.scale, fmt, act)
             tol = 1e-5 * ref.abs().max().item()
             assert torch.allclose(got, ref, rtol=1e-5, atol=tol), (fmt, m, n, k, act, (got - ref).abs().max())
+
+    # every code of both formats (subnormals, both zeros, every exponent; scales above and below 1) decodes
+    # exactly as the torch dequantization: an identity input reads the weight's columns back
+    for fmt in ("fp8", "fp4"):
+        lin = Linear(256, 128, fmt)
+        codes = torch.arange(256, dtype=torch.int32).repeat(128, 1)
+        sc = torch.randint(110, 140, lin.scale.shape, dtype=torch.uint8, generator=g)
+        if fmt == "fp8":
+            codes = torch.where((codes & 0x7F) == 0x7F, 0, codes)  # no NaN codes
+            lin.weight.copy_(codes.to(torch.uint8).view(torch.float8_e4m3fn))
+        else:
+            lin.weight.copy_(codes[:, :128].to(torch.uint8).view(torch.int8))
+        lin.scale.view(torch.uint8).copy_(sc)
+        got = LG.lowp_linear(torch.eye(256), lin.weight, lin.scale, fmt, False)
+        assert torch.equal(got, lin.dense(torch.float32).t()), fmt
+    # the input rounding kernel == the torch reference, bit for bit
+    x = torch.randn(5, 384, generator=g) * 10
+    x[1, :128] = ties
+    assert torch.equal(LG.quant_rows(x), fp8_roundtrip(x, 128))
 
     # the quantized model's decode with every kernel on == its torch path
     from agentkit.runtime.config import ModelConfig

@@ -65,112 +65,145 @@ if HAVE_TRITON:
     @triton.jit
     def _fp8_tile(w_ptr, s_ptr, rn, rk, k0, nm, wm, stride_wn, stride_sn):  # type: ignore[no-untyped-def]
         """Rows rn x columns rk (one 128-wide K block starting at k0) of an FP8 e4m3 weight with 128x128
-        E8M0 tile scales, decoded to fp32 (exact: 3 mantissa bits times a power of two)."""
+        E8M0 tile scales, decoded to fp32 (exact: 3 mantissa bits times a power of two). The code is turned
+        into fp32 bits with integer operations (no exp2 per element: decode is ALU-bound otherwise)."""
         b = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=wm, other=0)
         b = b.to(tl.int32) & 0xFF
         e = (b >> 3) & 15
-        m = (b & 7).to(tl.float32)
-        normal = (1.0 + m * 0.125) * tl.exp2((e - 7).to(tl.float32))
-        mag = tl.where(e == 0, m * 0.125 * 0.015625, normal)  # e == 0: subnormal m/8 * 2^-6
-        w = tl.where(b >= 128, -mag, mag)
+        m = b & 7
+        normal = ((e + 120) << 23) | (m << 20)  # 2^(e-7) * (1 + m/8)
+        mag = tl.where(e == 0, m.to(tl.float32) * 0.001953125, normal.to(tl.float32, bitcast=True))
+        w = tl.where(b >= 128, -mag, mag)  # e == 0: subnormal m/8 * 2^-6 = m * 2^-9
         s = _e8m0(tl.load(s_ptr + (rn // 128) * stride_sn + k0 // 128, mask=nm, other=127))
-        w = w * s[:, None]
-        return w
+        return w * s[:, None]
 
     @triton.jit
-    def _fp4_tile(w_ptr, s_ptr, rn, rk, nm, km, wm, stride_wn, stride_sn):  # type: ignore[no-untyped-def]
-        """Rows rn x columns rk of a packed FP4 e2m1 weight (two codes per byte, low nibble first) with one
-        E8M0 scale per 32 values of a row, decoded to fp32."""
+    def _fp4_tile(w_ptr, s_ptr, rn, rk, k0, K, nm, wm, stride_wn, stride_sn):  # type: ignore[no-untyped-def]
+        """Rows rn x columns rk (the 128-wide K block at k0) of a packed FP4 e2m1 weight (two codes per
+        byte, low nibble first) with one E8M0 scale per 32 values of a row, decoded to fp32 from the bits;
+        the four scales of each row's block are loaded once and broadcast over their 32 values."""
         byte = tl.load(w_ptr + rn[:, None] * stride_wn + (rk // 2)[None, :], mask=wm, other=0)
         byte = byte.to(tl.int32) & 0xFF
         c = tl.where((rk % 2 == 0)[None, :], byte & 15, (byte >> 4) & 15)  # low nibble first
         e = (c >> 1) & 3
-        m = (c & 1).to(tl.float32)
-        mag = tl.where(e == 0, m * 0.5, (1.0 + m * 0.5) * tl.exp2((e - 1).to(tl.float32)))
-        w = tl.where(c >= 8, -mag, mag)
-        s = _e8m0(tl.load(s_ptr + rn[:, None] * stride_sn + (rk // 32)[None, :],
-                          mask=nm[:, None] & km[None, :], other=127))  # fmt: skip
-        w = w * s
-        return w
+        m = c & 1
+        bits = tl.where(e == 0, m * 0x3F000000, ((e + 126) << 23) | (m << 22))  # 0, 0.5 | 2^(e-1)(1 + m/2)
+        w = (bits | ((c & 8) << 28)).to(tl.float32, bitcast=True)  # with the sign bit
+        BN: tl.constexpr = w.shape[0]
+        kg = k0 // 32 + tl.arange(0, 4)
+        s = _e8m0(tl.load(s_ptr + rn[:, None] * stride_sn + kg[None, :],
+                          mask=nm[:, None] & (kg * 32 < K)[None, :], other=127))  # fmt: skip
+        return tl.reshape(tl.reshape(w, (BN, 4, 32)) * s[:, :, None], (BN, 128))
 
     @triton.jit
-    def _fp8_linear(  # type: ignore[no-untyped-def]
-        x_ptr, w_ptr, s_ptr, o_ptr, M, N, K,
-        stride_xm, stride_wn, stride_sn, stride_om,
-        ACT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, UPCAST: tl.constexpr,
+    def _quant_rows(x_ptr, o_ptr, K, stride_x, stride_o):  # type: ignore[no-untyped-def]
+        """One row x one 128-block of x rounded to e4m3 with its power-of-two scale (`_act_quant`), stored
+        in o's dtype: the rounded values are exact in bf16 (4 significant bits times a power of two), so the
+        GEMMs read a rounded copy instead of rounding the same input again in every output tile."""
+        r = tl.program_id(0).to(tl.int64)
+        rk = tl.program_id(1) * 128 + tl.arange(0, 128)
+        km = rk < K
+        x = tl.load(x_ptr + r * stride_x + rk, mask=km, other=0.0).to(tl.float32)
+        q = tl.reshape(_act_quant(tl.reshape(x, (1, 128)), True), (128,))
+        tl.store(o_ptr + r * stride_o + rk, q.to(o_ptr.dtype.element_ty), mask=km)
+
+    @triton.jit
+    def _lowp_linear(  # type: ignore[no-untyped-def]
+        x_ptr, w_ptr, s_ptr, o_ptr, M, N, K, K_PER,
+        stride_xm, stride_wn, stride_sn, stride_os, stride_om,
+        FP4: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, UPCAST: tl.constexpr,
     ):  # fmt: skip
+        """o[split] = x[:, split's K range] W[:, same]^T; x already rounded (or not asked to be)."""
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
+        pid_s = tl.program_id(2)
         rm = pid_m * BM + tl.arange(0, BM)
         rn = pid_n * BN + tl.arange(0, BN)
         mm, nm = rm < M, rn < N
         acc = tl.zeros((BM, BN), tl.float32)
-        for k0 in range(0, K, 128):
+        k_lo = pid_s * K_PER
+        for k0 in range(k_lo, tl.minimum(k_lo + K_PER, K), 128):
             rk = k0 + tl.arange(0, 128)
             km = rk < K
-            xm = mm[:, None] & km[None, :]
-            x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=xm, other=0.0)
-            x = _act_quant(x.to(tl.float32), ACT)
+            x = tl.load(
+                x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=mm[:, None] & km[None, :], other=0.0
+            )
             wm = nm[:, None] & km[None, :]
-            w = _fp8_tile(w_ptr, s_ptr, rn, rk, k0, nm, wm, stride_wn, stride_sn)
+            if FP4:
+                w = _fp4_tile(w_ptr, s_ptr, rn, rk, k0, K, nm, wm, stride_wn, stride_sn)
+            else:
+                w = _fp8_tile(w_ptr, s_ptr, rn, rk, k0, nm, wm, stride_wn, stride_sn)
             if UPCAST:
-                acc += tl.dot(x, tl.trans(w), input_precision="ieee")
+                acc += tl.dot(x.to(tl.float32), tl.trans(w), input_precision="ieee")
             else:
                 acc += tl.dot(x.to(tl.bfloat16), tl.trans(w.to(tl.bfloat16)))
-        tl.store(o_ptr + rm[:, None] * stride_om + rn[None, :], acc, mask=mm[:, None] & nm[None, :])
-
-    @triton.jit
-    def _fp4_linear(  # type: ignore[no-untyped-def]
-        x_ptr, w_ptr, s_ptr, o_ptr, M, N, K,
-        stride_xm, stride_wn, stride_sn, stride_om,
-        ACT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, UPCAST: tl.constexpr,
-    ):  # fmt: skip
-        pid_m = tl.program_id(0)
-        pid_n = tl.program_id(1)
-        rm = pid_m * BM + tl.arange(0, BM)
-        rn = pid_n * BN + tl.arange(0, BN)
-        mm, nm = rm < M, rn < N
-        acc = tl.zeros((BM, BN), tl.float32)
-        for k0 in range(0, K, 128):
-            rk = k0 + tl.arange(0, 128)
-            km = rk < K
-            xm = mm[:, None] & km[None, :]
-            x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=xm, other=0.0)
-            x = _act_quant(x.to(tl.float32), ACT)
-            wm = nm[:, None] & km[None, :]
-            w = _fp4_tile(w_ptr, s_ptr, rn, rk, nm, km, wm, stride_wn, stride_sn)
-            if UPCAST:
-                acc += tl.dot(x, tl.trans(w), input_precision="ieee")
-            else:
-                acc += tl.dot(x.to(tl.bfloat16), tl.trans(w.to(tl.bfloat16)))
-        tl.store(o_ptr + rm[:, None] * stride_om + rn[None, :], acc, mask=mm[:, None] & nm[None, :])
+        o = o_ptr + pid_s.to(tl.int64) * stride_os
+        tl.store(o + rm[:, None] * stride_om + rn[None, :], acc, mask=mm[:, None] & nm[None, :])
 
 
 def supported(x: torch.Tensor) -> bool:
     return HAVE_TRITON and x.is_cuda and not torch.is_grad_enabled()
 
 
+def quant_rows(x: torch.Tensor) -> torch.Tensor:
+    """x [M, K] rounded to e4m3 in 1x128 blocks with power-of-two scales (the reference's `act_quant`),
+    in x's dtype (exact)."""
+    out = torch.empty_like(x)
+    if x.numel():
+        _quant_rows[(x.shape[0], triton.cdiv(x.shape[1], 128))](
+            x, out, x.shape[1], x.stride(0), out.stride(0)
+        )
+    return out
+
+
+#: SMs of the device, for the split-K choice (a decode GEMV has one row of tiles: without a split along K,
+#: a small N leaves most of the GPU idle).
+_SMS: dict[int, int] = {}
+
+
+def _split_k(tiles: int, k_blocks: int, device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1 if k_blocks < 4 else 2  # the interpreter: exercise the split, cheaply
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    sms = _SMS.setdefault(idx, torch.cuda.get_device_properties(idx).multi_processor_count)
+    split = 1
+    while tiles * split * 2 <= 2 * sms and k_blocks // (split * 2) >= 4:
+        split *= 2
+    return split
+
+
 def lowp_linear(
     x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, fmt: str, act_quant: bool
 ) -> torch.Tensor:
     """y = x W^T for an FP8 (`weight` e4m3 [N, K], `scale` E8M0 [ceil(N/128), ceil(K/128)]) or FP4 (`weight`
-    int8 [N, K/2] packed low nibble first, `scale` E8M0 [N, K/32]) linear; y in x's dtype."""
+    int8 [N, K/2] packed low nibble first, `scale` E8M0 [N, K/32]) linear; y in x's dtype.
+
+    The input is rounded once (`quant_rows`) when `act_quant`; small M (decode) splits K over more programs
+    and sums the fp32 partials in a fixed order (deterministic, unlike atomics)."""
     lead, k = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, k).contiguous()
     m = x2.shape[0]
     n = weight.shape[0]
-    out = torch.empty(m, n, dtype=torch.float32, device=x.device)
     if m == 0:
-        return out.to(x.dtype).view(*lead, n)
+        return torch.empty(m, n, dtype=x.dtype, device=x.device).view(*lead, n)
+    if act_quant:
+        x2 = quant_rows(x2)
     w = weight.view(torch.uint8) if weight.dtype != torch.int8 else weight
     s = scale.view(torch.uint8)
     bm = 16 if m <= 16 else 32 if m <= 32 else 64
-    bn = 64
-    grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
-    kernel = _fp8_linear if fmt == "fp8" else _fp4_linear
-    kernel[grid](
-        x2, w, s, out, m, n, k,
-        x2.stride(0), w.stride(0), s.stride(0), out.stride(0),
-        ACT=act_quant, BM=bm, BN=bn, UPCAST=os.environ.get("TRITON_INTERPRET") == "1",
+    bn = 32 if m <= 16 else 64
+    tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
+    k_blocks = triton.cdiv(k, 128)
+    split = _split_k(tiles, k_blocks, x.device)
+    k_per = triton.cdiv(k_blocks, split) * 128
+    split = triton.cdiv(k, k_per)
+    out = torch.empty(split, m, n, dtype=torch.float32, device=x.device)
+    grid = (triton.cdiv(m, bm), triton.cdiv(n, bn), split)
+    _lowp_linear[grid](
+        x2, w, s, out, m, n, k, k_per,
+        x2.stride(0), w.stride(0), s.stride(0), out.stride(0), out.stride(1),
+        FP4=fmt == "fp4", BM=bm, BN=bn,
+        UPCAST=x.dtype == torch.float32 or os.environ.get("TRITON_INTERPRET") == "1",
     )  # fmt: skip
-    return out.to(x.dtype).view(*lead, n)
+    y = out[0] if split == 1 else out.sum(0)
+    return y.to(x.dtype).view(*lead, n)

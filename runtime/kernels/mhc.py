@@ -23,7 +23,15 @@ if HAVE_TRITON:
 
     @triton.jit
     def _hc_split_sinkhorn(  # type: ignore[no-untyped-def]
-        m_ptr, scale_ptr, base_ptr, pre_ptr, post_ptr, comb_ptr, hc_eps, HC: tl.constexpr, ITERS: tl.constexpr
+        m_ptr,
+        scale_ptr,
+        base_ptr,
+        pre_ptr,
+        post_ptr,
+        comb_ptr,
+        hc_eps: tl.constexpr,
+        HC: tl.constexpr,
+        ITERS: tl.constexpr,
     ):
         t = tl.program_id(0)
         j = tl.arange(0, HC)

@@ -28,7 +28,7 @@ import torch
 try:
     import triton
     import triton.language as tl
-    from agentkit.runtime.kernels.lowp_gemm import _act_quant, _fp4_tile, _fp8_tile
+    from agentkit.runtime.kernels.lowp_gemm import _act_quant, _fp4_tile, _fp8_tile, quant_rows
 
     HAVE_TRITON = True
 except ImportError:  # pragma: no cover - triton is a dependency on Linux x86-64
@@ -40,7 +40,7 @@ FORMATS = {"float": 0, "fp8": 1, "fp4": 2}
 if HAVE_TRITON:
 
     @triton.jit
-    def _w_tile(w_ptr, s_ptr, e, rn, rk, k0, nm, km,  # type: ignore[no-untyped-def]
+    def _w_tile(w_ptr, s_ptr, e, rn, rk, k0, K, nm, km,  # type: ignore[no-untyped-def]
                 stride_we, stride_wn, stride_se, stride_sn, FMT: tl.constexpr):  # fmt: skip
         """Expert e's weight rows rn x columns rk (one 128-wide K block at k0), decoded to fp32."""
         wm = nm[:, None] & km[None, :]
@@ -51,7 +51,7 @@ if HAVE_TRITON:
         elif FMT == 1:
             w = _fp8_tile(wp, sp, rn, rk, k0, nm, wm, stride_wn, stride_sn)
         else:
-            w = _fp4_tile(wp, sp, rn, rk, nm, km, wm, stride_wn, stride_sn)
+            w = _fp4_tile(wp, sp, rn, rk, k0, K, nm, wm, stride_wn, stride_sn)
         return w
 
     @triton.jit
@@ -100,19 +100,21 @@ if HAVE_TRITON:
                 km = rk < K
                 x = tl.load(x_ptr + tok[:, None] * stride_x + rk[None, :], mask=rm[:, None] & km[None, :],
                             other=0.0).to(tl.float32)  # fmt: skip
-                x = _act_quant(x, ACT)
                 w1 = _w_tile(
-                    w1_ptr, s1_ptr, e, rn, rk, k0, nm, km, stride_we, stride_wn, stride_se, stride_sn, FMT
+                    w1_ptr, s1_ptr, e, rn, rk, k0, K, nm, km, stride_we, stride_wn, stride_se, stride_sn, FMT
                 )
                 acc1 += _mm(x, w1, F32)
                 w3 = _w_tile(
-                    w3_ptr, s3_ptr, e, rn, rk, k0, nm, km, stride_we, stride_wn, stride_se, stride_sn, FMT
+                    w3_ptr, s3_ptr, e, rn, rk, k0, K, nm, km, stride_we, stride_wn, stride_se, stride_sn, FMT
                 )
                 acc3 += _mm(x, w3, F32)
-            a = tl.minimum(_round_act(acc1, BF16), limit)
-            b = tl.minimum(tl.maximum(_round_act(acc3, BF16), -limit), limit)
+            # .to(fp32): torch.compile passes the Python float `limit` as fp64, which would promote a and b
+            a = tl.minimum(_round_act(acc1, BF16), limit).to(tl.float32)
+            b = tl.minimum(tl.maximum(_round_act(acc3, BF16), -limit), limit).to(tl.float32)
             rw = tl.load(rw_ptr + pair, mask=rm, other=0.0)
             h = _round_act((a / (1.0 + tl.exp(-a))) * b * rw[:, None], BF16)  # exact in h's dtype
+            # the down GEMM's input rounding, done once here (a program holds whole 1x128 blocks of h)
+            h = _act_quant(h, ACT)
             tl.store(h_ptr + pair.to(tl.int64)[:, None] * stride_h + rn[None, :],
                      h.to(h_ptr.dtype.element_ty), mask=rm[:, None] & nm[None, :])  # fmt: skip
 
@@ -121,7 +123,7 @@ if HAVE_TRITON:
         h_ptr, w2_ptr, s2_ptr, order_ptr, bexp_ptr, blo_ptr, bhi_ptr, y_ptr,
         N, K,
         stride_h, stride_we, stride_wn, stride_se, stride_sn, stride_y,
-        FMT: tl.constexpr, ACT: tl.constexpr, F32: tl.constexpr, BF16: tl.constexpr,
+        FMT: tl.constexpr, F32: tl.constexpr, BF16: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr,
     ):  # fmt: skip
         blk = tl.program_id(0)
@@ -140,9 +142,8 @@ if HAVE_TRITON:
                 km = rk < K
                 h = tl.load(h_ptr + pair[:, None] * stride_h + rk[None, :], mask=rm[:, None] & km[None, :],
                             other=0.0).to(tl.float32)  # fmt: skip
-                h = _act_quant(h, ACT)
                 w2 = _w_tile(
-                    w2_ptr, s2_ptr, e, rn, rk, k0, nm, km, stride_we, stride_wn, stride_se, stride_sn, FMT
+                    w2_ptr, s2_ptr, e, rn, rk, k0, K, nm, km, stride_we, stride_wn, stride_se, stride_sn, FMT
                 )
                 acc += _mm(h, w2, F32)
             tl.store(y_ptr + pair[:, None] * stride_y + rn[None, :], _round_act(acc, BF16),
@@ -230,12 +231,15 @@ def fused_moe(
         s1, s3, s2 = (s.view(torch.uint8) for s in scales)
     w1, w3, w2 = (_bytes(t_) for t_ in (w1, w3, w2))
     rw = weights.reshape(-1).float().contiguous()
+    if act_quant:  # the up GEMM's input rounded once (exact in x's dtype), not in every hidden tile
+        x2 = quant_rows(x2)
     h = torch.empty(t * k, inter, dtype=x.dtype, device=x.device)
-    _moe_up[(nb, triton.cdiv(inter, block_n))](
+    bn_up = 128 if act_quant else block_n  # whole 1x128 blocks of h per program: its rounding is local
+    _moe_up[(nb, triton.cdiv(inter, bn_up))](
         x2, w1, s1, w3, s3, rw, order, bexp, blo, bhi, h,
         inter, d, limit,
         x2.stride(0), w1.stride(0), w1.stride(1), s1.stride(0), s1.stride(1), h.stride(0),
-        TOPK=k, FMT=fcode, ACT=act_quant, F32=f32, BF16=bf16, BM=bm, BN=block_n,
+        TOPK=k, FMT=fcode, ACT=act_quant, F32=f32, BF16=bf16, BM=bm, BN=bn_up,
     )  # fmt: skip
     # skipped pairs' rows are never written: zeros, not garbage, go into their tokens' sums
     y = (torch.zeros if partial else torch.empty)(t * k, d, dtype=torch.float32, device=x.device)
@@ -243,7 +247,7 @@ def fused_moe(
         h, w2, s2, order, bexp, blo, bhi, y,
         d, inter,
         h.stride(0), w2.stride(0), w2.stride(1), s2.stride(0), s2.stride(1), y.stride(0),
-        FMT=fcode, ACT=act_quant, F32=f32, BF16=bf16, BM=bm, BN=block_n,
+        FMT=fcode, F32=f32, BF16=bf16, BM=bm, BN=block_n,
     )  # fmt: skip
     # each token's terms in ascending expert order, summed left to right like the reference's index_add
     by_expert = torch.argsort(idx, dim=1, stable=True)
