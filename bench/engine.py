@@ -8,6 +8,8 @@ Rows:
   decode c=N    N requests (prompt `--prompt` random ids, `--tokens` greedy tokens each, no stop tokens)
                 submitted at once; tok/s = tokens generated after every request has its first token,
                 divided by the time from then to the last one's end (so prefill is not in it).
+  ... static    the same with the engine's sequences in a StaticDecoder slab (`Engine(decoder=...)`):
+                all-decode steps replay its CUDA graph for the batch (`--static`, both on CUDA).
   ttft-16th     15 requests sharing a `--prefix`-token prefix (each with its own 32-token suffix) are
                 served one after another, then the 16th is timed from submit to its first token; with the
                 prefix cache (it restores the prefix) and without (it prefills all of it). Same outputs.
@@ -33,11 +35,16 @@ from agentkit.runtime.loader import load_model
 from agentkit.runtime.model import V4Model
 
 
-def decode_row(model: V4Model, conc: int, prompt_len: int, tokens: int, seed: int) -> dict[str, Any]:
+def decode_row(
+    model: V4Model, conc: int, prompt_len: int, tokens: int, seed: int, static: bool = False
+) -> dict[str, Any]:
     rng = random.Random(seed)
     vocab = model.config.vocab_size
     params = SamplingParams(temperature=0.0, max_tokens=tokens, stop_token_ids=(), stop_strings=())
-    with Engine(model, max_seqs=max(conc, 1), cache_bytes=0) as eng:
+    model._decoder = None
+    # static: sequences live in a StaticDecoder's slab, so all-decode steps replay its CUDA graphs
+    dec = model.static_decoder(max_batch=max(conc, 1), max_len=prompt_len + tokens + 16) if static else None
+    with Engine(model, max_seqs=max(conc, 1), cache_bytes=0, decoder=dec) as eng:
         hs = [eng.submit([rng.randrange(2, vocab) for _ in range(prompt_len)], params) for _ in range(conc)]
         for h in hs:  # blocking waits (no polling: a spinning reader would steal the GIL from the engine)
             next(iter(h))
@@ -47,8 +54,9 @@ def decode_row(model: V4Model, conc: int, prompt_len: int, tokens: int, seed: in
         dt = time.perf_counter() - t0
         n1 = sum(len(h.result().token_ids) for h in hs)
         steps = eng.stats().steps
+    model._decoder = None
     return {
-        "row": f"decode c={conc}",
+        "row": f"decode c={conc}" + (" static" if static else ""),
         "concurrency": conc,
         "tokens": n1 - n0,
         "seconds": dt,
@@ -92,6 +100,12 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64, help="generated tokens per decode request")
     ap.add_argument("--prefix", type=int, default=8192, help="shared prefix of the TTFT rows")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument(
+        "--static",
+        default="auto",
+        choices=["auto", "off", "on", "both"],
+        help="decode rows through a StaticDecoder slab (CUDA graphs); auto: both on CUDA, off on CPU",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="JSON report path")
     a = ap.parse_args()
@@ -101,7 +115,13 @@ def main() -> None:
     model = load_model(a.config, device=a.device, dtype=dtype, random_seed=a.seed).eval()
     weights = "shipped" if shipped_checkpoint(a.config) else ("checkpoint" if "/" in a.config else "random")
     decode_row(model, 2, 16, 4, a.seed)  # warm-up
-    rows = [decode_row(model, int(c), a.prompt, a.tokens, a.seed) for c in a.concurrency.split(",")]
+    mode = ("both" if a.device == "cuda" else "off") if a.static == "auto" else a.static
+    kinds = {"off": [False], "on": [True], "both": [False, True]}[mode]
+    rows = [
+        decode_row(model, int(c), a.prompt, a.tokens, a.seed, static=k)
+        for k in kinds
+        for c in a.concurrency.split(",")
+    ]
     on, off = ttft_row(model, a.prefix, True, a.seed), ttft_row(model, a.prefix, False, a.seed)
     same = on.pop("outputs") == off.pop("outputs")
     report = {
