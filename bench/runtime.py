@@ -14,6 +14,7 @@ Rows (random weights of `--config`, default flash-reduced; context in tokens):
   decode-128k    batch-1 decode with 128K tokens of context against the same at `--context`.
   extend-1m      a 32K-token extend at ~1M tokens of context against the same extend at 32K.
   profile        torch.profiler over a few graph-replayed decode steps: launches per token, top kernels.
+  profile-prefill  torch.profiler over one `--context`-token prefill: top kernels by GPU time.
 
 Long contexts (128K, 1M) start from a *synthetic* state: position N with every window, compressed and
 indexer entry filled with random values (N a multiple of 128, so the compressor tails are empty, as after a
@@ -46,7 +47,7 @@ from agentkit.runtime.state import SequenceState
 
 ROWS = (
     "decode-bf16", "decode-fp8fp4", "decode-b32", "prefill-4k", "prefill-32k", "decode-128k", "extend-1m",
-    "profile",
+    "profile", "profile-prefill",
 )  # fmt: skip
 #: Dense bf16 tensor-core peak of an H200 SXM (vendor datasheet, without sparsity).
 H200_BF16_PEAK = 989e12
@@ -439,7 +440,37 @@ def row_profile(b: Bench) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def row_profile_prefill(b: Bench) -> dict[str, Any]:
+    """torch.profiler over one `--context`-token prefill: where its time goes (top kernels by GPU time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = b.model("bf16")
+    model._decoder = None
+    prompt = b.prompt(b.a.context)
+    with torch.no_grad():
+        model.extend(model.new_state(), prompt[:1024], last_only=True)  # warm-up
+        st = model.new_state()
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if b.dev == "cuda" else [])
+        with profile(activities=acts) as prof:
+            model.extend(st, prompt, last_only=True)
+            b.sync()
+    kernels: Counter[str] = Counter()
+    kernel_us: Counter[str] = Counter()
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            kernels[e.name] += 1
+            kernel_us[e.name] += e.device_time
+    return {
+        "tokens": b.a.context, "kernels": sum(kernels.values()), "gpu_busy_ms": sum(kernel_us.values()) / 1e3,
+        "top_kernels": [
+            {"name": k[:100], "ms": us / 1e3, "launches": kernels[k]} for k, us in kernel_us.most_common(25)
+        ],
+    }  # fmt: skip
+
+
 def run_row(b: Bench, name: str) -> dict[str, Any]:
+    if name == "profile-prefill":
+        return row_profile_prefill(b)
     if name in ("decode-bf16", "decode-fp8fp4"):
         return row_decode(b, name.removeprefix("decode-"))
     if name == "decode-b32":
@@ -490,6 +521,9 @@ def table(report: dict[str, Any]) -> str:
         elif k == "profile":
             lines.append(f"| {k} | {v['kernels_per_token']:.0f} kernels/token | GPU busy "
                          f"{v['gpu_busy_ms_per_token']:.2f} ms/token | |")  # fmt: skip
+        elif k == "profile-prefill":
+            lines.append(f"| {k} | {v['kernels']} kernels / {v['tokens']} tokens | GPU busy "
+                         f"{v['gpu_busy_ms']:.1f} ms | |")  # fmt: skip
     return "\n".join(lines)
 
 
