@@ -69,15 +69,14 @@ class SamplingParams:
 
 GREEDY = SamplingParams(temperature=0.0)
 
-AUTO_SPECULATIVE = 0
-"""Draft length when `SamplingParams.speculative` is None. Off for now: on CPU the MTP drafts of
-agentkit-tiny are accepted 100% of the time at k = 1 (1.98 tokens per step on held-out agent turns), yet
-decode is 0.87-0.97x as fast as plain (bench/speculative.py: a 2-token verify costs ~1.05x a step, the MTP
-call ~0.35x, and the loop's per-step Python work the rest), so speculation does not help there yet. With a
-value k > 0, greedy requests to a model with an MTP block speculate with k drafts and stop drafting for a
-sequence whose acceptance falls below `speculative.AUTO_MIN_ACCEPTANCE` (random weights); sampled requests
-stay plain unless asked, since speculative sampling keeps the distribution but not the token sequence a
-given seed produced before."""
+AUTO_SPECULATIVE = 1
+"""Draft length when `SamplingParams.speculative` is None: greedy requests to a model with an MTP block
+speculate with 1 draft per step, and a sequence whose acceptance falls below
+`speculative.AUTO_MIN_ACCEPTANCE` after a few drafts stops drafting (random weights). agentkit-tiny on CPU:
+every draft accepted at k = 1 (1.98 tokens per step) and decode ~1.2x as fast as plain on held-out agent
+turns (bench/speculative.py; k = 2 is no faster). Not by default for states of a static decoder (its
+one-token step is what CUDA graphs replay; a verify runs the general path) nor for sampled requests
+(speculative sampling keeps the distribution, not the token sequence a given seed produced before)."""
 
 
 def draft_length(model: V4Model, params: Sequence[SamplingParams]) -> tuple[int, bool]:
@@ -88,7 +87,8 @@ def draft_length(model: V4Model, params: Sequence[SamplingParams]) -> tuple[int,
     asked = [p.speculative for p in params]
     if any(a is not None for a in asked):
         return max((a or 0) for a in asked), False
-    if AUTO_SPECULATIVE and all(p.temperature == 0 or p.top_k == 1 for p in params):
+    greedy = all(p.temperature == 0 or p.top_k == 1 for p in params)
+    if AUTO_SPECULATIVE and greedy and model._decoder is None:
         return AUTO_SPECULATIVE, True
     return 0, False
 

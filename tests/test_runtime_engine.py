@@ -18,6 +18,7 @@ import threading
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -490,20 +491,23 @@ def test_bad_requests_get_typed_errors_and_do_not_disturb_others(engine: Engine,
 def test_forward_failure_fails_only_that_batch(model: V4Model, monkeypatch: pytest.MonkeyPatch) -> None:
     """A forward that raises ends its batch's requests with EngineError; the engine keeps serving."""
     with Engine(model, cache_bytes=0) as eng:
-        real = model.extend
         calls = {"n": 0}
 
-        def flaky(*a: object, **kw: object) -> object:
-            calls["n"] += 1
-            if calls["n"] == 1:
-                raise MemoryError("simulated")
-            return real(*a, **kw)  # type: ignore[arg-type]
+        def flaky(real: Any) -> Any:  # the engine's forward: extend, or extend_hidden when speculating
+            def fn(*a: object, **kw: object) -> object:
+                calls["n"] += 1
+                if calls["n"] == 1:
+                    raise MemoryError("simulated")
+                return real(*a, **kw)
 
-        monkeypatch.setattr(model, "extend", flaky)
+            return fn
+
+        for name in ("extend", "extend_hidden"):
+            monkeypatch.setattr(model, name, flaky(getattr(model, name)))
         first = eng.submit([5, 6, 7], greedy(3))
         with pytest.raises(EngineError, match="simulated"):
             first.result()
-        monkeypatch.setattr(model, "extend", real)
+        monkeypatch.undo()
         assert eng.generate([5, 6, 7], greedy(3)).token_ids == reference(model, [5, 6, 7], greedy(3))
 
 

@@ -260,11 +260,14 @@ def test_batched_speculative_generation_equals_plain(monkeypatch: pytest.MonkeyP
     res = generate_batch(model, states, prompts, [greedy(20, 2), greedy(12, 2), greedy(20, 1)])
     assert [r.token_ids for r in res] == [plain[0], plain[1][:12], plain[2]]
     assert [s.pos for s in states] == [25, 138, 90]
-    assert draft_length(model, [SamplingParams(temperature=0.0)]) == (0, False)  # off by default (CPU)
-    # with an automatic default: greedy speculates (adaptively), sampling stays plain unless asked
+    # by default greedy speculates (adaptively), sampling stays plain unless asked, and so do states of a
+    # static decoder (CUDA graphs replay its one-token step)
     import agentkit.runtime.generate as gen
 
-    monkeypatch.setattr(gen, "AUTO_SPECULATIVE", 1)
+    assert gen.AUTO_SPECULATIVE == 1
+    monkeypatch.setattr(model, "_decoder", object())
+    assert draft_length(model, [SamplingParams(temperature=0.0)]) == (0, False)
+    monkeypatch.setattr(model, "_decoder", None)
     assert draft_length(model, [SamplingParams(temperature=0.0)] * 2) == (1, True)
     assert draft_length(model, [SamplingParams()]) == (0, False)
     assert draft_length(model, [SamplingParams(speculative=2)]) == (2, False)
