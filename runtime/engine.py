@@ -49,6 +49,14 @@ with only the new tokens. The given state is read once, at admission (restored i
 preallocated state), and never written, so one kept state can be continued any number of times, by
 several requests at once (an agent's forked branches share their parent's state this way, copy-on-write).
 
+Speculative decoding (runtime/speculative.py): a request that speculates (greedy by default, see
+generate.draft_length) has its MTP block draft before the step (one batched MTP call for all of them), and
+its decode chunk is [next token, drafts]; the step's one batched extend is then `extend_hidden` (verify
+chunks get logits at every position, the others at their last, and speculating requests get the streams
+their MTP state consumes), recorded in rollback journals; postprocess keeps the accepted drafts and rolls
+each state back past its first rejection. A logits processor turns it off unless it says it is
+`speculative_safe`. The MTP state is not counted in `state_bytes` (one layer's window and entries).
+
 One idea: the scheduler. The public calls only validate, queue and cancel requests; everything else is
 the step that serves them. The request handle (engine_request.py), the cache (prefix_cache.py) and the
 sampler and stop rules (generate.py) live in their own modules.

@@ -442,3 +442,24 @@ def test_engine_carries_the_mtp_state_across_turns_of_a_session() -> None:
     assert r1.token_ids == ref1.token_ids and r2.token_ids == ref2.token_ids
     for r in (r1, r2):
         assert r.drafted > 0 and r.acceptance_rate > 0.5 and r.tokens_per_step > 1.4
+
+
+def test_engine_speculative_sampling_equals_generate_with_the_same_seed() -> None:
+    """Sampled requests that ask for drafts: the engine runs generate()'s speculative sampling step for step
+    (same draws from the request's seeded generator), batched with other requests, so a seed gives the
+    same tokens as generate() alone."""
+    from agentkit.runtime.engine import Engine
+
+    model = random_model(3, 4)
+    g = torch.Generator().manual_seed(9)
+    prompts = [torch.randint(0, 256, (n,), generator=g).tolist() for n in (40, 127, 9)]
+    params = [
+        SamplingParams(temperature=t, top_k=tk, seed=s, max_tokens=24, stop_token_ids=(), speculative=k)
+        for t, tk, s, k in ((1.0, 0, 1, 2), (0.7, 8, 2, 1), (1.3, 0, 3, 3))
+    ]
+    alone = [generate(model, model.new_state(), p, sp) for p, sp in zip(prompts, params, strict=True)]
+    with Engine(model, prefill_chunk=32, cache_bytes=0) as eng:
+        hs = [eng.submit(p, sp) for p, sp in zip(prompts, params, strict=True)]
+        rs = [h.result() for h in hs]
+    for r, a in zip(rs, alone, strict=True):
+        assert r.token_ids == a.token_ids and r.drafted == a.drafted > 0 and r.accepted == a.accepted
