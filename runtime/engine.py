@@ -94,6 +94,7 @@ from agentkit.runtime.speculative import (
     Journal,
     draft_tokens,
     drafts_for,
+    gave_up,
     main_journal,
     record,
     settle,
@@ -668,6 +669,9 @@ class Engine:
         ext = [w for w in work if w.tokens is not None]
         out: list[torch.Tensor | None] = [None] * len(work)
         if ext:
+            for w in ext:  # automatic speculation that proved not worth it: plain decoding from here on
+                if w.req.spec and w.req.adaptive and gave_up(w.req.sampler):
+                    w.req.spec, w.req.draft, w.req.tail = 0, None, []
             spec = any(w.req.spec for w in ext)
             try:
                 journals = self._draft([w for w in ext if w.req.spec and w.kind == "decode"]) if spec else []

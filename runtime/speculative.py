@@ -422,15 +422,22 @@ def drafts_for(seq: _Seq, st: SequenceState, d: DraftState, k: int, adaptive: bo
     its max_tokens or its state's room, none while the MTP state has no stream to start from (a fork
     sampling from kept logits), none once an `adaptive` sequence's acceptance proved too low."""
     r = seq.result
+    if adaptive and gave_up(seq):  # keep the MTP state at the main position, holding no streams
+        d.pos, d.streams, d.ids = d.main_pos, d.streams[:0], []
+        return 0
     if d.streams.shape[0] == 0:
         return 0
     room = min(limit, st.capacity or limit) - st.pos - 1
     want, own = k, seq.params.speculative
     if own is not None:
         want = min(k, own)
-    if adaptive and r.drafted >= AUTO_PROBE and r.accepted < AUTO_MIN_ACCEPTANCE * r.drafted:
-        want = 0
     return max(0, min(want, seq.params.max_tokens - len(r.token_ids) - 1, room))
+
+
+def gave_up(seq: _Seq) -> bool:
+    """An automatically speculating sequence whose drafts proved not worth it (AUTO_MIN_ACCEPTANCE)."""
+    r = seq.result
+    return bool(r.drafted >= AUTO_PROBE and r.accepted < AUTO_MIN_ACCEPTANCE * r.drafted)
 
 
 def speculative_loop(
@@ -589,6 +596,7 @@ __all__ = [
     "accept_drafts",
     "draft_tokens",
     "drafts_for",
+    "gave_up",
     "main_journal",
     "probs",
     "record",

@@ -413,6 +413,10 @@ def test_engine_speculation_gives_the_plain_tokens_for_concurrent_requests() -> 
         assert (r.drafted > 0) == (k > 0 and proc is not unsafe)
         assert r.steps == 30 - r.accepted  # the first token is the prompt's; the last one is fed
     assert plain[0] == generate(model, model.new_state(), prompts[0], greedy(30, 0)).token_ids
+    # by default (greedy, adaptive) random weights' drafts are given up after a probe: plain from then on
+    with Engine(model, cache_bytes=0) as eng:
+        auto = eng.submit(prompts[0], dataclasses.replace(greedy(30, 0), speculative=None)).result()
+    assert auto.token_ids == plain[0] and auto.drafted == 8 and auto.steps == 30 - auto.accepted
 
 
 def test_engine_carries_the_mtp_state_across_turns_of_a_session() -> None:
