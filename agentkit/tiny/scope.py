@@ -16,14 +16,24 @@ toolbox, and a run whose tools differ from it is out of scope too.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
+from pathlib import Path
 
 from agentkit.tiny.calc import UNIT_FACTORS
 
-__all__ = ["SHAPES", "ScopeVerdict", "Shape", "check_scope", "shape_summary"]
+__all__ = [
+    "SHAPES",
+    "ScopeVerdict",
+    "Shape",
+    "check_scope",
+    "intent",
+    "shape_summary",
+    "trained_on_paraphrases",
+]
 
 # ---- slots: the values the generator draws, as patterns ----------------------------------------
 
@@ -229,11 +239,32 @@ class ScopeVerdict:
     reason: str
 
 
-def check_scope(task: str, tools: Sequence[str] | None = None) -> ScopeVerdict:
-    """Whether agentkit-tiny was trained on `task` (and, when given, on this set of tools for it)."""
+def check_scope(task: str, tools: Sequence[str] | None = None, *, paraphrases: bool = False) -> ScopeVerdict:
+    """Whether agentkit-tiny was trained on `task` (and, when given, on this set of tools for it).
+
+    `paraphrases`: the model was trained on tasks in human phrasing (data v9, issue 21; see
+    `trained_on_paraphrases`), so a task that matches no template but whose wording `intent` recognises
+    as one of the shapes is in scope too (with the toolbox that shape was trained with)."""
     text = task.strip()
-    for shape in SHAPES:
-        template = shape.match(text)
+    matched = [(shape, shape.match(text)) for shape in SHAPES]
+    if paraphrases and not any(t for _, t in matched):
+        found = intent(text)
+        if found is not None:
+            name, toolbox = found
+            shape = next(s for s in SHAPES if s.name == name)
+            if tools is None:
+                return ScopeVerdict(True, name, None, toolbox, f"a {name} task (in other words)")
+            if frozenset(tools) == frozenset(toolbox) or shape.accepts_tools(tools):
+                return ScopeVerdict(True, name, None, tuple(tools), f"a {name} task (in other words)")
+            return ScopeVerdict(
+                False,
+                name,
+                None,
+                tuple(tools),
+                f"it has the {name} shape, but agentkit-tiny learned that shape with the tools "
+                f"{', '.join(toolbox)}, not {', '.join(tools) or 'none'} (leave --tools out to get them)",
+            )
+    for shape, template in matched:
         if template is None:
             continue
         if tools is None:
@@ -279,3 +310,147 @@ def suggest(task: str) -> str | None:
 def shape_summary() -> str:
     """One line per shape (name, what it is, an example): the list the CLI prints with a refusal."""
     return "\n".join(f"  {s.name:<10} {s.summary}; e.g. {s.example!r}" for s in SHAPES)
+
+
+# ---- tasks in other words (a model trained on data v9: `check_scope(..., paraphrases=True)`) ------
+
+_NW = (
+    r"(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|"
+    r"sixteen|seventeen|eighteen|nineteen|(?:twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety)"
+    r"(?:-(?:one|two|three|four|five|six|seven|eight|nine))?)"
+)
+_NUM_ANY = rf"(?:\d+|{_NW})"
+_OP = (
+    r"(?:[-+*/×x]|plus|minus|times|divided by|multiplied (?:by|with)|over|take away|less|"
+    r"subtracted from|added to|more than|increased by|reduced by|lots of|split by|shared among)"
+)
+_EXPR_ANY = re.compile(rf"(?<![\w.-])\(?{_NUM_ANY}\)?\s*{_OP}\s*\(?{_NUM_ANY}\b")
+_CALC_VERB = re.compile(
+    r"\b(?:add|sum|subtract|deduct|take|multiply|divide|share|split|combine|increase|reduce|product|"
+    r"difference|total)\b"
+)
+_PRICE = re.compile(r"\b(?:each|apiece|a piece|per|unit price|costs?|price[ds]?|spend|bill|pay)\b")
+_NUMBER = re.compile(rf"(?<![\w.-]){_NUM_ANY}(?![\w-])")
+_FILE_ANY = re.compile(r"[\w./-]*[A-Za-z0-9]_[\w-]+\.(?:txt|md|log|cfg|csv)\b")
+_STEM_ANY = re.compile(r"\b[a-z]+_[a-z]+\b")
+_KEY_ANY = re.compile(r"\b(?:port|owner|city|limit|code|color|version|count)\b")
+_NEEDLE_ANY = re.compile(r"\b[a-z]+-\d{3,4}\b")
+_CODE_ANY = re.compile(r"\b[a-z]+-[a-z]+-\d{2,3}\b")
+_DATE_ANY = re.compile(r"\b\d{4}-\d{2}-\d{2}\b")
+_UNIT_WORDS = {
+    "km": r"km|kilomet(?:er|re)s?",
+    "m": r"m|met(?:er|re)s?",
+    "cm": r"cm|centimet(?:er|re)s?",
+    "kg": r"kg|kilograms?|kilos?",
+    "g": r"g|grams?",
+    "l": r"l|lit(?:er|re)s?",
+    "ml": r"ml|millilit(?:er|re)s?",
+    "day": r"days?",
+    "h": r"h|hours?",
+    "min": r"min|minutes?",
+    "s": r"s|seconds?",
+}
+_UNIT_ANY = "(?:" + "|".join(_UNIT_WORDS.values()) + ")"
+_CONVERT = re.compile(
+    rf"\b\d+(?:\.\d+)?\s*{_UNIT_ANY}\b.*\b(?:to|in|into|as)\s+{_UNIT_ANY}\b"
+    rf"|\b(?:how many|how much)\s+{_UNIT_ANY}\b.*\b\d+(?:\.\d+)?\s*{_UNIT_ANY}\b"
+)
+_UNSUPPORTED = re.compile(
+    r"\b(?:square|cube|root|power|percent|average|mean|median|max|maximum|min|minimum|biggest|largest|"
+    r"smallest|bigger|smaller|prime|even|odd|round|weekday|week|delete|erase|remove|rename|create|"
+    r"append|move|duplicate|sort|alphabeti[sz]e|reverse|translate|weather|email|poem|song|joke|lines|"
+    r"characters|miles?|pounds?|ounces?|inch(?:es)?|feet|foot|yards?|fahrenheit|celsius|gallons?|"
+    r"summar(?:y|ize|ise)|before|after)\b|%|\*\*|\^"
+)
+_COUNT_ASK = re.compile(
+    r"\b(?:how many|count|number of|tally|total|sum|add up|altogether|overall|combined)\b"
+)
+_LIST_ITEMS = re.compile(r"\b(?:first|last)\b.*\b[a-z]+\s*[,;/]\s*[a-z]+\s*[,;/]\s*[a-z]+")
+_NAME_INTRO = re.compile(r"\b(?:my name is|my name's|i am|i'm|call me|this is|people call me)\s+[A-Z][a-z]+")
+_ECHO = re.compile(r"\b(?:repeat|say|echo|copy|type|write|reply|return|back)\b")
+
+_TOOLS_CSV_CALC = ("python", "read_file", "calculator")
+
+
+def _toolbox(name: str) -> tuple[str, ...]:
+    return next(s.tools for s in SHAPES if s.name == name)
+
+
+def intent(task: str) -> tuple[str, tuple[str, ...]] | None:
+    """Which trained shape a task in other words is (and the toolbox to run it with), or None.
+
+    Written from what each shape needs, not from any list of phrasings: a file name with one of the
+    files' keys is a file_read, a code like `acorn-1234` with a question about files is a file_grep, two
+    ISO dates are a days_between, numbers joined by an operator (in symbols or words) are arithmetic, and
+    so on; combined tasks get the toolbox the model learned them with. Words for what no tool does
+    (square roots, averages, deleting, translating, miles, ...) make it None.
+    """
+    raw = " ".join(task.split())
+    t = raw.lower()
+    if _CODE_ANY.search(t) and _ECHO.search(t):
+        return "direct", _toolbox("direct")
+    if _NAME_INTRO.search(raw) and re.search(r"\b(?:name|who)\b", t):
+        return "direct", _toolbox("direct")
+    if _LIST_ITEMS.search(t) and not _FILE_ANY.search(t):
+        return "direct", _toolbox("direct")
+    if _UNSUPPORTED.search(t):
+        return None
+    files = _FILE_ANY.findall(t)
+    rest = _FILE_ANY.sub(" ", t)
+    rest = _DATE_ANY.sub(" ", rest)
+    exprs = _EXPR_ANY.findall(_NEEDLE_ANY.sub(" ", rest))
+    numbers = _NUMBER.findall(_NEEDLE_ANY.sub(" ", rest))
+    if any(f.endswith(".csv") for f in files):
+        if not _COUNT_ASK.search(t) and not re.search(r"\bhow many\b", t):
+            return None
+        if re.search(r"\b(?:multipl\w*|times|priced|costs?)\b", rest) and numbers:
+            return "csv", _TOOLS_CSV_CALC
+        return "csv", _toolbox("csv")
+    if files and re.search(r"\b(?:order|unit_price)\b", t):
+        return "chain", _toolbox("chain")
+    if files and _KEY_ANY.search(rest):
+        if exprs and len(numbers) >= 2:
+            return "parallel", _toolbox("parallel")
+        if numbers:
+            return "chain", _toolbox("chain")
+        return "file_read", _toolbox("file_read")
+    if len(files) == 2 and re.search(r"\bvalues?\b", t):
+        return "parallel", _toolbox("parallel")
+    if files:
+        return None
+    if _KEY_ANY.search(t) and _STEM_ANY.search(t) and not numbers:
+        return "file_read", _toolbox("file_read")
+    if _NEEDLE_ANY.search(t) and re.search(r"\bfiles?\b|\bwhere\b|\bgrep\b|\bsearch\b|\blocate\b", t):
+        return "file_grep", _toolbox("file_grep")
+    if re.search(r"\bfiles\b", t) and re.search(r"\b(?:how many|count|number|tally)\b", t):
+        return "file_list", _toolbox("file_list")
+    if len(_DATE_ANY.findall(t)) == 2:
+        return "choose", _toolbox("choose")
+    if _CONVERT.search(t):
+        return "choose", _toolbox("choose")
+    if (
+        re.search(r"\bwords?\b", t)
+        and re.search(r"\b(?:how many|count|number of|tally)\b|\bhas how many\b", t)
+        and re.search(r"[\"'“`:]", raw)
+    ):
+        return "choose", _toolbox("choose")
+    if len(exprs) >= 2:
+        return "parallel", _toolbox("parallel")
+    if exprs or (len(numbers) >= 2 and (_CALC_VERB.search(rest) or _PRICE.search(rest))):
+        return ("error" if re.search(r"\d\s*[x×]\s*\d", rest) else "calc"), _toolbox("calc")
+    return None
+
+
+def trained_on_paraphrases(checkpoint: str | Path | None) -> bool:
+    """Whether a checkpoint was trained on tasks in human phrasing (data v9 and later: its
+    `training.json` records the data's phrasing recipe), so `check_scope` may take paraphrases."""
+    if checkpoint is None:
+        return False
+    path = Path(checkpoint) / "training.json"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    data = meta.get("data", {}) if isinstance(meta, dict) else {}
+    recipe = data.get("recipe") if isinstance(data, dict) else None
+    return bool(isinstance(recipe, dict) and recipe.get("phrasing"))
