@@ -5,7 +5,7 @@ keeps the two banks' sentences disjoint); conventions as there.
 
 from __future__ import annotations
 
-from agentkit.train.phrasing import Bank
+from agentkit.train.phrasing_bank import Bank
 
 HELDOUT = Bank(
     name="heldout",

@@ -10,7 +10,7 @@ folder, {key}, {needle}, {city}, {item}, {n}, {price}, {person}, {value}, {u1} {
 
 from __future__ import annotations
 
-from agentkit.train.phrasing import Bank
+from agentkit.train.phrasing_bank import Bank
 
 _CALC = (
     "compute {E}",
