@@ -179,3 +179,76 @@ def test_fp8_fp4_linear_kernels_match_reference_interpreted() -> None:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok")
+
+
+_POINTWISE_CHILD = textwrap.dedent(
+    """
+    import torch
+    from agentkit.runtime.kernels import pointwise as P
+    from agentkit.runtime.layers import lowp, norms, rope
+    P.supported = lambda x: False  # the references below stay torch; the kernels are called directly
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        # norms: odd widths, one row, no rows, a width over one block, a strided view
+        for shape in ((1, 64), (3, 5, 33), (0, 16), (2, 4100), (7, 1)):
+            x = (torch.randn(shape, generator=g) * 3).to(dtype)
+            w = (torch.rand(shape[-1], generator=g) + 0.5).to(dtype)
+            ref = norms.rms_unweighted(x, 1e-6)
+            got = P.rms_norm(x, None, 1e-6, dtype)
+            assert got.shape == ref.shape and got.dtype == ref.dtype
+            tol = 1e-5 if dtype == torch.float32 else 1e-2
+            assert torch.allclose(got.float(), ref.float(), rtol=tol, atol=tol), (shape, dtype)
+            rn = norms.RMSNorm(shape[-1], 1e-6, dtype)
+            rn.weight.data.copy_(w)
+            for od in (None, torch.float32):
+                ref = rn(x, od)
+                got = P.rms_norm(x, w, 1e-6, od or dtype)
+                assert got.dtype == ref.dtype
+                assert torch.allclose(got.float(), ref.float(), rtol=tol, atol=tol), (shape, dtype, od)
+        xv = torch.randn(6, 40, generator=g).to(dtype)[:, 3:35]  # rows not contiguous in memory
+        ref, got = norms.rms_unweighted(xv, 1e-6), P.rms_norm(xv, None, 1e-6, dtype)
+        assert torch.allclose(got.float(), ref.float(), rtol=tol, atol=tol)
+        # rope: heads or not, no nope dims, far positions, inverse (undoes the forward)
+        cases = (((3, 64), 8, False), ((5, 4, 48), 16, True), ((2, 3, 32), 16, False), ((1, 2, 16), 4, True))
+        for shape, half, far in cases:
+            x = torch.randn(shape, generator=g).to(dtype)
+            pos = torch.randint(0, 1 << 20 if far else 300, (shape[0],), generator=g)
+            f = torch.rand(half, generator=g)
+            for inv in (False, True):
+                ref = rope.apply_rope(x, pos, f, inverse=inv)
+                got = P.rope(x, pos, f, inv)
+                assert got.dtype == ref.dtype
+                err = (got.float() - ref.float()).abs().max().item()
+                bound = (1e-4 if dtype == torch.float32 else 2e-2) * max(1.0, x.abs().max().item())
+                assert err <= bound, (shape, inv, err)
+            back = P.rope(P.rope(x.float(), pos, f, False), pos, f, True)
+            assert torch.allclose(back, x.float(), atol=1e-4), shape
+        # quantization simulations: bit-exact, incl. zeros, tiny values, exact ties, a padded last block
+        for shape in ((4, 448), (3, 2, 96), (1, 70), (2, 512)):
+            mag = torch.exp2(torch.randint(-20, 12, shape, generator=g).float())
+            x = torch.randn(shape, generator=g) * mag
+            x.view(-1)[:5] = torch.tensor([0.0, 448.0, -0.25, 2.0**-12, 1.5])
+            x = x.to(dtype)
+            for ref, got in (
+                (lowp.fp8_roundtrip(x), P.roundtrip(x, "fp8", 64)),
+                (lowp.fp4_roundtrip(x), P.roundtrip(x, "fp4", 32)),
+                (lowp.fp8_kv_roundtrip(x, 16), P.roundtrip(x, "fp8", 64, keep=16)),
+            ):
+                assert got.dtype == ref.dtype and torch.equal(got, ref), (shape, dtype)
+        ties = [0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0, -0.75, -2.5, 0.1, 4.9]
+        ties = torch.tensor([ties + [0.0] * 20])
+        assert torch.equal(P.roundtrip(ties, "fp4", 32), lowp.fp4_roundtrip(ties))
+    print("ok")
+    """
+)
+
+
+def test_pointwise_kernels_match_references_interpreted() -> None:
+    """RMSNorm, RoPE and the FP8 / FP4 roundtrips as kernels == the torch references (the roundtrips bit for
+    bit; norm and RoPE to fp32 rounding, since the sum order and the device's cos / sin / rsqrt differ)."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", _POINTWISE_CHILD], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "ok"

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from agentkit.runtime import quant
 from agentkit.runtime.kernels import enabled as kernels_enabled
-from agentkit.runtime.kernels import lowp_gemm
+from agentkit.runtime.kernels import lowp_gemm, pointwise
 from torch import nn
 
 StorageFormat = Literal["float", "fp8", "fp4"]
@@ -47,6 +47,8 @@ def _ste(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def fp8_roundtrip(x: torch.Tensor, block: int = 64) -> torch.Tensor:
     """e4m3 quantize->dequantize per `block` values with a power-of-two scale (amax floor 1e-4)."""
+    if pointwise.supported(x) and kernels_enabled():
+        return pointwise.roundtrip(x, "fp8", block)
     xb, d = _blocks(x, block)
     scale = _pow2_scale(xb.abs().amax(-1, keepdim=True).clamp_min(1e-4), _FP8_MAX)
     q = (xb / scale).clamp(-_FP8_MAX, _FP8_MAX).to(torch.float8_e4m3fn).float() * scale
@@ -74,6 +76,8 @@ def _fp4_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
 
 def fp4_roundtrip(x: torch.Tensor, block: int = 32) -> torch.Tensor:
     """e2m1 quantize->dequantize per `block` values, power-of-two scale, nearest with ties to even."""
+    if pointwise.supported(x) and kernels_enabled():
+        return pointwise.roundtrip(x, "fp4", block)
     xb, d = _blocks(x, block)
     scale = _pow2_scale(xb.abs().amax(-1, keepdim=True).clamp_min(_FP4_MAX * 2.0**-126), _FP4_MAX)
     y = (xb / scale).clamp(-_FP4_MAX, _FP4_MAX)
@@ -89,6 +93,8 @@ def fp4_roundtrip(x: torch.Tensor, block: int = 32) -> torch.Tensor:
 
 def fp8_kv_roundtrip(kv: torch.Tensor, rope_dim: int) -> torch.Tensor:
     """FP8 simulation of the non-RoPE dims of a KV vector; the trailing RoPE dims stay as they are."""
+    if pointwise.supported(kv) and kernels_enabled():
+        return pointwise.roundtrip(kv, "fp8", 64, keep=rope_dim)
     return torch.cat((fp8_roundtrip(kv[..., :-rope_dim]), kv[..., -rope_dim:]), dim=-1)
 
 

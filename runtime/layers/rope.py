@@ -10,6 +10,8 @@ import math
 
 import torch
 from agentkit.runtime.config import ModelConfig
+from agentkit.runtime.kernels import enabled as kernels_enabled
+from agentkit.runtime.kernels import pointwise
 
 
 def rope_frequencies(config: ModelConfig, compressed_layer: bool) -> torch.Tensor:
@@ -38,6 +40,13 @@ def apply_rope(
 
     x: [T, ..., dim]; positions: [T] (int). Leading dims are untouched. Math in fp32, result in x.dtype.
     """
+    if (
+        pointwise.supported(x)
+        and kernels_enabled()
+        and freqs.device == x.device
+        and positions.device == x.device
+    ):
+        return pointwise.rope(x, positions, freqs, inverse)
     rd = 2 * freqs.shape[0]
     ang = positions.to(torch.float32)[:, None] * freqs.to(x.device)[None, :]  # [T, rd/2]
     cos, sin = ang.cos(), ang.sin()
