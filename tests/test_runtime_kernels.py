@@ -238,14 +238,29 @@ _POINTWISE_CHILD = textwrap.dedent(
         ties = [0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0, -0.75, -2.5, 0.1, 4.9]
         ties = torch.tensor([ties + [0.0] * 20])
         assert torch.equal(P.roundtrip(ties, "fp4", 32), lowp.fp4_roundtrip(ties))
+        # mHC: the streams collapsed by pre and expanded by post / comb (hc_pre's last step, hc_post)
+        from agentkit.runtime.kernels import mhc as MK
+        from agentkit.runtime.layers import mhc
+        MK.supported = lambda *a: False
+        for t, d in ((1, 64), (3, 1500), (0, 8)):
+            x = torch.randn(t, 4, d, generator=g).to(dtype)
+            y = torch.randn(t, d, generator=g).to(dtype)
+            pre, post = torch.rand(t, 4, generator=g), torch.rand(t, 4, generator=g) * 2
+            comb = torch.rand(t, 4, 4, generator=g)
+            ref = (pre.unsqueeze(-1) * x.float()).sum(dim=1).to(dtype)
+            got = MK.hc_collapse(pre, x)
+            assert got.dtype == ref.dtype and torch.allclose(got.float(), ref.float(), rtol=tol, atol=tol)
+            ref, got = mhc.hc_post(y, x, post, comb), MK.hc_expand(y, x, post, comb)
+            assert got.dtype == ref.dtype and torch.allclose(got.float(), ref.float(), rtol=tol, atol=tol)
     print("ok")
     """
 )
 
 
 def test_pointwise_kernels_match_references_interpreted() -> None:
-    """RMSNorm, RoPE and the FP8 / FP4 roundtrips as kernels == the torch references (the roundtrips bit for
-    bit; norm and RoPE to fp32 rounding, since the sum order and the device's cos / sin / rsqrt differ)."""
+    """RMSNorm, RoPE, the FP8 / FP4 roundtrips and the mHC collapse / expand as kernels == the torch
+    references (the roundtrips bit for bit; the rest to fp32 rounding, since sum orders and the device's
+    cos / sin / rsqrt differ)."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     out = subprocess.run(
         [sys.executable, "-c", _POINTWISE_CHILD], env=env, capture_output=True, text=True, timeout=600

@@ -53,6 +53,33 @@ if HAVE_TRITON:
         tl.store(post_ptr + t * HC + j, post)
         tl.store(comb_ptr + t * HC * HC + jj, c)
 
+    @triton.jit
+    def _hc_collapse(x_ptr, pre_ptr, o_ptr, D, HC: tl.constexpr, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def]
+        """o[t] = sum_j pre[t, j] * x[t, j] (fp32), in the output's dtype."""
+        t = tl.program_id(0).to(tl.int64)
+        rd = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        m = rd < D
+        acc = tl.zeros((BLOCK,), tl.float32)
+        for j in tl.static_range(HC):
+            w = tl.load(pre_ptr + t * HC + j)
+            acc += w * tl.load(x_ptr + (t * HC + j) * D + rd, mask=m, other=0.0).to(tl.float32)
+        tl.store(o_ptr + t * D + rd, acc.to(o_ptr.dtype.element_ty), mask=m)
+
+    @triton.jit
+    def _hc_expand(y_ptr, x_ptr, post_ptr, comb_ptr, o_ptr, D, HC: tl.constexpr, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def]
+        """o[t, k] = post[t, k] * y[t] + sum_j comb[t, j, k] * x[t, j] (fp32), in the output's dtype."""
+        t = tl.program_id(0).to(tl.int64)
+        rd = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        m = rd < D
+        y = tl.load(y_ptr + t * D + rd, mask=m, other=0.0).to(tl.float32)
+        for k in tl.static_range(HC):
+            acc = tl.zeros((BLOCK,), tl.float32)
+            for j in tl.static_range(HC):
+                c = tl.load(comb_ptr + (t * HC + j) * HC + k)
+                acc += c * tl.load(x_ptr + (t * HC + j) * D + rd, mask=m, other=0.0).to(tl.float32)
+            out = tl.load(post_ptr + t * HC + k) * y + acc
+            tl.store(o_ptr + (t * HC + k) * D + rd, out.to(o_ptr.dtype.element_ty), mask=m)
+
 
 def supported(mixes: torch.Tensor, hc: int) -> bool:
     return HAVE_TRITON and mixes.is_cuda and hc & (hc - 1) == 0 and not torch.is_grad_enabled()
@@ -80,3 +107,25 @@ def hc_split_sinkhorn(
             ITERS=iters,
         )
     return pre, post, comb
+
+
+def hc_collapse(pre: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """`layers.mhc.hc_pre`'s collapse: streams x [T, n, D] weighted by pre [T, n] -> [T, D] in x's dtype."""
+    t, n, d = x.shape
+    x = x.contiguous()
+    out = torch.empty(t, d, dtype=x.dtype, device=x.device)
+    if t:
+        _hc_collapse[(t, triton.cdiv(d, 1024))](x, pre.float().contiguous(), out, d, HC=n, BLOCK=1024)
+    return out
+
+
+def hc_expand(y: torch.Tensor, x: torch.Tensor, post: torch.Tensor, comb: torch.Tensor) -> torch.Tensor:
+    """`layers.mhc.hc_post`: the sub-layer output y [T, D] and the streams x [T, n, D] -> new streams."""
+    t, n, d = x.shape
+    x, y = x.contiguous(), y.contiguous()
+    out = torch.empty_like(x)
+    if t:
+        _hc_expand[(t, triton.cdiv(d, 512))](
+            y, x, post.float().contiguous(), comb.float().contiguous(), out, d, HC=n, BLOCK=512
+        )
+    return out

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import torch
+from agentkit.runtime.kernels import enabled as kernels_enabled
 from agentkit.runtime.kernels import mhc as kernels
+from agentkit.runtime.kernels import pointwise
 from agentkit.runtime.layers.norms import rms_unweighted
 
 
@@ -36,18 +38,26 @@ def hc_pre(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Streams x [T, n, D] -> (sub-layer input [T, D], post [T, n], comb [T, n, n]); mixing in fp32."""
     t, n, d = x.shape
-    flat = rms_unweighted(x.reshape(t, n * d).float(), norm_eps)
+    fused = kernels.supported(x, n) and kernels_enabled()
+    if fused:  # the norm reads the bf16 streams and writes fp32: no fp32 copy of the streams first
+        flat = pointwise.rms_norm(x.reshape(t, n * d), None, norm_eps, torch.float32)
+    else:
+        flat = rms_unweighted(x.reshape(t, n * d).float(), norm_eps)
     m = flat @ fn.float().t()  # [T, (2+n)*n]
     if kernels.supported(m, n):
         pre, post, comb = kernels.hc_split_sinkhorn(m, scale, base, n, sinkhorn_iters, hc_eps)
     else:
         pre, post, comb = split_sinkhorn(m, scale.float(), base, n, sinkhorn_iters, hc_eps)
+    if fused:
+        return kernels.hc_collapse(pre, x), post, comb
     collapsed = (pre.unsqueeze(-1) * x.float()).sum(dim=1).to(x.dtype)
     return collapsed, post, comb
 
 
 def hc_post(y: torch.Tensor, x: torch.Tensor, post: torch.Tensor, comb: torch.Tensor) -> torch.Tensor:
     """X'_k = post_k * y + sum_j comb[j, k] X_j (sum over the first index), cast back to the stream dtype."""
+    if kernels.supported(x, x.shape[1]) and kernels_enabled():
+        return kernels.hc_expand(y, x, post, comb)
     mixed = torch.einsum("tjk,tjd->tkd", comb, x.float())
     return (post.unsqueeze(-1) * y.float().unsqueeze(1) + mixed).to(x.dtype)
 
