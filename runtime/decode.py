@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 import torch
+from agentkit.runtime.kernels import compressor as compressor_kernel
 from agentkit.runtime.kernels import enabled as kernels_enabled
 from agentkit.runtime.kernels import indexer as indexer_kernel
 from agentkit.runtime.kernels import sparse_attn as sparse_kernel
@@ -294,6 +295,8 @@ def _pool_step(
     it belongs to (meaningful once complete), roll the tail over where the block completed. Returns the pooled
     entries [B, width] fp32; the tails are updated in place with the same bytes `pool` would leave."""
     r, c, w = comp.ratio, comp.c, comp.width
+    if compressor_kernel.supported(tail_kv, r) and kernels_enabled():
+        return compressor_kernel.pool_step(tail_kv, tail_score, kv, score, pos, slots, r, w)
     off = r if c == 2 else 0
     rem = pos % r
     with torch.no_grad():

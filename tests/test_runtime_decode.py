@@ -218,13 +218,14 @@ _KERNELS_CHILD = textwrap.dedent(
 
     # the whole static decode step with every kernel on == the general path with every kernel off
     from agentkit.runtime.decode import StaticDecoder
-    from agentkit.runtime.kernels import lowp_gemm as LG, mhc as MH, pointwise as PW, sparse_attn as SA
+    from agentkit.runtime.kernels import compressor as CK, lowp_gemm as LG, mhc as MH
+    from agentkit.runtime.kernels import pointwise as PW, sparse_attn as SA
     cfg = ModelConfig.preset("tiny-test", weight_format="quantized", dtype="fp8", expert_dtype="fp4",
                              moe_inter_dim=128, window_size=16)
     model = V4Model(cfg).init_random_(4).eval()
     prompt = torch.randint(0, cfg.vocab_size, (29,), generator=g).tolist()
     def on(flag):
-        for mod in (SA, LG, IX, MK, PW, MH):
+        for mod in (SA, LG, IX, MK, PW, MH, CK):
             mod.supported = (lambda *a: True) if flag else (lambda *a: False)
     on(False)
     ref_state = model.new_state()

@@ -267,3 +267,42 @@ def test_pointwise_kernels_match_references_interpreted() -> None:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "ok"
+
+
+_POOL_CHILD = textwrap.dedent(
+    """
+    import torch
+    from agentkit.runtime.decode import _pool_step, _tails
+    from agentkit.runtime.kernels import compressor as K
+    from agentkit.runtime.layers.compressor import Compressor
+    K.supported = lambda *a: False  # _pool_step stays the torch reference; the kernel is called directly
+    g = torch.Generator().manual_seed(0)
+    for ratio, width in ((4, 48), (4, 16), (8, 40), (128, 24)):
+        comp = Compressor(16, width, ratio, 1e-6, torch.float32, torch.float32)
+        c = comp.c
+        ref_kv, ref_sc = _tails(3, ratio, width, torch.device("cpu"))
+        got_kv, got_sc = ref_kv.clone(), ref_sc.clone()
+        slots = torch.tensor([2, 0])  # two sequences, in other slots, at other positions
+        pos = torch.tensor([0, 5])
+        for step in range(2 * ratio + 3):  # crosses block ends (the roll) for both
+            kv = torch.randn(2, c * width, generator=g)
+            sc = torch.randn(2, c * width, generator=g) * 3
+            ref = _pool_step(comp, ref_kv, ref_sc, kv, sc, pos, slots)
+            got = K.pool_step(got_kv, got_sc, kv, sc, pos, slots, ratio, width)
+            assert torch.allclose(got, ref, rtol=1e-5, atol=1e-6), (ratio, step, (got - ref).abs().max())
+            assert torch.equal(got_kv, ref_kv) and torch.equal(got_sc, ref_sc), (ratio, step)
+            pos = pos + 1
+    print("ok")
+    """
+)
+
+
+def test_compressor_pool_step_kernel_matches_reference_interpreted() -> None:
+    """The compressor's decode update (write, gated pooling, roll) as a kernel == `decode._pool_step`: the
+    pooled entries to fp32 rounding, the tails it leaves byte for byte, across block ends, two slots."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", _POOL_CHILD], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "ok"
