@@ -58,7 +58,7 @@ _SPARSE_CHILD = textwrap.dedent(
     g = torch.Generator().manual_seed(0)
     # (queries, heads, dim, candidates, rows, splits): odd sizes, one block, many splits, heads < a block
     cases = [(1, 4, 64, 40, 100, None), (3, 20, 48, 37, 57, 2), (2, 16, 32, 5, 9, 1), (1, 8, 64, 70, 200, 3),
-             (2, 3, 16, 33, 10, 4)]
+             (2, 3, 16, 33, 10, 4), (1, 4, 16, 1200, 1300, 60)]  # the last: more splits than one fold block
     for t, h, d, k, n, splits in cases:
         q, kv = torch.randn(t, h, d, generator=g), torch.randn(n, d, generator=g)
         idx = torch.randint(0, n, (t, k), generator=g)

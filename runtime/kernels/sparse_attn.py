@@ -115,6 +115,40 @@ def supported(q: torch.Tensor) -> bool:
     return HAVE_TRITON and q.is_cuda and not torch.is_grad_enabled()
 
 
+if HAVE_TRITON:
+
+    @triton.jit
+    def _combine_splits(  # type: ignore[no-untyped-def]
+        m_ptr, l_ptr, acc_ptr, sink_ptr, o_ptr, S, H, D, BS: tl.constexpr, BD: tl.constexpr
+    ):
+        """`_combine` for one (query, head, block of dims): one launch instead of a dozen small ones."""
+        t = tl.program_id(0).to(tl.int64)
+        h = tl.program_id(1)
+        rd = tl.program_id(2) * BD + tl.arange(0, BD)
+        dm = rd < D
+        sk = tl.load(sink_ptr + h).to(tl.float32)
+        top = sk
+        for s0 in range(0, S, BS):
+            rs = s0 + tl.arange(0, BS)
+            top = tl.maximum(
+                top, tl.max(tl.load(m_ptr + (t * S + rs) * H + h, mask=rs < S, other=-float("inf")))
+            )
+        denom = tl.exp(sk - top)
+        out = tl.zeros((BD,), tl.float32)
+        for s0 in range(0, S, BS):
+            rs = s0 + tl.arange(0, BS)
+            sm = rs < S
+            w = tl.exp(tl.load(m_ptr + (t * S + rs) * H + h, mask=sm, other=-float("inf")) - top)
+            denom += tl.sum(tl.load(l_ptr + (t * S + rs) * H + h, mask=sm, other=0.0) * w)
+            a = tl.load(
+                acc_ptr + ((t * S + rs[:, None]) * H + h) * D + rd[None, :],
+                mask=sm[:, None] & dm[None, :],
+                other=0.0,
+            )
+            out += tl.sum(a * w[:, None], axis=0)
+        tl.store(o_ptr + (t * H + h) * D + rd, (out / denom).to(o_ptr.dtype.element_ty), mask=dm)
+
+
 def _combine(m: torch.Tensor, l_sum: torch.Tensor, acc: torch.Tensor, sink: torch.Tensor) -> torch.Tensor:
     """Fold the splits [T, S, H] and the sink into one softmax: out = sum_i acc_i e^(m_i - M) / L."""
     top = torch.maximum(m.amax(dim=1), sink.float().view(1, -1))  # [T, H]: the sink keeps it finite
@@ -133,6 +167,7 @@ def sparse_attn(
     splits: int | None = None,
     block_h: int = 16,
     block_k: int = 32,
+    combine_kernel: bool = True,
 ) -> torch.Tensor:
     """Same contract as `sparse_attn_ref` (the probabilities are rounded to kv's dtype before the
     weighted sum, as the runtime's torch path does for bf16). `splits`: slices of the candidate list
@@ -163,4 +198,19 @@ def sparse_attn(
         BH=block_h, BK=block_k, BD=bd, PREC="ieee" if kv.dtype == torch.float32 else "tf32",
         UPCAST=os.environ.get("TRITON_INTERPRET") == "1",
     )  # fmt: skip
+    if combine_kernel:  # the same fold in one launch (sums in another order: fp32 rounding apart)
+        out = torch.empty(t, h, d, dtype=q.dtype, device=q.device)
+        _combine_splits[(t, h, triton.cdiv(d, 128))](
+            m,
+            l_sum,
+            acc,
+            sink.contiguous(),
+            out,
+            splits,
+            h,
+            d,
+            BS=min(32, triton.next_power_of_2(splits)),
+            BD=128,
+        )
+        return out
     return _combine(m, l_sum, acc, sink).to(q.dtype)
