@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
+from agentkit.runtime import mtp_draft
 from agentkit.runtime.layers.attention import Attention
 from agentkit.runtime.layers.compressor import Compressor
 from agentkit.runtime.state import LayerState, SequenceState, StateError, StateFormatError
@@ -371,6 +372,9 @@ def draft_tokens(
     idx = [i for i, k in enumerate(ks) if k > 0]
     if not idx:
         return out_tokens, out_probs, journals
+    if mtp_draft.supported(model):
+        _draft_lean(model, drafts, pending, ks, seqs, idx, out_tokens, out_probs)
+        return out_tokens, out_probs, journals
     logits, ys = model.mtp_extend(
         [drafts[i].layer for i in idx],
         [drafts[i].pos for i in idx],
@@ -405,6 +409,53 @@ def draft_tokens(
             _pick(logits[j][-1], seqs[i], out_tokens[i], out_probs[i])
         step += 1
     return out_tokens, out_probs, journals
+
+
+def _draft_lean(
+    model: V4Model,
+    drafts: list[DraftState],
+    pending: list[int],
+    ks: list[int],
+    seqs: list[_Seq],
+    idx: list[int],
+    out_tokens: list[list[int]],
+    out_probs: list[list[torch.Tensor | None]],
+) -> None:
+    """draft_tokens through runtime/mtp_draft.py (CPU): one `commit` call consumes the pending streams and
+    drafts the first token; chained drafts run past the committed MTP state without writing it, so they
+    need no journal."""
+    logits, ys = mtp_draft.commit(
+        model,
+        [drafts[i].layer for i in idx],
+        [drafts[i].pos for i in idx],
+        [drafts[i].streams for i in idx],
+        [[*drafts[i].ids, pending[i]] for i in idx],
+    )
+    last_y: dict[int, torch.Tensor] = {}
+    for j, i in enumerate(idx):
+        d = drafts[i]
+        d.pos += d.streams.shape[0]
+        d.streams, d.ids = d.streams[:0], []
+        last_y[i] = ys[j]
+        _pick(logits[j], seqs[i], out_tokens[i], out_probs[i])
+    keys: dict[int, list[torch.Tensor]] = {i: [] for i in idx}
+    step = 1
+    while True:
+        idx = [i for i in idx if ks[i] > step]
+        if not idx:
+            return
+        logits, ys = mtp_draft.chained(
+            model,
+            [drafts[i].layer for i in idx],
+            [drafts[i].pos + step - 1 for i in idx],
+            torch.stack([last_y[i] for i in idx]),
+            [out_tokens[i][-1] for i in idx],
+            [keys[i] for i in idx],
+        )
+        for j, i in enumerate(idx):
+            last_y[i] = ys[j]
+            _pick(logits[j], seqs[i], out_tokens[i], out_probs[i])
+        step += 1
 
 
 def _pick(logits: torch.Tensor, seq: _Seq, tokens: list[int], qs: list[torch.Tensor | None]) -> None:

@@ -32,7 +32,7 @@ from agentkit.runtime.speculative import (
     record,
     truncate,
 )
-from agentkit.runtime.state import SequenceState
+from agentkit.runtime.state import LayerState, SequenceState
 from safetensors.torch import load as st_load
 from scipy.stats import chisquare
 
@@ -148,10 +148,22 @@ def test_rollback_equals_a_state_that_never_saw_the_rejected_tokens(prealloc: bo
             assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
 
 
-def test_mtp_layer_rollback_after_chained_drafts_is_exact() -> None:
+@pytest.mark.parametrize("lean", [False, True])
+def test_mtp_layer_rollback_after_chained_drafts_is_exact(
+    lean: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """k > 1 chains the MTP block on its own streams; after the verify its layer state goes back to the
-    main position: equal to an MTP layer that only ever saw the real positions (agentkit-tiny-like CSA)."""
+    main position: equal to an MTP layer that only ever saw the real positions (agentkit-tiny-like CSA).
+    The general path (`mtp_extend`) writes the chained positions and rolls them back with a journal; the
+    CPU drafting path (runtime/mtp_draft.py) never writes them (no journal)."""
+    from agentkit.runtime import mtp_draft
+    from agentkit.runtime.generate import _Seq
+    from agentkit.runtime.speculative import draft_tokens
+
     model = random_model(11, 4)
+    assert mtp_draft.supported(model)
+    if not lean:
+        monkeypatch.setattr(mtp_draft, "supported", lambda m: False)
     g = torch.Generator().manual_seed(11)
     with BatchInvariant():
         prompt = torch.randint(0, 256, (126,), generator=g)
@@ -162,18 +174,53 @@ def test_mtp_layer_rollback_after_chained_drafts_is_exact() -> None:
         d.ids = prompt[1:].tolist()
         ref = d.snapshot()
         params = greedy(8, 4)
-        from agentkit.runtime.generate import _Seq
-        from agentkit.runtime.speculative import draft_tokens
-
         toks, _, journals = draft_tokens(model, [d], [5], [4], [_Seq(params, None)])
         j = journals[0]
-        assert j is not None and len(toks[0]) == 4
-        j.truncate(d.pos)
-        model.mtp_extend([ref.layer], [ref.pos], [ref.streams], [[*ref.ids, 5]])
+        assert len(toks[0]) == 4 and (j is None) == lean
+        if j is not None:
+            j.truncate(d.pos)
+            model.mtp_extend([ref.layer], [ref.pos], [ref.streams], [[*ref.ids, 5]])
+        else:
+            mtp_draft.commit(model, [ref.layer], [ref.pos], [ref.streams], [[*ref.ids, 5]])
     for key, v in ref.layer.tensors().items():
         mine = d.layer.tensors()[key]
         rows = (d.pos // d.layer.ratio) if key in ("comp", "idx") else v.shape[0]
         assert mine[:rows].view(torch.uint8).equal(v[:rows].view(torch.uint8)), key
+
+
+@pytest.mark.parametrize("mtp_ratio", [0, 4, 128])
+def test_cpu_drafting_path_computes_the_mtp_block(mtp_ratio: int) -> None:
+    """runtime/mtp_draft.py (the CPU drafting path) == `mtp_extend` up to rounding: the same logits at each
+    call's last position and the same MTP layer state, over uneven chunks, for window-only, CSA and HCA
+    MTP blocks; a chained draft == `mtp_extend` of that position on a copy of the state. Past
+    `index_topk` entries the CSA block's indexer chooses (topk lowered to reach it)."""
+    from agentkit.runtime import mtp_draft
+
+    cfg = ModelConfig.preset("tiny-test", compress_ratios=(0, 4, 128, 4, mtp_ratio), index_topk=8)
+    model = V4Model(cfg).init_random_(5).eval()
+    n = 150
+    ids = torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(mtp_ratio))
+    _, hs = model.extend_hidden([model.new_state()], [ids])
+    ref, lean, p = model.new_mtp_layer(), model.new_mtp_layer(), 0
+    for size in (1, 7, 64, 2, 3, 1, 71):
+        h, nxt = hs[0][p : p + size], ids[p + 1 : p + 1 + size]
+        want, y_ref = model.mtp_extend([ref], [p], [h], [nxt], last_only=True)
+        got, y = mtp_draft.commit(model, [lean], [p], [h], [nxt.tolist()])
+        assert torch.allclose(got[0], want[0][0], rtol=1e-4, atol=1e-4), size
+        assert torch.allclose(y[0], y_ref[0][-1], rtol=1e-4, atol=1e-4)
+        p += size
+        for key, v in ref.tensors().items():
+            rows = p // ref.ratio if key in ("comp", "idx") else v.shape[0]
+            assert torch.allclose(lean.tensors()[key][:rows], v[:rows], rtol=1e-4, atol=1e-4), (size, key)
+        # a chained position that completes a compressed entry would not see it (by design): none does here
+        assert (p + 1) % 4 and (p + 1) % 128
+        chained_ref = LayerState.of(ref.ratio, {k: v.clone() for k, v in ref.tensors().items()})
+        want, _ = model.mtp_extend([chained_ref], [p], [y], [[7]], last_only=True)
+        keys: list[torch.Tensor] = []
+        got, _ = mtp_draft.chained(model, [lean], [p], y, [7], [keys])
+        assert len(keys) == 1
+        assert torch.allclose(got[0], want[0][0], rtol=1e-4, atol=1e-4), ("chained", size)
+    assert p == n - 1
 
 
 # ------------------------------------------------------------------------------------------ greedy equality
