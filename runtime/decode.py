@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
@@ -228,23 +228,44 @@ class StaticDecoder:
         c = m.config
         x = m.embed(ids).to(m.dtype)
         x = x.unsqueeze(1).expand(-1, c.hc_mult, -1).contiguous()
+        memo: dict[tuple[str, int], torch.Tensor] = {}  # this step's index tensors, shared by the layers
         for mod, slab in zip(m.layers, self.layers, strict=True):
             block = cast("Block", mod)
             u, post, comb = block._pre(x, block.hc_attn_fn, block.hc_attn_base, block.hc_attn_scale)
-            a = self._attention(block.attn, block.attn_norm(u), pos, slots, slab)
+            a = self._attention(block.attn, block.attn_norm(u), pos, slots, slab, memo)
             x = block._ffn(hc_post(a, x, post, comb), ids)
         return m._logits(x, m.hc_head_fn, m.hc_head_base, m.hc_head_scale, m.norm)
 
     def _attention(
-        self, attn: Attention, x: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor, slab: LayerSlab
+        self,
+        attn: Attention,
+        x: torch.Tensor,
+        pos: torch.Tensor,
+        slots: torch.Tensor,
+        slab: LayerSlab,
+        memo: dict[tuple[str, int], torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        """One layer's attention for one token per slot. `memo` keeps the index tensors that depend only on
+        the step (window row, candidate rows, entry numbers), so the layers of a step compute them once: at
+        batch 1 each is a launch, and a step is bounded by its launches."""
+        memo = {} if memo is None else memo
+
+        def once(key: str, n: int, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+            if (key, n) not in memo:
+                memo[(key, n)] = make()
+            return memo[(key, n)]
+
         p = attn._project(x, pos)
         w, rows = self.window, slab.kv.shape[1]
         with torch.no_grad():
-            slab.kv[slots, pos % w] = p.k.to(slab.kv.dtype)
-        base = slots * rows
-        ppos = pos[:, None] - (w - 1) + torch.arange(w, device=pos.device)[None]
-        cand = torch.where(ppos >= 0, base[:, None] + ppos.remainder(w), -1)
+            slab.kv[slots, once("mod", w, lambda: pos % w)] = p.k.to(slab.kv.dtype)
+        base = once("base", rows, lambda: slots * rows)
+
+        def window_rows() -> torch.Tensor:
+            ppos = pos[:, None] - (w - 1) + torch.arange(w, device=pos.device)[None]
+            return torch.where(ppos >= 0, base[:, None] + ppos.remainder(w), -1)
+
+        cand = once("cand", rows, window_rows)
         r = attn.ratio
         if r:
             assert attn.compressor is not None and p.ckv is not None and p.csc is not None
@@ -252,9 +273,12 @@ class StaticDecoder:
             pooled = _pool_step(
                 attn.compressor, slab.comp_tail_kv, slab.comp_tail_score, p.ckv, p.csc, pos, slots
             )
+            entry = once("div", r, lambda: pos // r)
             with torch.no_grad():
-                slab.kv[slots, w + pos // r] = attn._main_entries(pooled, pos // r, x.dtype).to(slab.kv.dtype)
-            count = (pos + 1) // r
+                slab.kv[slots, once("row", r, lambda: w + entry)] = attn._main_entries(
+                    pooled, entry, x.dtype
+                ).to(slab.kv.dtype)
+            count = once("count", r, lambda: (pos + 1) // r)
             if attn.indexer is not None:
                 assert (
                     slab.idx is not None and slab.idx_tail_kv is not None and slab.idx_tail_score is not None
@@ -263,15 +287,18 @@ class StaticDecoder:
                 ipooled = _pool_step(
                     attn.indexer.compressor, slab.idx_tail_kv, slab.idx_tail_score, p.ikv, p.isc, pos, slots
                 )
+                ientry = once("div", 4, lambda: pos // 4)
                 with torch.no_grad():
-                    slab.idx[slots, pos // 4] = attn._index_entries(ipooled, pos // 4, x.dtype).to(
-                        slab.idx.dtype
-                    )
+                    slab.idx[slots, ientry] = attn._index_entries(ipooled, ientry, x.dtype).to(slab.idx.dtype)
                 sel = _select(p.iq, p.iw, slab.idx, slots, count, attn.cfg.index_topk)
                 comp_rows = torch.where(sel >= 0, base[:, None] + w + sel, -1)
             else:
-                e = torch.arange(rows - w, device=pos.device)[None]
-                comp_rows = torch.where(e < count[:, None], base[:, None] + w + e, -1)
+
+                def all_entries() -> torch.Tensor:
+                    e = torch.arange(rows - w, device=pos.device)[None]
+                    return torch.where(e < count[:, None], base[:, None] + w + e, -1)
+
+                comp_rows = once(f"entries{r}", rows, all_entries)
             cand = torch.cat((cand, comp_rows), 1)
         kv = slab.kv.view(-1, slab.kv.shape[-1])
         scale = 1.0 / math.sqrt(attn.head_dim)
