@@ -49,12 +49,18 @@ def supported(model: V4Model) -> bool:
     written for; anything else drafts through `mtp_extend`."""
     if not model.mtp or model.device.type != "cpu" or model.parallel is not None:
         return False
-    blk = model.mtp[0]
-    return model.dtype == torch.float32 and all(
-        m.fmt == "float" and m.weight.dtype == torch.float32
-        for m in (*blk.modules(), model.head)
-        if isinstance(m, Linear)
-    )
+    ok = _SUPPORTED.get(model)
+    if ok is None:
+        blk = model.mtp[0]
+        ok = _SUPPORTED[model] = model.dtype == torch.float32 and all(
+            m.fmt == "float" and m.weight.dtype == torch.float32
+            for m in (*blk.modules(), model.head)
+            if isinstance(m, Linear)
+        )
+    return ok
+
+
+_SUPPORTED: weakref.WeakKeyDictionary[torch.nn.Module, bool] = weakref.WeakKeyDictionary()
 
 
 # ---------------------------------------------------------------------------------------------- weights
@@ -114,11 +120,23 @@ class _Plan:
         self.rot_base = self.rot_base.view(-1)
         self.comp = a.compressor
         self.idx_comp = None if a.indexer is None else a.indexer.compressor
+        # every projection of the attention input that all positions need, as one GEMM (a copy: see _plan)
+        self.proj_src = [a.wkv.weight]
+        for cmp in (self.comp, self.idx_comp):
+            if cmp is not None:
+                self.proj_src += [cmp.wkv.weight, cmp.wgate.weight]
+        self.proj_sizes = [w.shape[0] for w in self.proj_src]
+        self.proj_key = _key(self.proj_src)
+        self.proj = torch.cat(self.proj_src)
         gate = blk.ffn.gate
         self.gate_w, self.gate_bias = gate.weight, gate.bias
         self.topk, self.route_scale = gate.topk, gate.route_scale
         self.experts = [_Expert(e) for e in blk.ffn.experts if isinstance(e, Expert)]
         self.shared = _Expert(blk.ffn.shared_experts)
+
+
+def _key(tensors: Sequence[torch.Tensor]) -> tuple[tuple[int, int], ...]:
+    return tuple((t.data_ptr(), t._version) for t in tensors)
 
 
 _PLANS: weakref.WeakKeyDictionary[torch.nn.Module, _Plan] = weakref.WeakKeyDictionary()
@@ -127,7 +145,7 @@ _PLANS: weakref.WeakKeyDictionary[torch.nn.Module, _Plan] = weakref.WeakKeyDicti
 def _plan(model: V4Model) -> _Plan:
     blk = model._mtp_block()
     p = _PLANS.get(blk)
-    if p is None:
+    if p is None or p.proj_key != _key(p.proj_src):  # new, or weights written since the fused copy
         with torch.inference_mode(False), torch.no_grad():
             p = _PLANS[blk] = _Plan(model, blk)
     return p
@@ -200,7 +218,17 @@ def _hc_post(y: torch.Tensor, x: torch.Tensor, post: torch.Tensor, comb: torch.T
 
 
 def _fp8_kv(plan: _Plan, k: torch.Tensor) -> torch.Tensor:
-    return fp8_kv_roundtrip(k, plan.attn.rope_dim) if plan.cfg.sim_fp8_kv else k
+    """layers.lowp.fp8_kv_roundtrip (e4m3, power-of-two scale, amax floor 1e-4) on the non-RoPE dims."""
+    rd = plan.attn.rope_dim
+    if not plan.cfg.sim_fp8_kv:
+        return k
+    nope = k.shape[-1] - rd
+    if nope > 64:  # several scale blocks
+        return fp8_kv_roundtrip(k, rd)
+    x = k[..., :nope]
+    scale = torch.exp2(torch.ceil(torch.log2(x.abs().amax(-1, keepdim=True).clamp_min_(1e-4).div_(448.0))))
+    q = (x / scale).clamp_(-448.0, 448.0).to(torch.float8_e4m3fn).float().mul_(scale)
+    return torch.cat((q, k[..., nope:]), -1)
 
 
 # ---------------------------------------------------------------------------------------------- state updates
@@ -313,8 +341,18 @@ def _queries(plan: _Plan, x: torch.Tensor, rope: _Rope) -> tuple[torch.Tensor, t
     return rope(q), qr
 
 
-def _keys(plan: _Plan, x: torch.Tensor, rope: _Rope) -> torch.Tensor:
-    return _fp8_kv(plan, rope(_rms(F.linear(x, plan.wkv), plan.kv_norm, plan.attn.kv_norm.eps)))
+def _project(
+    plan: _Plan, x: torch.Tensor, positions: torch.Tensor, rope: _Rope
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Keys [T, d] (norm, RoPE, FP8 simulation) and the compressors' (kv, score) projections of normalized
+    attention inputs x [T, D] (Compressor.project), all from one GEMM."""
+    a = plan.attn
+    parts = list(F.linear(x, plan.proj).split(plan.proj_sizes, 1))
+    k = _fp8_kv(plan, rope(_rms(parts[0], plan.kv_norm, a.kv_norm.eps)))
+    comp: list[torch.Tensor] = []
+    for i, cmp in enumerate(c for c in (plan.comp, plan.idx_comp) if c is not None):
+        comp += [parts[1 + 2 * i], parts[2 + 2 * i] + cmp.ape[positions % cmp.ratio]]
+    return k, comp
 
 
 def _expert(e: _Expert, x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
@@ -399,12 +437,12 @@ def commit(
     rope = _Rope(plan, pos)
     rl = rope.rows(pick) if pos.shape[0] > 1 else rope
     q, qr = _queries(plan, xl, rl)
-    k = _keys(plan, xn, rope)
+    k, cp = _project(plan, xn, pos, rope)
     ckv = csc = ikv = isc = None
     if plan.comp is not None:
-        ckv, csc = plan.comp.project(xn, pos)
+        ckv, csc = cp[0], cp[1]
     if plan.idx_comp is not None:
-        ikv, isc = plan.idx_comp.project(xn, pos)
+        ikv, isc = cp[-2], cp[-1]
     outs = []
     for i, (ls, p, n) in enumerate(zip(layers, positions, sizes, strict=True)):
         lo, hi = ends[i] - n, ends[i]
@@ -453,7 +491,7 @@ def chained(
     x = _inputs(plan, streams, ids)
     xn, post, comb = _attn_in(plan, x)
     rope = _Rope(plan, pos)
-    k = _keys(plan, xn, rope)
+    k = _fp8_kv(plan, rope(_rms(F.linear(xn, plan.wkv), plan.kv_norm, a.kv_norm.eps)))
     q, qr = _queries(plan, xn, rope)
     outs = []
     w = a.window
