@@ -238,6 +238,14 @@ _POINTWISE_CHILD = textwrap.dedent(
         ties = [0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0, -0.75, -2.5, 0.1, 4.9]
         ties = torch.tensor([ties + [0.0] * 20])
         assert torch.equal(P.roundtrip(ties, "fp4", 32), lowp.fp4_roundtrip(ties))
+        # the experts' clamped SwiGLU
+        import torch.nn.functional as F
+        for n in (1, 7, 3000):
+            a = (torch.randn(2, n, generator=g) * 8).to(dtype)
+            b = (torch.randn(2, n, generator=g) * 8).to(dtype)
+            ref = (F.silu(a.float().clamp(max=10.0)) * b.float().clamp(-10.0, 10.0)).to(dtype)
+            got = P.swiglu(a, b, 10.0, dtype)
+            assert got.dtype == ref.dtype and torch.allclose(got.float(), ref.float(), rtol=tol, atol=tol), n
         # mHC: the streams collapsed by pre and expanded by post / comb (hc_pre's last step, hc_post)
         from agentkit.runtime.kernels import mhc as MK
         from agentkit.runtime.layers import mhc
@@ -258,7 +266,7 @@ _POINTWISE_CHILD = textwrap.dedent(
 
 
 def test_pointwise_kernels_match_references_interpreted() -> None:
-    """RMSNorm, RoPE, the FP8 / FP4 roundtrips and the mHC collapse / expand as kernels == the torch
+    """RMSNorm, RoPE, the FP8 / FP4 roundtrips, SwiGLU and the mHC collapse / expand as kernels == the torch
     references (the roundtrips bit for bit; the rest to fp32 rounding, since sum orders and the device's
     cos / sin / rsqrt differ)."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}

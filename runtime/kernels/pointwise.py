@@ -129,6 +129,28 @@ if HAVE_TRITON:
             tl.store(o_ptr + r * stride_o + q_len + k0 + rk, v, mask=km)
 
 
+if HAVE_TRITON:
+
+    @triton.jit
+    def _swiglu(a_ptr, b_ptr, o_ptr, N, limit: tl.constexpr, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def]
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = i < N
+        a = tl.minimum(tl.load(a_ptr + i, mask=m, other=0.0).to(tl.float32), limit)
+        b = tl.minimum(tl.maximum(tl.load(b_ptr + i, mask=m, other=0.0).to(tl.float32), -limit), limit)
+        h = a / (1.0 + tl.exp(-a)) * b
+        tl.store(o_ptr + i, h.to(o_ptr.dtype.element_ty), mask=m)
+
+
+def swiglu(a: torch.Tensor, b: torch.Tensor, limit: float, out_dtype: torch.dtype) -> torch.Tensor:
+    """`moe.Expert`'s activation: silu(min(a, limit)) * clamp(b, +-limit) in fp32, cast to out_dtype."""
+    a, b = a.contiguous(), b.contiguous()
+    out = torch.empty(a.shape, dtype=out_dtype, device=a.device)
+    n = a.numel()
+    if n:
+        _swiglu[(triton.cdiv(n, 1024),)](a, b, out, n, limit=float(limit), BLOCK=1024)
+    return out
+
+
 def supported(x: torch.Tensor) -> bool:
     return HAVE_TRITON and x.is_cuda and not torch.is_grad_enabled()
 
@@ -184,4 +206,4 @@ def roundtrip(x: torch.Tensor, fmt: str, block: int, keep: int = 0) -> torch.Ten
     return out.view(x.shape)
 
 
-__all__ = ["rms_norm", "rope", "roundtrip", "supported"]
+__all__ = ["rms_norm", "rope", "roundtrip", "supported", "swiglu"]

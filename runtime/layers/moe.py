@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from agentkit.runtime.config import ModelConfig
 from agentkit.runtime.kernels import enabled as kernels_enabled
 from agentkit.runtime.kernels import moe as moe_kernel
+from agentkit.runtime.kernels import pointwise
 from agentkit.runtime.layers.lowp import Linear, StorageFormat
 from agentkit.runtime.parallel import Parallel
 from torch import nn
@@ -31,6 +32,8 @@ class Expert(nn.Module):
         self.w3 = Linear(dim, inter, fmt, dtype)
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        if weight is None and pointwise.supported(x) and kernels_enabled():  # the shared expert: one launch
+            return self.w2(pointwise.swiglu(self.w1(x), self.w3(x), self.limit, x.dtype))
         a = self.w1(x).float().clamp(max=self.limit)
         b = self.w3(x).float().clamp(-self.limit, self.limit)
         h = F.silu(a) * b
