@@ -279,13 +279,19 @@ def _pool_into(
     return pooled, first
 
 
-def _entries(plan: _Plan, pooled: torch.Tensor, first: int, idx: bool) -> torch.Tensor:
-    """Attention._main_entries / _index_entries: norm, RoPE at each block's first position, rounding."""
+def _entries(
+    plan: _Plan, pooled: torch.Tensor, first: int, idx: bool, ropes: dict[tuple[int, int], _Rope]
+) -> torch.Tensor:
+    """Attention._main_entries / _index_entries: norm, RoPE at each block's first position, rounding.
+    `ropes`: rotations by (first position, count), shared by the CSA entries and indexer keys of a call."""
     a = plan.attn
     cmp = plan.idx_comp if idx else plan.comp
     assert cmp is not None
-    pos = torch.arange(first, first + pooled.shape[0]) * (4 if idx else a.ratio)
-    e = _Rope(plan, pos)(_rms(pooled, cmp.norm.weight, cmp.norm.eps))
+    key = (first * (4 if idx else a.ratio), pooled.shape[0])
+    rope = ropes.get(key)
+    if rope is None:
+        rope = ropes[key] = _Rope(plan, torch.arange(key[1]) * (4 if idx else a.ratio) + key[0])
+    e = rope(_rms(pooled, cmp.norm.weight, cmp.norm.eps))
     if idx:
         assert a.indexer is not None
         return a.indexer.rotate_quant(e)
@@ -445,6 +451,7 @@ def commit(
         ikv, isc = cp[-2], cp[-1]
     outs = []
     for i, (ls, p, n) in enumerate(zip(layers, positions, sizes, strict=True)):
+        ropes: dict[tuple[int, int], _Rope] = {}
         lo, hi = ends[i] - n, ends[i]
         if plan.comp is not None:
             assert ckv is not None and csc is not None and ls.comp_tail_kv is not None
@@ -453,7 +460,7 @@ def commit(
                 plan.comp, ls.comp_tail_kv, ls.comp_tail_score, ckv[lo:hi], csc[lo:hi], p
             )
             if pooled is not None:
-                ls.append_entries("comp", first, _entries(plan, pooled, first, False))
+                ls.append_entries("comp", first, _entries(plan, pooled, first, False, ropes))
         if plan.idx_comp is not None:
             assert ikv is not None and isc is not None and ls.idx_tail_kv is not None
             assert ls.idx_tail_score is not None
@@ -461,7 +468,7 @@ def commit(
                 plan.idx_comp, ls.idx_tail_kv, ls.idx_tail_score, ikv[lo:hi], isc[lo:hi], p
             )
             if ip is not None:
-                ls.append_entries("idx", ifirst, _entries(plan, ip, ifirst, True))
+                ls.append_entries("idx", ifirst, _entries(plan, ip, ifirst, True, ropes))
         _write_ring(ls.window, p + n - min(n, ls.window.shape[0]), k[lo:hi])
         end = p + n  # the last query sits at end - 1: its window is the ring's valid rows
         kw = ls.window if end >= a.window else ls.window[:end]
