@@ -5,7 +5,9 @@ A step of one sequence at main position P, with the next token t already chosen 
 1. Draft. The MTP block runs at the positions whose main streams it has not consumed yet (the last one is
    P-1, paired with t) and predicts d1; for k > 1 it is chained on its own output streams (the main streams
    of the drafted positions do not exist yet) for d2..dk. Those chained positions are speculative in the
-   MTP layer's state too and are rolled back after the verify.
+   MTP layer's state too and are rolled back after the verify. On the CPU (fp32 float weights) the block
+   runs through runtime/mtp_draft.py instead: the same function in far fewer operators, whose chained
+   positions never enter the MTP state (nothing to roll back).
 2. Verify. One main `extend` of [t, d1..dk] gives the main logits at P..P+k and the main streams there.
 3. Accept. Greedy: d_i is kept while it equals the main argmax. Sampling: standard speculative sampling
    (keep d_i with probability min(1, p/q), else draw from normalize(max(0, p - q)); after k kept drafts a

@@ -223,6 +223,39 @@ def test_cpu_drafting_path_computes_the_mtp_block(mtp_ratio: int) -> None:
     assert p == n - 1
 
 
+def test_cpu_drafting_path_batches_sequences() -> None:
+    """mtp_draft.commit / chained over a batch of sequences (the engine's one MTP call) == each alone."""
+    from agentkit.runtime import mtp_draft
+
+    model = random_model(5, 4)
+    g = torch.Generator().manual_seed(2)
+    lens, chunk = [40, 9], [3, 1]
+    ids = [torch.randint(0, 256, (n + c + 1,), generator=g) for n, c in zip(lens, chunk, strict=True)]
+    hs = [model.extend_hidden([model.new_state()], [t])[1][0] for t in ids]
+    alone, batch = [], []
+    for layers in (alone, batch):
+        for t, h, n in zip(ids, hs, lens, strict=True):
+            layers.append(model.new_mtp_layer())
+            mtp_draft.commit(model, [layers[-1]], [0], [h[:n]], [t[1 : n + 1].tolist()])
+    args = [
+        (h[n : n + c], t[n + 1 : n + c + 1].tolist()) for t, h, n, c in zip(ids, hs, lens, chunk, strict=True)
+    ]
+    one = [
+        mtp_draft.commit(model, [ls], [n], [a[0]], [a[1]]) for ls, n, a in zip(alone, lens, args, strict=True)
+    ]
+    both = mtp_draft.commit(model, batch, [n + 0 for n in lens], [a[0] for a in args], [a[1] for a in args])
+    for i in range(2):
+        assert torch.allclose(both[0][i], one[i][0][0], rtol=1e-5, atol=1e-5)
+        assert torch.allclose(both[1][i], one[i][1][0], rtol=1e-5, atol=1e-5)
+    pos = [n + c for n, c in zip(lens, chunk, strict=True)]
+    one_c = [
+        mtp_draft.chained(model, [ls], [p], o[1], [5], [[]]) for ls, p, o in zip(alone, pos, one, strict=True)
+    ]
+    both_c = mtp_draft.chained(model, batch, pos, both[1], [5, 5], [[], []])
+    for i in range(2):
+        assert torch.allclose(both_c[0][i], one_c[i][0][0], rtol=1e-5, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------------------ greedy equality
 def test_greedy_equals_plain_on_random_weights_across_128_boundaries() -> None:
     """Random weights: drafts are almost always rejected, so nearly every step rolls back; prompts end just
