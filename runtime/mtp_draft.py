@@ -20,6 +20,9 @@ path is free to round differently from `mtp_extend`; it computes the same functi
   order differs), through the indexer beyond; one routed-expert call per selected expert.
 
 Used by speculative.draft_tokens for CPU models without tensor parallelism; elsewhere `mtp_extend` drafts.
+
+One idea: the MTP block's forward as a draft needs it - its weights as plain tensors, the fused small ops,
+the state updates and the two entry points exist only for each other.
 """
 
 from __future__ import annotations
