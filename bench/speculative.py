@@ -21,7 +21,8 @@ generate()'s plain loop (one `extend` of one token per step); the static decoder
 CPU (`--static` measures it), so that loop is the best plain path here. Speculative rows run the same
 generate() with `speculative=k`. Random-weights rows: acceptance means nothing there, so they report the
 verification overhead instead: the time of one main extend of k + 1 tokens relative to a one-token step at
-the same position, and of one MTP block call. `--equality` runs the greedy-equality bar and counts the runs
+the same position, and of one MTP block call (`mtp_extend`, and the CPU drafting path of runtime/mtp_draft.py
+that draft_tokens takes on the CPU). `--equality` runs the greedy-equality bar and counts the runs
 that stopped on the DSML tool-call end and those whose rejected drafts crossed a 4- / 128-token
 compression boundary. Prints markdown tables; `--out` writes the rows as JSON.
 """
@@ -34,6 +35,7 @@ import time
 from typing import Any
 
 import torch
+from agentkit.runtime import mtp_draft
 from agentkit.runtime.generate import SamplingParams, TokenStream, generate
 from agentkit.runtime.loader import load_model
 from agentkit.runtime.model import V4Model
@@ -166,11 +168,26 @@ def overhead(model: V4Model, ctx: int, ks: list[int], reps: int) -> list[dict[st
         model.mtp_extend([layer], [ctx], [h], [[3]])
 
     mtp_ms = timed(mtp) - timed(lambda: d.snapshot())
+    lean_ms = None
+    if mtp_draft.supported(model):  # the CPU drafting path (runtime/mtp_draft.py) that draft_tokens takes
+
+        def lean() -> None:
+            mtp_draft.commit(model, [d.snapshot().layer], [ctx], [h], [[3]])
+
+        lean_ms = timed(lean) - timed(lambda: d.snapshot())
     rows = []
     for k in ks:
         ms = timed(step(k + 1)) - snap_ms
         rows.append(
-            {"k": k, "ctx": ctx, "verify_ms": ms, "step_ms": one, "ratio": ms / one, "mtp_ms": mtp_ms}
+            {
+                "k": k,
+                "ctx": ctx,
+                "verify_ms": ms,
+                "step_ms": one,
+                "ratio": ms / one,
+                "mtp_ms": mtp_ms,
+                "mtp_draft_ms": lean_ms,
+            }
         )
     return rows
 
@@ -320,13 +337,15 @@ def main() -> None:
         print(
             f"\n{a.preset} (random weights, {a.device}): verification overhead at {a.ctx} tokens of context\n"
         )
-        print("| k | k+1-token verify ms | 1-token step ms | ratio | MTP call ms |")
-        print("|---|---|---|---|---|")
+        print("| k | k+1-token verify ms | 1-token step ms | ratio | MTP call ms | CPU drafting call ms |")
+        print("|---|---|---|---|---|---|")
         for row in overhead(rnd, a.ctx, [k for k in ks if k], a.reps):
             result["overhead"].append({"preset": a.preset, "device": a.device, **row})
             print(
                 f"| {row['k']} | {row['verify_ms']:.2f} | {row['step_ms']:.2f} | {row['ratio']:.2f} | "
-                f"{row['mtp_ms']:.2f} |"
+                f"{row['mtp_ms']:.2f} | "
+                + ("-" if row["mtp_draft_ms"] is None else f"{row['mtp_draft_ms']:.2f}")
+                + " |"
             )
     if equality_bar:
         g = torch.Generator().manual_seed(1)
