@@ -29,7 +29,7 @@ if HAVE_TRITON:
     from agentkit.runtime.kernels.lowp_gemm import _e4m3_round
 
     @triton.jit
-    def _rms_norm(
+    def _rms_norm(  # type: ignore[no-untyped-def]
         x_ptr,
         w_ptr,
         o_ptr,
@@ -39,7 +39,7 @@ if HAVE_TRITON:
         eps: tl.constexpr,
         HAS_W: tl.constexpr,
         BLOCK: tl.constexpr,
-    ):  # type: ignore[no-untyped-def]
+    ):
         r = tl.program_id(0).to(tl.int64)
         acc = tl.zeros((BLOCK,), tl.float32)
         for d0 in range(0, D, BLOCK):
