@@ -144,6 +144,25 @@ _LOWP_CHILD = textwrap.dedent(
         lin.scale.view(torch.uint8).copy_(sc)
         got = LG.lowp_linear(torch.eye(256), lin.weight, lin.scale, fmt, False)
         assert torch.equal(got, lin.dense(torch.float32).t()), fmt
+    # fp32 results without fp32 copies: plain bf16 / fp32 weights read as stored (the RAW form), and the
+    # quantized ones through Linear.fp32 (the compressor's math: no input rounding)
+    from agentkit.runtime.layers.lowp import matmul_t_fp32
+    real_supported, LG.supported = LG.supported, lambda x: True  # the layers' CUDA branch, interpreted
+    for xdt, wdt in ((torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float32), (torch.float32,) * 2):
+        for m, n, k in ((1, 24, 64), (3, 130, 300), (1, 64, 1024)):
+            x = (torch.randn(m, k, generator=g) * 2).to(xdt)
+            w = (torch.randn(n, k, generator=g) * 0.1).to(wdt)
+            ref = x.float() @ w.float().t()
+            got = LG.lowp_linear(x, w, None, "float", False, torch.float32)
+            assert got.dtype == torch.float32 and torch.allclose(got, ref, rtol=1e-5, atol=1e-5), (xdt, wdt)
+            assert torch.allclose(matmul_t_fp32(x, w), ref, rtol=1e-5, atol=1e-5)
+    for fmt in ("fp8", "fp4"):
+        lin = Linear(256, 96, fmt)
+        lin.set_dense(torch.randn(96, 256, generator=g) * 0.05)
+        x = torch.randn(2, 256, generator=g).bfloat16()
+        ref = x.float() @ lin.dense(torch.float32).t()
+        assert torch.allclose(lin.fp32(x), ref, rtol=1e-5, atol=1e-5), fmt
+    LG.supported = real_supported
     # the input rounding kernel == the torch reference, bit for bit
     x = torch.randn(5, 384, generator=g) * 10
     x[1, :128] = ties

@@ -112,8 +112,10 @@ if HAVE_TRITON:
         x_ptr, w_ptr, s_ptr, o_ptr, M, N, K, K_PER,
         stride_xm, stride_wn, stride_sn, stride_os, stride_om,
         FP4: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, UPCAST: tl.constexpr,
+        RAW: tl.constexpr = False,
     ):  # fmt: skip
-        """o[split] = x[:, split's K range] W[:, same]^T; x already rounded (or not asked to be)."""
+        """o[split] = x[:, split's K range] W[:, same]^T; x already rounded (or not asked to be). RAW: W is a
+        plain float matrix (bf16 / fp32), read as stored."""
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
         pid_s = tl.program_id(2)
@@ -129,7 +131,9 @@ if HAVE_TRITON:
                 x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=mm[:, None] & km[None, :], other=0.0
             )
             wm = nm[:, None] & km[None, :]
-            if FP4:
+            if RAW:
+                w = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=wm, other=0.0).to(tl.float32)
+            elif FP4:
                 w = _fp4_tile(w_ptr, s_ptr, rn, rk, k0, K, nm, wm, stride_wn, stride_sn)
             else:
                 w = _fp8_tile(w_ptr, s_ptr, rn, rk, k0, nm, wm, stride_wn, stride_sn)
@@ -173,10 +177,20 @@ def _split_k(tiles: int, k_blocks: int, device: torch.device) -> int:
 
 
 def lowp_linear(
-    x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, fmt: str, act_quant: bool
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor | None,
+    fmt: str,
+    act_quant: bool,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """y = x W^T for an FP8 (`weight` e4m3 [N, K], `scale` E8M0 [ceil(N/128), ceil(K/128)]) or FP4 (`weight`
-    int8 [N, K/2] packed low nibble first, `scale` E8M0 [N, K/32]) linear; y in x's dtype.
+    int8 [N, K/2] packed low nibble first, `scale` E8M0 [N, K/32]) linear, or ("float", no scale) a plain
+    bf16 / fp32 weight read as stored; y in `out_dtype` (default x's dtype).
+
+    The "float" form with an fp32 result is the fp32 product `x.float() @ W.float().T` of the torch path
+    without the fp32 copies of x and W that path makes on every call (an fp32 W is multiplied in fp32, a
+    bf16 W with bf16 x in bf16 products with fp32 sums: exact either way, only the summation order differs).
 
     The input is rounded once (`quant_rows`) when `act_quant`; small M (decode) splits K over more programs
     and sums the fp32 partials in a fixed order (deterministic, unlike atomics)."""
@@ -184,12 +198,18 @@ def lowp_linear(
     x2 = x.reshape(-1, k).contiguous()
     m = x2.shape[0]
     n = weight.shape[0]
+    odt = out_dtype or x.dtype
     if m == 0:
-        return torch.empty(m, n, dtype=x.dtype, device=x.device).view(*lead, n)
+        return torch.empty(m, n, dtype=odt, device=x.device).view(*lead, n)
     if act_quant:
         x2 = quant_rows(x2)
-    w = weight.view(torch.uint8) if weight.dtype != torch.int8 else weight
-    s = scale.view(torch.uint8)
+    raw = fmt == "float"
+    if raw:
+        w = s = weight
+    else:
+        assert scale is not None
+        w = weight.view(torch.uint8) if weight.dtype != torch.int8 else weight
+        s = scale.view(torch.uint8)
     bm = 16 if m <= 16 else 32 if m <= 32 else 64
     bn = 32 if m <= 16 else 64
     tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
@@ -202,8 +222,9 @@ def lowp_linear(
     _lowp_linear[grid](
         x2, w, s, out, m, n, k, k_per,
         x2.stride(0), w.stride(0), s.stride(0), out.stride(0), out.stride(1),
-        FP4=fmt == "fp4", BM=bm, BN=bn,
-        UPCAST=x.dtype == torch.float32 or os.environ.get("TRITON_INTERPRET") == "1",
+        FP4=fmt == "fp4", BM=bm, BN=bn, RAW=raw,
+        UPCAST=x.dtype == torch.float32 or (raw and weight.dtype == torch.float32)
+        or os.environ.get("TRITON_INTERPRET") == "1",
     )  # fmt: skip
     y = out[0] if split == 1 else out.sum(0)
-    return y.to(x.dtype).view(*lead, n)
+    return y.to(odt).view(*lead, n)

@@ -28,9 +28,8 @@ class Compressor(nn.Module):
 
     def project(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(C, Z + ape[pos mod r]) in fp32 for tokens x [T, D] at absolute positions [T]."""
-        xf = x.float()
-        kv = xf @ self.wkv.dense(torch.float32).t()
-        score = xf @ self.wgate.dense(torch.float32).t() + self.ape[positions % self.ratio]
+        kv = self.wkv.fp32(x)
+        score = self.wgate.fp32(x) + self.ape[positions % self.ratio]
         return kv, score
 
     def pool(

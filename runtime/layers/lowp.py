@@ -113,7 +113,21 @@ def hadamard(x: torch.Tensor) -> torch.Tensor:
                 h = torch.cat((torch.cat((h, h), 1), torch.cat((h, -h), 1)), 0)
             h = (h / math.sqrt(n)).to(x.device)
         _HADAMARD[key] = h
-    return (x.float() @ h).to(x.dtype)
+    return matmul_t_fp32(x, h).to(x.dtype)  # h is symmetric: x @ h == x @ h.T
+
+
+def matmul_t_fp32(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x @ w.T in fp32, the value `x.float() @ w.float().t()` has, without the fp32 copies of x and w that
+    expression makes on every call (for a compressor's or the router's weight, a copy of the matrix per
+    decode step). bf16 x bf16 products are exact in fp32, so a GEMM with fp32 sums and an fp32 result is
+    the same product up to summation order; an fp32 w is multiplied in fp32 (the kernel's RAW form)."""
+    cuda = x.is_cuda and w.is_cuda and not torch.is_grad_enabled() and kernels_enabled()
+    if cuda and x.dtype == w.dtype == torch.bfloat16:
+        flat = x.reshape(-1, x.shape[-1])
+        return torch.mm(flat, w.t(), out_dtype=torch.float32).view(*x.shape[:-1], -1)
+    if lowp_gemm.supported(x) and kernels_enabled() and w.dim() == 2 and w.stride(1) == 1:
+        return lowp_gemm.lowp_linear(x, w, None, "float", False, torch.float32)
+    return x.float() @ w.float().t()
 
 
 class Linear(nn.Module):
@@ -205,6 +219,15 @@ class Linear(nn.Module):
         if self.act_quant:
             x = fp8_roundtrip(x, 128)
         return F.linear(x, self.dense(x.dtype))
+
+    def fp32(self, x: torch.Tensor) -> torch.Tensor:
+        """x W^T in fp32, as `x.float() @ self.dense(torch.float32).t()` (no input rounding): the compressor's
+        math. On CUDA from the stored weight, with no fp32 or dequantized copy per call."""
+        if self.fmt == "float":
+            return matmul_t_fp32(x, self.weight)
+        if self._materialized is None and lowp_gemm.supported(x) and kernels_enabled():
+            return lowp_gemm.lowp_linear(x, self.weight, self.scale, self.fmt, False, torch.float32)
+        return x.float() @ self.dense(torch.float32).t()
 
     def extra_repr(self) -> str:
         return f"{self.in_features} -> {self.out_features}, {self.fmt}"

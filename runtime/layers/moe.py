@@ -16,7 +16,7 @@ from agentkit.runtime.config import ModelConfig
 from agentkit.runtime.kernels import enabled as kernels_enabled
 from agentkit.runtime.kernels import moe as moe_kernel
 from agentkit.runtime.kernels import pointwise
-from agentkit.runtime.layers.lowp import Linear, StorageFormat
+from agentkit.runtime.layers.lowp import Linear, StorageFormat, matmul_t_fp32
 from agentkit.runtime.parallel import Parallel
 from torch import nn
 
@@ -66,7 +66,7 @@ class Gate(nn.Module):
 
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (weights [T, k] fp32, expert indices [T, k])."""
-        scores = torch.sqrt(F.softplus(x.float() @ self.weight.float().t()))
+        scores = torch.sqrt(F.softplus(matmul_t_fp32(x, self.weight)))
         if self.tid2eid is not None:
             idx = self.tid2eid[token_ids].long()
         else:
