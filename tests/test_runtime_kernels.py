@@ -333,3 +333,40 @@ def test_compressor_pool_step_kernel_matches_reference_interpreted() -> None:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "ok"
+
+
+_MOE_SUM_CHILD = textwrap.dedent(
+    """
+    import torch
+    from agentkit.runtime.kernels import moe as MK
+    g = torch.Generator().manual_seed(0)
+    # ties in expert index (hash layers may repeat one), the skipped index E, odd k, one and several tokens
+    for t, k, d, e in ((1, 6, 100, 16), (5, 3, 600, 8), (2, 2, 64, 4)):
+        x = torch.randn(t, d, generator=g)
+        w1, w3 = torch.randn(e, 32, d, generator=g) * 0.1, torch.randn(e, 32, d, generator=g) * 0.1
+        w2 = torch.randn(e, d, 32, generator=g) * 0.1
+        idx = torch.randint(0, e, (t, k), generator=g)
+        idx[0, -1] = idx[0, 0]
+        weights = torch.rand(t, k, generator=g)
+        args = (x, weights, idx, (w1, w3, w2), None, "float")
+        a = MK.fused_moe(*args, act_quant=False, limit=10.0, ordered_kernel=True)
+        b = MK.fused_moe(*args, act_quant=False, limit=10.0, ordered_kernel=False)
+        assert torch.equal(a, b), (t, k, (a - b).abs().max())
+        idx[-1, 1] = e  # another rank's expert (expert parallel): an exact zero term
+        a = MK.fused_moe(*args, act_quant=False, limit=10.0, partial=True, ordered_kernel=True)
+        b = MK.fused_moe(*args, act_quant=False, limit=10.0, partial=True, ordered_kernel=False)
+        assert torch.equal(a, b), (t, k)
+    print("ok")
+    """
+)
+
+
+def test_moe_ordered_sum_kernel_equals_sorted_sum_interpreted() -> None:
+    """Each token's expert terms summed in ascending expert order by one kernel == argsort + gather + adds,
+    bit for bit (the same fp32 additions in the same order), with repeated and skipped experts."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", _MOE_SUM_CHILD], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "ok"

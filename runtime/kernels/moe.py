@@ -150,6 +150,31 @@ if HAVE_TRITON:
                      mask=rm[:, None] & nm[None, :])  # fmt: skip
 
 
+if HAVE_TRITON:
+
+    @triton.jit
+    def _ordered_sum(  # type: ignore[no-untyped-def]
+        y_ptr, idx_ptr, o_ptr, D, K: tl.constexpr, KP: tl.constexpr, BD: tl.constexpr
+    ):
+        """o[t] = token t's K expert terms y[t*K + slot] added left to right in ascending expert order (ties
+        by slot: a stable sort), the order the reference's index_add sums them in."""
+        t = tl.program_id(0).to(tl.int64)
+        rd = tl.program_id(1) * BD + tl.arange(0, BD)
+        dm = rd < D
+        ar = tl.arange(0, KP)
+        ids = tl.load(idx_ptr + t * K + ar, mask=ar < K, other=0)
+        ranks = tl.full((KP,), KP, tl.int32)
+        for s in tl.static_range(K):
+            e = tl.load(idx_ptr + t * K + s)
+            before = ((ids < e) | ((ids == e) & (ar < s))) & (ar < K)
+            ranks = tl.where(ar == s, tl.sum(before.to(tl.int32)), ranks)
+        acc = tl.zeros((BD,), tl.float32)
+        for r in tl.static_range(K):
+            slot = tl.sum(tl.where(ranks == r, ar, 0))
+            acc += tl.load(y_ptr + (t * K + slot) * D + rd, mask=dm, other=0.0)
+        tl.store(o_ptr + t * D + rd, acc, mask=dm)
+
+
 def supported(x: torch.Tensor) -> bool:
     return HAVE_TRITON and x.is_cuda and not torch.is_grad_enabled()
 
@@ -208,6 +233,7 @@ def fused_moe(
     limit: float,
     block_n: int = 64,
     partial: bool = False,
+    ordered_kernel: bool = True,
 ) -> torch.Tensor:
     """Sum over each token's routed experts of weight * expert(x), fp32 [T, D].
 
@@ -256,6 +282,11 @@ def fused_moe(
         FMT=fcode, F32=f32, BF16=bf16, BM=bm, BN=block_n,
     )  # fmt: skip
     # each token's terms in ascending expert order, summed left to right like the reference's index_add
+    if ordered_kernel:
+        out = torch.empty(t, d, dtype=torch.float32, device=x.device)
+        idx_c = idx.contiguous()
+        _ordered_sum[(t, triton.cdiv(d, 512))](y, idx_c, out, d, K=k, KP=triton.next_power_of_2(k), BD=512)
+        return out
     by_expert = torch.argsort(idx, dim=1, stable=True)
     terms = y.view(t, k, d).gather(1, by_expert.unsqueeze(-1).expand(-1, -1, d))
     out = terms[:, 0]
