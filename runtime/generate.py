@@ -73,9 +73,10 @@ AUTO_SPECULATIVE = 1
 """Draft length when `SamplingParams.speculative` is None: greedy requests to a model with an MTP block
 speculate with 1 draft per step, and a sequence whose acceptance falls below
 `speculative.AUTO_MIN_ACCEPTANCE` after a few drafts stops drafting (random weights). agentkit-tiny on CPU:
-every draft accepted at k = 1 (1.98 tokens per step) and decode ~1.2x as fast as plain on held-out agent
-turns (bench/speculative.py; k = 2 is no faster). Not by default for states of a static decoder (its
-one-token step is what CUDA graphs replay; a verify runs the general path) nor for sampled requests
+every draft accepted at k = 1 (1.98 tokens per step) and decode 1.36-1.52x as fast as plain on held-out
+agent turns (bench/speculative.py; k = 2 is 1.43-1.57x there, not yet the default). Not by default for
+states of a static decoder (its one-token step is what CUDA graphs replay; a verify runs the general path)
+nor for sampled requests
 (speculative sampling keeps the distribution, not the token sequence a given seed produced before)."""
 
 
