@@ -38,7 +38,7 @@ def hc_pre(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Streams x [T, n, D] -> (sub-layer input [T, D], post [T, n], comb [T, n, n]); mixing in fp32."""
     t, n, d = x.shape
-    fused = kernels.supported(x, n) and kernels_enabled()
+    fused = kernels.supported(x, n) and pointwise.supported(x) and kernels_enabled()  # norm + collapse
     if fused:  # the norm reads the bf16 streams and writes fp32: no fp32 copy of the streams first
         flat = pointwise.rms_norm(x.reshape(t, n * d), None, norm_eps, torch.float32)
     else:
