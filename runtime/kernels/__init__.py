@@ -6,6 +6,7 @@ backward) and the shared switch below, so one environment variable turns them al
 
 from __future__ import annotations
 
+import functools
 import os
 
 
@@ -14,4 +15,19 @@ def enabled() -> bool:
     return os.environ.get("AGENTKIT_KERNELS", "1") != "0"
 
 
-__all__ = ["enabled"]
+def family_on(module: str) -> bool:
+    """`AGENTKIT_KERNELS_OFF=moe,indexer` turns single kernel files off (by module name) and keeps the rest.
+
+    Why: a kernel that fails or misbehaves on one GPU can be isolated in a single run by turning its
+    family off, instead of losing every kernel's speed with `AGENTKIT_KERNELS=0`.
+    """
+    off = os.environ.get("AGENTKIT_KERNELS_OFF", "")
+    return not off or module.rsplit(".", 1)[-1] not in _parse(off)
+
+
+@functools.lru_cache(maxsize=8)
+def _parse(off: str) -> frozenset[str]:
+    return frozenset(x.strip() for x in off.split(",") if x.strip())
+
+
+__all__ = ["enabled", "family_on"]

@@ -14,6 +14,7 @@ to fp32 rounding.
 from __future__ import annotations
 
 import torch
+from agentkit.runtime.kernels import family_on
 
 try:
     import triton
@@ -105,6 +106,7 @@ def supported(tail: torch.Tensor, ratio: int) -> bool:
         and tail.dtype == torch.float32
         and ratio & (ratio - 1) == 0
         and not torch.is_grad_enabled()
+        and family_on(__name__)
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 import torch
+from agentkit.runtime.kernels import family_on
 
 try:
     import triton
@@ -77,7 +78,7 @@ if HAVE_TRITON:
 
 
 def supported(q: torch.Tensor) -> bool:
-    return HAVE_TRITON and q.is_cuda and not torch.is_grad_enabled()
+    return HAVE_TRITON and q.is_cuda and not torch.is_grad_enabled() and family_on(__name__)
 
 
 def index_scores(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 
 import torch
+from agentkit.runtime.kernels import family_on
 
 try:
     import triton
@@ -146,7 +147,7 @@ if HAVE_TRITON:
 
 
 def supported(x: torch.Tensor) -> bool:
-    return HAVE_TRITON and x.is_cuda and not torch.is_grad_enabled()
+    return HAVE_TRITON and x.is_cuda and not torch.is_grad_enabled() and family_on(__name__)
 
 
 def quant_rows(x: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ inference, compared against the reference by tests (on CPU through TRITON_INTERP
 from __future__ import annotations
 
 import torch
+from agentkit.runtime.kernels import family_on
 
 try:
     import triton
@@ -82,7 +83,8 @@ if HAVE_TRITON:
 
 
 def supported(mixes: torch.Tensor, hc: int) -> bool:
-    return HAVE_TRITON and mixes.is_cuda and hc & (hc - 1) == 0 and not torch.is_grad_enabled()
+    pow2 = hc & (hc - 1) == 0
+    return HAVE_TRITON and mixes.is_cuda and pow2 and not torch.is_grad_enabled() and family_on(__name__)
 
 
 def hc_split_sinkhorn(

@@ -15,6 +15,7 @@ round-to-nearest-even done explicitly), so they equal the reference's bits.
 from __future__ import annotations
 
 import torch
+from agentkit.runtime.kernels import family_on
 
 try:
     import triton
@@ -152,7 +153,7 @@ def swiglu(a: torch.Tensor, b: torch.Tensor, limit: float, out_dtype: torch.dtyp
 
 
 def supported(x: torch.Tensor) -> bool:
-    return HAVE_TRITON and x.is_cuda and not torch.is_grad_enabled()
+    return HAVE_TRITON and x.is_cuda and not torch.is_grad_enabled() and family_on(__name__)
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:

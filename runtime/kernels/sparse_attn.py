@@ -20,6 +20,7 @@ import math
 import os
 
 import torch
+from agentkit.runtime.kernels import family_on
 
 try:
     import triton
@@ -112,7 +113,7 @@ def _sms(device: torch.device) -> int:
 
 
 def supported(q: torch.Tensor) -> bool:
-    return HAVE_TRITON and q.is_cuda and not torch.is_grad_enabled()
+    return HAVE_TRITON and q.is_cuda and not torch.is_grad_enabled() and family_on(__name__)
 
 
 if HAVE_TRITON:
