@@ -370,3 +370,57 @@ def test_moe_ordered_sum_kernel_equals_sorted_sum_interpreted() -> None:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "ok"
+
+
+_ROUTE_CHILD = textwrap.dedent(
+    """
+    import torch
+    from agentkit.runtime.config import ModelConfig
+    from agentkit.runtime.kernels import moe as MK
+    from agentkit.runtime.layers.moe import Gate
+    g = torch.Generator().manual_seed(0)
+    cfg = ModelConfig.preset("tiny-test")
+    for e, k, hashed in ((16, 6, False), (8, 2, True), (12, 3, False), (5, 5, True)):
+        c = ModelConfig.preset("tiny-test", n_routed_experts=e, n_activated_experts=k)
+        gate = Gate(c, hashed, torch.float32)
+        with torch.no_grad():
+            gate.weight.copy_(torch.randn(gate.weight.shape, generator=g) * 0.3)
+            if hashed:
+                gate.tid2eid.copy_(torch.stack([torch.randperm(e, generator=g)[:k] for _ in range(c.vocab_size)]))
+            else:
+                gate.bias.copy_(torch.randn(e, generator=g) * 0.5)
+        for t in (1, 3, 7):
+            x = torch.randn(t, c.dim, generator=g) * torch.tensor([0.01, 1.0, 40.0])[torch.arange(t) % 3, None]
+            ids = torch.randint(0, c.vocab_size, (t,), generator=g)
+            with torch.no_grad():
+                rw, ri = gate._reference(x, ids)
+                raw = x @ gate.weight.t()
+                w, i, blocks = MK.route(raw, k, c.route_scale, None if hashed else gate.bias,
+                                        gate.tid2eid if hashed else None, ids if hashed else None, blocks=True)
+            assert i.dtype == ri.dtype and torch.equal(i, ri), (e, k, t, i, ri)
+            assert torch.allclose(w, rw, rtol=1e-6, atol=1e-7), (e, k, t, (w - rw).abs().max())
+            if t == 1:
+                ref_blocks = MK.route_blocks(ri, e, 16)
+                assert all(torch.equal(a, b) for a, b in zip(blocks, ref_blocks)), (blocks, ref_blocks)
+            else:
+                assert blocks is None
+    # scores far below zero: softplus(x) ~ exp(x) must not collapse to 0 (log1p, not log(1 + y))
+    raw = torch.tensor([[-30.0, -31.0, -35.0, -40.0]])
+    w, i, _ = MK.route(raw, 2, 1.0, torch.zeros(4))
+    ref = torch.sqrt(torch.nn.functional.softplus(raw))[0, :2]
+    assert torch.allclose(w[0], ref / ref.sum(), rtol=1e-5), (w, ref / ref.sum())
+    print("ok")
+    """
+)
+
+
+def test_router_kernel_matches_gate_reference_interpreted() -> None:
+    """The router after its product (sqrt-softplus, bias or hash selection, normalization) as one kernel ==
+    `Gate`'s torch ops: the same experts in the same order, weights to fp32 rounding, scores from tiny to
+    above softplus' threshold of 20, and one token's block tables == `route_blocks`'."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", _ROUTE_CHILD], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "ok"

@@ -176,6 +176,94 @@ if HAVE_TRITON:
         tl.store(o_ptr + t * D + rd, acc, mask=dm)
 
 
+if HAVE_TRITON:
+
+    @triton.jit
+    def _log1p(y):  # type: ignore[no-untyped-def]
+        """log(1 + y) to a few ulp for small y too (log(u) * y / (u - 1), u = 1 + y), as torch's log1p."""
+        u = 1.0 + y
+        return tl.where(u == 1.0, y, tl.log(u) * (y / (u - 1.0)))
+
+    @triton.jit
+    def _route(  # type: ignore[no-untyped-def]
+        raw_ptr, bias_ptr, tid_ptr, tok_ptr, w_ptr, idx_ptr, bexp_ptr, blo_ptr, bhi_ptr,
+        E, stride_raw, stride_tid, route_scale,
+        K: tl.constexpr, KP: tl.constexpr, BE: tl.constexpr, HASH: tl.constexpr, BLOCKS: tl.constexpr,
+    ):  # fmt: skip
+        """Gate.forward after its product, one token per program: s = sqrt(softplus(raw)) (softplus as
+        torch's: x above 20 as is), experts = top-K of s + bias (ties to the lower index) or the token's
+        hash row, weights = their s normalized to sum 1, times route_scale. BLOCKS (one token): also the
+        fused MoE's block tables for it (`route_blocks`' one-token form)."""
+        t = tl.program_id(0).to(tl.int64)
+        re = tl.arange(0, BE)
+        em = re < E
+        raw = tl.load(raw_ptr + t * stride_raw + re, mask=em, other=0.0)
+        s = tl.sqrt(tl.where(raw > 20.0, raw, _log1p(tl.exp(raw))))
+        rk = tl.arange(0, KP)
+        iv = tl.zeros((KP,), tl.int32)
+        wv = tl.zeros((KP,), tl.float32)
+        if HASH:
+            tok = tl.load(tok_ptr + t)
+            iv = tl.load(tid_ptr + tok * stride_tid + rk, mask=rk < K, other=0).to(tl.int32)
+            for j in tl.static_range(K):
+                i = tl.sum(tl.where(rk == j, iv, 0))
+                wv = tl.where(rk == j, tl.sum(tl.where(re == i, s, 0.0)), wv)
+        else:
+            v = tl.where(em, s + tl.load(bias_ptr + re, mask=em, other=0.0), float("-inf"))
+            for j in tl.static_range(K):
+                m = tl.max(v, 0)
+                i = tl.min(tl.where(v == m, re, BE), 0)
+                iv = tl.where(rk == j, i, iv)
+                wv = tl.where(rk == j, tl.sum(tl.where(re == i, s, 0.0)), wv)
+                v = tl.where(re == i, float("-inf"), v)
+        wv = wv / tl.sum(wv) * route_scale
+        km = rk < K
+        tl.store(w_ptr + t * K + rk, wv, mask=km)
+        tl.store(idx_ptr + t * K + rk, iv.to(idx_ptr.dtype.element_ty), mask=km)
+        if BLOCKS:  # one token: each pair is a block of its own (its K experts are distinct)
+            tl.store(bexp_ptr + rk, tl.minimum(iv, E - 1), mask=km)
+            tl.store(blo_ptr + rk, rk, mask=km)
+            tl.store(bhi_ptr + rk, tl.where(iv < E, rk + 1, rk), mask=km)
+
+
+def route(
+    raw: torch.Tensor,
+    topk: int,
+    route_scale: float,
+    bias: torch.Tensor | None = None,
+    tid2eid: torch.Tensor | None = None,
+    token_ids: torch.Tensor | None = None,
+    blocks: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...] | None]:
+    """The router after its product `raw` [T, E] fp32 (`Gate.forward`'s torch ops, one launch): returns
+    (weights [T, k] fp32, expert indices [T, k] int64, and with `blocks` for one token the fused MoE's
+    (order, block_expert, block_lo, block_hi) as `route_blocks` gives them). Hash layers pass `tid2eid` and
+    `token_ids`, the others `bias`. Scores agree with torch's to fp32 rounding; the top-k picks the same
+    experts unless two scores are within that rounding of each other."""
+    t, e = raw.shape
+    dev = raw.device
+    w = torch.empty(t, topk, dtype=torch.float32, device=dev)
+    idx = torch.empty(t, topk, dtype=torch.int64, device=dev)
+    one = blocks and t == 1
+    tabs = tuple(torch.empty(topk, dtype=torch.int32, device=dev) for _ in range(3)) if one else None
+    hashed = tid2eid is not None
+    if t:
+        b = bias if bias is not None else raw
+        tid = tid2eid if tid2eid is not None else raw
+        tok = token_ids if token_ids is not None else raw
+        bx, lo, hi = tabs if tabs is not None else (idx, idx, idx)
+        _route[(t,)](
+            raw, b, tid, tok, w, idx, bx, lo, hi,
+            e, raw.stride(0), tid.stride(0), route_scale,
+            K=topk, KP=triton.next_power_of_2(topk), BE=triton.next_power_of_2(e), HASH=hashed,
+            BLOCKS=tabs is not None,
+        )  # fmt: skip
+    if tabs is None:
+        return w, idx, None
+    order = tabs[1]  # a block per pair: the pair order is the identity, each block_lo its own pair
+    return w, idx, (order, tabs[0], tabs[1], tabs[2])
+
+
 def supported(x: torch.Tensor) -> bool:
     return HAVE_TRITON and x.is_cuda and not torch.is_grad_enabled() and family_on(__name__)
 
@@ -235,13 +323,15 @@ def fused_moe(
     block_n: int = 64,
     partial: bool = False,
     ordered_kernel: bool = True,
+    blocks: tuple[torch.Tensor, ...] | None = None,
 ) -> torch.Tensor:
     """Sum over each token's routed experts of weight * expert(x), fp32 [T, D].
 
     x [T, D]; weights [T, k] fp32 and idx [T, k] from the gate; w = (w1, w3, w2) stacked over experts
     ([E, I, D], [E, I, D], [E, D, I]; FP8 e4m3 or packed FP4 int8 for quantized formats) with their stacked
     E8M0 `scales`. `partial`: idx may hold E for a pair of an expert not stacked here (expert parallelism:
-    another rank's); such pairs are skipped and add an exact zero."""
+    another rank's); such pairs are skipped and add an exact zero. `blocks`: `route_blocks`' tables when the
+    router already made them (`route(..., blocks=True)`, one token)."""
     t, d = x.shape
     k = idx.shape[1]
     w1, w3, w2 = w
@@ -249,7 +339,7 @@ def fused_moe(
     if t == 0:
         return torch.zeros(0, d, dtype=torch.float32, device=x.device)
     bm = 16 if t * k <= 64 else 32 if t * k <= 512 else 64
-    order, bexp, blo, bhi = route_blocks(idx, n_exp, bm)
+    order, bexp, blo, bhi = blocks if blocks is not None else route_blocks(idx, n_exp, bm)
     nb = bexp.shape[0]
     x2 = x.contiguous()
     # fp32 dot for fp32 activations, and under Triton's CPU interpreter (which cannot multiply bf16)

@@ -66,6 +66,24 @@ class Gate(nn.Module):
 
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (weights [T, k] fp32, expert indices [T, k])."""
+        return self.route(x, token_ids)[:2]
+
+    def route(
+        self, x: torch.Tensor, token_ids: torch.Tensor, blocks: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """`forward`, plus on CUDA with `blocks` and one token the fused MoE's block tables. On CUDA the
+        steps after the product are one kernel (`kernels/moe.route`: ~10 launches fewer per layer and
+        decode step); elsewhere the torch ops below, the reference."""
+        if moe_kernel.supported(x) and kernels_enabled():
+            raw = matmul_t_fp32(x, self.weight).reshape(-1, self.weight.shape[0])
+            return moe_kernel.route(
+                raw, self.topk, self.route_scale, self.bias, self.tid2eid,
+                token_ids.reshape(-1) if self.tid2eid is not None else None, blocks,
+            )  # fmt: skip
+        w, idx = self._reference(x, token_ids)
+        return w, idx, None
+
+    def _reference(self, x: torch.Tensor, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scores = torch.sqrt(F.softplus(matmul_t_fp32(x, self.weight)))
         if self.tid2eid is not None:
             idx = self.tid2eid[token_ids].long()
@@ -164,9 +182,10 @@ class MoE(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-        weights, idx = self.gate(x, token_ids)
-        if moe_kernel.supported(x) and kernels_enabled() and x.dtype in (torch.float32, torch.bfloat16):
-            routed = self.fused(x, weights, idx)
+        fused = moe_kernel.supported(x) and kernels_enabled() and x.dtype in (torch.float32, torch.bfloat16)
+        weights, idx, blocks = self.gate.route(x, token_ids, blocks=fused and self.parallel is None)
+        if fused:
+            routed = self.fused(x, weights, idx, blocks)
             if self.parallel is not None:
                 routed = self.parallel.all_reduce(routed)
             return (routed + self.shared_experts(x).float()).to(x.dtype)
@@ -190,7 +209,13 @@ class MoE(nn.Module):
         out = out + self.shared_experts(x).float()
         return out.to(x.dtype)
 
-    def fused(self, x: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def fused(
+        self,
+        x: torch.Tensor,
+        weights: torch.Tensor,
+        idx: torch.Tensor,
+        blocks: tuple[torch.Tensor, ...] | None = None,
+    ) -> torch.Tensor:
         """The routed experts' weighted sum [T, D] fp32 through the fused kernel (no host sync); under
         expert parallelism, this rank's experts' part of it."""
         st = self.stacked()
@@ -205,5 +230,5 @@ class MoE(nn.Module):
             idx = torch.where((idx >= lo) & (idx < hi), idx - lo, hi - lo)
         return moe_kernel.fused_moe(
             x, weights, idx, (st["w1"], st["w3"], st["w2"]), scales, first.w1.fmt,
-            act_quant=first.w1.act_quant, limit=first.limit, partial=partial,
+            act_quant=first.w1.act_quant, limit=first.limit, partial=partial, blocks=blocks,
         )  # fmt: skip
