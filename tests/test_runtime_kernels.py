@@ -162,6 +162,17 @@ _LOWP_CHILD = textwrap.dedent(
         x = torch.randn(2, 256, generator=g).bfloat16()
         ref = x.float() @ lin.dense(torch.float32).t()
         assert torch.allclose(lin.fp32(x), ref, rtol=1e-5, atol=1e-5), fmt
+    # the grouped form (attention's wo_a): output group j = input group j times W's rows of group j, as
+    # attention's bmm over the dequantized weight; groups of one and several tiles, one and several rows
+    for groups, rows, k, m in ((4, 64, 256, 1), (2, 128, 384, 3), (8, 64, 128, 2)):
+        lin = Linear(k, groups * rows, "fp8")
+        lin.set_dense(torch.randn(groups * rows, k, generator=g) * 0.05)
+        o = torch.randn(m, groups * k, generator=g)
+        wa = lin.dense(torch.float32).view(groups, rows, k)
+        ref = torch.bmm(o.view(m, groups, k).transpose(0, 1), wa.transpose(1, 2))
+        ref = ref.transpose(0, 1).reshape(m, -1)
+        got = LG.lowp_linear(o, lin.weight, lin.scale, "fp8", False, groups=groups)
+        assert got.shape == ref.shape and torch.allclose(got, ref, rtol=1e-5, atol=1e-5), (groups, rows, k, m)
     LG.supported = real_supported
     # the input rounding kernel == the torch reference, bit for bit
     x = torch.randn(5, 384, generator=g) * 10
@@ -386,17 +397,19 @@ _ROUTE_CHILD = textwrap.dedent(
         with torch.no_grad():
             gate.weight.copy_(torch.randn(gate.weight.shape, generator=g) * 0.3)
             if hashed:
-                gate.tid2eid.copy_(torch.stack([torch.randperm(e, generator=g)[:k] for _ in range(c.vocab_size)]))
+                rows = [torch.randperm(e, generator=g)[:k] for _ in range(c.vocab_size)]
+                gate.tid2eid.copy_(torch.stack(rows))
             else:
                 gate.bias.copy_(torch.randn(e, generator=g) * 0.5)
         for t in (1, 3, 7):
-            x = torch.randn(t, c.dim, generator=g) * torch.tensor([0.01, 1.0, 40.0])[torch.arange(t) % 3, None]
+            mag = torch.tensor([0.01, 1.0, 40.0])[torch.arange(t) % 3, None]
+            x = torch.randn(t, c.dim, generator=g) * mag
             ids = torch.randint(0, c.vocab_size, (t,), generator=g)
             with torch.no_grad():
                 rw, ri = gate._reference(x, ids)
                 raw = x @ gate.weight.t()
-                w, i, blocks = MK.route(raw, k, c.route_scale, None if hashed else gate.bias,
-                                        gate.tid2eid if hashed else None, ids if hashed else None, blocks=True)
+                bias, tid, tok = (None, gate.tid2eid, ids) if hashed else (gate.bias, None, None)
+                w, i, blocks = MK.route(raw, k, c.route_scale, bias, tid, tok, blocks=True)
             assert i.dtype == ri.dtype and torch.equal(i, ri), (e, k, t, i, ri)
             assert torch.allclose(w, rw, rtol=1e-6, atol=1e-7), (e, k, t, (w - rw).abs().max())
             if t == 1:
@@ -421,6 +434,44 @@ def test_router_kernel_matches_gate_reference_interpreted() -> None:
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     out = subprocess.run(
         [sys.executable, "-c", _ROUTE_CHILD], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "ok"
+
+
+_TOPK_CHILD = textwrap.dedent(
+    """
+    import torch
+    from agentkit.runtime.kernels import indexer as IK
+    g = torch.Generator().manual_seed(0)
+    for n, ks in ((1, (1,)), (5, (2, 5)), (300, (1, 64, 300)), (1100, (512,))):
+        rows = 4
+        ties = torch.randint(-3, 4, (rows, n), generator=g).float().clamp_min(0)  # exact ties, as ReLU makes
+        ties[0] = -ties[0]  # -0.0 next to +0.0: equal scores, ordered by index
+        fine = torch.randn(rows, n, generator=g)
+        for scores in (ties, fine):
+            visible = torch.randint(0, n + 1, (rows, 1), generator=g)
+            scores = scores.masked_fill(torch.arange(n)[None] >= visible, float("-inf"))
+            for k in ks:
+                want = torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :k]
+                got = IK.topk_stable(scores, k)
+                finite = scores.gather(1, want).isfinite()
+                assert got.dtype == torch.int64 and got.shape == (rows, k)
+                assert torch.equal(scores.gather(1, got), scores.gather(1, want)), (n, k)
+                assert torch.equal(got[finite], want[finite]), (n, k)
+                assert all(len(set(r.tolist())) == k for r in got)
+    print("ok")
+    """
+)
+
+
+def test_stable_topk_kernel_equals_the_stable_sort_prefix_interpreted() -> None:
+    """The one-kernel top-k (a bitonic sort of (score, index) keys) == the first k of torch's stable
+    descending sort: same entries in the same order wherever the score is finite, on rows of exact ties
+    (zeros of both signs), random scores, invisible -inf tails and lengths that are not powers of two."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", _TOPK_CHILD], env=env, capture_output=True, text=True, timeout=600
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "ok"

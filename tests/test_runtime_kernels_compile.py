@@ -60,7 +60,8 @@ _RECORD = textwrap.dedent(
     flash = ModelConfig.preset("flash-reduced")
     pattern = dict(n_layers=flash.n_layers, compress_ratios=flash.compress_ratios,
                    n_hash_layers=flash.n_hash_layers, n_routed_experts=flash.n_routed_experts,
-                   n_activated_experts=flash.n_activated_experts, window_size=16, moe_inter_dim=128)
+                   n_activated_experts=flash.n_activated_experts, window_size=16, moe_inter_dim=128,
+                   o_lora_rank=64)  # whole 64-row groups: the grouped wo_a product from FP8 bytes
     for quant in (False, True):
         over = dict(weight_format="quantized", dtype="fp8", expert_dtype="fp4") if quant else {}
         cfg = ModelConfig.preset("tiny-test", **pattern, **over)
@@ -154,5 +155,5 @@ def test_every_runtime_kernel_compiles_for_hopper() -> None:
     # the decode step's kernels are all among them (a kernel no path launched would go unchecked)
     for name in ("_rms_norm", "_rope", "_roundtrip", "_pool_step", "_combine_splits", "_sparse_attn_split",
                  "_moe_up", "_moe_down", "_hc_split_sinkhorn", "_hc_collapse", "_hc_expand", "_swiglu",
-                 "_lowp_linear", "_quant_rows", "_index_scores"):  # fmt: skip
+                 "_lowp_linear", "_quant_rows", "_index_scores", "_route", "_topk_stable"):  # fmt: skip
         assert name in compiled, name

@@ -5,8 +5,11 @@ The keys live in the static decoder's slab ([slots, capacity, dim], one row per 
 below `count[b]` exist. The torch path gathers every query's whole row of keys (a [B, capacity, dim] copy)
 and materializes [B, heads, capacity] scores; the kernel reads each existing key once per query, keeps the
 [heads, block] products in registers, and never touches the keys beyond `count` (masked loads), so a step's
-cost follows the sequence's length, not the slab's capacity. Top-k stays torch.topk on the [B, capacity]
-scores (invisible entries are -inf).
+cost follows the sequence's length, not the slab's capacity.
+
+`topk_stable` is `layers/attention.stable_topk` (the first k of a stable descending sort) for rows of up to
+TOPK_MAX scores as one kernel: a bitonic sort of (score, index) keys in registers, instead of the ~16 torch
+launches (two top-ks, a cumsum, masks, two sorts, gathers) that avoid a full sort on long rows.
 """
 
 from __future__ import annotations
@@ -75,6 +78,43 @@ if HAVE_TRITON:
                 score = tl.sum(tl.maximum(s, 0.0) * wh[:, None], axis=0)
                 score = tl.where(live, score, float("-inf"))
                 tl.store(out_ptr + b * stride_ob + ents, score, mask=ents < C)
+
+
+#: Longest row `topk_stable` sorts in one program (its keys live in registers); longer rows keep torch.
+TOPK_MAX = 8192
+
+if HAVE_TRITON:
+
+    @triton.jit
+    def _topk_stable(  # type: ignore[no-untyped-def]
+        s_ptr, o_ptr, N, K, stride_s, stride_o, BLOCK: tl.constexpr
+    ):  # fmt: skip
+        """One row: the indices of its K largest scores, largest first, ties to the lower index (a stable
+        descending sort's first K). Each score becomes an int64 key: its fp32 bits mapped to a signed int of
+        the same order (-0 taken as +0, as comparisons do), shifted up, with BLOCK-1-index below it; one
+        descending sort of the keys then orders by score and, among equal scores, by ascending index."""
+        t = tl.program_id(0).to(tl.int64)
+        r = tl.arange(0, BLOCK)
+        x = tl.load(s_ptr + t * stride_s + r, mask=r < N, other=float("-inf"))
+        x = tl.where(x == 0.0, 0.0, x)
+        bits = x.to(tl.int32, bitcast=True)
+        mono = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(tl.int64)
+        low = (BLOCK - 1 - r).to(tl.int64)
+        keys = tl.sort((mono << 32) | low, 0, descending=True)
+        idx = (BLOCK - 1) - (keys - ((keys >> 32) << 32))
+        tl.store(o_ptr + t * stride_o + r, idx, mask=r < K)
+
+
+def topk_stable(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """`stable_topk(scores, k)` for scores [B, N] fp32 with N <= TOPK_MAX: [B, k] int64 indices."""
+    b, n = scores.shape
+    s = scores.contiguous()
+    out = torch.empty(b, k, dtype=torch.int64, device=scores.device)
+    if b and k:
+        block = triton.next_power_of_2(n)
+        _topk_stable[(b,)](s, out, n, k, s.stride(0), out.stride(0), BLOCK=block,
+                           num_warps=4 if block <= 1024 else 8)  # fmt: skip
+    return out
 
 
 def supported(q: torch.Tensor) -> bool:

@@ -113,13 +113,16 @@ if HAVE_TRITON:
         x_ptr, w_ptr, s_ptr, o_ptr, M, N, K, K_PER,
         stride_xm, stride_wn, stride_sn, stride_os, stride_om,
         FP4: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, UPCAST: tl.constexpr,
-        RAW: tl.constexpr = False,
+        RAW: tl.constexpr = False, GROUP_N: tl.constexpr = 0,
     ):  # fmt: skip
         """o[split] = x[:, split's K range] W[:, same]^T; x already rounded (or not asked to be). RAW: W is a
-        plain float matrix (bf16 / fp32), read as stored."""
+        plain float matrix (bf16 / fp32), read as stored. GROUP_N: a grouped product, output rows
+        [g * GROUP_N, (g + 1) * GROUP_N) read input columns [g * K, (g + 1) * K) (BN divides GROUP_N)."""
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
         pid_s = tl.program_id(2)
+        if GROUP_N > 0:
+            x_ptr += ((pid_n * BN) // GROUP_N).to(tl.int64) * K
         rm = pid_m * BM + tl.arange(0, BM)
         rn = pid_n * BN + tl.arange(0, BN)
         mm, nm = rm < M, rn < N
@@ -184,6 +187,7 @@ def lowp_linear(
     fmt: str,
     act_quant: bool,
     out_dtype: torch.dtype | None = None,
+    groups: int = 1,
 ) -> torch.Tensor:
     """y = x W^T for an FP8 (`weight` e4m3 [N, K], `scale` E8M0 [ceil(N/128), ceil(K/128)]) or FP4 (`weight`
     int8 [N, K/2] packed low nibble first, `scale` E8M0 [N, K/32]) linear, or ("float", no scale) a plain
@@ -194,9 +198,12 @@ def lowp_linear(
     bf16 W with bf16 x in bf16 products with fp32 sums: exact either way, only the summation order differs).
 
     The input is rounded once (`quant_rows`) when `act_quant`; small M (decode) splits K over more programs
-    and sums the fp32 partials in a fixed order (deterministic, unlike atomics)."""
-    lead, k = x.shape[:-1], x.shape[-1]
-    x2 = x.reshape(-1, k).contiguous()
+    and sums the fp32 partials in a fixed order (deterministic, unlike atomics).
+
+    `groups` > 1: a grouped product (attention's wo_a): x [..., groups * K], W [groups * N_g, K], and output
+    group g = x's group g times W's rows of group g: y [..., groups * N_g]."""
+    lead, k = x.shape[:-1], x.shape[-1] // groups
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
     m = x2.shape[0]
     n = weight.shape[0]
     odt = out_dtype or x.dtype
@@ -213,6 +220,8 @@ def lowp_linear(
         s = scale.view(torch.uint8)
     bm = 16 if m <= 16 else 32 if m <= 32 else 64
     bn = 32 if m <= 16 else 64
+    if groups > 1 and (n % groups or (n // groups) % bn or act_quant):
+        raise ValueError(f"grouped lowp_linear: {n} rows, {groups} groups of {bn}-row tiles, no act_quant")
     tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
     k_blocks = triton.cdiv(k, 128)
     split = _split_k(tiles, k_blocks, x.device)
@@ -223,7 +232,7 @@ def lowp_linear(
     _lowp_linear[grid](
         x2, w, s, out, m, n, k, k_per,
         x2.stride(0), w.stride(0), s.stride(0), out.stride(0), out.stride(1),
-        FP4=fmt == "fp4", BM=bm, BN=bn, RAW=raw,
+        FP4=fmt == "fp4", BM=bm, BN=bn, RAW=raw, GROUP_N=n // groups if groups > 1 else 0,
         UPCAST=x.dtype == torch.float32 or (raw and weight.dtype == torch.float32)
         or os.environ.get("TRITON_INTERPRET") == "1",
     )  # fmt: skip

@@ -56,6 +56,30 @@ if HAVE_TRITON:
         return w
 
     @triton.jit
+    def _fp4_halves(w_ptr, s_ptr, e, rn, k0, K, nm,  # type: ignore[no-untyped-def]
+                    stride_we, stride_wn, stride_se, stride_sn):  # fmt: skip
+        """Expert e's packed FP4 rows rn over the 128-wide K block at k0, as two [BN, 64] fp32 halves: the
+        even columns (low nibbles) and the odd ones (high nibbles). Each byte is loaded once and no tile is
+        reshaped (a layout change through shared memory per K step): the caller multiplies the halves with
+        the input's even and odd columns. A code (sign, e1 e0 m) decodes through fp16: its three low bits
+        placed at fp16's exponent/mantissa boundary read as 2^(e-15)(1 + m/2), or m 2^-15 at e = 0 (fp16's
+        subnormal), i.e. the e2m1 value times 2^-14 exactly; times 2^14 and the E8M0 scale (one per 32
+        values: per 16 bytes, made from its bits), both exact."""
+        wp = w_ptr + e.to(tl.int64) * stride_we
+        sp = s_ptr + e.to(tl.int64) * stride_se
+        j = tl.arange(0, 64)
+        rb = k0 // 2 + j
+        bm = nm[:, None] & (rb * 2 < K)[None, :]
+        byte = tl.load(wp + rn[:, None] * stride_wn + rb[None, :], mask=bm, other=0).to(tl.int32) & 0xFF
+        sg = k0 // 32 + j // 16
+        sb = tl.load(sp + rn[:, None] * stride_sn + sg[None, :], mask=bm, other=127).to(tl.int32) & 0xFF
+        # 2^(s - 127) from the bits (s = 0: 2^-127, fp32's subnormal 0x00400000)
+        scale = tl.where(sb == 0, 0x00400000, sb << 23).to(tl.float32, bitcast=True)
+        lo = (((byte & 7) << 9) | ((byte & 8) << 12)).to(tl.int16).to(tl.float16, bitcast=True)
+        hi = (((byte & 0x70) << 5) | ((byte & 0x80) << 8)).to(tl.int16).to(tl.float16, bitcast=True)
+        return (lo.to(tl.float32) * 16384.0) * scale, (hi.to(tl.float32) * 16384.0) * scale
+
+    @triton.jit
     def _mm(x, w, F32: tl.constexpr):  # type: ignore[no-untyped-def]
         """x [BM, 128] @ w [BN, 128]^T with fp32 accumulation: IEEE fp32 for fp32 activations, else bf16
         operands (exact for bf16 values and for every decoded FP8/FP4 weight)."""
@@ -97,18 +121,35 @@ if HAVE_TRITON:
             acc1 = tl.zeros((BM, BN), tl.float32)
             acc3 = tl.zeros((BM, BN), tl.float32)
             for k0 in range(0, K, 128):
-                rk = k0 + tl.arange(0, 128)
-                km = rk < K
-                x = tl.load(x_ptr + tok[:, None] * stride_x + rk[None, :], mask=rm[:, None] & km[None, :],
-                            other=0.0).to(tl.float32)  # fmt: skip
-                w1 = _w_tile(
-                    w1_ptr, s1_ptr, e, rn, rk, k0, K, nm, km, stride_we, stride_wn, stride_se, stride_sn, FMT
-                )
-                acc1 += _mm(x, w1, F32)
-                w3 = _w_tile(
-                    w3_ptr, s3_ptr, e, rn, rk, k0, K, nm, km, stride_we, stride_wn, stride_se, stride_sn, FMT
-                )
-                acc3 += _mm(x, w3, F32)
+                if FMT == 2:  # packed FP4: even and odd columns apart (see _fp4_halves)
+                    ke = k0 + 2 * tl.arange(0, 64)
+                    xm = rm[:, None] & (ke < K)[None, :]
+                    xp = x_ptr + tok[:, None] * stride_x + ke[None, :]
+                    xe = tl.load(xp, mask=xm, other=0.0).to(tl.float32)
+                    xo = tl.load(xp + 1, mask=xm, other=0.0).to(tl.float32)
+                    w1e, w1o = _fp4_halves(
+                        w1_ptr, s1_ptr, e, rn, k0, K, nm, stride_we, stride_wn, stride_se, stride_sn
+                    )
+                    acc1 += _mm(xe, w1e, F32) + _mm(xo, w1o, F32)
+                    w3e, w3o = _fp4_halves(
+                        w3_ptr, s3_ptr, e, rn, k0, K, nm, stride_we, stride_wn, stride_se, stride_sn
+                    )
+                    acc3 += _mm(xe, w3e, F32) + _mm(xo, w3o, F32)
+                else:
+                    rk = k0 + tl.arange(0, 128)
+                    km = rk < K
+                    x = tl.load(x_ptr + tok[:, None] * stride_x + rk[None, :],
+                                mask=rm[:, None] & km[None, :], other=0.0).to(tl.float32)  # fmt: skip
+                    w1 = _w_tile(
+                        w1_ptr, s1_ptr, e, rn, rk, k0, K, nm, km, stride_we, stride_wn, stride_se, stride_sn,
+                        FMT,
+                    )  # fmt: skip
+                    acc1 += _mm(x, w1, F32)
+                    w3 = _w_tile(
+                        w3_ptr, s3_ptr, e, rn, rk, k0, K, nm, km, stride_we, stride_wn, stride_se, stride_sn,
+                        FMT,
+                    )  # fmt: skip
+                    acc3 += _mm(x, w3, F32)
             # .to(fp32): torch.compile passes the Python float `limit` as fp64, which would promote a and b
             a = tl.minimum(_round_act(acc1, BF16), limit).to(tl.float32)
             b = tl.minimum(tl.maximum(_round_act(acc3, BF16), -limit), limit).to(tl.float32)
@@ -139,14 +180,26 @@ if HAVE_TRITON:
             nm = rn < N
             acc = tl.zeros((BM, BN), tl.float32)
             for k0 in range(0, K, 128):
-                rk = k0 + tl.arange(0, 128)
-                km = rk < K
-                h = tl.load(h_ptr + pair[:, None] * stride_h + rk[None, :], mask=rm[:, None] & km[None, :],
-                            other=0.0).to(tl.float32)  # fmt: skip
-                w2 = _w_tile(
-                    w2_ptr, s2_ptr, e, rn, rk, k0, K, nm, km, stride_we, stride_wn, stride_se, stride_sn, FMT
-                )
-                acc += _mm(h, w2, F32)
+                if FMT == 2:  # packed FP4: even and odd columns apart (see _fp4_halves)
+                    ke = k0 + 2 * tl.arange(0, 64)
+                    hm = rm[:, None] & (ke < K)[None, :]
+                    hp = h_ptr + pair[:, None] * stride_h + ke[None, :]
+                    he = tl.load(hp, mask=hm, other=0.0).to(tl.float32)
+                    ho = tl.load(hp + 1, mask=hm, other=0.0).to(tl.float32)
+                    w2e, w2o = _fp4_halves(
+                        w2_ptr, s2_ptr, e, rn, k0, K, nm, stride_we, stride_wn, stride_se, stride_sn
+                    )
+                    acc += _mm(he, w2e, F32) + _mm(ho, w2o, F32)
+                else:
+                    rk = k0 + tl.arange(0, 128)
+                    km = rk < K
+                    h = tl.load(h_ptr + pair[:, None] * stride_h + rk[None, :],
+                                mask=rm[:, None] & km[None, :], other=0.0).to(tl.float32)  # fmt: skip
+                    w2 = _w_tile(
+                        w2_ptr, s2_ptr, e, rn, rk, k0, K, nm, km, stride_we, stride_wn, stride_se, stride_sn,
+                        FMT,
+                    )  # fmt: skip
+                    acc += _mm(h, w2, F32)
             tl.store(y_ptr + pair[:, None] * stride_y + rn[None, :], _round_act(acc, BF16),
                      mask=rm[:, None] & nm[None, :])  # fmt: skip
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from agentkit.runtime.config import ModelConfig
 from agentkit.runtime.kernels import enabled as kernels_enabled
 from agentkit.runtime.kernels import indexer as indexer_kernel
+from agentkit.runtime.kernels import lowp_gemm
 from agentkit.runtime.kernels import sparse_attn as sparse_kernel
 from agentkit.runtime.layers.batched import BatchShape, IndexerKL, core_batched, indexer_kl, pool_fresh
 from agentkit.runtime.layers.compressor import Compressor
@@ -50,7 +51,12 @@ def stable_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
     k-th score with torch.topk, keeps every entry above it plus the lowest-index entries tied with it (the
     stable sort's tie rule: ReLU makes exact ties common), and orders only those k by (score descending,
     index ascending). Equal to the sort's result wherever the score is finite; among -inf entries (the
-    invisible ones, which attention masks out) the choice is arbitrary."""
+    invisible ones, which attention masks out) the choice is arbitrary. On CUDA, rows of up to
+    `indexer.TOPK_MAX` scores go through one sorting kernel instead (`indexer.topk_stable`)."""
+    n = scores.shape[-1]
+    small = scores.dim() == 2 and n <= indexer_kernel.TOPK_MAX and scores.dtype == torch.float32
+    if small and indexer_kernel.supported(scores) and kernels_enabled():
+        return indexer_kernel.topk_stable(scores, k)
     kth = torch.topk(scores, k, dim=-1).values[..., -1:]
     above, tied = scores > kth, scores == kth
     room = k - above.sum(-1, keepdim=True)
@@ -287,13 +293,32 @@ class Attention(nn.Module):
         o = torch.cat(outs, 0) if len(outs) > 1 else outs[0]
         return self._output(o, positions), kl
 
+    def _grouped_kernel(self, o: torch.Tensor) -> bool:
+        """wo_a stored quantized on CUDA: the grouped product runs in the low-precision GEMM kernel, whose
+        bf16 products of the decoded weight with fp32 sums are the reference's bf16 bmm of the dequantized
+        weight (spec §4.3: no activation rounding for wo_a) up to summation order."""
+        wa = self.wo_a
+        return (
+            wa.fmt != "float"
+            and wa._materialized is None
+            and o.dtype == torch.bfloat16
+            and lowp_gemm.supported(o)
+            and kernels_enabled()
+            and self.o_rank % 64 == 0
+        )
+
     def _output(self, o: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Head outputs o [T, h, d] -> [T, D]: inverse RoPE at the query position, grouped low-rank wo."""
         t = o.shape[0]
         o = apply_rope(o, positions, self.freqs, inverse=True)
         g = self.o_groups
-        wa = self.wo_a.dense(o.dtype).view(g, self.o_rank, -1)
-        u = torch.bmm(o.reshape(t, g, -1).transpose(0, 1), wa.transpose(1, 2)).transpose(0, 1).reshape(t, -1)
+        if self._grouped_kernel(o):  # from the stored FP8 bytes: no per-call dequantized copy of wo_a
+            wa_ = self.wo_a
+            u = lowp_gemm.lowp_linear(o.reshape(t, -1), wa_.weight, wa_.scale, wa_.fmt, False, groups=g)
+        else:
+            wa = self.wo_a.dense(o.dtype).view(g, self.o_rank, -1)
+            u = torch.bmm(o.reshape(t, g, -1).transpose(0, 1), wa.transpose(1, 2))
+            u = u.transpose(0, 1).reshape(t, -1)
         if self.parallel is not None:  # row-parallel wo_b: this rank's groups give a partial sum
             return self.parallel.all_reduce(self.wo_b(u))
         return self.wo_b(u)
