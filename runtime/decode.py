@@ -36,7 +36,9 @@ from typing import TYPE_CHECKING, cast
 import torch
 from agentkit.runtime.kernels import compressor as compressor_kernel
 from agentkit.runtime.kernels import enabled as kernels_enabled
+from agentkit.runtime.kernels import family_on
 from agentkit.runtime.kernels import indexer as indexer_kernel
+from agentkit.runtime.kernels import moe as moe_kernel
 from agentkit.runtime.kernels import sparse_attn as sparse_kernel
 from agentkit.runtime.layers.attention import Attention, stable_topk
 from agentkit.runtime.layers.compressor import Compressor
@@ -203,7 +205,7 @@ class StaticDecoder:
         pos = [s.pos for s in states]
         try:
             with torch.inference_mode():
-                if self.graphs:
+                if self.graphs and _capturable():
                     if self._graph_runner is None:
                         self._graph_runner = _Graphs(self)
                     logits = self._graph_runner.run(slots, pos, list(tokens))  # type: ignore[arg-type]
@@ -372,6 +374,13 @@ def _select(
         sel = stable_topk(scores, min(topk, keys.shape[1]))
         # -inf entries are exactly the invisible ones (from `count` on), so ties among them do not matter
         return torch.where(sel < count[:, None], sel, -1)
+
+
+def _capturable() -> bool:
+    """A CUDA graph cannot hold a host sync, and the torch MoE path has one (it groups the (token, expert)
+    pairs on the host): with the MoE kernel off (`AGENTKIT_KERNELS=0`, or its family in
+    `AGENTKIT_KERNELS_OFF`) the step runs eagerly instead of failing its capture."""
+    return moe_kernel.HAVE_TRITON and kernels_enabled() and family_on(moe_kernel.__name__)
 
 
 class _Graphs:

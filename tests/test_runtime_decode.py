@@ -275,6 +275,26 @@ def test_cuda_graph_decode_equals_eager_static_decode() -> None:
     assert outs[0] == outs[1]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_graph_decoder_with_the_moe_kernel_off_steps_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The torch MoE path syncs with the host, which a graph capture cannot hold: with the MoE kernel off a
+    graph decoder must still step (eagerly) and give the eager decoder's tokens, not fail its capture."""
+    cfg = ModelConfig.preset("tiny-test", window_size=16)
+    model = V4Model(cfg, dtype=torch.bfloat16, device="cuda").init_random_(3).eval()
+    monkeypatch.setenv("AGENTKIT_KERNELS_OFF", "moe")
+    outs = []
+    for graphs in (False, True):
+        dec = StaticDecoder(model, max_batch=2, max_len=128, graphs=graphs)
+        st = dec.new_state()
+        model.extend(st, list(range(5, 45)))
+        cur, toks = [1], []
+        for _ in range(8):
+            cur = dec.step([st], cur).argmax(-1).tolist()
+            toks.append(cur)
+        outs.append(toks)
+    assert outs[0] == outs[1]
+
+
 def test_extend_and_generate_route_decoder_states_through_the_static_step(model: V4Model) -> None:
     """With `model.static_decoder(...)` set, one-token extends of its states run `StaticDecoder.step` and
     give what the general path gives; plain states and multi-token chunks keep the general path."""
