@@ -40,9 +40,10 @@ from agentkit.runtime.kernels import family_on
 from agentkit.runtime.kernels import indexer as indexer_kernel
 from agentkit.runtime.kernels import moe as moe_kernel
 from agentkit.runtime.kernels import sparse_attn as sparse_kernel
-from agentkit.runtime.layers.attention import Attention, stable_topk
+from agentkit.runtime.layers.attention import Attention
 from agentkit.runtime.layers.compressor import Compressor
 from agentkit.runtime.layers.mhc import hc_post
+from agentkit.runtime.layers.topk import stable_topk
 from agentkit.runtime.state import LayerState, SequenceState, StateError, config_key, entry_capacity
 
 if TYPE_CHECKING:

@@ -332,7 +332,7 @@ def test_extend_and_generate_route_decoder_states_through_the_static_step(model:
 def test_stable_topk_equals_the_stable_sort_prefix(seed: int) -> None:
     """Property: `stable_topk` == the first k of a stable descending sort wherever the score is finite, on
     rows full of exact ties (small integer scores, as ReLU's zeros make them) and invisible (-inf) tails."""
-    from agentkit.runtime.layers.attention import stable_topk
+    from agentkit.runtime.layers.topk import stable_topk
 
     g = torch.Generator().manual_seed(seed)
     rows, n = 7, int(torch.randint(1, 300, (1,), generator=g))

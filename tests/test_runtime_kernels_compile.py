@@ -82,16 +82,16 @@ _RECORD = textwrap.dedent(
 
 _COMPILE = textwrap.dedent(
     """
-    import importlib, json, sys
+    import importlib, json, multiprocessing, os, sys
+    from concurrent.futures import ProcessPoolExecutor
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     PTR = {"float32": "*fp32", "bfloat16": "*bf16", "float16": "*fp16", "int32": "*i32", "int64": "*i64",
            "uint8": "*u8", "int8": "*i8", "bool": "*i1", "float8_e4m3fn": "*fp8e4nv"}
     SWITCHES = ("UPCAST", "F32")  # fp32 dots: forced under the interpreter, natively only for fp32 inputs
-    target = GPUTarget("cuda", 90, 32)
-    done = set()
-    for module, name, args in json.load(sys.stdin):
+
+    def typed(module, name, args):
         fn = getattr(importlib.import_module(module), name)
         args = json.loads(args)
         sig, const = {}, {}
@@ -113,18 +113,30 @@ _COMPILE = textwrap.dedent(
                 raise SystemExit(f"{name}: cannot type argument {p.name}={v}")
         # the recorded values of the interpreter's switches are the interpreter's; the model ran in bf16,
         # where a GPU takes the bf16 dots
-        native = {**const, **{s: False for s in SWITCHES if s in const}}
-        for c in (native,):
-            key = (module, name, json.dumps(sig, sort_keys=True), json.dumps(c, sort_keys=True))
-            if key in done:
-                continue
-            done.add(key)
-            try:
-                k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=c), target=target)
-            except Exception as e:
-                raise SystemExit(f"{module}.{name} {sig} {c}: {type(e).__name__}: {e}")
-            assert "cubin" in k.asm, name
-    print(json.dumps(sorted({k[1] for k in done})))
+        return sig, {**const, **{s: False for s in SWITCHES if s in const}}
+
+    def build(job):
+        module, name, sig, const = job
+        fn = getattr(importlib.import_module(module), name)
+        try:
+            src = ASTSource(fn=fn, signature=sig, constexprs=const)
+            k = triton.compile(src, target=GPUTarget("cuda", 90, 32))
+        except Exception as e:
+            return f"{module}.{name} {sig} {const}: {type(e).__name__}: {e}"
+        return None if "cubin" in k.asm else f"{name}: no cubin"
+
+    if __name__ == "__main__":
+        jobs = {}
+        for module, name, args in json.load(sys.stdin):
+            sig, const = typed(module, name, args)
+            key = (module, name, json.dumps(sig, sort_keys=True), json.dumps(const, sort_keys=True))
+            jobs.setdefault(key, (module, name, sig, const))
+        fork = multiprocessing.get_context("fork")  # the workers inherit this script's functions
+        with ProcessPoolExecutor(max(2, os.cpu_count() or 1), mp_context=fork) as pool:  # one core each
+            errors = [e for e in pool.map(build, jobs.values()) if e]
+        if errors:
+            raise SystemExit(errors[0])
+        print(json.dumps(sorted({k[1] for k in jobs})))
     """
 )
 

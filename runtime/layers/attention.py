@@ -27,6 +27,7 @@ from agentkit.runtime.layers.compressor import Compressor
 from agentkit.runtime.layers.lowp import Linear, StorageFormat, fp4_roundtrip, fp8_kv_roundtrip, hadamard
 from agentkit.runtime.layers.norms import RMSNorm, rms_unweighted
 from agentkit.runtime.layers.rope import apply_rope, rope_frequencies
+from agentkit.runtime.layers.topk import stable_topk
 from agentkit.runtime.parallel import Parallel
 from agentkit.runtime.state import LayerState
 from torch import nn
@@ -42,28 +43,6 @@ SCORE_BUDGET = {"cpu": 1 << 24, "cuda": 1 << 27}
 def _scores(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """q [b, h, d] x keys [m, d] -> [b, h, m] as one GEMM."""
     return (q.reshape(-1, q.shape[-1]) @ keys.t()).view(q.shape[0], q.shape[1], -1)
-
-
-def stable_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """The first k columns of `torch.sort(scores, descending=True, stable=True).indices`, without the sort.
-
-    A full sort per query costs O(entries log entries) and dominated long-context prefill; this takes the
-    k-th score with torch.topk, keeps every entry above it plus the lowest-index entries tied with it (the
-    stable sort's tie rule: ReLU makes exact ties common), and orders only those k by (score descending,
-    index ascending). Equal to the sort's result wherever the score is finite; among -inf entries (the
-    invisible ones, which attention masks out) the choice is arbitrary. On CUDA, rows of up to
-    `indexer.TOPK_MAX` scores go through one sorting kernel instead (`indexer.topk_stable`)."""
-    n = scores.shape[-1]
-    small = scores.dim() == 2 and n <= indexer_kernel.TOPK_MAX and scores.dtype == torch.float32
-    if small and indexer_kernel.supported(scores) and kernels_enabled():
-        return indexer_kernel.topk_stable(scores, k)
-    kth = torch.topk(scores, k, dim=-1).values[..., -1:]
-    above, tied = scores > kth, scores == kth
-    room = k - above.sum(-1, keepdim=True)
-    chosen = above | (tied & (torch.cumsum(tied, -1) <= room))
-    sel = torch.topk(scores.masked_fill(~chosen, float("-inf")), k, dim=-1).indices.sort(-1).values
-    order = torch.sort(scores.gather(-1, sel), dim=-1, descending=True, stable=True).indices
-    return sel.gather(-1, order)
 
 
 @dataclass
