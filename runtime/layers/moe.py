@@ -9,6 +9,7 @@ stacked tensors, so the checkpoint names and `load_weights` stay as they are and
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -64,9 +65,12 @@ class Gate(nn.Module):
             )
             self.tid2eid = None
 
-    def forward(self, x: torch.Tensor, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (weights [T, k] fp32, expert indices [T, k])."""
-        return self.route(x, token_ids)[:2]
+    def forward(self, x: torch.Tensor, token_ids: torch.Tensor, blocks: bool = False) -> tuple[Any, ...]:
+        """-> (weights [T, k] fp32, expert indices [T, k]); with `blocks` a third item, `route`'s block
+        tables (or None). Callers go through the module call so that forward hooks see every routing (the
+        trainer's load balancer counts the selections from them)."""
+        w, idx, tabs = self.route(x, token_ids, blocks)
+        return (w, idx, tabs) if blocks else (w, idx)
 
     def route(
         self, x: torch.Tensor, token_ids: torch.Tensor, blocks: bool = False
@@ -183,7 +187,11 @@ class MoE(nn.Module):
 
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
         fused = moe_kernel.supported(x) and kernels_enabled() and x.dtype in (torch.float32, torch.bfloat16)
-        weights, idx, blocks = self.gate.route(x, token_ids, blocks=fused and self.parallel is None)
+        blocks = None
+        if fused and self.parallel is None:
+            weights, idx, blocks = self.gate(x, token_ids, blocks=True)
+        else:
+            weights, idx = self.gate(x, token_ids)
         if fused:
             routed = self.fused(x, weights, idx, blocks)
             if self.parallel is not None:
