@@ -68,7 +68,7 @@ _RECORD = textwrap.dedent(
         model = V4Model(cfg, dtype=torch.bfloat16).init_random_(0).eval()
         with torch.no_grad():
             st = model.new_state()
-            model.extend(st, list(range(3, 40)))  # a prefill: the multi-row kernels
+            model.extend(st, list(range(3, 23)))  # a prefill (> KERNEL_ROWS rows): the multi-row kernels
             model.extend(st, [5])  # a general-path decode
             dec = StaticDecoder(model, max_batch=2, max_len=96, graphs=False)
             a, b = dec.new_state(), dec.new_state()
