@@ -11,6 +11,16 @@ import pytest
 import torch
 from agentkit.runtime.layers.mhc import split_sinkhorn
 
+
+def _interpreted(child: str, timeout: int = 600) -> None:
+    """Run a child script under Triton's CPU interpreter; it prints "ok" (last) once its asserts held."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    cmd = [sys.executable, "-c", child]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")
+
+
 _CHILD = textwrap.dedent(
     """
     import torch
@@ -31,10 +41,7 @@ _CHILD = textwrap.dedent(
 
 
 def test_hc_sinkhorn_kernel_matches_reference_interpreted() -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    out = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "ok"
+    _interpreted(_CHILD, timeout=300)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU: native Triton kernel")
@@ -99,12 +106,7 @@ _SPARSE_CHILD = textwrap.dedent(
 
 
 def test_sparse_attention_kernel_matches_reference_interpreted() -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    out = subprocess.run(
-        [sys.executable, "-c", _SPARSE_CHILD], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().endswith("ok")
+    _interpreted(_SPARSE_CHILD, timeout=600)
 
 
 _LOWP_CHILD = textwrap.dedent(
@@ -203,12 +205,7 @@ _LOWP_CHILD = textwrap.dedent(
 
 
 def test_fp8_fp4_linear_kernels_match_reference_interpreted() -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    out = subprocess.run(
-        [sys.executable, "-c", _LOWP_CHILD], env=env, capture_output=True, text=True, timeout=900
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().endswith("ok")
+    _interpreted(_LOWP_CHILD, timeout=900)
 
 
 _POINTWISE_CHILD = textwrap.dedent(
@@ -299,12 +296,7 @@ def test_pointwise_kernels_match_references_interpreted() -> None:
     """RMSNorm, RoPE, the FP8 / FP4 roundtrips, SwiGLU and the mHC collapse / expand as kernels == the torch
     references (the roundtrips bit for bit; the rest to fp32 rounding, since sum orders and the device's
     cos / sin / rsqrt differ)."""
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    out = subprocess.run(
-        [sys.executable, "-c", _POINTWISE_CHILD], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip() == "ok"
+    _interpreted(_POINTWISE_CHILD, timeout=600)
 
 
 _POOL_CHILD = textwrap.dedent(
@@ -338,12 +330,7 @@ _POOL_CHILD = textwrap.dedent(
 def test_compressor_pool_step_kernel_matches_reference_interpreted() -> None:
     """The compressor's decode update (write, gated pooling, roll) as a kernel == `decode._pool_step`: the
     pooled entries to fp32 rounding, the tails it leaves byte for byte, across block ends, two slots."""
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    out = subprocess.run(
-        [sys.executable, "-c", _POOL_CHILD], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip() == "ok"
+    _interpreted(_POOL_CHILD, timeout=600)
 
 
 _MOE_SUM_CHILD = textwrap.dedent(
@@ -375,12 +362,7 @@ _MOE_SUM_CHILD = textwrap.dedent(
 def test_moe_ordered_sum_kernel_equals_sorted_sum_interpreted() -> None:
     """Each token's expert terms summed in ascending expert order by one kernel == argsort + gather + adds,
     bit for bit (the same fp32 additions in the same order), with repeated and skipped experts."""
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    out = subprocess.run(
-        [sys.executable, "-c", _MOE_SUM_CHILD], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip() == "ok"
+    _interpreted(_MOE_SUM_CHILD, timeout=600)
 
 
 _ROUTE_CHILD = textwrap.dedent(
@@ -431,12 +413,7 @@ def test_router_kernel_matches_gate_reference_interpreted() -> None:
     """The router after its product (sqrt-softplus, bias or hash selection, normalization) as one kernel ==
     `Gate`'s torch ops: the same experts in the same order, weights to fp32 rounding, scores from tiny to
     above softplus' threshold of 20, and one token's block tables == `route_blocks`'."""
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    out = subprocess.run(
-        [sys.executable, "-c", _ROUTE_CHILD], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip() == "ok"
+    _interpreted(_ROUTE_CHILD, timeout=600)
 
 
 _TOPK_CHILD = textwrap.dedent(
@@ -473,9 +450,4 @@ def test_stable_topk_kernel_equals_the_stable_sort_prefix_interpreted() -> None:
     """The one-kernel top-k (a bitonic sort of (score, index) keys) == the first k of torch's stable
     descending sort: same entries in the same order wherever the score is finite, on rows of exact ties
     (zeros of both signs), random scores, invisible -inf tails and lengths that are not powers of two."""
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    out = subprocess.run(
-        [sys.executable, "-c", _TOPK_CHILD], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip() == "ok"
+    _interpreted(_TOPK_CHILD, timeout=600)

@@ -88,6 +88,22 @@ if HAVE_TRITON:
         return tl.dot(x.to(tl.bfloat16), tl.trans(w.to(tl.bfloat16)))
 
     @triton.jit
+    def _in_halves(row_ptr, rm, k0, K):  # type: ignore[no-untyped-def]
+        """The input rows' (row_ptr [BM, 1]) even and odd columns of the K block at k0, fp32 [BM, 64] each."""
+        ke = k0 + 2 * tl.arange(0, 64)
+        m = rm[:, None] & (ke < K)[None, :]
+        p = row_ptr + ke[None, :]
+        return tl.load(p, mask=m, other=0.0).to(tl.float32), tl.load(p + 1, mask=m, other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _fp4_mm(xe, xo, w_ptr, s_ptr, e, rn, k0, K, nm,  # type: ignore[no-untyped-def]
+                stride_we, stride_wn, stride_se, stride_sn, F32: tl.constexpr):  # fmt: skip
+        """One K block's product with a packed FP4 expert weight: even columns by the low nibbles, odd
+        columns by the high ones."""
+        we, wo = _fp4_halves(w_ptr, s_ptr, e, rn, k0, K, nm, stride_we, stride_wn, stride_se, stride_sn)
+        return _mm(xe, we, F32) + _mm(xo, wo, F32)
+
+    @triton.jit
     def _round_act(v, BF16: tl.constexpr):  # type: ignore[no-untyped-def]
         """A linear's fp32 accumulator as the reference sees it: its output in the activation dtype, kept as
         fp32. The bf16 rounding (nearest, ties to even) is done on the bits: Triton's CPU interpreter
@@ -122,19 +138,11 @@ if HAVE_TRITON:
             acc3 = tl.zeros((BM, BN), tl.float32)
             for k0 in range(0, K, 128):
                 if FMT == 2:  # packed FP4: even and odd columns apart (see _fp4_halves)
-                    ke = k0 + 2 * tl.arange(0, 64)
-                    xm = rm[:, None] & (ke < K)[None, :]
-                    xp = x_ptr + tok[:, None] * stride_x + ke[None, :]
-                    xe = tl.load(xp, mask=xm, other=0.0).to(tl.float32)
-                    xo = tl.load(xp + 1, mask=xm, other=0.0).to(tl.float32)
-                    w1e, w1o = _fp4_halves(
-                        w1_ptr, s1_ptr, e, rn, k0, K, nm, stride_we, stride_wn, stride_se, stride_sn
-                    )
-                    acc1 += _mm(xe, w1e, F32) + _mm(xo, w1o, F32)
-                    w3e, w3o = _fp4_halves(
-                        w3_ptr, s3_ptr, e, rn, k0, K, nm, stride_we, stride_wn, stride_se, stride_sn
-                    )
-                    acc3 += _mm(xe, w3e, F32) + _mm(xo, w3o, F32)
+                    xe, xo = _in_halves(x_ptr + tok[:, None] * stride_x, rm, k0, K)
+                    acc1 += _fp4_mm(xe, xo, w1_ptr, s1_ptr, e, rn, k0, K, nm,
+                                    stride_we, stride_wn, stride_se, stride_sn, F32)  # fmt: skip
+                    acc3 += _fp4_mm(xe, xo, w3_ptr, s3_ptr, e, rn, k0, K, nm,
+                                    stride_we, stride_wn, stride_se, stride_sn, F32)  # fmt: skip
                 else:
                     rk = k0 + tl.arange(0, 128)
                     km = rk < K
@@ -181,15 +189,9 @@ if HAVE_TRITON:
             acc = tl.zeros((BM, BN), tl.float32)
             for k0 in range(0, K, 128):
                 if FMT == 2:  # packed FP4: even and odd columns apart (see _fp4_halves)
-                    ke = k0 + 2 * tl.arange(0, 64)
-                    hm = rm[:, None] & (ke < K)[None, :]
-                    hp = h_ptr + pair[:, None] * stride_h + ke[None, :]
-                    he = tl.load(hp, mask=hm, other=0.0).to(tl.float32)
-                    ho = tl.load(hp + 1, mask=hm, other=0.0).to(tl.float32)
-                    w2e, w2o = _fp4_halves(
-                        w2_ptr, s2_ptr, e, rn, k0, K, nm, stride_we, stride_wn, stride_se, stride_sn
-                    )
-                    acc += _mm(he, w2e, F32) + _mm(ho, w2o, F32)
+                    he, ho = _in_halves(h_ptr + pair[:, None] * stride_h, rm, k0, K)
+                    acc += _fp4_mm(he, ho, w2_ptr, s2_ptr, e, rn, k0, K, nm,
+                                   stride_we, stride_wn, stride_se, stride_sn, F32)  # fmt: skip
                 else:
                     rk = k0 + tl.arange(0, 128)
                     km = rk < K
