@@ -276,7 +276,7 @@ def test_cuda_graph_decode_equals_eager_static_decode() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
-def test_graph_decoder_with_the_moe_kernel_off_steps_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cuda_graph_decoder_with_the_moe_kernel_off_steps_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
     """The torch MoE path syncs with the host, which a graph capture cannot hold: with the MoE kernel off a
     graph decoder must still step (eagerly) and give the eager decoder's tokens, not fail its capture."""
     cfg = ModelConfig.preset("tiny-test", window_size=16)
