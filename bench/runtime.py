@@ -293,9 +293,43 @@ def hf_rates(b: Bench, model: V4Model, ctx: int) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------------------- rows
+def tune_sweep(b: Bench, model: V4Model, ctx: int) -> dict[str, Any]:
+    """Coordinate descent over the kernels' launch settings (`agentkit.runtime.kernels.tune`): for each knob
+    of `--tune "knob=v1,v2;knob2=..."` in turn, static decode is measured at each value with the other knobs
+    at their best so far. The best setting stays in `AGENTKIT_KERNEL_TUNE` for the rows after this one.
+
+    Why here: one lent-GPU call measures every candidate in one process (kernels compile once each); the
+    winner becomes the default in the kernel files, with this row's JSON as its evidence."""
+    best: dict[str, str] = {}
+    tried: dict[str, float] = {}
+
+    def measure(cfg: dict[str, str]) -> float:
+        spec = ",".join(f"{k}={v}" for k, v in sorted(cfg.items()))
+        if spec not in tried:
+            os.environ["AGENTKIT_KERNEL_TUNE"] = spec
+            try:
+                tried[spec] = decode_rate(b, model, ctx, 1, static=True)[0]
+            except Exception as e:  # a tiling a kernel refuses (e.g. a tile wider than a group): not a winner
+                print(f"  tune {spec}: {type(e).__name__}: {e}", flush=True)
+                tried[spec] = 0.0
+            print(f"  tune {spec or '(defaults)'}: {tried[spec]:.1f} tok/s", flush=True)
+            b.report["tune_partial"] = tried  # kept if the run is cut off mid-sweep
+            b.save()
+        return tried[spec]
+
+    for knob in b.a.tune.split(";"):
+        name, values = knob.split("=", 1)
+        rates = {v: measure({**best, name: v}) for v in values.split(",")}
+        best[name.strip()] = max(rates, key=lambda v: rates[v])
+    spec = ",".join(f"{k}={v}" for k, v in sorted(best.items()))
+    os.environ["AGENTKIT_KERNEL_TUNE"] = spec
+    return {"tune": spec, "tune_sweep_tok_s": tried}
+
+
 def row_decode(b: Bench, kind: str) -> dict[str, Any]:
     model = b.model(kind)
     ctx = b.a.context
+    sweep = tune_sweep(b, model, ctx) if b.a.tune else {}
     static, _ = decode_rate(b, model, ctx, 1, static=True)
     general = None if b.a.no_general else decode_rate(b, model, ctx, 1, static=False)[0]
     per_token = weight_bytes(model) + state_read_bytes(model.config, ctx)
@@ -303,7 +337,7 @@ def row_decode(b: Bench, kind: str) -> dict[str, Any]:
     row: dict[str, Any] = {
         "context": ctx, "batch": 1, "weights": kind, "static_graphs_tok_s": static,
         "general_path_tok_s": general, "bytes_per_token": per_token, "bound_tok_s": bound,
-        "fraction_of_bound": static / bound,
+        "fraction_of_bound": static / bound, **sweep,
     }  # fmt: skip
     if b.a.compile:
         try:
@@ -543,6 +577,9 @@ def main() -> None:
     ap.add_argument("--no-general", action="store_true", help="decode rows: skip the general extend path")
     ap.add_argument(
         "--profile-weights", default="bf16", choices=["bf16", "fp8fp4"], help="the profile row's weights"
+    )
+    ap.add_argument(
+        "--tune", default="", help='decode rows: sweep kernel launch settings first, "knob=v1,v2;knob2=v1,v2"'
     )
     ap.add_argument("--out", default=None, help="JSON report path")
     a = ap.parse_args()

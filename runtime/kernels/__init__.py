@@ -30,4 +30,24 @@ def _parse(off: str) -> frozenset[str]:
     return frozenset(x.strip() for x in off.split(",") if x.strip())
 
 
-__all__ = ["enabled", "family_on"]
+def tune(name: str, default: int) -> int:
+    """A launch parameter (tile width, warps, pipeline stages) from `AGENTKIT_KERNEL_TUNE=name=value,...`,
+    else `default`.
+
+    Why: the lent GPU is measured in few, short calls; a benchmark sweeps several settings in one process
+    (`bench/runtime.py --tune`) and the best measured one becomes the default here. A setting changes only
+    the tiling: every result stays the reference's up to summation order."""
+    return _tuning(os.environ.get("AGENTKIT_KERNEL_TUNE", "")).get(name, default)
+
+
+@functools.lru_cache(maxsize=16)
+def _tuning(spec: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in spec.split(","):
+        if "=" in item:
+            k, v = item.split("=", 1)
+            out[k.strip()] = int(v)
+    return out
+
+
+__all__ = ["enabled", "family_on", "tune"]

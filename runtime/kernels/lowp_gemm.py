@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 
 import torch
-from agentkit.runtime.kernels import family_on
+from agentkit.runtime.kernels import family_on, tune
 
 try:
     import triton
@@ -50,14 +50,30 @@ if HAVE_TRITON:
     def _act_quant(x, ACT: tl.constexpr):  # type: ignore[no-untyped-def]
         """x [BM, 128] fp32 -> its e4m3 rounding per row with a power-of-two scale (amax floor 1e-4)."""
         if ACT:
-            amax = tl.maximum(tl.max(tl.abs(x), axis=1), 1.0e-4)
-            abits = (amax / 448.0).to(tl.int32, bitcast=True)
-            # 2^ceil(log2(r)) from the bits: the exponent, plus one unless r is already a power of two
-            ex = ((abits >> 23) & 0xFF) - 127 + ((abits & 0x7FFFFF) != 0).to(tl.int32)
-            scale = tl.exp2(ex.to(tl.float32))
-            q = _e4m3_round(tl.minimum(tl.maximum(x / scale[:, None], -448.0), 448.0))
-            x = q * scale[:, None]
+            x = _e4m3_scaled(x, _act_scale(tl.max(tl.abs(x), axis=1)))
         return x
+
+    @triton.jit
+    def _act_scale(amax):  # type: ignore[no-untyped-def]
+        """A 1x128 block's power-of-two scale from its absolute maximum (floored at 1e-4): 2^ceil(log2(r)),
+        r = amax / 448, from the bits (the exponent, plus one unless r is already a power of two)."""
+        abits = (tl.maximum(amax, 1.0e-4) / 448.0).to(tl.int32, bitcast=True)
+        ex = ((abits >> 23) & 0xFF) - 127 + ((abits & 0x7FFFFF) != 0).to(tl.int32)
+        return tl.exp2(ex.to(tl.float32))
+
+    @triton.jit
+    def _e4m3_scaled(x, scale):  # type: ignore[no-untyped-def]
+        """x [BM, n] rounded to e4m3 with its rows' scales [BM], back in fp32."""
+        return _e4m3_round(tl.minimum(tl.maximum(x / scale[:, None], -448.0), 448.0)) * scale[:, None]
+
+    @triton.jit
+    def _act_quant_halves(xe, xo, ACT: tl.constexpr):  # type: ignore[no-untyped-def]
+        """`_act_quant` of 1x128 blocks held as their even and odd columns ([BM, 64] each): one scale per
+        block, from both halves' maximum."""
+        if ACT:
+            scale = _act_scale(tl.maximum(tl.max(tl.abs(xe), axis=1), tl.max(tl.abs(xo), axis=1)))
+            xe, xo = _e4m3_scaled(xe, scale), _e4m3_scaled(xo, scale)
+        return xe, xo
 
     @triton.jit
     def _e8m0(b):  # type: ignore[no-untyped-def]
@@ -113,11 +129,14 @@ if HAVE_TRITON:
         x_ptr, w_ptr, s_ptr, o_ptr, M, N, K, K_PER,
         stride_xm, stride_wn, stride_sn, stride_os, stride_om,
         FP4: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, UPCAST: tl.constexpr,
-        RAW: tl.constexpr = False, GROUP_N: tl.constexpr = 0,
+        RAW: tl.constexpr = False, GROUP_N: tl.constexpr = 0, CVT: tl.constexpr = False,
     ):  # fmt: skip
         """o[split] = x[:, split's K range] W[:, same]^T; x already rounded (or not asked to be). RAW: W is a
         plain float matrix (bf16 / fp32), read as stored. GROUP_N: a grouped product, output rows
-        [g * GROUP_N, (g + 1) * GROUP_N) read input columns [g * K, (g + 1) * K) (BN divides GROUP_N)."""
+        [g * GROUP_N, (g + 1) * GROUP_N) read input columns [g * K, (g + 1) * K) (BN divides GROUP_N).
+        CVT (FP8, bf16 dots): the codes go to bf16 through the hardware's e4m3 conversion (two per
+        instruction, instead of a dozen integer operations per code) and the tile's power-of-two scale
+        multiplies the block's dot product (exact: scaling by 2^s commutes with every rounding)."""
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
         pid_s = tl.program_id(2)
@@ -135,18 +154,42 @@ if HAVE_TRITON:
                 x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=mm[:, None] & km[None, :], other=0.0
             )
             wm = nm[:, None] & km[None, :]
-            if RAW:
-                w = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=wm, other=0.0).to(tl.float32)
-            elif FP4:
-                w = _fp4_tile(w_ptr, s_ptr, rn, rk, k0, K, nm, wm, stride_wn, stride_sn)
+            if CVT:
+                b = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=wm, other=0)
+                wb = b.to(tl.float8e4nv, bitcast=True).to(tl.bfloat16)
+                sc = _e8m0(tl.load(s_ptr + (rn // 128) * stride_sn + k0 // 128, mask=nm, other=127))
+                if UPCAST:
+                    d = tl.dot(x.to(tl.float32), tl.trans(wb.to(tl.float32)), input_precision="ieee")
+                else:
+                    d = tl.dot(x.to(tl.bfloat16), tl.trans(wb))
+                acc += d * sc[None, :]
             else:
-                w = _fp8_tile(w_ptr, s_ptr, rn, rk, k0, nm, wm, stride_wn, stride_sn)
-            if UPCAST:
-                acc += tl.dot(x.to(tl.float32), tl.trans(w), input_precision="ieee")
-            else:
-                acc += tl.dot(x.to(tl.bfloat16), tl.trans(w.to(tl.bfloat16)))
+                if RAW:
+                    w = tl.load(w_ptr + rn[:, None] * stride_wn + rk[None, :], mask=wm, other=0.0).to(
+                        tl.float32
+                    )
+                elif FP4:
+                    w = _fp4_tile(w_ptr, s_ptr, rn, rk, k0, K, nm, wm, stride_wn, stride_sn)
+                else:
+                    w = _fp8_tile(w_ptr, s_ptr, rn, rk, k0, nm, wm, stride_wn, stride_sn)
+                if UPCAST:
+                    acc += tl.dot(x.to(tl.float32), tl.trans(w), input_precision="ieee")
+                else:
+                    acc += tl.dot(x.to(tl.bfloat16), tl.trans(w.to(tl.bfloat16)))
         o = o_ptr + pid_s.to(tl.int64) * stride_os
-        tl.store(o + rm[:, None] * stride_om + rn[None, :], acc, mask=mm[:, None] & nm[None, :])
+        tl.store(o + rm[:, None] * stride_om + rn[None, :], acc.to(o_ptr.dtype.element_ty),
+                 mask=mm[:, None] & nm[None, :])  # fmt: skip
+
+    @triton.jit
+    def _sum_splits(p_ptr, o_ptr, MN, SPLIT: tl.constexpr, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def]
+        """o = the split-K partials p [SPLIT, M*N] (fp32) added in split order, in o's dtype: one launch
+        where a sum and a dtype cast took two."""
+        r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = r < MN
+        acc = tl.load(p_ptr + r, mask=m, other=0.0)
+        for j in tl.static_range(1, SPLIT):
+            acc += tl.load(p_ptr + j * MN + r, mask=m, other=0.0)
+        tl.store(o_ptr + r, acc.to(o_ptr.dtype.element_ty), mask=m)
 
 
 def supported(x: torch.Tensor) -> bool:
@@ -219,7 +262,7 @@ def lowp_linear(
         w = weight.view(torch.uint8) if weight.dtype != torch.int8 else weight
         s = scale.view(torch.uint8)
     bm = 16 if m <= 16 else 32 if m <= 32 else 64
-    bn = 32 if m <= 16 else 64
+    bn = tune("lowp_bn", 32) if m <= 16 else 64
     if groups > 1 and (n % groups or (n // groups) % bn or act_quant):
         raise ValueError(f"grouped lowp_linear: {n} rows, {groups} groups of {bn}-row tiles, no act_quant")
     tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
@@ -227,14 +270,23 @@ def lowp_linear(
     split = _split_k(tiles, k_blocks, x.device)
     k_per = triton.cdiv(k_blocks, split) * 128
     split = triton.cdiv(k, k_per)
-    out = torch.empty(split, m, n, dtype=torch.float32, device=x.device)
+    # one split: the kernel stores the result in its dtype; else fp32 partials, summed in split order
+    out = torch.empty(split, m, n, dtype=torch.float32 if split > 1 else odt, device=x.device)
     grid = (triton.cdiv(m, bm), triton.cdiv(n, bn), split)
+    upcast = (
+        x.dtype == torch.float32
+        or (raw and weight.dtype == torch.float32)
+        or os.environ.get("TRITON_INTERPRET") == "1"
+    )
     _lowp_linear[grid](
         x2, w, s, out, m, n, k, k_per,
         x2.stride(0), w.stride(0), s.stride(0), out.stride(0), out.stride(1),
         FP4=fmt == "fp4", BM=bm, BN=bn, RAW=raw, GROUP_N=n // groups if groups > 1 else 0,
-        UPCAST=x.dtype == torch.float32 or (raw and weight.dtype == torch.float32)
-        or os.environ.get("TRITON_INTERPRET") == "1",
+        UPCAST=upcast, CVT=fmt == "fp8" and not raw and bool(tune("lowp_cvt", 1)),
+        num_warps=tune("lowp_warps", 4), num_stages=tune("lowp_stages", 3),
     )  # fmt: skip
-    y = out[0] if split == 1 else out.sum(0)
-    return y.to(odt).view(*lead, n)
+    if split == 1:
+        return out[0].view(*lead, n)
+    y = torch.empty(m, n, dtype=odt, device=x.device)
+    _sum_splits[(triton.cdiv(m * n, 1024),)](out, y, m * n, SPLIT=split, BLOCK=1024)
+    return y.view(*lead, n)

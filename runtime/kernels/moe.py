@@ -15,8 +15,10 @@ upper bound on the number of blocks (ceil(P / BM) + min(E, P)) with unused block
   `index_add` accumulates them (fp32, starting from the first term).
 
 With `act_quant` (FP8/FP4 experts) both GEMMs first round their input to e4m3 in 1x128 blocks with
-power-of-two scales, as DeepSeek's reference does before `fp4_gemm`. Every decoded weight value is exact in
-bf16, so results equal the torch path up to the summation order inside a dot product.
+power-of-two scales, as DeepSeek's reference does before `fp4_gemm`: x once before `_moe_up`, h inside
+`_moe_down` (each K step holds whole 1x128 blocks of h, so `_moe_up` may use tiles of any width). Every
+decoded weight value is exact in bf16, so results equal the torch path up to the summation order inside a
+dot product.
 """
 
 from __future__ import annotations
@@ -24,12 +26,18 @@ from __future__ import annotations
 import os
 
 import torch
-from agentkit.runtime.kernels import family_on
+from agentkit.runtime.kernels import family_on, tune
 
 try:
     import triton
     import triton.language as tl
-    from agentkit.runtime.kernels.lowp_gemm import _act_quant, _fp4_tile, _fp8_tile, quant_rows
+    from agentkit.runtime.kernels.lowp_gemm import (
+        _act_quant,
+        _act_quant_halves,
+        _fp4_tile,
+        _fp8_tile,
+        quant_rows,
+    )
 
     HAVE_TRITON = True
 except ImportError:  # pragma: no cover - triton is a dependency on Linux x86-64
@@ -120,7 +128,7 @@ if HAVE_TRITON:
         x_ptr, w1_ptr, s1_ptr, w3_ptr, s3_ptr, rw_ptr, order_ptr, bexp_ptr, blo_ptr, bhi_ptr, h_ptr,
         N, K, limit,
         stride_x, stride_we, stride_wn, stride_se, stride_sn, stride_h,
-        TOPK: tl.constexpr, FMT: tl.constexpr, ACT: tl.constexpr, F32: tl.constexpr, BF16: tl.constexpr,
+        TOPK: tl.constexpr, FMT: tl.constexpr, F32: tl.constexpr, BF16: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr,
     ):  # fmt: skip
         blk = tl.program_id(0)
@@ -163,8 +171,6 @@ if HAVE_TRITON:
             b = tl.minimum(tl.maximum(_round_act(acc3, BF16), -limit), limit).to(tl.float32)
             rw = tl.load(rw_ptr + pair, mask=rm, other=0.0)
             h = _round_act((a / (1.0 + tl.exp(-a))) * b * rw[:, None], BF16)  # exact in h's dtype
-            # the down GEMM's input rounding, done once here (a program holds whole 1x128 blocks of h)
-            h = _act_quant(h, ACT)
             tl.store(h_ptr + pair.to(tl.int64)[:, None] * stride_h + rn[None, :],
                      h.to(h_ptr.dtype.element_ty), mask=rm[:, None] & nm[None, :])  # fmt: skip
 
@@ -173,7 +179,7 @@ if HAVE_TRITON:
         h_ptr, w2_ptr, s2_ptr, order_ptr, bexp_ptr, blo_ptr, bhi_ptr, y_ptr,
         N, K,
         stride_h, stride_we, stride_wn, stride_se, stride_sn, stride_y,
-        FMT: tl.constexpr, F32: tl.constexpr, BF16: tl.constexpr,
+        FMT: tl.constexpr, ACT: tl.constexpr, F32: tl.constexpr, BF16: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr,
     ):  # fmt: skip
         blk = tl.program_id(0)
@@ -190,6 +196,7 @@ if HAVE_TRITON:
             for k0 in range(0, K, 128):
                 if FMT == 2:  # packed FP4: even and odd columns apart (see _fp4_halves)
                     he, ho = _in_halves(h_ptr + pair[:, None] * stride_h, rm, k0, K)
+                    he, ho = _act_quant_halves(he, ho, ACT)  # this GEMM's input rounding, per 1x128 block
                     acc += _fp4_mm(he, ho, w2_ptr, s2_ptr, e, rn, k0, K, nm,
                                    stride_we, stride_wn, stride_se, stride_sn, F32)  # fmt: skip
                 else:
@@ -197,6 +204,7 @@ if HAVE_TRITON:
                     km = rk < K
                     h = tl.load(h_ptr + pair[:, None] * stride_h + rk[None, :],
                                 mask=rm[:, None] & km[None, :], other=0.0).to(tl.float32)  # fmt: skip
+                    h = _act_quant(h, ACT)  # this GEMM's input rounding: whole 1x128 blocks of h per K step
                     w2 = _w_tile(
                         w2_ptr, s2_ptr, e, rn, rk, k0, K, nm, km, stride_we, stride_wn, stride_se, stride_sn,
                         FMT,
@@ -375,7 +383,7 @@ def fused_moe(
     *,
     act_quant: bool,
     limit: float,
-    block_n: int = 64,
+    block_n: int | None = None,
     partial: bool = False,
     ordered_kernel: bool = True,
     blocks: tuple[torch.Tensor, ...] | None = None,
@@ -412,20 +420,25 @@ def fused_moe(
     if act_quant:  # the up GEMM's input rounded once (exact in x's dtype), not in every hidden tile
         x2 = quant_rows(x2)
     h = torch.empty(t * k, inter, dtype=x.dtype, device=x.device)
-    bn_up = 128 if act_quant else block_n  # whole 1x128 blocks of h per program: its rounding is local
+    # decode (few pairs): narrow tiles, so that the few experts' weights spread over every SM; the packed
+    # FP4 tiles' decoded halves must also fit the registers (at 128 they spilled: 9x slower than bf16)
+    few = t * k <= 64
+    bn_up = block_n or (tune("moe_up_bn", 32) if few else 64)
+    bn_down = block_n or (tune("moe_down_bn", 32) if few else 64)
+    launch = {"num_warps": tune("moe_warps", 4), "num_stages": tune("moe_stages", 3)}
     _moe_up[(nb, triton.cdiv(inter, bn_up))](
         x2, w1, s1, w3, s3, rw, order, bexp, blo, bhi, h,
         inter, d, limit,
         x2.stride(0), w1.stride(0), w1.stride(1), s1.stride(0), s1.stride(1), h.stride(0),
-        TOPK=k, FMT=fcode, ACT=act_quant, F32=f32, BF16=bf16, BM=bm, BN=bn_up,
+        TOPK=k, FMT=fcode, F32=f32, BF16=bf16, BM=bm, BN=bn_up, **launch,
     )  # fmt: skip
     # skipped pairs' rows are never written: zeros, not garbage, go into their tokens' sums
     y = (torch.zeros if partial else torch.empty)(t * k, d, dtype=torch.float32, device=x.device)
-    _moe_down[(nb, triton.cdiv(d, block_n))](
+    _moe_down[(nb, triton.cdiv(d, bn_down))](
         h, w2, s2, order, bexp, blo, bhi, y,
         d, inter,
         h.stride(0), w2.stride(0), w2.stride(1), s2.stride(0), s2.stride(1), y.stride(0),
-        FMT=fcode, F32=f32, BF16=bf16, BM=bm, BN=block_n,
+        FMT=fcode, ACT=act_quant, F32=f32, BF16=bf16, BM=bm, BN=bn_down, **launch,
     )  # fmt: skip
     # each token's terms in ascending expert order, summed left to right like the reference's index_add
     if ordered_kernel:

@@ -20,9 +20,13 @@ def stable_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
     stable sort's tie rule: ReLU makes exact ties common), and orders only those k by (score descending,
     index ascending). Equal to the sort's result wherever the score is finite; among -inf entries (the
     invisible ones, which attention masks out) the choice is arbitrary. On CUDA, rows of up to
-    `indexer.TOPK_MAX` scores go through one sorting kernel instead (`indexer.topk_stable`)."""
+    `indexer.TOPK_MAX` scores go through one sorting kernel instead (`indexer.topk_stable`) when there are
+    few rows or short ones."""
     n = scores.shape[-1]
-    small = scores.dim() == 2 and n <= indexer_kernel.TOPK_MAX and scores.dtype == torch.float32
+    # the sorting kernel holds a row in one program: right for decode's few rows, but a long prefill's
+    # thousands of rows of thousands of scores each spill its registers (10x slower at 32K than torch's)
+    few = scores.dim() == 2 and (n <= 1024 or scores.shape[0] <= 64)
+    small = few and n <= indexer_kernel.TOPK_MAX and scores.dtype == torch.float32
     if small and indexer_kernel.supported(scores) and kernels_enabled():
         return indexer_kernel.topk_stable(scores, k)
     kth = torch.topk(scores, k, dim=-1).values[..., -1:]
