@@ -11,6 +11,7 @@ via layers/batched.py, or per sequence), and it also returns the indexer's disti
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -43,6 +44,40 @@ SCORE_BUDGET = {"cpu": 1 << 24, "cuda": 1 << 27}
 def _scores(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """q [b, h, d] x keys [m, d] -> [b, h, m] as one GEMM."""
     return (q.reshape(-1, q.shape[-1]) @ keys.t()).view(q.shape[0], q.shape[1], -1)
+
+
+def _scores_f32(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """`_scores` in fp32 of q [b, h, d] and keys [m, d] as stored, or batched: keys [b, m, d].
+
+    Why: bf16 operands multiply exactly in fp32, so on CUDA the tensor cores' bf16 products summed in fp32
+    (`out_dtype`) are the fp32 GEMM of the upcast operands up to summation order, at tensor-core speed: the
+    fp32 GEMMs were a fifth of a 4K prefill's GPU time. Elsewhere (CPU, fp32 models, `AGENTKIT_KERNELS=0`
+    for A/B runs) the operands are upcast as before."""
+    if keys.dim() == 3:
+        if _tensor_core_f32(q, keys):
+            return torch.bmm(q, keys.transpose(1, 2), out_dtype=torch.float32)
+        return torch.bmm(q.float(), keys.float().transpose(1, 2))
+    if _tensor_core_f32(q, keys):
+        q2 = q.reshape(-1, q.shape[-1])
+        return torch.mm(q2, keys.t(), out_dtype=torch.float32).view(q.shape[0], q.shape[1], -1)
+    return _scores(q.float(), keys.float())
+
+
+def _tensor_core_f32(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (
+        a.is_cuda and a.dtype == b.dtype == torch.bfloat16 and kernels_enabled() and _has_out_dtype(a.device)
+    )
+
+
+@functools.cache
+def _has_out_dtype(device: torch.device) -> bool:
+    """Whether this torch offers bf16 GEMMs with fp32 results (`mm` / `bmm(..., out_dtype=)`, CUDA only)."""
+    try:
+        x = torch.ones(2, 2, dtype=torch.bfloat16, device=device)
+        y = torch.bmm(x[None], x[None], out_dtype=torch.float32)
+        return torch.mm(x, x, out_dtype=torch.float32).dtype == y.dtype == torch.float32
+    except (RuntimeError, TypeError, NotImplementedError):
+        return False
 
 
 @dataclass
@@ -367,7 +402,6 @@ class Attention(nn.Module):
         budget = SCORE_BUDGET.get(dev.type, 1 << 24)
         block = max(1, min(QUERY_BLOCK, budget // max(1, h * width)))
         # cast once, not per query block (at 1M tokens of context the indexer keys alone are 64 MB)
-        comp_f = None if comp is None else comp.float()
         idx_f = None if idx_keys is None else idx_keys if ix_kernel else idx_keys.float()
         out = []
         for i0 in range(0, n, block):
@@ -378,23 +412,22 @@ class Attention(nn.Module):
             kw = keys_win[lo:hi]
             kpos = torch.arange(lo, hi, device=dev) + (pos - w_old)
             mask = (kpos[None] <= qpos[:, None]) & (kpos[None] > qpos[:, None] - self.window)
-            qb = q[i0:i1].float()
-            logits = _scores(qb, kw.float())
+            qb = q[i0:i1]
+            logits = _scores_f32(qb, kw)
             gathered: torch.Tensor | None = None
             dense = kw
             if comp is not None and n_comp:
                 visible = torch.arange(n_comp, device=dev)[None] < ((qpos + 1) // self.ratio)[:, None]
                 if idx_f is not None:
-                    assert iq is not None and iw is not None and comp_f is not None
+                    assert iq is not None and iw is not None
                     order = self._select(iq[i0:i1], iw[i0:i1], idx_f, visible)
                     gathered = comp[order]  # [b, k, d]
-                    lg = torch.bmm(qb, comp_f[order].transpose(1, 2))  # [b, h, k]
+                    lg = _scores_f32(qb, gathered)  # [b, h, k]
                     logits = torch.cat((logits, lg), -1)
                     mask = torch.cat((mask, visible.gather(1, order)), 1)
                 else:
-                    assert comp_f is not None
                     dense = torch.cat((kw, comp), 0)
-                    logits = torch.cat((logits, _scores(qb, comp_f)), -1)
+                    logits = torch.cat((logits, _scores_f32(qb, comp)), -1)
                     mask = torch.cat((mask, visible), 1)
             logits = (logits * scale).masked_fill(~mask[:, None, :], float("-inf"))
             full = torch.cat((logits, sink.expand(i1 - i0, -1, 1)), dim=-1)
