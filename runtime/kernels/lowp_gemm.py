@@ -283,7 +283,7 @@ def lowp_linear(
         x2.stride(0), w.stride(0), s.stride(0), out.stride(0), out.stride(1),
         FP4=fmt == "fp4", BM=bm, BN=bn, RAW=raw, GROUP_N=n // groups if groups > 1 else 0,
         UPCAST=upcast, CVT=fmt == "fp8" and not raw and bool(tune("lowp_cvt", 1)),
-        num_warps=tune("lowp_warps", 4), num_stages=tune("lowp_stages", 3),
+        num_warps=tune("lowp_warps", 4), num_stages=tune("lowp_stages", 4),
     )  # fmt: skip
     if split == 1:
         return out[0].view(*lead, n)
