@@ -177,6 +177,7 @@ def test_openai_async_client_stream_equals_the_non_streamed_answer(
                     slot["name"] += (tc.function.name if tc.function else None) or ""
                     slot["arguments"] += (tc.function.arguments if tc.function else None) or ""
                 got["finish"] = c.finish_reason or got["finish"]
+        await client.close()  # here: a client left to the garbage collector closes in a later test's loop
         return whole, got, chunks
 
     whole, got, chunks = anyio.run(go)
@@ -391,14 +392,18 @@ def test_openai_agents_sdk_runs_a_tool_calling_agent_against_the_server(
             strict_json_schema=False,
         )
 
-    client = openai.AsyncOpenAI(base_url=base_url, api_key=KEY)
-    agent = agents.Agent(
-        name="tiny",
-        instructions=INSTRUCTIONS,
-        model=agents.OpenAIChatCompletionsModel(model=MODEL, openai_client=client),
-        tools=[sdk_tool(s) for s in tool_schemas],
-    )
-    result = asyncio.run(agents.Runner.run(agent, "How many cm is 150 m?", max_turns=4))
+    async def run() -> Any:
+        # the client closes in this loop: one left to the garbage collector closes inside a later test's loop
+        async with openai.AsyncOpenAI(base_url=base_url, api_key=KEY) as client:
+            agent = agents.Agent(
+                name="tiny",
+                instructions=INSTRUCTIONS,
+                model=agents.OpenAIChatCompletionsModel(model=MODEL, openai_client=client),
+                tools=[sdk_tool(s) for s in tool_schemas],
+            )
+            return await agents.Runner.run(agent, "How many cm is 150 m?", max_turns=4)
+
+    result = asyncio.run(run())
     assert calls == [("convert_units", {"value": 150, "from_unit": "m", "to_unit": "cm"})]
     assert extract_answer(str(result.final_output)) == "15000 cm"
 
@@ -811,8 +816,8 @@ def test_32_concurrent_streaming_clients_each_get_their_own_answer(base_url: str
         return reasoning, [(n, a) for n, a in calls.values()], finish
 
     async def all_of_them() -> list[Any]:
-        client = openai.AsyncOpenAI(base_url=base_url, api_key=KEY, max_retries=0, timeout=300)
-        return await asyncio.gather(*(one(client, m) for m in meters))
+        async with openai.AsyncOpenAI(base_url=base_url, api_key=KEY, max_retries=0, timeout=300) as client:
+            return await asyncio.gather(*(one(client, m) for m in meters))
 
     steps_before = engine.stats().steps
     started = time.monotonic()

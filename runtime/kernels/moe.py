@@ -14,9 +14,7 @@ upper bound on the number of blocks (ceil(P / BM) + min(E, P)) with unused block
 - the combine adds each token's pairs in ascending expert order, the order in which the reference's
   `index_add` accumulates them (fp32, starting from the first term).
 
-Packed FP4 experts with few pairs (batch-1 decode: one row per expert) skip the blocks: `_moe_up_pairs` /
-`_moe_down_pairs` give each pair its own programs and multiply its one row on the CUDA cores (a tensor-core
-tile of 16 rows would waste 15, and its operand conversions cost more than the FP4 bytes).
+Packed FP4 experts with few pairs (batch-1 decode) take `moe_pairs` instead: one program row per pair.
 
 With `act_quant` (FP8/FP4 experts) both GEMMs first round their input to e4m3 in 1x128 blocks with
 power-of-two scales, as DeepSeek's reference does before `fp4_gemm`: x once before `_moe_up`, h inside
@@ -38,12 +36,12 @@ try:
     from agentkit.runtime.kernels.lowp_gemm import (
         _act_quant,
         _act_quant_halves,
-        _act_scale,
-        _e4m3_round,
         _fp4_tile,
         _fp8_tile,
         quant_rows,
     )
+    from agentkit.runtime.kernels.moe_math import _round_act, _swiglu
+    from agentkit.runtime.kernels.moe_pairs import pairs_fp4
 
     HAVE_TRITON = True
 except ImportError:  # pragma: no cover - triton is a dependency on Linux x86-64
@@ -118,18 +116,6 @@ if HAVE_TRITON:
         return _mm(xe, we, F32) + _mm(xo, wo, F32)
 
     @triton.jit
-    def _round_act(v, BF16: tl.constexpr):  # type: ignore[no-untyped-def]
-        """A linear's fp32 accumulator as the reference sees it: its output in the activation dtype, kept as
-        fp32. The bf16 rounding (nearest, ties to even) is done on the bits: Triton's CPU interpreter
-        truncates in `.to(tl.bfloat16)`, and one unit of difference here can move a value across an e4m3
-        rounding boundary of the next GEMM's input."""
-        if BF16:
-            bits = v.to(tl.int32, bitcast=True)
-            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
-            return bits.to(tl.float32, bitcast=True)
-        return v
-
-    @triton.jit
     def _moe_up(  # type: ignore[no-untyped-def]
         x_ptr, w1_ptr, s1_ptr, w3_ptr, s3_ptr, rw_ptr, order_ptr, bexp_ptr, blo_ptr, bhi_ptr, h_ptr,
         N, K, limit,
@@ -172,11 +158,8 @@ if HAVE_TRITON:
                         FMT,
                     )  # fmt: skip
                     acc3 += _mm(x, w3, F32)
-            # .to(fp32): torch.compile passes the Python float `limit` as fp64, which would promote a and b
-            a = tl.minimum(_round_act(acc1, BF16), limit).to(tl.float32)
-            b = tl.minimum(tl.maximum(_round_act(acc3, BF16), -limit), limit).to(tl.float32)
             rw = tl.load(rw_ptr + pair, mask=rm, other=0.0)
-            h = _round_act((a / (1.0 + tl.exp(-a))) * b * rw[:, None], BF16)  # exact in h's dtype
+            h = _swiglu(acc1, acc3, rw[:, None], limit, BF16)
             tl.store(h_ptr + pair.to(tl.int64)[:, None] * stride_h + rn[None, :],
                      h.to(h_ptr.dtype.element_ty), mask=rm[:, None] & nm[None, :])  # fmt: skip
 
@@ -218,93 +201,6 @@ if HAVE_TRITON:
                     acc += _mm(h, w2, F32)
             tl.store(y_ptr + pair[:, None] * stride_y + rn[None, :], _round_act(acc, BF16),
                      mask=rm[:, None] & nm[None, :])  # fmt: skip
-
-
-if HAVE_TRITON:
-
-    @triton.jit
-    def _fp4_gemv(xe, xo, wp, sp, rn, k0, K, nm, stride_wn, stride_sn):  # type: ignore[no-untyped-def]
-        """One 128-wide K block of W x for one input row: W's packed FP4 rows rn (expert base wp / sp), x as
-        its even and odd columns [4, 16] (4 scale groups of 16 bytes). fp32 products and sums on the CUDA
-        cores, no tensor-core tile: a decode pair multiplies one row, so a dot's 16-row tile wasted 15/16 of
-        it and its bf16 operand conversions cost more than the bytes (the FP4 dot path ran at ~150 GB/s).
-        A code decodes through fp16 as in `_fp4_halves`; the 2^14 and each group's E8M0 scale multiply the
-        group's partial sum (exact: powers of two)."""
-        g = tl.arange(0, 4)
-        rb = k0 // 2 + g[:, None] * 16 + tl.arange(0, 16)[None, :]  # [4, 16] byte columns
-        bm = nm[:, None, None] & (rb * 2 < K)[None, :, :]
-        byte = (
-            tl.load(wp + rn[:, None, None] * stride_wn + rb[None, :, :], mask=bm, other=0).to(tl.int32) & 0xFF
-        )
-        lo = (((byte & 7) << 9) | ((byte & 8) << 12)).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-        hi = (((byte & 0x70) << 5) | ((byte & 0x80) << 8)).to(tl.int16).to(tl.float16, bitcast=True)
-        part = tl.sum(lo * xe[None, :, :] + hi.to(tl.float32) * xo[None, :, :], axis=2)  # [BN, 4]
-        sg = k0 // 32 + g
-        sb = tl.load(sp + rn[:, None] * stride_sn + sg[None, :], mask=nm[:, None] & (sg * 32 < K)[None, :],
-                     other=127).to(tl.int32) & 0xFF  # fmt: skip
-        scale = tl.where(sb == 0, 0x00400000, sb << 23).to(tl.float32, bitcast=True) * 16384.0
-        return tl.sum(part * scale, axis=1)
-
-    @triton.jit
-    def _row_halves(row_ptr, k0, K):  # type: ignore[no-untyped-def]
-        """One input row's even and odd columns of the K block at k0 as fp32 [4, 16] each (see _fp4_gemv)."""
-        ke = k0 + 2 * (tl.arange(0, 4)[:, None] * 16 + tl.arange(0, 16)[None, :])
-        m = ke < K
-        return (tl.load(row_ptr + ke, mask=m, other=0.0).to(tl.float32),
-                tl.load(row_ptr + ke + 1, mask=m, other=0.0).to(tl.float32))  # fmt: skip
-
-    @triton.jit
-    def _moe_up_pairs(  # type: ignore[no-untyped-def]
-        x_ptr, w1_ptr, s1_ptr, w3_ptr, s3_ptr, rw_ptr, idx_ptr, h_ptr, N, K, E, limit,
-        stride_x, stride_we, stride_wn, stride_se, stride_sn, stride_h,
-        TOPK: tl.constexpr, BF16: tl.constexpr, BN: tl.constexpr,
-    ):  # fmt: skip
-        """`_moe_up` for packed FP4 experts, one (token, expert) pair per program row: decode's few pairs."""
-        pair = tl.program_id(0)
-        e = tl.load(idx_ptr + pair)
-        if e < E:  # E: another rank's expert (expert parallelism), skipped
-            xrow = x_ptr + (pair // TOPK).to(tl.int64) * stride_x
-            rn = tl.program_id(1) * BN + tl.arange(0, BN)
-            nm = rn < N
-            w1p, w3p = w1_ptr + e.to(tl.int64) * stride_we, w3_ptr + e.to(tl.int64) * stride_we
-            s1p, s3p = s1_ptr + e.to(tl.int64) * stride_se, s3_ptr + e.to(tl.int64) * stride_se
-            acc1 = tl.zeros((BN,), tl.float32)
-            acc3 = tl.zeros((BN,), tl.float32)
-            for k0 in range(0, K, 128):
-                xe, xo = _row_halves(xrow, k0, K)
-                acc1 += _fp4_gemv(xe, xo, w1p, s1p, rn, k0, K, nm, stride_wn, stride_sn)
-                acc3 += _fp4_gemv(xe, xo, w3p, s3p, rn, k0, K, nm, stride_wn, stride_sn)
-            a = tl.minimum(_round_act(acc1, BF16), limit).to(tl.float32)
-            b = tl.minimum(tl.maximum(_round_act(acc3, BF16), -limit), limit).to(tl.float32)
-            rw = tl.load(rw_ptr + pair)
-            h = _round_act((a / (1.0 + tl.exp(-a))) * b * rw, BF16)
-            tl.store(h_ptr + pair.to(tl.int64) * stride_h + rn, h.to(h_ptr.dtype.element_ty), mask=nm)
-
-    @triton.jit
-    def _moe_down_pairs(  # type: ignore[no-untyped-def]
-        h_ptr, w2_ptr, s2_ptr, idx_ptr, y_ptr, N, K, E,
-        stride_h, stride_we, stride_wn, stride_se, stride_sn, stride_y,
-        ACT: tl.constexpr, BF16: tl.constexpr, BN: tl.constexpr,
-    ):  # fmt: skip
-        """`_moe_down` for packed FP4 experts, one pair per program row; h rounded per 1x128 block (ACT)."""
-        pair = tl.program_id(0)
-        e = tl.load(idx_ptr + pair)
-        if e < E:
-            hrow = h_ptr + pair.to(tl.int64) * stride_h
-            rn = tl.program_id(1) * BN + tl.arange(0, BN)
-            nm = rn < N
-            wp, sp = w2_ptr + e.to(tl.int64) * stride_we, s2_ptr + e.to(tl.int64) * stride_se
-            acc = tl.zeros((BN,), tl.float32)
-            for k0 in range(0, K, 128):
-                he, ho = _row_halves(hrow, k0, K)
-                if ACT:  # the down GEMM's input rounding: this block's one power-of-two scale
-                    sc = _act_scale(
-                        tl.maximum(tl.max(tl.max(tl.abs(he), 1), 0), tl.max(tl.max(tl.abs(ho), 1), 0))
-                    )
-                    he = _e4m3_round(tl.minimum(tl.maximum(he / sc, -448.0), 448.0)) * sc
-                    ho = _e4m3_round(tl.minimum(tl.maximum(ho / sc, -448.0), 448.0)) * sc
-                acc += _fp4_gemv(he, ho, wp, sp, rn, k0, K, nm, stride_wn, stride_sn)
-            tl.store(y_ptr + pair.to(tl.int64) * stride_y + rn, _round_act(acc, BF16), mask=nm)
 
 
 if HAVE_TRITON:
@@ -514,9 +410,8 @@ def fused_moe(
         x2 = quant_rows(x2)
     h = torch.empty(t * k, inter, dtype=x.dtype, device=x.device)
     if fcode == 2 and t * k <= tune("moe_pairs_max", 8):  # decode: one row per pair, CUDA-core products
-        return _pairs_fp4(
-            x2, rw, idx, (w1, w3, w2), (s1, s3, s2), h, act_quant, limit, partial, ordered_kernel
-        )
+        y = pairs_fp4(x2, rw, idx, (w1, w3, w2), (s1, s3, s2), h, act_quant, limit, partial)
+        return _expert_order_sum(y, idx, ordered_kernel)
     # decode (few pairs): narrow tiles, so that the few experts' weights spread over every SM; the packed
     # FP4 tiles' decoded halves must also fit the registers (at 128 they spilled: 9x slower than bf16)
     few = t * k <= 64
@@ -556,38 +451,3 @@ def _expert_order_sum(y: torch.Tensor, idx: torch.Tensor, ordered_kernel: bool) 
     for j in range(1, k):
         out = out + terms[:, j]
     return out
-
-
-def _pairs_fp4(
-    x2: torch.Tensor,
-    rw: torch.Tensor,
-    idx: torch.Tensor,
-    w: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    s: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    h: torch.Tensor,
-    act_quant: bool,
-    limit: float,
-    partial: bool,
-    ordered_kernel: bool,
-) -> torch.Tensor:
-    """`fused_moe` for packed FP4 experts and few (token, expert) pairs: `_moe_up_pairs` / `_moe_down_pairs`
-    over the pairs as they come (no expert blocks to build), then the expert-ordered sum."""
-    (w1, w3, w2), (s1, s3, s2) = w, s
-    t, k = idx.shape
-    n_exp, inter, d = w1.shape[0], w1.shape[1], x2.shape[1]
-    idx_c = idx.contiguous()
-    bf16 = x2.dtype == torch.bfloat16
-    bn = tune("moe_pairs_bn", 32)
-    launch = {"num_warps": tune("moe_pairs_warps", 4), "num_stages": tune("moe_pairs_stages", 3)}
-    _moe_up_pairs[(t * k, triton.cdiv(inter, bn))](
-        x2, w1, s1, w3, s3, rw, idx_c, h, inter, d, n_exp, limit,
-        x2.stride(0), w1.stride(0), w1.stride(1), s1.stride(0), s1.stride(1), h.stride(0),
-        TOPK=k, BF16=bf16, BN=bn, **launch,
-    )  # fmt: skip
-    y = (torch.zeros if partial else torch.empty)(t * k, d, dtype=torch.float32, device=x2.device)
-    _moe_down_pairs[(t * k, triton.cdiv(d, bn))](
-        h, w2, s2, idx_c, y, d, inter, n_exp,
-        h.stride(0), w2.stride(0), w2.stride(1), s2.stride(0), s2.stride(1), y.stride(0),
-        ACT=act_quant, BF16=bf16, BN=bn, **launch,
-    )  # fmt: skip
-    return _expert_order_sum(y, idx, ordered_kernel)

@@ -11,7 +11,6 @@ via layers/batched.py, or per sequence), and it also returns the indexer's disti
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -28,6 +27,7 @@ from agentkit.runtime.layers.compressor import Compressor
 from agentkit.runtime.layers.lowp import Linear, StorageFormat, fp4_roundtrip, fp8_kv_roundtrip, hadamard
 from agentkit.runtime.layers.norms import RMSNorm, rms_unweighted
 from agentkit.runtime.layers.rope import apply_rope, rope_frequencies
+from agentkit.runtime.layers.scores import qk_scores, qk_scores_f32
 from agentkit.runtime.layers.topk import stable_topk
 from agentkit.runtime.parallel import Parallel
 from agentkit.runtime.state import LayerState
@@ -39,45 +39,6 @@ QUERY_BLOCK = 256
 KERNEL_ROWS = 16
 # elements of one [block, heads, candidates] fp32 score temporary: 64 MiB on CPU, 512 MiB on a GPU
 SCORE_BUDGET = {"cpu": 1 << 24, "cuda": 1 << 27}
-
-
-def _scores(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """q [b, h, d] x keys [m, d] -> [b, h, m] as one GEMM."""
-    return (q.reshape(-1, q.shape[-1]) @ keys.t()).view(q.shape[0], q.shape[1], -1)
-
-
-def _scores_f32(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """`_scores` in fp32 of q [b, h, d] and keys [m, d] as stored, or batched: keys [b, m, d].
-
-    Why: bf16 operands multiply exactly in fp32, so on CUDA the tensor cores' bf16 products summed in fp32
-    (`out_dtype`) are the fp32 GEMM of the upcast operands up to summation order, at tensor-core speed: the
-    fp32 GEMMs were a fifth of a 4K prefill's GPU time. Elsewhere (CPU, fp32 models, `AGENTKIT_KERNELS=0`
-    for A/B runs) the operands are upcast as before."""
-    if keys.dim() == 3:
-        if _tensor_core_f32(q, keys):
-            return torch.bmm(q, keys.transpose(1, 2), out_dtype=torch.float32)
-        return torch.bmm(q.float(), keys.float().transpose(1, 2))
-    if _tensor_core_f32(q, keys):
-        q2 = q.reshape(-1, q.shape[-1])
-        return torch.mm(q2, keys.t(), out_dtype=torch.float32).view(q.shape[0], q.shape[1], -1)
-    return _scores(q.float(), keys.float())
-
-
-def _tensor_core_f32(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return (
-        a.is_cuda and a.dtype == b.dtype == torch.bfloat16 and kernels_enabled() and _has_out_dtype(a.device)
-    )
-
-
-@functools.cache
-def _has_out_dtype(device: torch.device) -> bool:
-    """Whether this torch offers bf16 GEMMs with fp32 results (`mm` / `bmm(..., out_dtype=)`, CUDA only)."""
-    try:
-        x = torch.ones(2, 2, dtype=torch.bfloat16, device=device)
-        y = torch.bmm(x[None], x[None], out_dtype=torch.float32)
-        return torch.mm(x, x, out_dtype=torch.float32).dtype == y.dtype == torch.float32
-    except (RuntimeError, TypeError, NotImplementedError):
-        return False
 
 
 @dataclass
@@ -413,7 +374,7 @@ class Attention(nn.Module):
             kpos = torch.arange(lo, hi, device=dev) + (pos - w_old)
             mask = (kpos[None] <= qpos[:, None]) & (kpos[None] > qpos[:, None] - self.window)
             qb = q[i0:i1]
-            logits = _scores_f32(qb, kw)
+            logits = qk_scores_f32(qb, kw)
             gathered: torch.Tensor | None = None
             dense = kw
             if comp is not None and n_comp:
@@ -422,12 +383,12 @@ class Attention(nn.Module):
                     assert iq is not None and iw is not None
                     order = self._select(iq[i0:i1], iw[i0:i1], idx_f, visible)
                     gathered = comp[order]  # [b, k, d]
-                    lg = _scores_f32(qb, gathered)  # [b, h, k]
+                    lg = qk_scores_f32(qb, gathered)  # [b, h, k]
                     logits = torch.cat((logits, lg), -1)
                     mask = torch.cat((mask, visible.gather(1, order)), 1)
                 else:
                     dense = torch.cat((kw, comp), 0)
-                    logits = torch.cat((logits, _scores_f32(qb, comp)), -1)
+                    logits = torch.cat((logits, qk_scores_f32(qb, comp)), -1)
                     mask = torch.cat((mask, visible), 1)
             logits = (logits * scale).masked_fill(~mask[:, None, :], float("-inf"))
             full = torch.cat((logits, sink.expand(i1 - i0, -1, 1)), dim=-1)
@@ -516,7 +477,7 @@ class Attention(nn.Module):
                 # visible = a prefix of each query's row: its count is the number of True
                 scores = indexer_kernel.prefill_scores(iq, iw, idx_keys, visible.sum(-1))
             else:
-                scores = (F.relu(_scores(iq.float(), idx_keys.float())) * iw.float().unsqueeze(-1)).sum(1)
+                scores = (F.relu(qk_scores(iq.float(), idx_keys.float())) * iw.float().unsqueeze(-1)).sum(1)
                 scores = scores.masked_fill(~visible, float("-inf"))
             if self.parallel is not None:  # each rank summed its heads: the score is the sum over ranks
                 scores = self.parallel.all_reduce(scores)

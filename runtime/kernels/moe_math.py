@@ -1,0 +1,31 @@
+"""Math shared by the routed-expert kernels, blocked (`moe`) and per pair (`moe_pairs`): how an fp32
+accumulator becomes the reference's linear output, and the experts' clamped SwiGLU epilogue."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _round_act(v, BF16: tl.constexpr):  # type: ignore[no-untyped-def]
+    """A linear's fp32 accumulator as the reference sees it: its output in the activation dtype, kept as
+    fp32. The bf16 rounding (nearest, ties to even) is done on the bits: Triton's CPU interpreter
+    truncates in `.to(tl.bfloat16)`, and one unit of difference here can move a value across an e4m3
+    rounding boundary of the next GEMM's input."""
+    if BF16:
+        bits = v.to(tl.int32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+        return bits.to(tl.float32, bitcast=True)
+    return v
+
+
+@triton.jit
+def _swiglu(acc1, acc3, rw, limit, BF16: tl.constexpr):  # type: ignore[no-untyped-def]
+    """The expert's hidden value from its two fp32 accumulators: each rounded as the reference's linear
+    output, gate clamped above at `limit`, up to [-limit, limit], silu(gate) * up * routing weight rw,
+    rounded to the activation dtype (h is stored exactly in it)."""
+    # .to(fp32): torch.compile passes the Python float `limit` as fp64, which would promote a and b
+    a = tl.minimum(_round_act(acc1, BF16), limit).to(tl.float32)
+    b = tl.minimum(tl.maximum(_round_act(acc3, BF16), -limit), limit).to(tl.float32)
+    return _round_act((a / (1.0 + tl.exp(-a))) * b * rw, BF16)

@@ -1,0 +1,139 @@
+"""Routed FP4 experts for decode's few (token, expert) pairs: `moe.fused_moe` dispatches here.
+
+`moe`'s kernels group pairs into blocks of 16+ rows per expert for tensor-core tiles. At batch-1 decode every
+selected expert has one row: the tile wastes 15 of its 16 rows, and converting decoded FP4 weights into
+bf16 dot operands cost more than reading the bytes (the blocked FP4 path ran at ~150 GB/s on an H100).
+Here each pair gets its own programs, one row multiplied on the CUDA cores: a K block's bytes load as
+[BN, 4, 16] (4 scale groups of 16 bytes, 32 codes each), decode to fp32 through fp16 bits as in
+`moe._fp4_halves`, multiply the input's even / odd columns, and each group's partial sum takes its E8M0
+scale (exact: a power of two). The epilogues (`moe_math._swiglu`, the down GEMM's 1x128 input rounding,
+`moe`'s expert-ordered combine) are the blocked path's, so results equal the torch reference up to
+summation order.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from agentkit.runtime.kernels import tune
+from agentkit.runtime.kernels.lowp_gemm import _act_scale, _e4m3_round
+from agentkit.runtime.kernels.moe_math import _round_act, _swiglu
+
+
+@triton.jit
+def _fp4_gemv(xe, xo, wp, sp, rn, k0, K, nm, stride_wn, stride_sn):  # type: ignore[no-untyped-def]
+    """One 128-wide K block of W x for one input row: W's packed FP4 rows rn (expert base wp / sp), x as
+    its even and odd columns [4, 16] (4 scale groups of 16 bytes). fp32 products and sums on the CUDA
+    cores, no tensor-core tile: a decode pair multiplies one row, so a dot's 16-row tile wasted 15/16 of
+    it and its bf16 operand conversions cost more than the bytes (the FP4 dot path ran at ~150 GB/s).
+    A code decodes through fp16 as in `_fp4_halves`; the 2^14 and each group's E8M0 scale multiply the
+    group's partial sum (exact: powers of two)."""
+    g = tl.arange(0, 4)
+    rb = k0 // 2 + g[:, None] * 16 + tl.arange(0, 16)[None, :]  # [4, 16] byte columns
+    bm = nm[:, None, None] & (rb * 2 < K)[None, :, :]
+    byte = tl.load(wp + rn[:, None, None] * stride_wn + rb[None, :, :], mask=bm, other=0).to(tl.int32) & 0xFF
+    lo = (((byte & 7) << 9) | ((byte & 8) << 12)).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    hi = (((byte & 0x70) << 5) | ((byte & 0x80) << 8)).to(tl.int16).to(tl.float16, bitcast=True)
+    part = tl.sum(lo * xe[None, :, :] + hi.to(tl.float32) * xo[None, :, :], axis=2)  # [BN, 4]
+    sg = k0 // 32 + g
+    sb = tl.load(sp + rn[:, None] * stride_sn + sg[None, :], mask=nm[:, None] & (sg * 32 < K)[None, :],
+                 other=127).to(tl.int32) & 0xFF  # fmt: skip
+    scale = tl.where(sb == 0, 0x00400000, sb << 23).to(tl.float32, bitcast=True) * 16384.0
+    return tl.sum(part * scale, axis=1)
+
+
+@triton.jit
+def _row_halves(row_ptr, k0, K):  # type: ignore[no-untyped-def]
+    """One input row's even and odd columns of the K block at k0 as fp32 [4, 16] each (see _fp4_gemv)."""
+    ke = k0 + 2 * (tl.arange(0, 4)[:, None] * 16 + tl.arange(0, 16)[None, :])
+    m = ke < K
+    return (tl.load(row_ptr + ke, mask=m, other=0.0).to(tl.float32),
+            tl.load(row_ptr + ke + 1, mask=m, other=0.0).to(tl.float32))  # fmt: skip
+
+
+@triton.jit
+def _moe_up_pairs(  # type: ignore[no-untyped-def]
+    x_ptr, w1_ptr, s1_ptr, w3_ptr, s3_ptr, rw_ptr, idx_ptr, h_ptr, N, K, E, limit,
+    stride_x, stride_we, stride_wn, stride_se, stride_sn, stride_h,
+    TOPK: tl.constexpr, BF16: tl.constexpr, BN: tl.constexpr,
+):  # fmt: skip
+    """`_moe_up` for packed FP4 experts, one (token, expert) pair per program row: decode's few pairs."""
+    pair = tl.program_id(0)
+    e = tl.load(idx_ptr + pair)
+    if e < E:  # E: another rank's expert (expert parallelism), skipped
+        xrow = x_ptr + (pair // TOPK).to(tl.int64) * stride_x
+        rn = tl.program_id(1) * BN + tl.arange(0, BN)
+        nm = rn < N
+        w1p, w3p = w1_ptr + e.to(tl.int64) * stride_we, w3_ptr + e.to(tl.int64) * stride_we
+        s1p, s3p = s1_ptr + e.to(tl.int64) * stride_se, s3_ptr + e.to(tl.int64) * stride_se
+        acc1 = tl.zeros((BN,), tl.float32)
+        acc3 = tl.zeros((BN,), tl.float32)
+        for k0 in range(0, K, 128):
+            xe, xo = _row_halves(xrow, k0, K)
+            acc1 += _fp4_gemv(xe, xo, w1p, s1p, rn, k0, K, nm, stride_wn, stride_sn)
+            acc3 += _fp4_gemv(xe, xo, w3p, s3p, rn, k0, K, nm, stride_wn, stride_sn)
+        h = _swiglu(acc1, acc3, tl.load(rw_ptr + pair), limit, BF16)
+        tl.store(h_ptr + pair.to(tl.int64) * stride_h + rn, h.to(h_ptr.dtype.element_ty), mask=nm)
+
+
+@triton.jit
+def _moe_down_pairs(  # type: ignore[no-untyped-def]
+    h_ptr, w2_ptr, s2_ptr, idx_ptr, y_ptr, N, K, E,
+    stride_h, stride_we, stride_wn, stride_se, stride_sn, stride_y,
+    ACT: tl.constexpr, BF16: tl.constexpr, BN: tl.constexpr,
+):  # fmt: skip
+    """`_moe_down` for packed FP4 experts, one pair per program row; h rounded per 1x128 block (ACT)."""
+    pair = tl.program_id(0)
+    e = tl.load(idx_ptr + pair)
+    if e < E:
+        hrow = h_ptr + pair.to(tl.int64) * stride_h
+        rn = tl.program_id(1) * BN + tl.arange(0, BN)
+        nm = rn < N
+        wp, sp = w2_ptr + e.to(tl.int64) * stride_we, s2_ptr + e.to(tl.int64) * stride_se
+        acc = tl.zeros((BN,), tl.float32)
+        for k0 in range(0, K, 128):
+            he, ho = _row_halves(hrow, k0, K)
+            if ACT:  # the down GEMM's input rounding: this block's one power-of-two scale
+                sc = _act_scale(
+                    tl.maximum(tl.max(tl.max(tl.abs(he), 1), 0), tl.max(tl.max(tl.abs(ho), 1), 0))
+                )
+                he = _e4m3_round(tl.minimum(tl.maximum(he / sc, -448.0), 448.0)) * sc
+                ho = _e4m3_round(tl.minimum(tl.maximum(ho / sc, -448.0), 448.0)) * sc
+            acc += _fp4_gemv(he, ho, wp, sp, rn, k0, K, nm, stride_wn, stride_sn)
+        tl.store(y_ptr + pair.to(tl.int64) * stride_y + rn, _round_act(acc, BF16), mask=nm)
+
+
+def pairs_fp4(
+    x2: torch.Tensor,
+    rw: torch.Tensor,
+    idx: torch.Tensor,
+    w: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    s: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    h: torch.Tensor,
+    act_quant: bool,
+    limit: float,
+    partial: bool,
+) -> torch.Tensor:
+    """`fused_moe` for packed FP4 experts and few (token, expert) pairs: `_moe_up_pairs` / `_moe_down_pairs`
+        over the pairs as they come (no expert blocks to build). Returns each pair's term y [T*k, D] fp32 for
+    `moe`'s expert-ordered combine."""
+    (w1, w3, w2), (s1, s3, s2) = w, s
+    t, k = idx.shape
+    n_exp, inter, d = w1.shape[0], w1.shape[1], x2.shape[1]
+    idx_c = idx.contiguous()
+    bf16 = x2.dtype == torch.bfloat16
+    bn = tune("moe_pairs_bn", 32)
+    launch = {"num_warps": tune("moe_pairs_warps", 4), "num_stages": tune("moe_pairs_stages", 3)}
+    _moe_up_pairs[(t * k, triton.cdiv(inter, bn))](
+        x2, w1, s1, w3, s3, rw, idx_c, h, inter, d, n_exp, limit,
+        x2.stride(0), w1.stride(0), w1.stride(1), s1.stride(0), s1.stride(1), h.stride(0),
+        TOPK=k, BF16=bf16, BN=bn, **launch,
+    )  # fmt: skip
+    y = (torch.zeros if partial else torch.empty)(t * k, d, dtype=torch.float32, device=x2.device)
+    _moe_down_pairs[(t * k, triton.cdiv(d, bn))](
+        h, w2, s2, idx_c, y, d, inter, n_exp,
+        h.stride(0), w2.stride(0), w2.stride(1), s2.stride(0), s2.stride(1), y.stride(0),
+        ACT=act_quant, BF16=bf16, BN=bn, **launch,
+    )  # fmt: skip
+    return y
