@@ -142,6 +142,9 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=4096)
     ap.add_argument("--decode", type=int, default=256)
     ap.add_argument("--out", default=None)
+    ap.add_argument(
+        "--quantized-only", action="store_true", help="only the FP8/FP4 decode A/B (a short device call)"
+    )
     ap.add_argument("--device", default="cuda", help="cpu only to check this script (TRITON_INTERPRET=1)")
     a = ap.parse_args()
     global DEV
@@ -151,7 +154,8 @@ def main() -> None:
         "gpu": torch.cuda.get_device_name() if DEV == "cuda" else "cpu",
         "torch": torch.__version__,
         "triton": __import__("triton").__version__,
-        "command": f"python bench/kernel_ab.py --config {a.config} --prompt {a.prompt} --decode {a.decode}",
+        "command": f"python bench/kernel_ab.py --config {a.config} --prompt {a.prompt} --decode {a.decode}"
+        + (" --quantized-only" if a.quantized_only else ""),
     }
 
     def save() -> None:  # after every stage: a run cut short by its time limit still reports
@@ -160,11 +164,13 @@ def main() -> None:
                 f.write(json.dumps(report, indent=1))
 
     t0 = time.perf_counter()
-    report["kernels"] = kernel_checks(cfg)
-    save()
-    print(f"kernels checked ({time.perf_counter() - t0:.0f} s)", flush=True)
-    report["decode_ab"] = [ab(cfg, torch.bfloat16, a.prompt, a.decode, f"{a.config} bf16")]
-    save()
+    report["decode_ab"] = []
+    if not a.quantized_only:
+        report["kernels"] = kernel_checks(cfg)
+        save()
+        print(f"kernels checked ({time.perf_counter() - t0:.0f} s)", flush=True)
+        report["decode_ab"].append(ab(cfg, torch.bfloat16, a.prompt, a.decode, f"{a.config} bf16"))
+        save()
     print(f"decode A/B done ({time.perf_counter() - t0:.0f} s)", flush=True)
     qcfg = ModelConfig.preset(a.config, weight_format="quantized", max_seq_len=1 << 20)
     if qcfg.expert_dtype is None:
@@ -172,8 +178,9 @@ def main() -> None:
     report["decode_ab"].append(ab(qcfg, torch.bfloat16, a.prompt, a.decode, f"{a.config} FP8/FP4 stored"))
     save()
     print(f"quantized decode A/B done ({time.perf_counter() - t0:.0f} s)", flush=True)
-    report["act_quant"] = act_quant_cost(qcfg, a.prompt, a.decode // 2)
-    save()
+    if not a.quantized_only:
+        report["act_quant"] = act_quant_cost(qcfg, a.prompt, a.decode // 2)
+        save()
     print(json.dumps(report, indent=1))
 
 
