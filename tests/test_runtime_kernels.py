@@ -451,3 +451,75 @@ def test_stable_topk_kernel_equals_the_stable_sort_prefix_interpreted() -> None:
     descending sort: same entries in the same order wherever the score is finite, on rows of exact ties
     (zeros of both signs), random scores, invisible -inf tails and lengths that are not powers of two."""
     _interpreted(_TOPK_CHILD, timeout=600)
+
+
+_TUNE_CHILD = textwrap.dedent(
+    """
+    import os, torch
+    from agentkit.runtime.config import ModelConfig
+    from agentkit.runtime.kernels import lowp_gemm as LG, moe as MK
+    from agentkit.runtime.layers.lowp import Linear, fp8_roundtrip
+    from agentkit.runtime.model import V4Model
+    g = torch.Generator().manual_seed(0)
+    def tuned(spec, fn):
+        os.environ["AGENTKIT_KERNEL_TUNE"] = spec
+        try:
+            return fn()
+        finally:
+            del os.environ["AGENTKIT_KERNEL_TUNE"]
+    # FP4 experts: decode's per-pair programs == the expert blocks (moe_pairs_max=0), whatever their tile
+    # width and warps; a skipped pair (another rank's expert) adds an exact zero on both paths
+    q = dict(weight_format="quantized", dtype="fp8", expert_dtype="fp4")
+    cfg = ModelConfig.preset("tiny-test", dim=256, moe_inter_dim=192, n_routed_experts=8,
+                             n_activated_experts=3, **q)
+    for dtype in (torch.float32, torch.bfloat16):
+        moe = V4Model(cfg, dtype=dtype).init_random_(1).layers[3].ffn
+        st, first = moe.stacked(), next(iter(moe.experts))
+        w, s = (st["w1"], st["w3"], st["w2"]), (st["s1"], st["s3"], st["s2"])
+        for t in (1, 2):
+            x = (torch.randn(t, cfg.dim, generator=g) * 2).to(dtype)
+            weights = torch.rand(t, 3, generator=g)
+            idx = torch.stack([torch.randperm(8, generator=g)[:3] for _ in range(t)])
+            for partial in (False, True):
+                if partial:
+                    idx[-1, 1] = 8
+                def run():
+                    return MK.fused_moe(x, weights, idx, w, s, "fp4", act_quant=True, limit=first.limit,
+                                        partial=partial)
+                ref = tuned("moe_pairs_max=0", run)
+                for spec in ("", "moe_pairs_bn=16", "moe_pairs_bn=64,moe_pairs_warps=8"):
+                    got = tuned(spec, run)
+                    tol = 1e-6 * ref.abs().max().item()
+                    assert torch.allclose(got, ref, rtol=1e-6, atol=tol), (dtype, t, partial, spec)
+    # FP8 linears: every launch setting (tile width, the hardware-conversion path or the bit decode, warps,
+    # stages) gives the reference's product
+    lin = Linear(384, 200, "fp8")
+    lin.set_dense(torch.randn(200, 384, generator=g) * 0.05)
+    for m in (1, 20):
+        x = torch.randn(m, 384, generator=g) * 3
+        for act in (False, True):
+            ref = (fp8_roundtrip(x, 128) if act else x) @ lin.dense(torch.float32).t()
+            for spec in ("", "lowp_cvt=0", "lowp_bn=16", "lowp_bn=64,lowp_warps=8,lowp_stages=2"):
+                got = tuned(spec, lambda: LG.lowp_linear(x, lin.weight, lin.scale, "fp8", act))
+                assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item()), (m, act, spec)
+    print("ok")
+    """
+)
+
+
+def test_kernel_launch_settings_change_only_the_tiling_interpreted() -> None:
+    """`AGENTKIT_KERNEL_TUNE` (the GPU sweep's knobs) and the FP4 decode path choice never change a result
+    beyond summation order: per-pair FP4 experts == expert blocks; FP8 linears == the reference."""
+    _interpreted(_TUNE_CHILD, timeout=600)
+
+
+def test_kernel_tune_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentkit.runtime.kernels import tune
+
+    monkeypatch.setenv("AGENTKIT_KERNEL_TUNE", "moe_pairs_bn=64, lowp_bn = 16,junk")
+    assert (tune("moe_pairs_bn", 32), tune("lowp_bn", 32), tune("lowp_cvt", 1)) == (64, 16, 1)
+    monkeypatch.setenv("AGENTKIT_KERNEL_TUNE", "lowp_bn=x")
+    with pytest.raises(ValueError):
+        tune("lowp_bn", 32)
+    monkeypatch.delenv("AGENTKIT_KERNEL_TUNE")
+    assert tune("lowp_bn", 32) == 32
