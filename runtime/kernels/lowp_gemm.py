@@ -64,7 +64,12 @@ if HAVE_TRITON:
     @triton.jit
     def _e4m3_scaled(x, scale):  # type: ignore[no-untyped-def]
         """x [BM, n] rounded to e4m3 with its rows' scales [BM], back in fp32."""
-        return _e4m3_round(tl.minimum(tl.maximum(x / scale[:, None], -448.0), 448.0)) * scale[:, None]
+        return _e4m3_by(x, scale[:, None])
+
+    @triton.jit
+    def _e4m3_by(x, s):  # type: ignore[no-untyped-def]
+        """x rounded to e4m3 at scale s (broadcastable to x), back in fp32."""
+        return _e4m3_round(tl.minimum(tl.maximum(x / s, -448.0), 448.0)) * s
 
     @triton.jit
     def _act_quant_halves(xe, xo, ACT: tl.constexpr):  # type: ignore[no-untyped-def]

@@ -40,7 +40,7 @@ try:
         _fp8_tile,
         quant_rows,
     )
-    from agentkit.runtime.kernels.moe_math import _round_act, _swiglu
+    from agentkit.runtime.kernels.moe_math import _e8m0_bits, _fp4_codes, _round_act, _swiglu
     from agentkit.runtime.kernels.moe_pairs import pairs_fp4
 
     HAVE_TRITON = True
@@ -73,10 +73,8 @@ if HAVE_TRITON:
         """Expert e's packed FP4 rows rn over the 128-wide K block at k0, as two [BN, 64] fp32 halves: the
         even columns (low nibbles) and the odd ones (high nibbles). Each byte is loaded once and no tile is
         reshaped (a layout change through shared memory per K step): the caller multiplies the halves with
-        the input's even and odd columns. A code (sign, e1 e0 m) decodes through fp16: its three low bits
-        placed at fp16's exponent/mantissa boundary read as 2^(e-15)(1 + m/2), or m 2^-15 at e = 0 (fp16's
-        subnormal), i.e. the e2m1 value times 2^-14 exactly; times 2^14 and the E8M0 scale (one per 32
-        values: per 16 bytes, made from its bits), both exact."""
+        the input's even and odd columns. Codes decode through fp16 bits (`moe_math._fp4_codes`: the value
+        times 2^-14), then times 2^14 and the E8M0 scale (one per 32 values: per 16 bytes), both exact."""
         wp = w_ptr + e.to(tl.int64) * stride_we
         sp = s_ptr + e.to(tl.int64) * stride_se
         j = tl.arange(0, 64)
@@ -85,11 +83,9 @@ if HAVE_TRITON:
         byte = tl.load(wp + rn[:, None] * stride_wn + rb[None, :], mask=bm, other=0).to(tl.int32) & 0xFF
         sg = k0 // 32 + j // 16
         sb = tl.load(sp + rn[:, None] * stride_sn + sg[None, :], mask=bm, other=127).to(tl.int32) & 0xFF
-        # 2^(s - 127) from the bits (s = 0: 2^-127, fp32's subnormal 0x00400000)
-        scale = tl.where(sb == 0, 0x00400000, sb << 23).to(tl.float32, bitcast=True)
-        lo = (((byte & 7) << 9) | ((byte & 8) << 12)).to(tl.int16).to(tl.float16, bitcast=True)
-        hi = (((byte & 0x70) << 5) | ((byte & 0x80) << 8)).to(tl.int16).to(tl.float16, bitcast=True)
-        return (lo.to(tl.float32) * 16384.0) * scale, (hi.to(tl.float32) * 16384.0) * scale
+        scale = _e8m0_bits(sb)
+        lo, hi = _fp4_codes(byte)
+        return (lo * 16384.0) * scale, (hi * 16384.0) * scale
 
     @triton.jit
     def _mm(x, w, F32: tl.constexpr):  # type: ignore[no-untyped-def]
@@ -390,9 +386,6 @@ def fused_moe(
     n_exp, inter = w1.shape[0], w1.shape[1]
     if t == 0:
         return torch.zeros(0, d, dtype=torch.float32, device=x.device)
-    bm = 16 if t * k <= 64 else 32 if t * k <= 512 else 64
-    order, bexp, blo, bhi = blocks if blocks is not None else route_blocks(idx, n_exp, bm)
-    nb = bexp.shape[0]
     x2 = x.contiguous()
     # fp32 dot for fp32 activations, and under Triton's CPU interpreter (which cannot multiply bf16)
     f32 = x.dtype == torch.float32 or os.environ.get("TRITON_INTERPRET") == "1"
@@ -412,6 +405,9 @@ def fused_moe(
     if fcode == 2 and t * k <= tune("moe_pairs_max", 8):  # decode: one row per pair, CUDA-core products
         y = pairs_fp4(x2, rw, idx, (w1, w3, w2), (s1, s3, s2), h, act_quant, limit, partial)
         return _expert_order_sum(y, idx, ordered_kernel)
+    bm = 16 if t * k <= 64 else 32 if t * k <= 512 else 64
+    order, bexp, blo, bhi = blocks if blocks is not None else route_blocks(idx, n_exp, bm)
+    nb = bexp.shape[0]
     # decode (few pairs): narrow tiles, so that the few experts' weights spread over every SM; the packed
     # FP4 tiles' decoded halves must also fit the registers (at 128 they spilled: 9x slower than bf16)
     few = t * k <= 64

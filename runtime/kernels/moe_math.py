@@ -1,5 +1,6 @@
 """Math shared by the routed-expert kernels, blocked (`moe`) and per pair (`moe_pairs`): how an fp32
-accumulator becomes the reference's linear output, and the experts' clamped SwiGLU epilogue."""
+accumulator becomes the reference's linear output, the experts' clamped SwiGLU epilogue, and how packed FP4
+bytes and their E8M0 scales decode from their bits."""
 
 from __future__ import annotations
 
@@ -29,3 +30,19 @@ def _swiglu(acc1, acc3, rw, limit, BF16: tl.constexpr):  # type: ignore[no-untyp
     a = tl.minimum(_round_act(acc1, BF16), limit).to(tl.float32)
     b = tl.minimum(tl.maximum(_round_act(acc3, BF16), -limit), limit).to(tl.float32)
     return _round_act((a / (1.0 + tl.exp(-a))) * b * rw, BF16)
+
+
+@triton.jit
+def _fp4_codes(byte):  # type: ignore[no-untyped-def]
+    """A packed FP4 byte (int32, 0..255) as its two e2m1 values (low nibble first) times 2^-14, fp32: a code
+    (sign, e1 e0 m) with its three low bits placed at fp16's exponent/mantissa boundary reads as
+    2^(e-15)(1 + m/2), or m 2^-15 at e = 0 (fp16's subnormal): the e2m1 value times 2^-14, exactly."""
+    lo = (((byte & 7) << 9) | ((byte & 8) << 12)).to(tl.int16).to(tl.float16, bitcast=True)
+    hi = (((byte & 0x70) << 5) | ((byte & 0x80) << 8)).to(tl.int16).to(tl.float16, bitcast=True)
+    return lo.to(tl.float32), hi.to(tl.float32)
+
+
+@triton.jit
+def _e8m0_bits(sb):  # type: ignore[no-untyped-def]
+    """2^(s - 127) of an E8M0 scale byte s (int32) from the bits (s = 0: 2^-127, fp32's subnormal)."""
+    return tl.where(sb == 0, 0x00400000, sb << 23).to(tl.float32, bitcast=True)

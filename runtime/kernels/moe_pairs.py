@@ -4,11 +4,10 @@
 selected expert has one row: the tile wastes 15 of its 16 rows, and converting decoded FP4 weights into
 bf16 dot operands cost more than reading the bytes (the blocked FP4 path ran at ~150 GB/s on an H100).
 Here each pair gets its own programs, one row multiplied on the CUDA cores: a K block's bytes load as
-[BN, 4, 16] (4 scale groups of 16 bytes, 32 codes each), decode to fp32 through fp16 bits as in
-`moe._fp4_halves`, multiply the input's even / odd columns, and each group's partial sum takes its E8M0
-scale (exact: a power of two). The epilogues (`moe_math._swiglu`, the down GEMM's 1x128 input rounding,
-`moe`'s expert-ordered combine) are the blocked path's, so results equal the torch reference up to
-summation order.
+[BN, 4, 16] (4 scale groups of 16 bytes, 32 codes each), decode to fp32 from their bits (`moe_math`),
+multiply the input's even / odd columns, and each group's partial sum takes its E8M0 scale (exact: a
+power of two). The epilogues (`moe_math._swiglu`, the down GEMM's 1x128 input rounding, `moe`'s
+expert-ordered combine) are the blocked path's, so results equal the torch reference up to summation order.
 """
 
 from __future__ import annotations
@@ -17,8 +16,8 @@ import torch
 import triton
 import triton.language as tl
 from agentkit.runtime.kernels import tune
-from agentkit.runtime.kernels.lowp_gemm import _act_scale, _e4m3_round
-from agentkit.runtime.kernels.moe_math import _round_act, _swiglu
+from agentkit.runtime.kernels.lowp_gemm import _act_scale, _e4m3_by
+from agentkit.runtime.kernels.moe_math import _e8m0_bits, _fp4_codes, _round_act, _swiglu
 
 
 @triton.jit
@@ -27,19 +26,18 @@ def _fp4_gemv(xe, xo, wp, sp, rn, k0, K, nm, stride_wn, stride_sn):  # type: ign
     its even and odd columns [4, 16] (4 scale groups of 16 bytes). fp32 products and sums on the CUDA
     cores, no tensor-core tile: a decode pair multiplies one row, so a dot's 16-row tile wasted 15/16 of
     it and its bf16 operand conversions cost more than the bytes (the FP4 dot path ran at ~150 GB/s).
-    A code decodes through fp16 as in `_fp4_halves`; the 2^14 and each group's E8M0 scale multiply the
+    A code decodes through fp16 (`moe_math._fp4_codes`); the 2^14 and each group's E8M0 scale multiply the
     group's partial sum (exact: powers of two)."""
     g = tl.arange(0, 4)
     rb = k0 // 2 + g[:, None] * 16 + tl.arange(0, 16)[None, :]  # [4, 16] byte columns
     bm = nm[:, None, None] & (rb * 2 < K)[None, :, :]
     byte = tl.load(wp + rn[:, None, None] * stride_wn + rb[None, :, :], mask=bm, other=0).to(tl.int32) & 0xFF
-    lo = (((byte & 7) << 9) | ((byte & 8) << 12)).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-    hi = (((byte & 0x70) << 5) | ((byte & 0x80) << 8)).to(tl.int16).to(tl.float16, bitcast=True)
-    part = tl.sum(lo * xe[None, :, :] + hi.to(tl.float32) * xo[None, :, :], axis=2)  # [BN, 4]
+    lo, hi = _fp4_codes(byte)
+    part = tl.sum(lo * xe[None, :, :] + hi * xo[None, :, :], axis=2)  # [BN, 4]
     sg = k0 // 32 + g
     sb = tl.load(sp + rn[:, None] * stride_sn + sg[None, :], mask=nm[:, None] & (sg * 32 < K)[None, :],
                  other=127).to(tl.int32) & 0xFF  # fmt: skip
-    scale = tl.where(sb == 0, 0x00400000, sb << 23).to(tl.float32, bitcast=True) * 16384.0
+    scale = _e8m0_bits(sb) * 16384.0
     return tl.sum(part * scale, axis=1)
 
 
@@ -98,8 +96,7 @@ def _moe_down_pairs(  # type: ignore[no-untyped-def]
                 sc = _act_scale(
                     tl.maximum(tl.max(tl.max(tl.abs(he), 1), 0), tl.max(tl.max(tl.abs(ho), 1), 0))
                 )
-                he = _e4m3_round(tl.minimum(tl.maximum(he / sc, -448.0), 448.0)) * sc
-                ho = _e4m3_round(tl.minimum(tl.maximum(ho / sc, -448.0), 448.0)) * sc
+                he, ho = _e4m3_by(he, sc), _e4m3_by(ho, sc)
             acc += _fp4_gemv(he, ho, wp, sp, rn, k0, K, nm, stride_wn, stride_sn)
         tl.store(y_ptr + pair.to(tl.int64) * stride_y + rn, _round_act(acc, BF16), mask=nm)
 

@@ -23,8 +23,8 @@ def stable_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
     `indexer.TOPK_MAX` scores go through one sorting kernel instead (`indexer.topk_stable`) when there are
     few rows or short ones."""
     n = scores.shape[-1]
-    # the sorting kernel holds a row in one program: right for decode's few rows, but a long prefill's
-    # thousands of rows of thousands of scores each spill its registers (10x slower at 32K than torch's)
+    # the sorting kernel holds a row in one program (one sort per row): right for decode's few rows; a long
+    # prefill's hundreds of rows of thousands of scores per call are torch.topk's job
     few = scores.dim() == 2 and (n <= 1024 or scores.shape[0] <= 64)
     small = few and n <= indexer_kernel.TOPK_MAX and scores.dtype == torch.float32
     if small and indexer_kernel.supported(scores) and kernels_enabled():
