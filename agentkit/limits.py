@@ -45,9 +45,13 @@ class Usage:
     decode_steps: int = 0
     """Decode forwards the backend ran after the prompts' (the embedded backend counts them; others 0)."""
     drafted_tokens: int = 0
-    """Speculative decoding (embedded backend): tokens the MTP block drafted."""
+    """Speculative decoding (embedded backend): tokens drafted, by the MTP block and by prompt lookup."""
     accepted_tokens: int = 0
     """Drafted tokens the model kept (each one a token without a forward of its own)."""
+    lookup_drafted_tokens: int = 0
+    """Of `drafted_tokens`, those proposed by prompt lookup (the rest the MTP block drafted)."""
+    lookup_accepted_tokens: int = 0
+    """Of `accepted_tokens`, those proposed by prompt lookup."""
 
     @property
     def total_tokens(self) -> int:

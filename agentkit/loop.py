@@ -279,6 +279,8 @@ class Loop:
         u.decode_steps += f.decode_steps
         u.drafted_tokens += f.drafted_tokens
         u.accepted_tokens += f.accepted_tokens
+        u.lookup_drafted_tokens += f.lookup_drafted_tokens
+        u.lookup_accepted_tokens += f.lookup_accepted_tokens
         u.context_tokens = f.prompt_tokens + f.completion_tokens
         pricing = self.spec.model.pricing
         if pricing is not None:

@@ -52,6 +52,8 @@ _SUMMED = (
     "decode_steps",
     "drafted_tokens",
     "accepted_tokens",
+    "lookup_drafted_tokens",
+    "lookup_accepted_tokens",
 )
 
 

@@ -95,6 +95,7 @@ from agentkit.runtime.speculative import (
     draft_tokens,
     drafts_for,
     gave_up,
+    lookups_for,
     main_journal,
     record,
     settle,
@@ -185,6 +186,8 @@ class _Verify:
     journal: Journal
     mtp_journal: Journal | None
     hidden: torch.Tensor | None = None
+    looked: int = 0
+    """The last `looked` drafts came from prompt lookup (runtime/lookup.py)."""
 
 
 @dataclass
@@ -711,21 +714,22 @@ class Engine:
     def _draft(self, work: list[_Work]) -> list[Journal]:
         """Speculating decodes: the MTP block drafts each one's tokens (one batched call), which join its
         chunk; returns the journals the verify extend records into."""
-        ks = []
+        ks, ms = [], []
         for w in work:
             req = w.req
             assert req.draft is not None and req.state is not None
             limit = min(self.config.max_seq_len, req.capacity)
             ks.append(drafts_for(req.sampler, req.state, req.draft, req.spec, req.adaptive, limit))
+            ms.append(lookups_for(req.sampler, req.state, ks[-1], limit))
         drafts = [w.req.draft for w in work if w.req.draft is not None]
         toks, probs, mtp_journals = draft_tokens(
-            self.model, drafts, [w.req.next_token for w in work], ks, [w.req.sampler for w in work]
+            self.model, drafts, [w.req.next_token for w in work], ks, [w.req.sampler for w in work], ms
         )
         journals = []
-        for w, t, q, mj in zip(work, toks, probs, mtp_journals, strict=True):
+        for w, t, q, mj, k in zip(work, toks, probs, mtp_journals, ks, strict=True):
             assert w.req.state is not None
             w.tokens = [w.req.next_token, *t]
-            w.verify = _Verify(q, main_journal(self.model, w.req.state, len(w.tokens)), mj)
+            w.verify = _Verify(q, main_journal(self.model, w.req.state, len(w.tokens)), mj, looked=len(t) - k)
             journals.append(w.verify.journal)
         return journals
 
@@ -793,7 +797,16 @@ class Engine:
             done, drafts = list(req.sampler.result.token_ids), w.tokens[1:]
             logits = torch.stack([req.processor(done + drafts[:i], lg) for i, lg in enumerate(logits)])
         toks, ended = settle(
-            req.sampler, req.state, req.draft, v.journal, v.mtp_journal, w.tokens, v.probs, logits, w.hidden
+            req.sampler,
+            req.state,
+            req.draft,
+            v.journal,
+            v.mtp_journal,
+            w.tokens,
+            v.probs,
+            logits,
+            w.hidden,
+            v.looked,
         )
         for tok in toks:
             req.handle._push(tok)
@@ -850,6 +863,8 @@ class Engine:
                 steps=r.steps,
                 drafted=r.drafted,
                 accepted=r.accepted,
+                lookup_drafted=r.lookup_drafted,
+                lookup_accepted=r.lookup_accepted,
             )
         )
 

@@ -70,9 +70,13 @@ class EngineResult:
     steps: int = 0
     """Decode forwards after the prompt's (a speculative step is one verify of its drafts)."""
     drafted: int = 0
-    """Tokens the MTP block drafted (0 without speculation)."""
+    """Tokens drafted, by the MTP block and by prompt lookup (0 without speculation)."""
     accepted: int = 0
     """Drafted tokens the main model kept."""
+    lookup_drafted: int = 0
+    """Of `drafted`, those proposed by prompt lookup (runtime/lookup.py)."""
+    lookup_accepted: int = 0
+    """Of `accepted`, those proposed by prompt lookup."""
 
     @property
     def acceptance_rate(self) -> float:

@@ -52,6 +52,11 @@ class SamplingParams:
     k >= 1 = draft k and verify them in one extend of k + 1 tokens, None = `AUTO_SPECULATIVE`. Greedy output
     is the plain argmax sequence; sampled output has the plain distribution."""
 
+    lookup: int | None = None
+    """Prompt-lookup drafts after the MTP block's per step (runtime/lookup.py): 0 = off, m >= 1 = up to m
+    tokens that followed the sequence's current n-gram earlier in it, None = `speculative.AUTO_LOOKUP` for
+    greedy requests, off for sampled ones. Only with MTP drafts; verified like them (same output)."""
+
     def __post_init__(self) -> None:
         if not self.temperature >= 0:
             raise GenerationError(f"temperature must be >= 0, got {self.temperature}")
@@ -63,6 +68,8 @@ class SamplingParams:
             raise GenerationError(f"max_tokens must be >= 1, got {self.max_tokens}")
         if self.speculative is not None and self.speculative < 0:
             raise GenerationError(f"speculative must be >= 0 or None, got {self.speculative}")
+        if self.lookup is not None and self.lookup < 0:
+            raise GenerationError(f"lookup must be >= 0 or None, got {self.lookup}")
         if any(len(s) == 0 for s in self.stop_sequences) or any(s == "" for s in self.stop_strings):
             raise GenerationError("empty stop sequence/string")
 
@@ -128,9 +135,13 @@ class GenerationResult:
     steps: int = 0
     """Main-model decode forwards after the prompt's (a speculative step is one verify extend)."""
     drafted: int = 0
-    """Tokens the MTP block drafted (0 without speculation)."""
+    """Tokens drafted, by the MTP block and by prompt lookup (0 without speculation)."""
     accepted: int = 0
     """Drafted tokens the main model kept."""
+    lookup_drafted: int = 0
+    """Of `drafted`, those proposed by prompt lookup (runtime/lookup.py)."""
+    lookup_accepted: int = 0
+    """Of `accepted`, those proposed by prompt lookup."""
 
     @property
     def acceptance_rate(self) -> float:

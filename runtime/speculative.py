@@ -49,6 +49,7 @@ import torch
 from agentkit.runtime import mtp_draft
 from agentkit.runtime.layers.attention import Attention
 from agentkit.runtime.layers.compressor import Compressor
+from agentkit.runtime.lookup import TokenLookup
 from agentkit.runtime.state import LayerState, SequenceState, StateError, StateFormatError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -73,6 +74,11 @@ block at its last COLD_WINDOW positions only: its window then holds what it woul
 history, its compressed entries before that read as zeros. Output is unaffected (drafts are verified);
 on agentkit-tiny's held-out turns acceptance is the same as with the whole prompt (bench/speculative.py)."""
 DRAFT_FORMAT_VERSION = 1
+AUTO_LOOKUP = 6
+"""Prompt-lookup drafts after the MTP block's when `SamplingParams.lookup` is None (greedy requests only):
+see bench/speculative.py for the measured choice."""
+MAX_LOOKUP = 16
+"""At most this many lookup drafts per step (a verify's span stays far inside one window for the journal)."""
 
 
 # ---------------------------------------------------------------------------------------------- MTP state
@@ -88,6 +94,8 @@ class DraftState:
     """[m, hc, D] main final streams at positions pos .. pos + m - 1, waiting for their next tokens."""
     ids: list[int] = field(default_factory=list)
     """The tokens at positions pos + 1 .. pos + m - 1 (the last pending position's token is not known yet)."""
+    lookup: TokenLookup = field(default_factory=TokenLookup)
+    """The main state's tokens as far as they were seen, indexed for prompt lookup (runtime/lookup.py)."""
 
     @property
     def main_pos(self) -> int:
@@ -105,11 +113,12 @@ class DraftState:
 
     def snapshot(self) -> DraftState:
         layer = LayerState.of(self.layer.ratio, {k: v.clone() for k, v in self.layer.tensors().items()})
-        return DraftState(layer, self.pos, self.streams.clone(), list(self.ids))
+        return DraftState(layer, self.pos, self.streams.clone(), list(self.ids), self.lookup.copy())
 
     def to_bytes(self) -> bytes:
         tensors = {f"layer.{k}": v.detach().contiguous().cpu() for k, v in self.layer.tensors().items()}
         tensors["streams"] = self.streams.detach().contiguous().cpu()
+        tensors["lookup"] = torch.tensor(self.lookup.tokens, dtype=torch.int32)
         meta = {
             "format": DRAFT_FORMAT_NAME,
             "version": str(DRAFT_FORMAT_VERSION),
@@ -136,7 +145,11 @@ class DraftState:
             k.removeprefix("layer."): v.to(device) for k, v in tensors.items() if k.startswith("layer.")
         }
         layer = LayerState.of(int(meta["ratio"]), fields)
-        return cls(layer, int(meta["pos"]), tensors["streams"].to(device), list(json.loads(meta["ids"])))
+        lookup = TokenLookup()
+        if "lookup" in tensors:  # blobs written before prompt lookup have none
+            lookup.extend(tensors["lookup"].tolist())
+        ids = list(json.loads(meta["ids"]))
+        return cls(layer, int(meta["pos"]), tensors["streams"].to(device), ids, lookup)
 
 
 def _digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -363,11 +376,12 @@ def draft_tokens(
     pending: list[int],
     ks: list[int],
     seqs: list[_Seq],
+    ms: Sequence[int] | None = None,
 ) -> tuple[list[list[int]], list[list[torch.Tensor | None]], list[Journal | None]]:
-    """Draft ks[i] tokens per sequence. The first MTP call consumes each sequence's pending main streams
-    (with the pending token as the last next-token); chained calls run on the block's own streams under a
-    journal, so that the MTP layer can be put back to the main position after the verify."""
-    blk = model.mtp[0]
+    """Draft ks[i] tokens per sequence with the MTP block, then up to ms[i] more by prompt lookup
+    (`extend_by_lookup`). The first MTP call consumes each sequence's pending main streams (with the pending
+    token as the last next-token); chained calls run on the block's own streams under a journal, so that
+    the MTP layer can be put back to the main position after the verify."""
     out_tokens: list[list[int]] = [[] for _ in drafts]
     out_probs: list[list[torch.Tensor | None]] = [[] for _ in drafts]
     journals: list[Journal | None] = [None] * len(drafts)
@@ -376,7 +390,46 @@ def draft_tokens(
         return out_tokens, out_probs, journals
     if mtp_draft.supported(model):
         _draft_lean(model, drafts, pending, ks, seqs, idx, out_tokens, out_probs)
-        return out_tokens, out_probs, journals
+    else:
+        _draft_general(model, drafts, pending, ks, seqs, idx, out_tokens, out_probs, journals)
+    if ms is not None:
+        for i in idx:
+            extend_by_lookup(drafts[i], pending[i], ms[i], seqs[i], out_tokens[i], out_probs[i])
+    return out_tokens, out_probs, journals
+
+
+def extend_by_lookup(
+    d: DraftState, pending: int, m: int, seq: _Seq, tokens: list[int], qs: list[torch.Tensor | None]
+) -> None:
+    """Append up to `m` prompt-lookup drafts (runtime/lookup.py) after the MTP block's `tokens`. Their
+    proposal distribution is a point mass: q is None for greedy requests, a one-hot vector otherwise (its
+    vocabulary size that of the MTP drafts' q before it)."""
+    got = d.lookup.propose([pending, *tokens], m)
+    seq.result.lookup_drafted += len(got)
+    for t in got:
+        tokens.append(t)
+        if is_greedy(seq.params):
+            qs.append(None)
+        else:
+            ref = qs[0]
+            assert ref is not None
+            qs.append(torch.zeros_like(ref).index_fill_(0, torch.tensor([t]), 1.0))
+
+
+def _draft_general(
+    model: V4Model,
+    drafts: list[DraftState],
+    pending: list[int],
+    ks: list[int],
+    seqs: list[_Seq],
+    idx: list[int],
+    out_tokens: list[list[int]],
+    out_probs: list[list[torch.Tensor | None]],
+    journals: list[Journal | None],
+) -> None:
+    """draft_tokens through `mtp_extend` (any device): chained drafts are written into the MTP state under
+    a journal each, which `settle` truncates after the verify."""
+    blk = model.mtp[0]
     logits, ys = model.mtp_extend(
         [drafts[i].layer for i in idx],
         [drafts[i].pos for i in idx],
@@ -410,7 +463,6 @@ def draft_tokens(
             last_y[i] = ys[j]
             _pick(logits[j][-1], seqs[i], out_tokens[i], out_probs[i])
         step += 1
-    return out_tokens, out_probs, journals
 
 
 def _draft_lean(
@@ -487,10 +539,26 @@ def drafts_for(seq: _Seq, st: SequenceState, d: DraftState, k: int, adaptive: bo
     return max(0, min(want, seq.params.max_tokens - len(r.token_ids) - 1, room))
 
 
+def lookups_for(seq: _Seq, st: SequenceState, k: int, limit: int) -> int:
+    """How many prompt-lookup drafts may follow a step's `k` MTP drafts: the request's `lookup` (None:
+    AUTO_LOOKUP for greedy requests, none for sampled ones), within its max_tokens, its state's room and one
+    rollback journal's span; none without MTP drafts."""
+    if k == 0:
+        return 0
+    want = seq.params.lookup
+    if want is None:
+        want = AUTO_LOOKUP if is_greedy(seq.params) else 0
+    room = min(limit, st.capacity or limit) - st.pos - 1
+    left = seq.params.max_tokens - len(seq.result.token_ids) - 1
+    return max(0, min(want, left - k, room - k, MAX_LOOKUP))
+
+
 def gave_up(seq: _Seq) -> bool:
-    """An automatically speculating sequence whose drafts proved not worth it (AUTO_MIN_ACCEPTANCE)."""
+    """An automatically speculating sequence whose MTP drafts proved not worth it (AUTO_MIN_ACCEPTANCE;
+    prompt-lookup drafts are not counted: they cost no MTP call)."""
     r = seq.result
-    return bool(r.drafted >= AUTO_PROBE and r.accepted < AUTO_MIN_ACCEPTANCE * r.drafted)
+    drafted, accepted = r.drafted - r.lookup_drafted, r.accepted - r.lookup_accepted
+    return bool(drafted >= AUTO_PROBE and accepted < AUTO_MIN_ACCEPTANCE * drafted)
 
 
 def speculative_loop(
@@ -527,10 +595,11 @@ def speculative_loop(
         pending[i] = tok
         active.append(i)
     while active:
-        ks = [0] * n
+        ks, ms = [0] * n, [0] * n
         for i in active:
             ks[i] = drafts_for(seqs[i], states[i], dstates[i], k, adaptive, limit)
-        dt, dq, mtp_journals = draft_tokens(model, dstates, pending, ks, seqs)
+            ms[i] = lookups_for(seqs[i], states[i], ks[i], limit)
+        dt, dq, mtp_journals = draft_tokens(model, dstates, pending, ks, seqs, ms)
         chunks = [[pending[i], *dt[i]] for i in active]
         journals = [main_journal(model, states[i], len(c)) for i, c in zip(active, chunks, strict=True)]
         with record(journals):
@@ -538,8 +607,9 @@ def speculative_loop(
         going: list[int] = []
         for j, i in enumerate(active):
             seq, st, d = seqs[i], states[i], dstates[i]
+            looked = len(dt[i]) - ks[i]
             toks, ended = settle(
-                seq, st, d, journals[j], mtp_journals[i], chunks[j], dq[i], vlogits[j], vh[j]
+                seq, st, d, journals[j], mtp_journals[i], chunks[j], dq[i], vlogits[j], vh[j], looked
             )
             for tok in toks:
                 yield i, tok
@@ -568,6 +638,7 @@ def start_draft(
     first = max(start, -(-(state.pos - COLD_WINDOW) // ratio) * ratio)  # a block boundary of the MTP layer
     first = min(first, state.pos - 1)
     d = DraftState.cold(model, first)
+    d.lookup.extend(int(t) for t in chunk[: first - start])  # lookup sees the whole chunk, the block its tail
     _absorb(d, h[first - start :], chunk[first - start :])
     return d
 
@@ -582,8 +653,10 @@ def settle(
     draft_probs: Sequence[torch.Tensor | None],
     vlogits: torch.Tensor,
     vh: torch.Tensor,
+    looked: int = 0,
 ) -> tuple[list[int], int | None]:
-    """One sequence after the verify extend of `chunk` = [pending token, *drafts] (under `journal`): count,
+    """One sequence after the verify extend of `chunk` = [pending token, *drafts] (under `journal`; the
+    last `looked` drafts came from prompt lookup): count,
     accept, push the chosen tokens to `seq`, roll the main and MTP states back to what was kept and queue
     the kept positions' streams for the block. Returns (the tokens chosen, in order; ended): `ended` is None
     when the last token chosen is the next pending one (not in the state), else a kept draft ended the
@@ -597,6 +670,7 @@ def settle(
         mtp_journal.truncate(d.pos)  # the chained MTP positions were drafts
     kept, nxt = accept_drafts(vlogits, drafts, draft_probs, seq.params, seq.gen)
     seq.result.accepted += kept
+    seq.result.lookup_accepted += max(0, kept - (len(drafts) - looked))
     out: list[int] = []
     for m, tok in enumerate(drafts[:kept]):
         seq.push(tok)
@@ -619,6 +693,7 @@ def _absorb(d: DraftState, h: torch.Tensor, chunk: Sequence[int] | torch.Tensor)
     """Queue main streams for the MTP block; the tokens of a chunk's 2nd..last positions become the next
     tokens of the queued positions before them (the first one's next token is the chunk's first)."""
     ids = [int(t) for t in chunk]
+    d.lookup.extend(ids)
     if d.streams.shape[0]:
         d.ids.append(ids[0])
     d.ids.extend(ids[1:])
@@ -650,6 +725,7 @@ __all__ = [
     "draft_tokens",
     "drafts_for",
     "gave_up",
+    "lookups_for",
     "main_journal",
     "probs",
     "record",

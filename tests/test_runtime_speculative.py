@@ -309,8 +309,8 @@ def test_greedy_equals_plain_on_agentkit_tiny_agent_turns() -> None:
         assert res.token_ids == plain.token_ids and res.finish_reason == plain.finish_reason
         assert st.pos == st0.pos
         stops.add(res.finish_reason)
-        drafted += res.drafted
-        accepted += res.accepted
+        drafted += res.drafted - res.lookup_drafted
+        accepted += res.accepted - res.lookup_accepted
     assert "stop_string" in stops and "stop_token" in stops
     assert accepted / drafted > 0.5  # the trained MTP block drafts well on agent turns
 
@@ -525,7 +525,8 @@ def test_engine_carries_the_mtp_state_across_turns_of_a_session() -> None:
     ref2 = generate(model, model.new_state(), [*first, *r1.token_ids, *suffix], plain, decode)
     assert r1.token_ids == ref1.token_ids and r2.token_ids == ref2.token_ids
     for r in (r1, r2):
-        assert r.drafted > 0 and r.acceptance_rate > 0.5 and r.tokens_per_step > 1.4
+        mtp_rate = (r.accepted - r.lookup_accepted) / (r.drafted - r.lookup_drafted)
+        assert r.drafted > 0 and mtp_rate > 0.5 and r.tokens_per_step > 1.4
 
 
 def test_engine_speculative_sampling_equals_generate_with_the_same_seed() -> None:
@@ -547,3 +548,133 @@ def test_engine_speculative_sampling_equals_generate_with_the_same_seed() -> Non
         rs = [h.result() for h in hs]
     for r, a in zip(rs, alone, strict=True):
         assert r.token_ids == a.token_ids and r.drafted == a.drafted > 0 and r.accepted == a.accepted
+
+
+# ------------------------------------------------------------------------------------------ prompt lookup
+def test_lookup_drafts_keep_the_plain_tokens_and_are_used() -> None:
+    """Prompt lookup after the MTP drafts (runtime/lookup.py). agentkit-tiny's agent turns: the same tokens
+    and stop as plain decoding, and lookup drafts are proposed and kept. Random weights, 16-token vocabulary
+    (most bigrams recur): lookup proposes long runs the model rejects, so most steps roll back 5-9 tokens,
+    across 4- and 128-token boundaries, and the tokens and final position are still the plain ones."""
+    model, tok = tiny()
+    decode = tok.decode  # type: ignore[attr-defined]
+    looked = kept = 0
+    for i, prompt in enumerate(_episode_prompts(2)):
+        base = SamplingParams(temperature=0.0, max_tokens=96, speculative=0)
+        plain = generate(model, model.new_state(), prompt, base, decode=decode)
+        for k, m in ((1, 4 + 4 * (i % 2)), (2, 3)):
+            params = dataclasses.replace(base, speculative=k, lookup=m)
+            res = generate(model, model.new_state(), prompt, params, decode)
+            assert res.token_ids == plain.token_ids and res.finish_reason == plain.finish_reason
+            looked += res.lookup_drafted
+            kept += res.lookup_accepted
+            assert res.drafted >= res.lookup_drafted and res.accepted >= res.lookup_accepted
+    assert looked > 0 and kept > looked // 4  # agent turns restate their context
+    rand = V4Model(ModelConfig.preset("tiny-test", vocab_size=16)).init_random_(3).eval()
+    g = torch.Generator().manual_seed(11)
+    crossed = rejected = 0
+    for n in (118, 123, 250, 60):
+        prompt = torch.randint(0, 16, (n,), generator=g).tolist()  # most bigrams recur: lookup proposes
+        plain = generate(rand, rand.new_state(), prompt, greedy(30, 0))
+        st = rand.new_state()
+        res = generate(rand, st, prompt, greedy(30, 1, lookup=8))
+        assert res.token_ids == plain.token_ids and st.pos == n + 30
+        rejected += res.lookup_drafted - res.lookup_accepted
+        crossed += (n < 128 <= n + 30) or (n < 256 <= n + 30)
+    assert rejected > 30 and crossed >= 2
+
+
+def test_lookup_drafts_keep_the_sampled_distribution() -> None:
+    """A lookup draft is a point-mass proposal: accepted with probability p(d), else the token comes from p
+    without d. One accept step (chi-square against p), then through the model: the third generated token
+    (the first one a lookup draft can decide) over many seeds against the law from the model's own logits."""
+    from types import SimpleNamespace
+
+    from agentkit.runtime.generate import _Seq
+    from agentkit.runtime.lookup import TokenLookup
+    from agentkit.runtime.speculative import extend_by_lookup
+
+    params = SamplingParams(temperature=1.0, top_k=6)
+    g = torch.Generator().manual_seed(4)
+    main = torch.randn(2, 12, generator=g) * 2  # row 1: the lookup draft's position, row 0: the bonus
+    p = probs(main[1], params)
+    order = p.argsort()
+    for d in (int(order[0]), int(order[-3])):  # one the target never picks (outside the top-k), one it may
+        lk = TokenLookup()
+        lk.extend([3, 5, 7, d, 1])
+        seq = _Seq(params, None)
+        tokens, qs = [7], [probs(main[0], params)]  # an MTP draft after pending 5, and its q
+        extend_by_lookup(SimpleNamespace(lookup=lk), 5, 1, seq, tokens, qs)  # type: ignore[arg-type]
+        assert tokens == [7, d] and seq.result.lookup_drafted == 1
+        n = 20000
+        counts = torch.zeros(12)
+        for _ in range(n):  # the lookup draft's own accept step (after a kept MTP draft)
+            kept, nxt = accept_drafts(main.flip(0), [d], qs[1:], params, g)
+            counts[d if kept else nxt] += 1
+        support = p > 0
+        assert counts[~support].sum() == 0
+        assert chisquare(counts[support].numpy(), (p[support] * n).numpy()).pvalue > 1e-3
+
+    cfg = ModelConfig.preset("tiny-test", vocab_size=12)
+    model = V4Model(cfg).init_random_(2).eval()
+    prompt = torch.randint(0, 12, (200,), generator=torch.Generator().manual_seed(5)).tolist()
+    sp = SamplingParams(temperature=1.0, max_tokens=4, stop_token_ids=(), stop_strings=())
+
+    def law_after(ids: list[int]) -> torch.Tensor:
+        return probs(model.extend(model.new_state(), ids, last_only=True), sp)  # type: ignore[arg-type]
+
+    first = law_after(prompt)
+    law = torch.zeros(12)
+    for x1 in range(12):
+        second = law_after([*prompt, x1])
+        for x2 in range(12):
+            law += first[x1] * second[x2] * law_after([*prompt, x1, x2])
+    runs = 600
+    counts = torch.zeros(12)
+    looked = kept = 0
+    for seed in range(runs):
+        params = dataclasses.replace(sp, seed=seed, speculative=1, lookup=2)
+        res = generate(model, model.new_state(), prompt, params)
+        counts[res.token_ids[2]] += 1
+        looked += res.lookup_drafted
+        kept += res.lookup_accepted
+    assert looked >= runs // 2 and 0 < kept < looked  # lookup proposed, and was both kept and rejected
+    big = law * runs >= 5
+    obs, exp = counts[big].double(), law[big].double() * runs
+    if (~big).any():
+        obs = torch.cat((obs, counts[~big].sum()[None].double()))
+        exp = torch.cat((exp, (law[~big] * runs).sum()[None].double()))
+    assert chisquare(obs.numpy(), exp.numpy() * obs.sum().item() / exp.sum().item()).pvalue > 1e-3
+
+
+def test_lookup_history_travels_with_the_mtp_state() -> None:
+    """The lookup index is part of DraftState: snapshots copy it, bytes carry it, and a blob written before
+    it existed (no `lookup` tensor) still loads, with an empty history."""
+    model = random_model(3)
+    st = model.new_state()
+    stream = TokenStream(model, st, list(range(20, 50)), greedy(6, 1))
+    out = list(stream)
+    d = stream.draft
+    assert d is not None and d.lookup.tokens == [*range(20, 50), *out][: st.pos]  # what the state holds
+    before = list(d.lookup.tokens)
+    snap = d.snapshot()
+    snap.lookup.extend([1, 2])
+    assert d.lookup.tokens == before and snap.lookup.tokens == [*before, 1, 2]
+    back = DraftState.from_bytes(d.to_bytes())
+    assert back.lookup.tokens == d.lookup.tokens and back.lookup.propose([20], 3) == d.lookup.propose([20], 3)
+    from agentkit.runtime import speculative as spec
+    from safetensors.torch import save as st_save
+
+    blob = d.to_bytes()
+    tensors, meta = st_load(blob), json_meta(blob)
+    del tensors["lookup"]
+    meta["sha256"] = spec._digest(tensors)
+    old = DraftState.from_bytes(st_save(tensors, metadata=meta))
+    assert old.lookup.tokens == [] and old.pos == d.pos
+
+
+def json_meta(blob: bytes) -> dict[str, str]:
+    import json
+
+    n = int.from_bytes(blob[:8], "little")
+    return dict(json.loads(blob[8 : 8 + n])["__metadata__"])

@@ -65,7 +65,8 @@ class Turn:
             "content": self.content, "calls": [c.to_dict() for c in self.calls],
             "finish": None if f is None else [f.reason, f.prompt_tokens, f.cached_tokens,
                                               f.prefilled_tokens, f.completion_tokens, f.decode_steps,
-                                              f.drafted_tokens, f.accepted_tokens],
+                                              f.drafted_tokens, f.accepted_tokens,
+                                              f.lookup_drafted_tokens, f.lookup_accepted_tokens],
             "parse_error": self.parse_error, "first_chunk_s": self.first_chunk_s,
             "refused": self.refused, "lost": self.lost,
         }  # fmt: skip

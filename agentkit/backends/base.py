@@ -85,8 +85,11 @@ class Finish:
     decode_steps: int = 0
     """Model forwards that produced the completion after the prompt's (embedded backend; 0: not known)."""
     drafted_tokens: int = 0
-    """Speculative decoding (embedded backend): tokens the MTP block drafted, and how many were kept."""
+    """Speculative decoding (embedded backend): tokens drafted (MTP block and prompt lookup), and how many
+    were kept; the lookup_ fields count prompt lookup's share of each."""
     accepted_tokens: int = 0
+    lookup_drafted_tokens: int = 0
+    lookup_accepted_tokens: int = 0
 
 
 Chunk = RawText | ReasoningChunk | ContentChunk | ToolCallChunk | Finish

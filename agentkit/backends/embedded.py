@@ -423,6 +423,8 @@ class EmbeddedModel:
             decode_steps=result.steps,
             drafted_tokens=result.drafted,
             accepted_tokens=result.accepted,
+            lookup_drafted_tokens=result.lookup_drafted,
+            lookup_accepted_tokens=result.lookup_accepted,
         )
 
     async def aclose(self) -> None:
