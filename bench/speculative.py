@@ -65,9 +65,31 @@ def episode_segments(n_episodes: int, start: int, tok: Any) -> list[list[tuple[b
     ]
 
 
+Variant = tuple[int, int]
+"""(k, m): k MTP drafts per step, then up to m prompt-lookup drafts (runtime/lookup.py); (0, 0) is plain."""
+
+
+def parse_variants(spec: str) -> list[Variant]:
+    """ "0,1,2,1+6" -> [(0, 0), (1, 0), (2, 0), (1, 6)]: k alone is MTP drafts only (lookup off)."""
+    out = []
+    for part in spec.split(","):
+        k, _, m = part.partition("+")
+        out.append((int(k), int(m or 0)))
+    return out
+
+
+def label(v: Variant) -> str:
+    return f"{v[0]}+{v[1]}" if v[1] else str(v[0])
+
+
+def params_for(v: Variant, max_tokens: int) -> SamplingParams:
+    return SamplingParams(temperature=0.0, max_tokens=max_tokens, speculative=v[0], lookup=v[1])
+
+
 class _Tally:
-    def __init__(self, k: int) -> None:
-        self.k, self.decoded, self.drafted, self.accepted, self.steps, self.turns = k, 0, 0, 0, 0, 0
+    def __init__(self, v: Variant) -> None:
+        self.k, self.decoded, self.drafted, self.accepted, self.steps, self.turns = label(v), 0, 0, 0, 0, 0
+        self.lookup_drafted = self.lookup_accepted = 0
         self.secs = 0.0
         self.outs: list[list[int]] = []
 
@@ -83,6 +105,8 @@ class _Tally:
         self.decoded += len(r.token_ids) - 1
         self.drafted += r.drafted
         self.accepted += r.accepted
+        self.lookup_drafted += r.lookup_drafted
+        self.lookup_accepted += r.lookup_accepted
         self.steps += r.steps
         self.outs.append(r.token_ids)
 
@@ -93,20 +117,25 @@ class _Tally:
             "tokens": self.decoded,
             "decode_tok_s": self.decoded / self.secs,
             "acceptance": self.accepted / self.drafted if self.drafted else None,
+            "mtp_acceptance": (self.accepted - self.lookup_accepted) / (self.drafted - self.lookup_drafted)
+            if self.drafted > self.lookup_drafted
+            else None,
+            "lookup_drafted": self.lookup_drafted,
+            "lookup_acceptance": self.lookup_accepted / self.lookup_drafted if self.lookup_drafted else None,
             "tokens_per_step": (self.decoded + self.turns) / self.steps if self.steps else None,
             "outputs": self.outs,
         }
 
 
 def run_tiny(
-    model: V4Model, tok: Any, prompts: list[list[int]], k: int, max_tokens: int, static: bool = False
+    model: V4Model, tok: Any, prompts: list[list[int]], v: Variant, max_tokens: int, static: bool = False
 ) -> dict[str, Any]:
-    """The turns workload (see the module docstring); `static`: states of a static decoder (k = 0)."""
-    t = _Tally(k)
+    """The turns workload (see the module docstring); `static`: states of a static decoder (plain)."""
+    t = _Tally(v)
     dec = model.static_decoder(max_batch=1, max_len=4096, graphs=False) if static else None
     try:
         for p in prompts:
-            params = SamplingParams(temperature=0.0, max_tokens=max_tokens, speculative=k)
+            params = params_for(v, max_tokens)
             st = dec.new_state() if dec is not None else model.new_state()
             t.turn(TokenStream(model, st, p, params, decode=tok.decode))
             del st
@@ -116,17 +145,17 @@ def run_tiny(
 
 
 def run_sessions(
-    model: V4Model, tok: Any, episodes: list[list[tuple[bool, list[int]]]], k: int, max_tokens: int
+    model: V4Model, tok: Any, episodes: list[list[tuple[bool, list[int]]]], v: Variant, max_tokens: int
 ) -> dict[str, Any]:
     """The sessions workload (see the module docstring)."""
-    t = _Tally(k)
+    t = _Tally(v)
     for segs in episodes:
         st, draft, prompt = model.new_state(), None, []
         for generated, ids in segs:
             if not generated:
                 prompt += ids
                 continue
-            params = SamplingParams(temperature=0.0, max_tokens=max_tokens, speculative=k)
+            params = params_for(v, max_tokens)
             ts = TokenStream(model, st, prompt, params, decode=tok.decode, draft=draft)
             t.turn(ts)
             draft, prompt = ts.draft, []
@@ -193,7 +222,8 @@ def overhead(model: V4Model, ctx: int, ks: list[int], reps: int) -> list[dict[st
 
 
 def equality(model: V4Model, prompts: list[list[int]], tokens: int, k: int, decode: Any) -> dict[str, Any]:
-    """Greedy tokens with speculation on (k) vs off for every prompt: how many differ (tokens, finish
+    """Greedy tokens with speculation on (k MTP drafts and the default prompt lookup) vs off for every
+    prompt: how many differ (tokens, finish
     reason or final state position), how many stopped on the DSML tool-call end, and how many rolled back
     rejected drafts across a compression boundary (a rejected token completed a 4- / 128-token block)."""
     from agentkit.runtime import speculative as spec
@@ -212,7 +242,7 @@ def equality(model: V4Model, prompts: list[list[int]], tokens: int, k: int, deco
         original(state, journal, to)
 
     spec.truncate = watch
-    differ = stop_dsml = drafted = accepted = 0
+    differ = stop_dsml = drafted = accepted = looked = kept = 0
     try:
         for i, p in enumerate(prompts):
             current[0] = i
@@ -224,6 +254,7 @@ def equality(model: V4Model, prompts: list[list[int]], tokens: int, k: int, deco
                 outs.append((r.token_ids, r.finish_reason, r.stop, st.pos))
                 if kk:
                     drafted, accepted = drafted + r.drafted, accepted + r.accepted
+                    looked, kept = looked + r.lookup_drafted, kept + r.lookup_accepted
             differ += outs[0] != outs[1]
             stop_dsml += outs[1][1] == "stop_string"
     finally:
@@ -238,38 +269,44 @@ def equality(model: V4Model, prompts: list[list[int]], tokens: int, k: int, deco
         "rejection_crossed_128_boundary": len(crossed),
         "rejection_crossed_4_boundary": len(crossed4),
         "acceptance": accepted / drafted if drafted else None,
+        "lookup_drafted": looked,
+        "lookup_accepted": kept,
     }
 
 
-def speed_rows(a: argparse.Namespace, tiny: V4Model, tok: Any, ks: list[int]) -> list[dict[str, Any]]:
-    """Each workload x threads x k, `--repeat` rounds interleaved (k = 0, 1, ... in every round, so that
-    machine load falls on all of them alike); a row keeps its fastest round."""
+def speed_rows(a: argparse.Namespace, tiny: V4Model, tok: Any, vs: list[Variant]) -> list[dict[str, Any]]:
+    """Each workload x threads x variant, `--repeat` rounds interleaved (every variant in every round, so
+    that machine load falls on all of them alike); a row keeps its fastest round. The first variant is the
+    baseline of the speedup column (plain decoding, (0, 0), by default)."""
     prompts = turn_prompts(a.episodes, a.start, tok)
     episodes = episode_segments(a.episodes, a.start, tok)
     print(f"agentkit-tiny: {len(prompts)} assistant turns of {a.episodes} held-out episodes\n")
-    print("| workload | threads | k | tokens | decode tok/s | speedup | acceptance | tokens/step | same |")
+    print(
+        "| workload | threads | k (+lookup) | tokens | decode tok/s | speedup | acceptance (MTP / lookup) "
+        "| tokens/step | same |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     rows = []
+    static: Variant = (-1, 0)
     for workload in a.workloads.split(","):
         for th in [int(x) for x in a.threads.split(",")]:
             torch.set_num_threads(th)
-            best: dict[int, dict[str, Any]] = {}
-            variants: list[int | str] = [*ks, "static"] if a.static and workload == "turns" else list(ks)
+            best: dict[Variant, dict[str, Any]] = {}
+            variants = [*vs, static] if a.static and workload == "turns" else list(vs)
             for _ in range(a.repeat):
-                for k in variants:
-                    if k == "static":
-                        row = run_tiny(tiny, tok, prompts, 0, a.max_tokens, static=True)
+                for v in variants:
+                    if v == static:
+                        row = run_tiny(tiny, tok, prompts, (0, 0), a.max_tokens, static=True)
                         row["k"] = "0 (static decoder)"
                     elif workload == "turns":
-                        row = run_tiny(tiny, tok, prompts, int(k), a.max_tokens)
+                        row = run_tiny(tiny, tok, prompts, v, a.max_tokens)
                     else:
-                        row = run_sessions(tiny, tok, episodes, int(k), a.max_tokens)
-                    key = -1 if k == "static" else int(k)
-                    if key not in best or row["decode_tok_s"] > best[key]["decode_tok_s"]:
-                        best[key] = row
-            base = best[0]
-            for key in [*ks, -1] if -1 in best else ks:
-                row = dict(best[key])
+                        row = run_sessions(tiny, tok, episodes, v, a.max_tokens)
+                    if v not in best or row["decode_tok_s"] > best[v]["decode_tok_s"]:
+                        best[v] = row
+            base = best[vs[0]]
+            for v in variants:
+                row = dict(best[v])
                 same = row.pop("outputs") == base["outputs"]
                 row.update(
                     workload=workload,
@@ -279,7 +316,12 @@ def speed_rows(a: argparse.Namespace, tiny: V4Model, tok: Any, ks: list[int]) ->
                     same_tokens=same,
                 )
                 rows.append(row)
-                acc = "-" if row["acceptance"] is None else f"{row['acceptance']:.3f}"
+
+                def rate(x: float | None) -> str:
+                    return "-" if x is None else f"{x:.3f}"
+
+                mtp, look = rate(row["mtp_acceptance"]), rate(row["lookup_acceptance"])
+                acc = f"{rate(row['acceptance'])} ({mtp} / {look})"
                 print(
                     f"| {workload} | {th} | {row['k']} | {row['tokens']} | {row['decode_tok_s']:.1f} | "
                     f"{row['speedup']:.2f}x | {acc} | {row['tokens_per_step']:.2f} | {same} |"
@@ -292,7 +334,12 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=12)
     ap.add_argument("--start", type=int, default=2000, help="first held-out episode index")
     ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--ks", default="0,1,2,3")
+    ap.add_argument(
+        "--ks",
+        default="0,1,2,1+6,2+6",
+        help="variants: k = k MTP drafts per step (lookup off), k+m = then up to m prompt-lookup drafts; "
+        "the first is the speedup's baseline",
+    )
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--workloads", default="turns,sessions")
     ap.add_argument("--repeat", type=int, default=3, help="interleaved rounds; each row keeps its fastest")
@@ -310,7 +357,8 @@ def main() -> None:
     ap.add_argument("--skip-tiny", action="store_true")
     ap.add_argument("--out")
     a = ap.parse_args()
-    ks = [int(x) for x in a.ks.split(",")]
+    vs = parse_variants(a.ks)
+    ks = sorted({k + m for k, m in vs if k + m})  # verify lengths (k + 1 + m tokens) of the overhead rows
     equality_bar = a.equality or a.equality_only
     result: dict[str, Any] = {"tiny": [], "overhead": [], "equality": []}
     if not a.skip_tiny:
@@ -322,7 +370,7 @@ def main() -> None:
         tok = Tokenizer.from_file(path)
         tiny = load_model("agentkit-tiny", device=a.device).eval()
         if not a.equality_only:
-            result["tiny"] = speed_rows(a, tiny, tok, ks)
+            result["tiny"] = speed_rows(a, tiny, tok, vs)
         if equality_bar:
             torch.set_num_threads(2)
             eq_prompts = turn_prompts(a.eq_prompts, a.start + 10_000, tok)[: a.eq_prompts]
@@ -339,7 +387,7 @@ def main() -> None:
         )
         print("| k | k+1-token verify ms | 1-token step ms | ratio | MTP call ms | CPU drafting call ms |")
         print("|---|---|---|---|---|---|")
-        for row in overhead(rnd, a.ctx, [k for k in ks if k], a.reps):
+        for row in overhead(rnd, a.ctx, ks, a.reps):
             result["overhead"].append({"preset": a.preset, "device": a.device, **row})
             print(
                 f"| {row['k']} | {row['verify_ms']:.2f} | {row['step_ms']:.2f} | {row['ratio']:.2f} | "

@@ -120,8 +120,11 @@ def pairs_fp4(
     n_exp, inter, d = w1.shape[0], w1.shape[1], x2.shape[1]
     idx_c = idx.contiguous()
     bf16 = x2.dtype == torch.bfloat16
-    bn = tune("moe_pairs_bn", 32)
-    launch = {"num_warps": tune("moe_pairs_warps", 4), "num_stages": tune("moe_pairs_stages", 3)}
+    # 16 rows x 2 warps: the best of the sweep on an H100 (bench/results/runtime_h100.json `tune_sweep_tok_s`:
+    # FP8/FP4 B1 decode 270.6 tok/s vs 218.8 at 32 x 4 and 163.9 at 64 x 4): narrow tiles spread a pair's
+    # few rows over more programs, and batch-1 decode has only T*k = 6 pairs per layer
+    bn = tune("moe_pairs_bn", 16)
+    launch = {"num_warps": tune("moe_pairs_warps", 2), "num_stages": tune("moe_pairs_stages", 3)}
     _moe_up_pairs[(t * k, triton.cdiv(inter, bn))](
         x2, w1, s1, w3, s3, rw, idx_c, h, inter, d, n_exp, limit,
         x2.stride(0), w1.stride(0), w1.stride(1), s1.stride(0), s1.stride(1), h.stride(0),
