@@ -78,13 +78,13 @@ GREEDY = SamplingParams(temperature=0.0)
 
 AUTO_SPECULATIVE = 1
 """Draft length when `SamplingParams.speculative` is None: greedy requests to a model with an MTP block
-speculate with 1 draft per step, and a sequence whose acceptance falls below
-`speculative.AUTO_MIN_ACCEPTANCE` after a few drafts stops drafting (random weights). agentkit-tiny on CPU:
-every draft accepted at k = 1 (1.98 tokens per step) and decode 1.36-1.52x as fast as plain on held-out
-agent turns (bench/speculative.py; k = 2 is 1.43-1.57x there, not yet the default). Not by default for
-states of a static decoder (its one-token step is what CUDA graphs replay; a verify runs the general path)
-nor for sampled requests
-(speculative sampling keeps the distribution, not the token sequence a given seed produced before)."""
+speculate with 1 MTP draft per step plus up to `speculative.AUTO_LOOKUP` prompt-lookup drafts, and a sequence
+whose MTP acceptance falls below `speculative.AUTO_MIN_ACCEPTANCE` after a few drafts stops drafting (random
+weights). agentkit-tiny on CPU (bench/speculative.py, held-out agent turns): every MTP draft accepted at
+k = 1; with lookup 2.9 tokens per step and decode 1.67-1.75x as fast as plain on 1 and 2 threads (MTP alone
+1.35-1.37x, k = 2 1.46-1.49x). Not by default for states of a static decoder (its one-token step is what CUDA
+graphs replay; a verify runs the general path) nor for sampled requests (speculative sampling keeps the
+distribution, not the token sequence a given seed produced before)."""
 
 
 def draft_length(model: V4Model, params: Sequence[SamplingParams]) -> tuple[int, bool]:

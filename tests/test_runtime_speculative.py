@@ -54,6 +54,18 @@ def assert_same_bytes(a: SequenceState, b: SequenceState) -> None:
         assert ta[k].view(torch.uint8).equal(tb[k].view(torch.uint8)), k
 
 
+def assert_follows(counts: torch.Tensor, law: torch.Tensor) -> None:
+    """Chi-square of observed token counts against a law; cells with small expectations are pooled into
+    one, as the test needs."""
+    n = counts.sum()
+    big = law * n >= 5
+    obs, exp = counts[big].double(), law[big].double() * n
+    if (~big).any():
+        obs = torch.cat((obs, counts[~big].sum()[None].double()))
+        exp = torch.cat((exp, (law[~big] * n).sum()[None].double()))
+    assert chisquare(obs.numpy(), exp.numpy() * obs.sum().item() / exp.sum().item()).pvalue > 1e-3
+
+
 @cache
 def random_model(seed: int = 3, mtp_ratio: int = 0) -> V4Model:
     cfg = ModelConfig.preset("tiny-test", compress_ratios=(0, 4, 128, 4, mtp_ratio))
@@ -406,12 +418,7 @@ def test_model_level_next_token_distribution_is_unchanged() -> None:
         drafted += res.drafted
         accepted += res.accepted
     assert drafted >= n and 0 < accepted < drafted  # both branches taken
-    big = law * n >= 5  # cells with small expectations pooled into one, as chi-square needs
-    obs, exp = counts[big].double(), law[big].double() * n
-    if (~big).any():
-        obs = torch.cat((obs, counts[~big].sum()[None].double()))
-        exp = torch.cat((exp, (law[~big] * n).sum()[None].double()))
-    assert chisquare(obs.numpy(), exp.numpy() * obs.sum().item() / exp.sum().item()).pvalue > 1e-3
+    assert_follows(counts, law)
 
 
 # ------------------------------------------------------------------------------------------ state and API
@@ -639,12 +646,7 @@ def test_lookup_drafts_keep_the_sampled_distribution() -> None:
         looked += res.lookup_drafted
         kept += res.lookup_accepted
     assert looked >= runs // 2 and 0 < kept < looked  # lookup proposed, and was both kept and rejected
-    big = law * runs >= 5
-    obs, exp = counts[big].double(), law[big].double() * runs
-    if (~big).any():
-        obs = torch.cat((obs, counts[~big].sum()[None].double()))
-        exp = torch.cat((exp, (law[~big] * runs).sum()[None].double()))
-    assert chisquare(obs.numpy(), exp.numpy() * obs.sum().item() / exp.sum().item()).pvalue > 1e-3
+    assert_follows(counts, law)
 
 
 def test_lookup_history_travels_with_the_mtp_state() -> None:
