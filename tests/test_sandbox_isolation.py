@@ -150,7 +150,7 @@ async def test_fork_bomb_is_stopped_by_pids_limit(sb: Sandbox) -> None:
     assert procs.exit_code == 0, procs.stderr
     assert 1 <= int(procs.stdout) < PIDS
     after = await sb.exec("echo alive")
-    assert after.stdout == "alive\n"
+    assert after.stdout == "alive\n", (after.exit_code, after.stderr)  # seen once under a loaded suite
 
 
 async def test_memory_hog_is_killed_with_clear_error(sb: Sandbox) -> None:
