@@ -719,8 +719,9 @@ class Engine:
             req = w.req
             assert req.draft is not None and req.state is not None
             limit = min(self.config.max_seq_len, req.capacity)
-            ks.append(drafts_for(req.sampler, req.state, req.draft, req.spec, req.adaptive, limit))
-            ms.append(lookups_for(req.sampler, req.state, ks[-1], limit))
+            window = self.model.config.window_size
+            ks.append(drafts_for(req.sampler, req.state, req.draft, req.spec, req.adaptive, limit, window))
+            ms.append(lookups_for(req.sampler, req.state, ks[-1], limit, window))
         drafts = [w.req.draft for w in work if w.req.draft is not None]
         toks, probs, mtp_journals = draft_tokens(
             self.model, drafts, [w.req.next_token for w in work], ks, [w.req.sampler for w in work], ms

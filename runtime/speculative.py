@@ -522,10 +522,13 @@ def _pick(logits: torch.Tensor, seq: _Seq, tokens: list[int], qs: list[torch.Ten
         qs.append(q)
 
 
-def drafts_for(seq: _Seq, st: SequenceState, d: DraftState, k: int, adaptive: bool, limit: int) -> int:
+def drafts_for(
+    seq: _Seq, st: SequenceState, d: DraftState, k: int, adaptive: bool, limit: int, window: int | None = None
+) -> int:
     """How many tokens to draft for one sequence this step: up to `k` (or its own `speculative`), never past
-    its max_tokens or its state's room, none while the MTP state has no stream to start from (a fork
-    sampling from kept logits), none once an `adaptive` sequence's acceptance proved too low."""
+    its max_tokens, its state's room or what one rollback journal spans (a verify of at most `window`
+    tokens), none while the MTP state has no stream to start from (a fork sampling from kept logits), none
+    once an `adaptive` sequence's acceptance proved too low."""
     r = seq.result
     if adaptive and gave_up(seq):  # keep the MTP state at the main position, holding no streams
         d.pos, d.streams, d.ids = d.main_pos, d.streams[:0], []
@@ -536,13 +539,15 @@ def drafts_for(seq: _Seq, st: SequenceState, d: DraftState, k: int, adaptive: bo
     want, own = k, seq.params.speculative
     if own is not None:
         want = min(k, own)
+    if window is not None:
+        want = min(want, window - 1)
     return max(0, min(want, seq.params.max_tokens - len(r.token_ids) - 1, room))
 
 
-def lookups_for(seq: _Seq, st: SequenceState, k: int, limit: int) -> int:
+def lookups_for(seq: _Seq, st: SequenceState, k: int, limit: int, window: int | None = None) -> int:
     """How many prompt-lookup drafts may follow a step's `k` MTP drafts: the request's `lookup` (None:
     AUTO_LOOKUP for greedy requests, none for sampled ones), within its max_tokens, its state's room and one
-    rollback journal's span; none without MTP drafts."""
+    rollback journal's span (`window` tokens of verify); none without MTP drafts."""
     if k == 0:
         return 0
     want = seq.params.lookup
@@ -550,7 +555,8 @@ def lookups_for(seq: _Seq, st: SequenceState, k: int, limit: int) -> int:
         want = AUTO_LOOKUP if is_greedy(seq.params) else 0
     room = min(limit, st.capacity or limit) - st.pos - 1
     left = seq.params.max_tokens - len(seq.result.token_ids) - 1
-    return max(0, min(want, left - k, room - k, MAX_LOOKUP))
+    span = MAX_LOOKUP if window is None else min(MAX_LOOKUP, window - 1 - k)
+    return max(0, min(want, left - k, room - k, span))
 
 
 def gave_up(seq: _Seq) -> bool:
@@ -577,7 +583,7 @@ def speculative_loop(
     whose acceptance is below AUTO_MIN_ACCEPTANCE after AUTO_PROBE drafts continues without drafts."""
     n = len(states)  # the request was validated by generate._run
     given = list(drafts) if drafts is not None else [None] * n
-    limit = model.config.max_seq_len
+    limit, window = model.config.max_seq_len, model.config.window_size
     seqs = list(seqs)
     logits, hs = model.extend_hidden(list(states), list(prompts), last_only=True)
     pending: list[int] = [0] * n
@@ -597,8 +603,8 @@ def speculative_loop(
     while active:
         ks, ms = [0] * n, [0] * n
         for i in active:
-            ks[i] = drafts_for(seqs[i], states[i], dstates[i], k, adaptive, limit)
-            ms[i] = lookups_for(seqs[i], states[i], ks[i], limit)
+            ks[i] = drafts_for(seqs[i], states[i], dstates[i], k, adaptive, limit, window)
+            ms[i] = lookups_for(seqs[i], states[i], ks[i], limit, window)
         dt, dq, mtp_journals = draft_tokens(model, dstates, pending, ks, seqs, ms)
         chunks = [[pending[i], *dt[i]] for i in active]
         journals = [main_journal(model, states[i], len(c)) for i, c in zip(active, chunks, strict=True)]

@@ -680,3 +680,16 @@ def json_meta(blob: bytes) -> dict[str, str]:
 
     n = int.from_bytes(blob[:8], "little")
     return dict(json.loads(blob[8 : 8 + n])["__metadata__"])
+
+
+def test_draft_lengths_beyond_a_window_are_capped_not_an_error() -> None:
+    """A verify must fit one rollback journal (at most `window_size` tokens): a request asking for more MTP
+    drafts, or MTP plus lookup drafts past it, drafts what fits and keeps the plain tokens."""
+    model = V4Model(ModelConfig.preset("tiny-test", window_size=16, vocab_size=16)).init_random_(1).eval()
+    prompt = torch.randint(0, 16, (60,), generator=torch.Generator().manual_seed(0)).tolist()
+    plain = generate(model, model.new_state(), prompt, greedy(60, 0)).token_ids
+    for k, m in ((40, 0), (15, 16), (3, 16)):
+        res = generate(model, model.new_state(), prompt, greedy(60, k, lookup=m))
+        assert res.token_ids == plain and res.drafted > 0
+        assert res.drafted - res.lookup_drafted <= 15 * res.steps
+    assert res.lookup_drafted > 0
