@@ -135,8 +135,9 @@ class EmbeddedModel:
         with different settings can share one engine. `logits_processor(generated_ids, logits) -> logits`
         can constrain decoding (grammar, bans, or forcing an exact output in tests); it runs on the
         engine's scheduler thread. `speculative`: tokens the MTP block drafts per step (0 = off, None =
-        the runtime's default, `agentkit.runtime.generate.draft_length`); greedy output is the same either
-        way, and a run's usage counts drafted and accepted tokens and decode steps."""
+        the runtime's default, `agentkit.runtime.generate.draft_length`: 1, followed by up to 6
+        prompt-lookup drafts); greedy output is the same either way, and a run's usage counts drafted and
+        accepted tokens (prompt lookup's share apart) and decode steps."""
         self.logits_processor = logits_processor
         self._lease: _EngineLease | None = None
         if engine is not None:
