@@ -786,7 +786,10 @@ class Engine:
             req.tail.pop(0)
         if w.kind == "prefill" and req.fed + len(ids) >= len(req.prompt):
             h = torch.cat([t for t, _ in req.tail])
-            req.draft = start_draft(self.model, None, req.state, h, [i for _, t in req.tail for i in t])
+            tail = [i for _, t in req.tail for i in t]
+            # the block consumes the kept tail; prompt lookup indexes the whole prompt, as generate() does
+            before = req.prompt[: max(0, len(req.prompt) - len(tail))]
+            req.draft = start_draft(self.model, None, req.state, h, tail, before)
             req.tail = []
 
     def _settle(self, req: _Request, w: _Work, logits: torch.Tensor) -> None:

@@ -523,7 +523,7 @@ def _pick(logits: torch.Tensor, seq: _Seq, tokens: list[int], qs: list[torch.Ten
 
 
 def drafts_for(
-    seq: _Seq, st: SequenceState, d: DraftState, k: int, adaptive: bool, limit: int, window: int | None = None
+    seq: _Seq, st: SequenceState, d: DraftState, k: int, adaptive: bool, limit: int, window: int
 ) -> int:
     """How many tokens to draft for one sequence this step: up to `k` (or its own `speculative`), never past
     its max_tokens, its state's room or what one rollback journal spans (a verify of at most `window`
@@ -539,12 +539,10 @@ def drafts_for(
     want, own = k, seq.params.speculative
     if own is not None:
         want = min(k, own)
-    if window is not None:
-        want = min(want, window - 1)
-    return max(0, min(want, seq.params.max_tokens - len(r.token_ids) - 1, room))
+    return max(0, min(want, window - 1, seq.params.max_tokens - len(r.token_ids) - 1, room))
 
 
-def lookups_for(seq: _Seq, st: SequenceState, k: int, limit: int, window: int | None = None) -> int:
+def lookups_for(seq: _Seq, st: SequenceState, k: int, limit: int, window: int) -> int:
     """How many prompt-lookup drafts may follow a step's `k` MTP drafts: the request's `lookup` (None:
     AUTO_LOOKUP for greedy requests, none for sampled ones), within its max_tokens, its state's room and one
     rollback journal's span (`window` tokens of verify); none without MTP drafts."""
@@ -555,8 +553,7 @@ def lookups_for(seq: _Seq, st: SequenceState, k: int, limit: int, window: int | 
         want = AUTO_LOOKUP if is_greedy(seq.params) else 0
     room = min(limit, st.capacity or limit) - st.pos - 1
     left = seq.params.max_tokens - len(seq.result.token_ids) - 1
-    span = MAX_LOOKUP if window is None else min(MAX_LOOKUP, window - 1 - k)
-    return max(0, min(want, left - k, room - k, span))
+    return max(0, min(want, left - k, room - k, window - 1 - k, MAX_LOOKUP))
 
 
 def gave_up(seq: _Seq) -> bool:
@@ -632,10 +629,12 @@ def start_draft(
     state: SequenceState,
     h: torch.Tensor,
     chunk: Sequence[int] | torch.Tensor,
+    before: Sequence[int] = (),
 ) -> DraftState:
     """The MTP state for a sequence whose main state just took `chunk` (streams `h`): the given one when it
     was at the chunk's start (a session's previous turn: the block then consumes only the new tokens), else
-    a cold one that sees only the chunk's last COLD_WINDOW positions (see COLD_WINDOW)."""
+    a cold one that sees only the chunk's last COLD_WINDOW positions (see COLD_WINDOW), whose lookup index
+    gets `before` (known tokens just before the chunk, e.g. a prompt's earlier chunks) and the whole chunk."""
     start = state.pos - len(chunk)
     if draft is not None and draft.main_pos == start:
         _absorb(draft, h, chunk)
@@ -644,7 +643,7 @@ def start_draft(
     first = max(start, -(-(state.pos - COLD_WINDOW) // ratio) * ratio)  # a block boundary of the MTP layer
     first = min(first, state.pos - 1)
     d = DraftState.cold(model, first)
-    d.lookup.extend(int(t) for t in chunk[: first - start])  # lookup sees the whole chunk, the block its tail
+    d.lookup.extend([*before, *(int(t) for t in chunk[: first - start])])  # the block sees only the tail
     _absorb(d, h[first - start :], chunk[first - start :])
     return d
 

@@ -693,3 +693,22 @@ def test_draft_lengths_beyond_a_window_are_capped_not_an_error() -> None:
         assert res.token_ids == plain and res.drafted > 0
         assert res.drafted - res.lookup_drafted <= 15 * res.steps
     assert res.lookup_drafted > 0
+
+
+def test_engine_cold_start_indexes_the_whole_prompt_for_lookup() -> None:
+    """Prefilled in small chunks, an engine request keeps only the prompt's last chunks for the MTP block's
+    cold start; prompt lookup still indexes the whole prompt, as generate() does."""
+    from agentkit.runtime.engine import Engine
+
+    model, _ = tiny()
+    prompt = _episode_prompts(1)[0]
+    assert len(prompt) > 4 * 64
+    params = SamplingParams(temperature=0.0, max_tokens=8, speculative=1)
+    with Engine(model, prefill_chunk=64, cache_bytes=0) as eng:
+        r = eng.submit(prompt, params, keep_state=True).result()
+    st = model.new_state()
+    stream = TokenStream(model, st, prompt, params)
+    list(stream)
+    assert r.draft is not None and stream.draft is not None
+    assert r.draft.lookup.tokens == stream.draft.lookup.tokens
+    assert r.draft.lookup.tokens[: len(prompt)] == prompt
