@@ -280,15 +280,22 @@ def _wait_stopped(pid: int, limit_s: float = 0.05) -> None:
         time.sleep(0.001)
 
 
+_KILL_PASSES_S = 5.0
+"""How long `_kill_tree` keeps walking a tree that still grows (each pass stops what it finds)."""
+
+
 def _kill_tree(root: int) -> int:
     """Stop every process of the tree under `root` (included) top-down, then SIGKILL them all.
 
     Each process is pinned by a pidfd the moment it is found, so a pid recycled meanwhile is never
-    signalled. Passes repeat until one finds nothing new. Returns how many processes were killed.
+    signalled. Passes repeat until one finds nothing new, within _KILL_PASSES_S (a fork bomb can keep
+    passes busy; a fixed count of 8 passes is the suspect of a rare failure where the call after a bomb
+    found the pids limit used up: "Cannot fork"). Returns how many processes were killed.
     """
     fds: dict[int, int] = {}
+    deadline = time.monotonic() + _KILL_PASSES_S
     try:
-        for _ in range(8):
+        while time.monotonic() < deadline:
             found, todo = False, [root]
             while todo:
                 pid = todo.pop()
