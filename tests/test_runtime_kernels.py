@@ -468,7 +468,8 @@ _TUNE_CHILD = textwrap.dedent(
         finally:
             del os.environ["AGENTKIT_KERNEL_TUNE"]
     # FP4 experts: decode's per-pair programs == the expert blocks (moe_pairs_max=0), whatever their tile
-    # width and warps; a skipped pair (another rank's expert) adds an exact zero on both paths
+    # width, warps, groups per loop step (8, 16: a 1x128 input block's scale from 4 of them) and code
+    # decode; a skipped pair (another rank's expert) adds an exact zero on both paths
     q = dict(weight_format="quantized", dtype="fp8", expert_dtype="fp4")
     cfg = ModelConfig.preset("tiny-test", dim=256, moe_inter_dim=192, n_routed_experts=8,
                              n_activated_experts=3, **q)
@@ -487,7 +488,8 @@ _TUNE_CHILD = textwrap.dedent(
                     return MK.fused_moe(x, weights, idx, w, s, "fp4", act_quant=True, limit=first.limit,
                                         partial=partial)
                 ref = tuned("moe_pairs_max=0", run)
-                for spec in ("", "moe_pairs_bn=8,moe_pairs_warps=1", "moe_pairs_bn=64,moe_pairs_warps=8"):
+                for spec in ("", "moe_pairs_bn=8,moe_pairs_warps=1", "moe_pairs_bn=64,moe_pairs_warps=8",
+                             "moe_pairs_groups=8,moe_pairs_dec=1", "moe_pairs_groups=16"):
                     got = tuned(spec, run)
                     tol = 1e-6 * ref.abs().max().item()
                     assert torch.allclose(got, ref, rtol=1e-6, atol=tol), (dtype, t, partial, spec)

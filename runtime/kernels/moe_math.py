@@ -43,6 +43,17 @@ def _fp4_codes(byte):  # type: ignore[no-untyped-def]
 
 
 @triton.jit
+def _fp4_codes_f32(byte):  # type: ignore[no-untyped-def]
+    """`_fp4_codes` without a conversion instruction per code, the e2m1 values themselves (not times 2^-14):
+    a code's three low bits placed at fp32's exponent/mantissa boundary read as 2^(e-127)(1 + m/2), or
+    m 2^-127 at e = 0 (fp32's subnormal), so one multiply by 2^126 gives the value, exactly. Needs fp32
+    subnormals kept (no flush to zero): the GPU A/B and `tests/test_runtime_kernels.py` check it."""
+    lo = (((byte & 7) << 22) | ((byte & 8) << 28)).to(tl.float32, bitcast=True)
+    hi = (((byte & 0x70) << 18) | ((byte & 0x80) << 24)).to(tl.float32, bitcast=True)
+    return lo * 8.507059173023462e37, hi * 8.507059173023462e37
+
+
+@triton.jit
 def _e8m0_bits(sb):  # type: ignore[no-untyped-def]
     """2^(s - 127) of an E8M0 scale byte s (int32) from the bits (s = 0: 2^-127, fp32's subnormal)."""
     return tl.where(sb == 0, 0x00400000, sb << 23).to(tl.float32, bitcast=True)
