@@ -15,6 +15,7 @@ Rows (random weights of `--config`, default flash-reduced; context in tokens):
   extend-1m      a 32K-token extend at ~1M tokens of context against the same extend at 32K.
   profile        torch.profiler over a few graph-replayed decode steps: launches per token, top kernels.
   profile-prefill  torch.profiler over one `--context`-token prefill: top kernels by GPU time.
+  profile-extend   torch.profiler over extend-1m's far extend: which kernels grow with the context.
 
 Long contexts (128K, 1M) start from a *synthetic* state: position N with every window, compressed and
 indexer entry filled with random values (N a multiple of 128, so the compressor tails are empty, as after a
@@ -47,7 +48,7 @@ from agentkit.runtime.state import SequenceState
 
 ROWS = (
     "decode-bf16", "decode-fp8fp4", "decode-b32", "prefill-4k", "prefill-32k", "decode-128k", "extend-1m",
-    "profile", "profile-prefill",
+    "profile", "profile-prefill", "profile-extend",
 )  # fmt: skip
 #: Dense bf16 tensor-core peak of an H200 SXM (vendor datasheet, without sparsity).
 H200_BF16_PEAK = 989e12
@@ -475,6 +476,21 @@ def row_profile(b: Bench) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _kernel_table(prof: Any) -> dict[str, Any]:
+    kernels: Counter[str] = Counter()
+    kernel_us: Counter[str] = Counter()
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            kernels[e.name] += 1
+            kernel_us[e.name] += e.device_time
+    return {
+        "kernels": sum(kernels.values()), "gpu_busy_ms": sum(kernel_us.values()) / 1e3,
+        "top_kernels": [
+            {"name": k[:100], "ms": us / 1e3, "launches": kernels[k]} for k, us in kernel_us.most_common(25)
+        ],
+    }  # fmt: skip
+
+
 def row_profile_prefill(b: Bench) -> dict[str, Any]:
     """torch.profiler over one `--context`-token prefill: where its time goes (top kernels by GPU time)."""
     from torch.profiler import ProfilerActivity, profile
@@ -489,23 +505,36 @@ def row_profile_prefill(b: Bench) -> dict[str, Any]:
         with profile(activities=acts) as prof:
             model.extend(st, prompt, last_only=True)
             b.sync()
-    kernels: Counter[str] = Counter()
-    kernel_us: Counter[str] = Counter()
-    for e in prof.events():
-        if e.device_type == torch.autograd.DeviceType.CUDA:
-            kernels[e.name] += 1
-            kernel_us[e.name] += e.device_time
-    return {
-        "tokens": b.a.context, "kernels": sum(kernels.values()), "gpu_busy_ms": sum(kernel_us.values()) / 1e3,
-        "top_kernels": [
-            {"name": k[:100], "ms": us / 1e3, "launches": kernels[k]} for k, us in kernel_us.most_common(25)
-        ],
-    }  # fmt: skip
+    return {"tokens": b.a.context, **_kernel_table(prof)}
+
+
+def row_profile_extend(b: Bench) -> dict[str, Any]:
+    """torch.profiler over extend-1m's far call (a `--extend`-token extend at `--far-context`, synthetic
+    state): which kernels grow with the context (compare with profile-prefill at the near context)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = b.model("bf16")
+    model._decoder = None
+    n, far = b.a.extend, b.a.far_context
+    chunk = b.prompt(n)
+    st = synthetic(model.new_state(max_len=far + n), far)
+    snap = st.snapshot()
+    with torch.no_grad():
+        model.extend(st, chunk, last_only=True)  # warm-up at this context
+        st.restore(snap)
+        b.sync()
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if b.dev == "cuda" else [])
+        with profile(activities=acts) as prof:
+            model.extend(st, chunk, last_only=True)
+            b.sync()
+    return {"extend_tokens": n, "far_context": far, "synthetic_state": True, **_kernel_table(prof)}
 
 
 def run_row(b: Bench, name: str) -> dict[str, Any]:
     if name == "profile-prefill":
         return row_profile_prefill(b)
+    if name == "profile-extend":
+        return row_profile_extend(b)
     if name in ("decode-bf16", "decode-fp8fp4"):
         return row_decode(b, name.removeprefix("decode-"))
     if name == "decode-b32":
@@ -559,6 +588,9 @@ def table(report: dict[str, Any]) -> str:
         elif k == "profile-prefill":
             lines.append(f"| {k} | {v['kernels']} kernels / {v['tokens']} tokens | GPU busy "
                          f"{v['gpu_busy_ms']:.1f} ms | |")  # fmt: skip
+        elif k == "profile-extend":
+            lines.append(f"| {k} | {v['kernels']} kernels / {v['extend_tokens']} tokens at "
+                         f"{v['far_context']:,} | GPU busy {v['gpu_busy_ms']:.1f} ms | |")  # fmt: skip
     return "\n".join(lines)
 
 
