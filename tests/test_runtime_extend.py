@@ -299,3 +299,24 @@ def test_failed_extend_marks_state_broken_until_restored(monkeypatch: pytest.Mon
     ref = model.extend(model.new_state(), [1, 2, 3, 4, 5])
     assert isinstance(out, torch.Tensor) and isinstance(ref, torch.Tensor)
     assert rel_err(out, ref[3:]).max() <= 1e-4
+
+
+def test_csa_query_blocks_stay_large_at_long_contexts() -> None:
+    """A CSA layer's temporaries per query are its window + top-k scores per head plus the indexer's rows
+    over the entries, not a score per head for every entry (HCA's): at 1M tokens of context (256K CSA
+    entries) V4-Flash's shapes keep >= 32-query blocks on a GPU (the per-head count gave 8: 4,096 Python
+    steps per layer for a 32K extend)."""
+    from types import SimpleNamespace
+
+    from agentkit.runtime.layers import attention
+
+    layer = SimpleNamespace(window=128, cfg=SimpleNamespace(index_topk=512))
+    per_query = attention.Attention._temp_per_query
+    iq = torch.empty(1, 64, 128)  # [T, indexer heads, indexer dim]
+    budget = attention.SCORE_BUDGET["cuda"]
+    entries = (1 << 20) // 4
+    csa = per_query(layer, 64, entries, iq, True)
+    assert budget // csa >= 32
+    assert per_query(layer, 64, entries, iq, False) > csa  # without the kernel: one row per indexer head
+    hca = per_query(layer, 64, (1 << 20) // 128, None, False)
+    assert hca == 64 * (128 + (1 << 20) // 128)

@@ -357,11 +357,8 @@ class Attention(nn.Module):
         n_comp = 0 if comp is None else comp.shape[0]
         # the indexer kernel scores straight from the stored keys, without a [block, heads, entries] temporary
         ix_kernel = iq is not None and indexer_kernel.supported(iq) and kernels_enabled()
-        ix_heads = 0 if iq is None else 1 if ix_kernel else iq.shape[1]
-        ix_width = ix_heads * n_comp // max(h, 1)
-        width = self.window + n_comp + ix_width
         budget = SCORE_BUDGET.get(dev.type, 1 << 24)
-        block = max(1, min(QUERY_BLOCK, budget // max(1, h * width)))
+        block = max(1, min(QUERY_BLOCK, budget // max(1, self._temp_per_query(h, n_comp, iq, ix_kernel))))
         # cast once, not per query block (at 1M tokens of context the indexer keys alone are 64 MB)
         idx_f = None if idx_keys is None else idx_keys if ix_kernel else idx_keys.float()
         out = []
@@ -399,6 +396,19 @@ class Attention(nn.Module):
                 o = o + torch.bmm(probs[..., nd:], gathered.to(probs.dtype))
             out.append(o)
         return torch.cat(out, 0) if len(out) > 1 else out[0]
+
+    def _temp_per_query(self, h: int, n_comp: int, iq: torch.Tensor | None, ix_kernel: bool) -> int:
+        """Elements of `_core`'s temporaries per query row, which bound its query block. HCA (no indexer)
+        scores every entry for every head: h (window + entries). CSA scores only the window and the top-k
+        gathered entries per head, h (window + k), plus the indexer's per-query rows over all entries: its
+        scores (one row, or one per indexer head without the kernel) and `stable_topk`'s masks and int64
+        running count (~8 elements' worth per entry). Counting CSA's entries per head, as an HCA layer's,
+        shrank the block to 8 queries at 1M tokens of context: thousands of small steps per extend."""
+        if iq is None:
+            return h * (self.window + n_comp)
+        k = min(self.cfg.index_topk, n_comp)
+        ix_heads = 1 if ix_kernel else iq.shape[1]
+        return h * (self.window + k) + (ix_heads + 8) * n_comp
 
     def _core_kernel(
         self,
