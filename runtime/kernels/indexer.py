@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 
 import torch
-from agentkit.runtime.kernels import family_on
+from agentkit.runtime.kernels import family_on, tune
 
 try:
     import triton
@@ -46,7 +46,7 @@ if HAVE_TRITON:
         H, D, C,
         stride_qb, stride_qh, stride_wb, stride_ks, stride_ke, stride_ob,
         B, BH: tl.constexpr, BE: tl.constexpr, BD: tl.constexpr, BQ: tl.constexpr, PREC: tl.constexpr,
-        UPCAST: tl.constexpr,
+        UPCAST: tl.constexpr, KEYS: tl.constexpr,
     ):  # fmt: skip
         # BQ consecutive queries per program share one tile of keys (loaded once): with BQ > 1 they must
         # share a slot (one sequence's prefill), which the wrapper guarantees.
@@ -77,7 +77,13 @@ if HAVE_TRITON:
                 wh = tl.load(w_ptr + b * stride_wb + heads, mask=hm, other=0.0).to(tl.float32)
                 score = tl.sum(tl.maximum(s, 0.0) * wh[:, None], axis=0)
                 score = tl.where(live, score, float("-inf"))
-                tl.store(out_ptr + b * stride_ob + ents, score, mask=ents < C)
+                if KEYS:  # `layers.topk.order_key`: the stable descending order as one int64 per entry
+                    bits = tl.where(score == 0.0, 0.0, score).to(tl.int32, bitcast=True)
+                    mono = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)
+                    low = (tl.full((), 1, tl.int64) << 32) - 1 - ents.to(tl.int64)
+                    tl.store(out_ptr + b * stride_ob + ents, (mono << 32) | low, mask=ents < C)
+                else:
+                    tl.store(out_ptr + b * stride_ob + ents, score, mask=ents < C)
 
 
 #: Longest row `topk_stable` sorts in one program (its keys live in registers); longer rows keep torch.
@@ -130,14 +136,17 @@ def index_scores(
     *,
     block_e: int = 64,
     queries_per_program: int = 1,
+    num_warps: int = 4,
+    keys_out: bool = False,
 ) -> torch.Tensor:
     """Same contract as `index_scores_ref`; q is cast to the keys' dtype (bf16 products are exact in fp32).
 
     `queries_per_program` > 1 lets that many consecutive queries reuse each loaded tile of keys; all
-    queries must then read the same slot (use `prefill_scores`)."""
+    queries must then read the same slot (use `prefill_scores`). `keys_out`: int64 order keys instead of the
+    scores (`layers.topk.order_key` of them), so a top-k needs no pass of its own over the scores."""
     bsz, h, d = q.shape
     cap = keys.shape[1]
-    out = torch.empty(bsz, cap, dtype=torch.float32, device=q.device)
+    out = torch.empty(bsz, cap, dtype=torch.int64 if keys_out else torch.float32, device=q.device)
     if bsz == 0 or cap == 0:
         return out
     q = q.to(keys.dtype).contiguous()
@@ -151,7 +160,7 @@ def index_scores(
         h, d, cap,
         q.stride(0), q.stride(1), w.stride(0), keys.stride(0), keys.stride(1), out.stride(0),
         bsz, BH=bh, BE=block_e, BD=bd, BQ=bq, PREC="ieee" if keys.dtype == torch.float32 else "tf32",
-        UPCAST=os.environ.get("TRITON_INTERPRET") == "1",
+        UPCAST=os.environ.get("TRITON_INTERPRET") == "1", KEYS=keys_out, num_warps=num_warps,
     )  # fmt: skip
     return out
 
@@ -162,11 +171,18 @@ def prefill_scores(
     keys: torch.Tensor,
     count: torch.Tensor,
     *,
-    queries_per_program: int = 16,
+    queries_per_program: int | None = None,
+    keys_out: bool = False,
 ) -> torch.Tensor:
     """One sequence's queries q [B, H, D] (weights w [B, H]) against its keys [C, D], query b seeing the
     first count[b] -> [B, C] fp32, -inf from count on. A prefill chunk's queries all read the same keys,
     so each program scores `queries_per_program` of them per tile of keys loaded (the key traffic of a long
-    context drops by that factor, and no [B, H, C] temporary is made)."""
+    context drops by that factor, and no [B, H, C] temporary is made). The tile of keys (`index_be` entries)
+    sets how often each query's [H, D] block is re-read: at 1M tokens of context (256K entries) those
+    re-reads, not the keys, bound the kernel, so the width is a launch knob (`bench/index_scores.py`)."""
     slots = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
-    return index_scores(q, w, keys[None], slots, count, queries_per_program=queries_per_program)
+    bq = queries_per_program or tune("index_bq", 16)
+    be, warps = tune("index_be", 64), tune("index_warps", 4)
+    return index_scores(
+        q, w, keys[None], slots, count, block_e=be, queries_per_program=bq, num_warps=warps, keys_out=keys_out
+    )

@@ -28,7 +28,7 @@ from agentkit.runtime.layers.lowp import Linear, StorageFormat, fp4_roundtrip, f
 from agentkit.runtime.layers.norms import RMSNorm, rms_unweighted
 from agentkit.runtime.layers.rope import apply_rope, rope_frequencies
 from agentkit.runtime.layers.scores import qk_scores, qk_scores_f32
-from agentkit.runtime.layers.topk import stable_topk
+from agentkit.runtime.layers.topk import stable_topk, stable_topk_kernel_rows
 from agentkit.runtime.parallel import Parallel
 from agentkit.runtime.state import LayerState
 from torch import nn
@@ -482,8 +482,15 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """Indices [b, k] of the top-k entries per query by indexer score (invisible ones rank last; ties go
         to the lower index, so any chunking of a sequence selects the same entries)."""
+        k = min(self.cfg.index_topk, idx_keys.shape[0])
         with torch.no_grad():
-            if indexer_kernel.supported(iq) and kernels_enabled():
+            kernel = indexer_kernel.supported(iq) and kernels_enabled()
+            long_rows = not stable_topk_kernel_rows(iq.shape[0], idx_keys.shape[0])
+            if kernel and self.parallel is None and long_rows:
+                # long rows: the kernel writes the top-k's order keys itself (no passes over the scores)
+                keys = indexer_kernel.prefill_scores(iq, iw, idx_keys, visible.sum(-1), keys_out=True)
+                return torch.topk(keys, k, dim=-1).indices
+            if kernel:
                 # visible = a prefix of each query's row: its count is the number of True
                 scores = indexer_kernel.prefill_scores(iq, iw, idx_keys, visible.sum(-1))
             else:
@@ -491,4 +498,4 @@ class Attention(nn.Module):
                 scores = scores.masked_fill(~visible, float("-inf"))
             if self.parallel is not None:  # each rank summed its heads: the score is the sum over ranks
                 scores = self.parallel.all_reduce(scores)
-            return stable_topk(scores, min(self.cfg.index_topk, idx_keys.shape[0]))
+            return stable_topk(scores, k)
