@@ -111,7 +111,24 @@ def main(argv: list[str] | None = None) -> int:
         "sort_ms": timed(lambda: torch.sort(scores, dim=-1, descending=True, stable=True)),
         "equal_to_sort": bool(torch.equal(stable_topk(scores, args.topk), want)),
     }
+    # exact ties: small integers make every score an exact integer, so the kernel's sums equal the
+    # reference's and only the tie rule decides the order (the selection must be the stable sort's)
+    gi = torch.Generator().manual_seed(1)
+    qi = torch.randint(-2, 3, (100, 8, 64), generator=gi).to(torch.bfloat16)
+    wi = torch.randint(-2, 3, (100, 8), generator=gi).float()
+    ki = torch.randint(-2, 3, (9000, 64), generator=gi).to(torch.bfloat16)
+    ci = torch.arange(9000 - 99, 9001)
+    si = index_scores_ref(qi, wi, ki[None], torch.zeros(100, dtype=torch.long), ci)
+    want_i = torch.sort(si, dim=-1, descending=True, stable=True).indices[:, : args.topk]
+    keys_i = prefill_scores(qi.to(dev), wi.to(dev), ki.to(dev), ci.to(dev), keys_out=True)
+    topk["ties_keys_path_equal_to_sort"] = bool(
+        torch.equal(torch.topk(keys_i, args.topk, dim=-1).indices.cpu(), want_i)
+    )
+    got_i = stable_topk(si.to(dev), args.topk).cpu()
+    topk["ties_stable_topk_equal_to_sort"] = bool(torch.equal(got_i, want_i))
     del os.environ["AGENTKIT_KERNEL_TUNE"]
+    print(f"exact ties: keys path equal to the sort {topk['ties_keys_path_equal_to_sort']}, stable_topk "
+          f"{topk['ties_stable_topk_equal_to_sort']}", flush=True)  # fmt: skip
     print(f"stable_topk k={args.topk}: {topk['ms']:.3f} ms (full stable sort {topk['sort_ms']:.3f} ms), "
           f"equal to the sort: {topk['equal_to_sort']}; scores as order keys + torch.topk "
           f"{topk['keys_path_ms']:.3f} ms, equal: {topk['keys_path_equal_to_sort']}", flush=True)  # fmt: skip
