@@ -488,7 +488,7 @@ _TUNE_CHILD = textwrap.dedent(
                     return MK.fused_moe(x, weights, idx, w, s, "fp4", act_quant=True, limit=first.limit,
                                         partial=partial)
                 ref = tuned("moe_pairs_max=0", run)
-                for spec in ("", "moe_pairs_bn=8,moe_pairs_warps=1", "moe_pairs_bn=64,moe_pairs_warps=8",
+                for spec in ("", "moe_pairs_bn=16,moe_pairs_warps=2", "moe_pairs_bn=64,moe_pairs_warps=8",
                              "moe_pairs_groups=8,moe_pairs_dec=1", "moe_pairs_groups=16"):
                     got = tuned(spec, run)
                     tol = 1e-6 * ref.abs().max().item()

@@ -181,8 +181,11 @@ def prefill_scores(
     sets how often each query's [H, D] block is re-read: at 1M tokens of context (256K entries) those
     re-reads, not the keys, bound the kernel, so the width is a launch knob (`bench/index_scores.py`)."""
     slots = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
-    bq = queries_per_program or tune("index_bq", 16)
-    be, warps = tune("index_be", 64), tune("index_warps", 4)
+    # 256 entries x 32 queries per program, 8 warps: bench/index_scores.py on an H100 (bfe4b1a, results in
+    # bench/results/index_scores_h100.json), 64 queries x 256K entries: 1.00 ms (275 TFLOP/s) vs 1.31 ms at
+    # the earlier 64 x 16 x 4
+    bq = queries_per_program or tune("index_bq", 32)
+    be, warps = tune("index_be", 256), tune("index_warps", 8)
     return index_scores(
         q, w, keys[None], slots, count, block_e=be, queries_per_program=bq, num_warps=warps, keys_out=keys_out
     )

@@ -124,11 +124,13 @@ def pairs_fp4(
     n_exp, inter, d = w1.shape[0], w1.shape[1], x2.shape[1]
     idx_c = idx.contiguous()
     bf16 = x2.dtype == torch.bfloat16
-    # 16 rows x 2 warps: the best of the sweep on an H100 (bench/results/runtime_h100.json `tune_sweep_tok_s`:
-    # FP8/FP4 B1 decode 270.6 tok/s vs 218.8 at 32 x 4 and 163.9 at 64 x 4): narrow tiles spread a pair's
-    # few rows over more programs, and batch-1 decode has only T*k = 6 pairs per layer
-    bn = tune("moe_pairs_bn", 16)
-    launch = {"num_warps": tune("moe_pairs_warps", 2), "num_stages": tune("moe_pairs_stages", 3)}
+    # 8 rows x 1 warp: the per-pair kernels are bound by bytes in flight, not by arithmetic (the fp32 code
+    # decode, moe_pairs_dec=1, and wider K steps, moe_pairs_groups=8/16, changed little), so narrow 1-warp
+    # programs, more of them per SM, read fastest: bench/moe_pairs.py on an H100 (267b3fc, results in
+    # bench/results/moe_pairs_h100.json) at V4-Flash's shapes, 6 pairs: 0.112 ms (716 GB/s) vs 0.189 ms
+    # (424 GB/s) at the earlier default 16 x 2 and 0.366 ms at 32 x 4
+    bn = tune("moe_pairs_bn", 8)
+    launch = {"num_warps": tune("moe_pairs_warps", 1), "num_stages": tune("moe_pairs_stages", 3)}
     # groups of 32 columns per loop step (4: one 1x128 block; 8 / 16 put more bytes in flight per program)
     # and the code decode (0: via fp16, 1: via fp32 subnormals); see _fp4_gemv
     grp, dec = tune("moe_pairs_groups", 4), tune("moe_pairs_dec", 0)
