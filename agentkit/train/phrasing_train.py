@@ -1,5 +1,7 @@
-"""The training bank of task phrasings (see `agentkit.train.phrasing`). Training sees only these; the
-held-out bank (`phrasing_heldout`) was written separately and shares no sentence with this one.
+"""The training bank of task phrasings (see `agentkit.train.phrasing`). One idea: it is data, one Bank of
+sentences, long because variety of wording is the point (issue 21), with no logic to split off.
+Training sees only these; the held-out bank (`phrasing_heldout`) was written separately and shares no
+sentence with this one.
 
 Conventions: a core sentence ending in `?` is a question, anything else a lower-case command without a
 final stop (the wrappers add politeness and punctuation). Slots: {E} a spoken expression, {a} {b} {c}

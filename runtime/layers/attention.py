@@ -398,12 +398,10 @@ class Attention(nn.Module):
         return torch.cat(out, 0) if len(out) > 1 else out[0]
 
     def _temp_per_query(self, h: int, n_comp: int, iq: torch.Tensor | None, ix_kernel: bool) -> int:
-        """Elements of `_core`'s temporaries per query row, which bound its query block. HCA (no indexer)
-        scores every entry for every head: h (window + entries). CSA scores only the window and the top-k
-        gathered entries per head, h (window + k), plus the indexer's per-query rows over all entries: its
-        scores (one row, or one per indexer head without the kernel) and `stable_topk`'s masks and int64
-        running count (~8 elements' worth per entry). Counting CSA's entries per head, as an HCA layer's,
-        shrank the block to 8 queries at 1M tokens of context: thousands of small steps per extend."""
+        """Elements of `_core`'s temporaries per query row, which bound its query block. HCA scores every
+        entry per head: h (window + entries). CSA scores window + top-k per head, h (window + k), plus the
+        indexer's rows over all entries (its scores, one row or one per indexer head, and the top-k's int64
+        keys: ~8 elements' worth per entry). Counting CSA like HCA gave 8-query blocks at 1M context."""
         if iq is None:
             return h * (self.window + n_comp)
         k = min(self.cfg.index_topk, n_comp)
