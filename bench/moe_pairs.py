@@ -42,7 +42,7 @@ DEFAULT_SPECS = ";".join(
     ]
 )
 """The settings swept by default: around the best of the first H100 sweep (267b3fc: 8 rows x 1 warp 0.112
-ms, 4 x 1 x 16 groups 0.110 ms, the 16 x 2 default 0.189 ms): fewer rows per program, more programs."""
+ms, 4 x 1 x 16 groups 0.110 ms, the then default 16 x 2 0.189 ms): fewer rows per program, more programs."""
 
 
 def with_tune(spec: str, fn: Any) -> Any:
