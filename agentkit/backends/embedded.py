@@ -207,8 +207,15 @@ class EmbeddedModel:
     def _session(self, run_id: str, transcript: Transcript) -> _Session:
         sess = self._sessions.get(run_id)
         seed = self._seeds.get(run_id, self.seed)
-        if sess is not None and sess.transcript is not transcript and not self._same_prefix(sess, transcript):
-            sess = None  # a fork: the run was resumed from an earlier saved point
+        if sess is not None and sess.transcript is not transcript:
+            if sess.transcript is not None:
+                # what the state holds beyond its last fold (the tokens it generated) is in the transcript
+                # it ran on: fold that first, so the comparison below covers every token the state has
+                self._fold(sess, sess.transcript)
+            if sess.fed > len(sess.ids) or not self._same_prefix(sess, transcript):
+                # a fork: the run was resumed from an earlier saved point (or the state holds tokens no
+                # transcript shows: a fork of a run's start that reused its run id met a state 60 ahead)
+                sess = None
         if sess is None or sess.epoch != transcript.epoch or sess.segments > len(transcript.segments):
             sess = _Session(None, transcript.epoch, seed=seed)
             self._sessions[run_id] = sess
