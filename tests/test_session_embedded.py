@@ -320,3 +320,19 @@ def test_embedded_spec_loads_a_checkpoint_directory(tmp_path: Path) -> None:
     assert resolve(str(ckpt)).name == f"embedded:{ckpt}"
     with pytest.raises(ValueError, match="must be '<kind>:<target>'"):
         resolve(str(tmp_path))
+
+
+def test_a_fork_of_a_runs_start_may_reuse_its_run_id() -> None:
+    """A run's KV state holds the tokens it generated beyond what it has folded from its transcript; another
+    transcript object under the same run id must be compared with all of them, not the folded part alone
+    (a fork of the run's start failed with "nothing new to extend"): the fork starts over."""
+    ns = _setup()
+    model, tok = ns["build"]()
+    outs = [turn("a", "one"), turn("a", "one")]
+    backend = EmbeddedModel(model=model, tokenizer=tok, logits_processor=ns["forcer"](tok, outs))
+    agent = Agent(backend, [], instructions="s")
+    root = agent.new_state("q")
+    first = agent.run_sync(state=agent.fork(root, 1, run_ids=["r"])[0])
+    again = agent.run_sync(state=agent.fork(root, 1, run_ids=["r"])[0])
+    assert first.output == again.output == "one"
+    assert again.usage.prefilled_tokens == first.usage.prefilled_tokens  # from the prompt, not the old state
