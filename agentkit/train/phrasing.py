@@ -5,8 +5,9 @@ A family plans a task and its ground truth as before and says it with one of its
 `keep`, kept) by one composed from a `Bank` of phrasings: a core sentence for the task's shape (a
 question or a command, possibly several sentences), a politeness wrapper ("can you ...?", "I need you
 to ..."), context sentences before or after, a quoting style for names, numbers in words when they are
-small, several ways of naming a file in a folder, and now and then a light typo in a template word (never
-in a value the model must copy). The phrasing draws from a random generator of its own, so an episode's
+small (and, where the bank asks, larger ones in words or with thousands commas), several ways of naming
+a file in a folder, and now and then a light typo in a template word (never in a value the model must
+copy). The phrasing draws from a random generator of its own, so an episode's
 files, values and answer are the same with or without it: a paraphrased held-out episode is the
 template-worded one with other words.
 
@@ -26,7 +27,7 @@ from typing import Any
 
 from agentkit.train.phrasing_bank import Bank
 
-__all__ = ["Bank", "Phrasing", "bank", "expr_slots", "number_words", "phrasing_rng"]
+__all__ = ["Bank", "Phrasing", "bank", "big_number_words", "expr_slots", "number_words", "phrasing_rng"]
 
 UNIT_WORDS: dict[str, tuple[str, ...]] = {
     "km": ("km", "kilometers", "kilometres"),
@@ -78,6 +79,30 @@ def number_words(n: int) -> str | None:
     return None
 
 
+def big_number_words(n: int, rng: random.Random) -> str | None:
+    """English words for 100-9999 (None otherwise), in one of the ways people write them: 312 ->
+    "three hundred and twelve" or "three hundred twelve"; 105 -> "a hundred and five"; 2005 ->
+    "two thousand and five"; 1507 -> "one thousand five hundred and seven" or "fifteen hundred and seven".
+    Round hundreds stay digits (None)."""
+    if not 100 <= n < 10000 or n % 100 == 0:
+        return None  # a round "three hundred" before "and five" would read as 305
+    and_ = rng.random() < 0.6
+    thousands, rest = divmod(n, 1000)
+    hundreds, below = divmod(rest, 100)
+    if thousands and hundreds and 10 <= n // 100 < 20 and rng.random() < 0.3:
+        thousands, hundreds = 0, n // 100  # "fifteen hundred", "twelve hundred and six"
+    parts: list[str] = []
+    if thousands:
+        parts.append(f"{_ONES[thousands]} thousand")
+    if hundreds:
+        head = "a" if (hundreds == 1 and not thousands and rng.random() < 0.3) else number_words(hundreds)
+        parts.append(f"{head} hundred")
+    if below:
+        small = str(number_words(below))
+        parts.append(f"and {small}" if and_ else small)
+    return " ".join(parts)
+
+
 _QUOTES = (("", ""), ("", ""), ("", ""), ('"', '"'), ("'", "'"), ("`", "`"), ("“", "”"))
 _NAME_SLOTS = frozenset({"file", "file2", "needle", "word", "code"})
 _NUMBER_SLOTS = frozenset({"a", "b", "c", "a2", "b2", "c2", "n", "price", "value"})
@@ -111,6 +136,13 @@ class Phrasing:
         words = number_words(int(n)) if str(n).isdigit() else None
         if words is not None and self.rng.random() < 0.4:
             return words
+        if words is None and str(n).isdigit():  # the bank's knobs draw only when they are set
+            if self.bank.big_number_words and self.rng.random() < self.bank.big_number_words:
+                big = big_number_words(int(n), self.rng)
+                if big is not None:
+                    return big
+            if self.bank.digit_groups and int(n) >= 1000 and self.rng.random() < self.bank.digit_groups:
+                return f"{int(n):,}"
         return str(n)
 
     def expr(self, kind: str, a: Any, b: Any, c: Any = None) -> str:
@@ -160,7 +192,7 @@ class Phrasing:
         return text[:s] + _typo(text[s:e], self.rng) + text[e:]
 
     def _fill(self, text: str, slots: Mapping[str, Any]) -> str:
-        left, right = self.choice(_QUOTES)
+        left, right = self.choice(self.bank.quotes or _QUOTES)
 
         def quoted(v: str) -> str:
             return f"{left}{v}{right}"

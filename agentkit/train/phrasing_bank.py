@@ -32,6 +32,13 @@ class Bank:
     """Another folder: over {folder}."""
     list_joins: tuple[str, ...] = (", ",)
     extra: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    quotes: tuple[tuple[str, str], ...] = ()
+    """Quote pairs around names and codes (`("", "")` for none); empty: the composer's default set."""
+    big_number_words: float = 0.0
+    """Share of numbers 100-9999 written in words ("three hundred and twelve"); 0 draws nothing, so a
+    bank without it composes exactly what it did before the field existed."""
+    digit_groups: float = 0.0
+    """Share of numbers >= 1000 written with thousands commas ("12,345"); 0 draws nothing."""
 
     def sentences(self) -> set[str]:
         """Every template string in the bank (for the disjointness test)."""
