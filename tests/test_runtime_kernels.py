@@ -109,6 +109,64 @@ def test_sparse_attention_kernel_matches_reference_interpreted() -> None:
     _interpreted(_SPARSE_CHILD, timeout=600)
 
 
+_PREFILL_CHILD = textwrap.dedent(
+    """
+    import torch
+    from agentkit.runtime.kernels.sparse_prefill import candidates, sparse_prefill, sparse_prefill_ref
+    from agentkit.runtime.kernels.sparse_attn import sparse_attn_ref
+    g = torch.Generator().manual_seed(0)
+    # (queries, w_old, pos, window, entries, ratio, top-k, heads, dim): window only from position 0 and
+    # mid-sequence, a full old window, HCA at ratio 4 and 8 with entries becoming visible inside the chunk,
+    # CSA with a top-k longer than the visible entries (invisible ones skipped), odd sizes, heads < a block
+    cases = [(37, 0, 0, 16, 0, 0, 0, 4, 32), (19, 15, 100, 16, 0, 0, 0, 3, 48),
+             (40, 15, 100, 16, 35, 4, 0, 5, 32), (33, 7, 7, 8, 5, 8, 0, 4, 16),
+             (41, 15, 300, 16, 85, 4, 9, 6, 32), (23, 0, 0, 16, 5, 4, 8, 4, 64)]
+    for dtype in (torch.float32, torch.bfloat16):
+        for n, w_old, pos, window, n_comp, ratio, k, h, d in cases:
+            q = torch.randn(n, h, d, generator=g).to(dtype)
+            kw = torch.randn(w_old + n, d, generator=g).to(dtype)
+            comp = torch.randn(n_comp, d, generator=g).to(dtype) if n_comp else None
+            order = None
+            if k:  # distinct entries per query, some beyond what the query can see yet
+                order = torch.stack([torch.randperm(n_comp, generator=g)[:k] for _ in range(n)])
+            sink = torch.randn(h, generator=g)
+            for bh, bk in ((4, 16), (16, 32)):
+                got = sparse_prefill(q, kw, w_old, pos, window, comp, order, ratio, sink, d ** -0.5,
+                                     block_h=bh, block_k=bk)
+                ref = sparse_prefill_ref(q, kw, w_old, pos, window, comp, order, ratio, sink, d ** -0.5)
+                tol = 1e-5 if dtype == torch.float32 else 2e-2  # bf16: probabilities rounded before the sum
+                err = (got.float() - ref.float()).abs().max()
+                assert got.dtype == dtype and torch.allclose(got.float(), ref.float(), rtol=tol, atol=tol), (
+                    dtype, n, w_old, pos, n_comp, k, bh, bk, err)
+    # the candidate lists themselves: the window is the query and the window-1 keys before it
+    idx = candidates(3, 2, 10, 4, 0, 0, None, torch.device("cpu"))
+    assert idx.tolist() == [[0, 1, 2, -1, -1], [0, 1, 2, 3, -1], [-1, 1, 2, 3, 4]], idx.tolist()
+
+    # the model's chunked prefill through the kernel == its torch path (window, CSA with the indexer, HCA),
+    # chunks longer than the decode kernel's rows, from position 0 and mid-sequence
+    from agentkit.runtime.config import ModelConfig
+    from agentkit.runtime.kernels import sparse_prefill as SP
+    from agentkit.runtime.model import V4Model
+    model = V4Model(ModelConfig.preset("tiny-test", window_size=16)).init_random_(3).eval()
+    ids = torch.randint(0, model.config.vocab_size, (140,), generator=g).tolist()
+    def run(kernel):
+        SP.supported = (lambda q: True) if kernel else (lambda q: False)
+        st, out = model.new_state(), []
+        with torch.no_grad():
+            for a, b in ((0, 37), (37, 100), (100, 140)):
+                out.append(model.extend(st, ids[a:b]))
+        return torch.cat(out)
+    a, b = run(True), run(False)
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-4), (a - b).abs().max()
+    print("ok")
+    """
+)
+
+
+def test_sparse_prefill_kernel_matches_reference_interpreted() -> None:
+    _interpreted(_PREFILL_CHILD, timeout=900)
+
+
 _LOWP_CHILD = textwrap.dedent(
     """
     import torch
@@ -493,6 +551,29 @@ _TUNE_CHILD = textwrap.dedent(
                     got = tuned(spec, run)
                     tol = 1e-6 * ref.abs().max().item()
                     assert torch.allclose(got, ref, rtol=1e-6, atol=tol), (dtype, t, partial, spec)
+    # a prefill's expert blocks (> 512 pairs): every tile (rows, width, warps, stages) gives the same sums,
+    # FP4 and bf16 experts
+    for dtype in (torch.float32, torch.bfloat16):
+        moe = V4Model(cfg, dtype=dtype).init_random_(1).layers[3].ffn
+        st, first = moe.stacked(), next(iter(moe.experts))
+        w, s = (st["w1"], st["w3"], st["w2"]), (st["s1"], st["s3"], st["s2"])
+        t = 190
+        x = (torch.randn(t, cfg.dim, generator=g) * 2).to(dtype)
+        weights = torch.rand(t, 3, generator=g)
+        idx = torch.stack([torch.randperm(8, generator=g)[:3] for _ in range(t)])
+        wf = tuple(m.to(dtype) for m in (torch.randn(8, 192, 256, generator=g) * 0.05,
+                                         torch.randn(8, 192, 256, generator=g) * 0.05,
+                                         torch.randn(8, 256, 192, generator=g) * 0.05))
+        for fmt, ww, ss in (("fp4", w, s), ("float", wf, None)):
+            def run():
+                return MK.fused_moe(x, weights, idx, ww, ss, fmt, act_quant=fmt == "fp4", limit=first.limit)
+            ref = tuned("", run)
+            for spec in ("moe_bm=128,moe_bn=32,moe_big_warps=8", "moe_bm=32,moe_bn=128,moe_big_stages=2"):
+                got = tuned(spec, run)
+                # bf16: a tile's summation order may flip a hidden value's bf16 rounding (one ulp of it)
+                rel = 1e-6 if dtype == torch.float32 else 1e-3
+                err = (got - ref).abs().max().item() / ref.abs().max().item()
+                assert err < rel, (dtype, fmt, spec, err)
     # FP8 linears: every launch setting (tile width, the hardware-conversion path or the bit decode, warps,
     # stages) gives the reference's product
     lin = Linear(384, 200, "fp8")

@@ -70,6 +70,8 @@ _RECORD = textwrap.dedent(
             st = model.new_state()
             model.extend(st, list(range(3, 23)))  # a prefill (> KERNEL_ROWS rows): the multi-row kernels
             model.extend(st, [5])  # a general-path decode
+            # past 128 tokens: HCA entries too (the prefill kernel's window / HCA / CSA variants)
+            model.extend(model.new_state(), list(range(3, 140)))
             dec = StaticDecoder(model, max_batch=2, max_len=96, graphs=False)
             a, b = dec.new_state(), dec.new_state()
             a.restore(st)
@@ -167,5 +169,6 @@ def test_every_runtime_kernel_compiles_for_hopper() -> None:
     # the decode step's kernels are all among them (a kernel no path launched would go unchecked)
     for name in ("_rms_norm", "_rope", "_roundtrip", "_pool_step", "_combine_splits", "_sparse_attn_split",
                  "_moe_up", "_moe_down", "_hc_split_sinkhorn", "_hc_collapse", "_hc_expand", "_swiglu",
-                 "_lowp_linear", "_quant_rows", "_index_scores", "_route", "_topk_stable"):  # fmt: skip
+                 "_lowp_linear", "_quant_rows", "_index_scores", "_route", "_topk_stable",
+                 "_sparse_prefill"):  # fmt: skip
         assert name in compiled, name

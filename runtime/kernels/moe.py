@@ -55,12 +55,13 @@ if HAVE_TRITON:
     @triton.jit
     def _w_tile(w_ptr, s_ptr, e, rn, rk, k0, K, nm, km,  # type: ignore[no-untyped-def]
                 stride_we, stride_wn, stride_se, stride_sn, FMT: tl.constexpr):  # fmt: skip
-        """Expert e's weight rows rn x columns rk (one 128-wide K block at k0), decoded to fp32."""
+        """Expert e's weight rows rn x columns rk (one 128-wide K block at k0), decoded to fp32 (float
+        weights: as stored; `_mm` casts)."""
         wm = nm[:, None] & km[None, :]
         wp = w_ptr + e.to(tl.int64) * stride_we
         sp = s_ptr + e.to(tl.int64) * stride_se
         if FMT == 0:
-            w = tl.load(wp + rn[:, None] * stride_wn + rk[None, :], mask=wm, other=0.0).to(tl.float32)
+            w = tl.load(wp + rn[:, None] * stride_wn + rk[None, :], mask=wm, other=0.0)  # as stored
         elif FMT == 1:
             w = _fp8_tile(wp, sp, rn, rk, k0, nm, wm, stride_wn, stride_sn)
         else:
@@ -92,7 +93,7 @@ if HAVE_TRITON:
         """x [BM, 128] @ w [BN, 128]^T with fp32 accumulation: IEEE fp32 for fp32 activations, else bf16
         operands (exact for bf16 values and for every decoded FP8/FP4 weight)."""
         if F32:
-            return tl.dot(x, tl.trans(w), input_precision="ieee")
+            return tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
         return tl.dot(x.to(tl.bfloat16), tl.trans(w.to(tl.bfloat16)))
 
     @triton.jit
@@ -143,7 +144,9 @@ if HAVE_TRITON:
                     rk = k0 + tl.arange(0, 128)
                     km = rk < K
                     x = tl.load(x_ptr + tok[:, None] * stride_x + rk[None, :],
-                                mask=rm[:, None] & km[None, :], other=0.0).to(tl.float32)  # fmt: skip
+                                mask=rm[:, None] & km[None, :], other=0.0)  # fmt: skip
+                    if F32:  # else bf16 rows stay bf16 for the dot (no fp32 copy in registers)
+                        x = x.to(tl.float32)
                     w1 = _w_tile(
                         w1_ptr, s1_ptr, e, rn, rk, k0, K, nm, km, stride_we, stride_wn, stride_se, stride_sn,
                         FMT,
@@ -188,7 +191,9 @@ if HAVE_TRITON:
                     rk = k0 + tl.arange(0, 128)
                     km = rk < K
                     h = tl.load(h_ptr + pair[:, None] * stride_h + rk[None, :],
-                                mask=rm[:, None] & km[None, :], other=0.0).to(tl.float32)  # fmt: skip
+                                mask=rm[:, None] & km[None, :], other=0.0)  # fmt: skip
+                    if F32 or ACT:
+                        h = h.to(tl.float32)
                     h = _act_quant(h, ACT)  # this GEMM's input rounding: whole 1x128 blocks of h per K step
                     w2 = _w_tile(
                         w2_ptr, s2_ptr, e, rn, rk, k0, K, nm, km, stride_we, stride_wn, stride_se, stride_sn,
@@ -405,15 +410,19 @@ def fused_moe(
     if fcode == 2 and t * k <= tune("moe_pairs_max", 8):  # decode: one row per pair, CUDA-core products
         y = pairs_fp4(x2, rw, idx, (w1, w3, w2), (s1, s3, s2), h, act_quant, limit, partial)
         return _expert_order_sum(y, idx, ordered_kernel)
-    bm = 16 if t * k <= 64 else 32 if t * k <= 512 else 64
+    # prefill (many pairs): tiles and launch from `moe_bm` / `moe_bn` / `moe_big_warps` / `moe_big_stages`
+    big = t * k > 512
+    bm = 16 if t * k <= 64 else 32 if not big else tune("moe_bm", 64)
     order, bexp, blo, bhi = blocks if blocks is not None else route_blocks(idx, n_exp, bm)
     nb = bexp.shape[0]
     # decode (few pairs): narrow tiles, so that the few experts' weights spread over every SM; the packed
     # FP4 tiles' decoded halves must also fit the registers (at 128 they spilled: 9x slower than bf16)
     few = t * k <= 64
-    bn_up = block_n or (tune("moe_up_bn", 32) if few else 64)
-    bn_down = block_n or (tune("moe_down_bn", 64) if few else 64)
+    bn_up = block_n or (tune("moe_up_bn", 32) if few else tune("moe_bn", 64))
+    bn_down = block_n or (tune("moe_down_bn", 64) if few else tune("moe_bn", 64))
     launch = {"num_warps": tune("moe_warps", 4), "num_stages": tune("moe_stages", 3)}
+    if big:
+        launch = {"num_warps": tune("moe_big_warps", 4), "num_stages": tune("moe_big_stages", 3)}
     _moe_up[(nb, triton.cdiv(inter, bn_up))](
         x2, w1, s1, w3, s3, rw, order, bexp, blo, bhi, h,
         inter, d, limit,

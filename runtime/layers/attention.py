@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from agentkit.runtime.config import ModelConfig
 from agentkit.runtime.kernels import enabled as kernels_enabled
 from agentkit.runtime.kernels import indexer as indexer_kernel
-from agentkit.runtime.kernels import lowp_gemm
+from agentkit.runtime.kernels import lowp_gemm, sparse_prefill
 from agentkit.runtime.kernels import sparse_attn as sparse_kernel
-from agentkit.runtime.layers.batched import BatchShape, IndexerKL, core_batched, indexer_kl, pool_fresh
+from agentkit.runtime.layers.batched import BatchShape, IndexerKL, core_batched, pool_fresh, sequence_kl
 from agentkit.runtime.layers.compressor import Compressor
 from agentkit.runtime.layers.lowp import Linear, StorageFormat, fp4_roundtrip, fp8_kv_roundtrip, hadamard
 from agentkit.runtime.layers.norms import RMSNorm, rms_unweighted
@@ -250,7 +250,9 @@ class Attention(nn.Module):
             outs.append(self._core(q[a:b], keys_win, w_old, p, comp, idx_keys, siq, siw))
             if indexer_loss and comp is not None and idx_keys is not None:
                 assert siq is not None and siw is not None
-                kl = IndexerKL.add(kl, self._distillation(q[a:b], p, comp, siq, siw, idx_keys))
+                budget = SCORE_BUDGET.get(q.device.type, 1 << 24)
+                terms = sequence_kl(q[a:b], p, self.ratio, comp, siq, siw, idx_keys, budget, QUERY_BLOCK)
+                kl = IndexerKL.add(kl, terms)
             # --- commit the new state (detached: a training graph never leaks into stored state) ---
             with torch.no_grad():
                 keep = min(n, self.window)
@@ -351,6 +353,13 @@ class Attention(nn.Module):
         n, h = q.shape[0], q.shape[1]
         if n <= KERNEL_ROWS and sparse_kernel.supported(q) and kernels_enabled():
             return self._core_kernel(q, keys_win, w_old, pos, comp, idx_keys, iq, iw)
+        if sparse_prefill.supported(q) and kernels_enabled():
+            order = None if idx_keys is None or comp is None else self._orders(iq, iw, idx_keys, pos, n)
+            scale = 1.0 / math.sqrt(self.head_dim)
+            ratio = self.ratio if comp is not None else 0
+            return sparse_prefill.sparse_prefill(
+                q, keys_win, w_old, pos, self.window, comp, order, ratio, self.attn_sink, scale
+            )
         dev = q.device
         scale = 1.0 / math.sqrt(self.head_dim)
         sink = self.attn_sink.float().view(1, -1, 1)
@@ -395,6 +404,23 @@ class Attention(nn.Module):
             if gathered is not None:
                 o = o + torch.bmm(probs[..., nd:], gathered.to(probs.dtype))
             out.append(o)
+        return torch.cat(out, 0) if len(out) > 1 else out[0]
+
+    def _orders(
+        self, iq: torch.Tensor | None, iw: torch.Tensor | None, idx_keys: torch.Tensor, pos: int, n: int
+    ) -> torch.Tensor:
+        """The indexer's top-k entries [n, k] of each query at pos..pos+n-1, in query blocks bounded by the
+        selection's own temporaries (scores or order keys over every entry)."""
+        assert iq is not None and iw is not None
+        n_comp = idx_keys.shape[0]
+        per_query = self._temp_per_query(0, n_comp, iq, indexer_kernel.supported(iq) and kernels_enabled())
+        block = max(1, min(n, SCORE_BUDGET.get(iq.device.type, 1 << 24) // max(1, per_query)))
+        out = []
+        for i0 in range(0, n, block):
+            i1 = min(n, i0 + block)
+            qpos = torch.arange(pos + i0, pos + i1, device=iq.device)
+            visible = torch.arange(n_comp, device=iq.device)[None] < ((qpos + 1) // self.ratio)[:, None]
+            out.append(self._select(iq[i0:i1], iw[i0:i1], idx_keys, visible))
         return torch.cat(out, 0) if len(out) > 1 else out[0]
 
     def _temp_per_query(self, h: int, n_comp: int, iq: torch.Tensor | None, ix_kernel: bool) -> int:
@@ -448,32 +474,6 @@ class Attention(nn.Module):
                 )
         scale = 1.0 / math.sqrt(self.head_dim)
         return sparse_kernel.sparse_attn(q, buf, idx, self.attn_sink, scale)
-
-    def _distillation(
-        self,
-        q: torch.Tensor,
-        pos: int,
-        comp: torch.Tensor,
-        iq: torch.Tensor,
-        iw: torch.Tensor,
-        idx_keys: torch.Tensor,
-    ) -> IndexerKL | None:
-        """Training through the per-sequence path: the indexer's distillation terms of one sequence's queries
-        at pos..pos+n-1, from the batched path's `indexer_kl` with one row. The terms are per query, so the
-        query blocks (bounding the [block, heads, entries] temporaries) do not change their sum."""
-        n, h = q.shape[0], q.shape[1]
-        n_comp = comp.shape[0]
-        scale = 1.0 / math.sqrt(self.head_dim)
-        block = max(1, min(QUERY_BLOCK, SCORE_BUDGET.get(q.device.type, 1 << 24) // max(1, h * n_comp)))
-        kl: IndexerKL | None = None
-        for i0 in range(0, n, block):
-            i1 = min(n, i0 + block)
-            qpos = torch.arange(pos + i0, pos + i1, device=q.device)
-            visible = torch.arange(n_comp, device=q.device)[None] < ((qpos + 1) // self.ratio)[:, None]
-            qb = q[None, i0:i1].float() * scale  # one row: [1, block, h, d]
-            terms = indexer_kl(qb, comp[None], iq[None, i0:i1], iw[None, i0:i1], idx_keys[None], visible)
-            kl = IndexerKL.add(kl, terms)
-        return kl
 
     def _select(
         self, iq: torch.Tensor, iw: torch.Tensor, idx_keys: torch.Tensor, visible: torch.Tensor

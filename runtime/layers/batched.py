@@ -251,3 +251,32 @@ def core_batched(
         out.append(o)
     o = torch.cat(out, 1) if len(out) > 1 else out[0]
     return o[:, :n], kl
+
+
+def sequence_kl(
+    q: torch.Tensor,
+    pos: int,
+    ratio: int,
+    comp: torch.Tensor,
+    iq: torch.Tensor,
+    iw: torch.Tensor,
+    idx_keys: torch.Tensor,
+    budget: int,
+    max_block: int,
+) -> IndexerKL | None:
+    """Training through the per-sequence path: the indexer's distillation terms of one sequence's queries
+    at pos..pos+n-1, from `indexer_kl` with one row. The terms are per query, so the query blocks (bounding
+    the [block, heads, entries] temporaries to `budget` elements) do not change their sum."""
+    n, h = q.shape[0], q.shape[1]
+    n_comp = comp.shape[0]
+    scale = 1.0 / math.sqrt(q.shape[2])
+    block = max(1, min(max_block, budget // max(1, h * n_comp)))
+    kl: IndexerKL | None = None
+    for i0 in range(0, n, block):
+        i1 = min(n, i0 + block)
+        qpos = torch.arange(pos + i0, pos + i1, device=q.device)
+        visible = torch.arange(n_comp, device=q.device)[None] < ((qpos + 1) // ratio)[:, None]
+        qb = q[None, i0:i1].float() * scale  # one row: [1, block, h, d]
+        terms = indexer_kl(qb, comp[None], iq[None, i0:i1], iw[None, i0:i1], idx_keys[None], visible)
+        kl = IndexerKL.add(kl, terms)
+    return kl
