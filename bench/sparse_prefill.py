@@ -29,11 +29,12 @@ DEFAULT_SPECS = ";".join(
         "spf_bh=16,spf_bk=32,spf_warps=4",
         "spf_bh=16,spf_bk=64,spf_warps=4",
         "spf_bh=16,spf_bk=32,spf_warps=8",
-        "spf_bh=16,spf_bk=16,spf_warps=4",
         "spf_bh=32,spf_bk=32,spf_warps=8",
-        "spf_bh=32,spf_bk=16,spf_warps=4",
-        "spf_bh=32,spf_bk=64,spf_warps=8",
         "spf_bh=64,spf_bk=16,spf_warps=8",
+        "spf_bh=16,spf_bk=32,spf_warps=4,spf_bq=2",
+        "spf_bh=16,spf_bk=32,spf_warps=8,spf_bq=4",
+        "spf_bh=32,spf_bk=32,spf_warps=8,spf_bq=2",
+        "spf_bh=8,spf_bk=32,spf_warps=4,spf_bq=8",
     ]
 )
 

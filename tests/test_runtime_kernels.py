@@ -130,14 +130,14 @@ _PREFILL_CHILD = textwrap.dedent(
             if k:  # distinct entries per query, some beyond what the query can see yet
                 order = torch.stack([torch.randperm(n_comp, generator=g)[:k] for _ in range(n)])
             sink = torch.randn(h, generator=g)
-            for bh, bk in ((4, 16), (16, 32)):
+            for bh, bk, bq in ((4, 16, 1), (16, 32, 1), (4, 16, 4), (2, 16, 8)):  # bq: queries per program
                 got = sparse_prefill(q, kw, w_old, pos, window, comp, order, ratio, sink, d ** -0.5,
-                                     block_h=bh, block_k=bk)
+                                     block_h=bh, block_k=bk, block_q=bq)
                 ref = sparse_prefill_ref(q, kw, w_old, pos, window, comp, order, ratio, sink, d ** -0.5)
                 tol = 1e-5 if dtype == torch.float32 else 2e-2  # bf16: probabilities rounded before the sum
                 err = (got.float() - ref.float()).abs().max()
                 assert got.dtype == dtype and torch.allclose(got.float(), ref.float(), rtol=tol, atol=tol), (
-                    dtype, n, w_old, pos, n_comp, k, bh, bk, err)
+                    dtype, n, w_old, pos, n_comp, k, bh, bk, bq, err)
     # the candidate lists themselves: the window is the query and the window-1 keys before it
     idx = candidates(3, 2, 10, 4, 0, 0, None, torch.device("cpu"))
     assert idx.tolist() == [[0, 1, 2, -1, -1], [0, 1, 2, 3, -1], [-1, 1, 2, 3, 4]], idx.tolist()

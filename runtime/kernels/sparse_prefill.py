@@ -86,12 +86,12 @@ if HAVE_TRITON:
     def _online(  # type: ignore[no-untyped-def]
         q, kvb, valid, m, l_sum, acc, scale, PREC: tl.constexpr, UPCAST: tl.constexpr
     ):
-        """One block of candidate rows into the running (max, sum, weighted values)."""
+        """One block of candidate rows into the running (max, sum, weighted values); `valid` [M, BK]."""
         kv_ty = kvb.dtype
         if UPCAST:  # Triton's CPU interpreter multiplies bf16 as raw bits: give it the fp32 values
             kvb = kvb.to(tl.float32)
-        s = (tl.dot(q, tl.trans(kvb), input_precision=PREC) * scale).to(tl.float32)  # [BH, BK]
-        s = tl.where(valid[None, :], s, float("-inf"))
+        s = (tl.dot(q, tl.trans(kvb), input_precision=PREC) * scale).to(tl.float32)  # [M, BK]
+        s = tl.where(valid, s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, axis=1))
         alpha = tl.exp(m - m_new)
         p = tl.exp(s - m_new[:, None])
@@ -105,67 +105,76 @@ if HAVE_TRITON:
     @triton.jit
     def _sparse_prefill(  # type: ignore[no-untyped-def]
         q_ptr, win_ptr, comp_ptr, ord_ptr, sink_ptr, o_ptr,
-        H, D, w_old, pos, window, ratio, n_comp, k_ord, scale,
+        n, H, D, w_old, pos, window, ratio, n_comp, k_ord, scale,
         stride_qt, stride_qh, stride_win, stride_comp, stride_ord, stride_ot, stride_oh,
-        MODE: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr,
+        MODE: tl.constexpr, BQ: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr,
         PREC: tl.constexpr, UPCAST: tl.constexpr,
     ):  # fmt: skip
-        """MODE 0: window only; 1: window + visible prefix of `comp` (HCA); 2: window + `order[t]` (CSA)."""
-        t = tl.program_id(0)
+        """MODE 0: window only; 1: window + visible prefix of `comp` (HCA); 2: window + `order[t]` (CSA,
+        BQ = 1). A program's M = BQ x BH rows are BQ consecutive queries times BH heads: window and HCA
+        rows loaded once serve all of them, each row masked by its own query's position."""
+        t0 = tl.program_id(0) * BQ
         hb = tl.program_id(1)
-        heads = hb * BH + tl.arange(0, BH)
+        ri = tl.arange(0, BQ * BH)
+        tq = t0 + ri // BH
+        heads = hb * BH + ri % BH
+        rmask = (tq < n) & (heads < H)
         dims = tl.arange(0, BD)
-        hmask = heads < H
         dmask = dims < D
         q = tl.load(
-            q_ptr + t.to(tl.int64) * stride_qt + heads[:, None] * stride_qh + dims[None, :],
-            mask=hmask[:, None] & dmask[None, :], other=0.0,
+            q_ptr + tq[:, None].to(tl.int64) * stride_qt + heads[:, None] * stride_qh + dims[None, :],
+            mask=rmask[:, None] & dmask[None, :], other=0.0,
         )  # fmt: skip
         if UPCAST:
             q = q.to(tl.float32)
-        m = tl.full((BH,), -1.0e30, tl.float32)
-        l_sum = tl.zeros((BH,), tl.float32)
-        acc = tl.zeros((BH, BD), tl.float32)
-        r_hi = t + w_old + 1
-        r_lo = tl.maximum(r_hi - window, 0)
+        m = tl.full((BQ * BH,), -1.0e30, tl.float32)
+        l_sum = tl.zeros((BQ * BH,), tl.float32)
+        acc = tl.zeros((BQ * BH, BD), tl.float32)
+        last = tl.minimum(t0 + BQ, n) - 1
+        r_hi = last + w_old + 1
+        r_lo = tl.maximum(t0 + w_old + 1 - window, 0)
         for r0 in range(r_lo, r_hi, BK):
             rows = r0 + tl.arange(0, BK)
-            valid = rows < r_hi
             kvb = tl.load(
                 win_ptr + rows[:, None].to(tl.int64) * stride_win + dims[None, :],
-                mask=valid[:, None] & dmask[None, :], other=0.0,
+                mask=(rows < r_hi)[:, None] & dmask[None, :], other=0.0,
             )  # fmt: skip
+            valid = (rows[None, :] <= (tq + w_old)[:, None]) & (
+                rows[None, :] > (tq + w_old - window)[:, None]
+            )
             m, l_sum, acc = _online(q, kvb, valid, m, l_sum, acc, scale, PREC, UPCAST)
-        if MODE != 0:
-            vis = tl.minimum((pos + t + 1) // ratio, n_comp)
-            if MODE == 1:
-                for e0 in range(0, vis, BK):
-                    ents = e0 + tl.arange(0, BK)
-                    valid = ents < vis
-                    kvb = tl.load(
-                        comp_ptr + ents[:, None].to(tl.int64) * stride_comp + dims[None, :],
-                        mask=valid[:, None] & dmask[None, :], other=0.0,
-                    )  # fmt: skip
-                    m, l_sum, acc = _online(q, kvb, valid, m, l_sum, acc, scale, PREC, UPCAST)
-            else:
-                for j0 in range(0, k_ord, BK):
-                    js = j0 + tl.arange(0, BK)
-                    ents = tl.load(ord_ptr + t.to(tl.int64) * stride_ord + js, mask=js < k_ord, other=-1)
-                    valid = (ents >= 0) & (ents < vis)
-                    safe = tl.where(valid, ents, 0).to(tl.int64)
-                    kvb = tl.load(
-                        comp_ptr + safe[:, None] * stride_comp + dims[None, :],
-                        mask=valid[:, None] & dmask[None, :], other=0.0,
-                    )  # fmt: skip
-                    m, l_sum, acc = _online(q, kvb, valid, m, l_sum, acc, scale, PREC, UPCAST)
-        sk = tl.load(sink_ptr + heads, mask=hmask, other=0.0).to(tl.float32)
-        top = tl.maximum(m, sk)
-        alpha = tl.exp(m - top)
-        denom = l_sum * alpha + tl.exp(sk - top)
+        if MODE == 1:
+            vis = tl.minimum((pos + tq + 1) // ratio, n_comp)  # per row
+            top = tl.minimum((pos + last + 1) // ratio, n_comp)
+            for e0 in range(0, top, BK):
+                ents = e0 + tl.arange(0, BK)
+                kvb = tl.load(
+                    comp_ptr + ents[:, None].to(tl.int64) * stride_comp + dims[None, :],
+                    mask=(ents < top)[:, None] & dmask[None, :], other=0.0,
+                )  # fmt: skip
+                valid = ents[None, :] < vis[:, None]
+                m, l_sum, acc = _online(q, kvb, valid, m, l_sum, acc, scale, PREC, UPCAST)
+        if MODE == 2:
+            vis1 = tl.minimum((pos + t0 + 1) // ratio, n_comp)
+            for j0 in range(0, k_ord, BK):
+                js = j0 + tl.arange(0, BK)
+                ents = tl.load(ord_ptr + t0.to(tl.int64) * stride_ord + js, mask=js < k_ord, other=-1)
+                ok = (ents >= 0) & (ents < vis1)
+                safe = tl.where(ok, ents, 0).to(tl.int64)
+                kvb = tl.load(
+                    comp_ptr + safe[:, None] * stride_comp + dims[None, :],
+                    mask=ok[:, None] & dmask[None, :], other=0.0,
+                )  # fmt: skip
+                valid = ok[None, :] & rmask[:, None]
+                m, l_sum, acc = _online(q, kvb, valid, m, l_sum, acc, scale, PREC, UPCAST)
+        sk = tl.load(sink_ptr + heads, mask=heads < H, other=0.0).to(tl.float32)
+        top_m = tl.maximum(m, sk)
+        alpha = tl.exp(m - top_m)
+        denom = l_sum * alpha + tl.exp(sk - top_m)
         out = acc * (alpha / denom)[:, None]
         tl.store(
-            o_ptr + t.to(tl.int64) * stride_ot + heads[:, None] * stride_oh + dims[None, :],
-            out.to(o_ptr.dtype.element_ty), mask=hmask[:, None] & dmask[None, :],
+            o_ptr + tq[:, None].to(tl.int64) * stride_ot + heads[:, None] * stride_oh + dims[None, :],
+            out.to(o_ptr.dtype.element_ty), mask=rmask[:, None] & dmask[None, :],
         )  # fmt: skip
 
 
@@ -188,8 +197,9 @@ def sparse_prefill(
     block_h: int | None = None,
     block_k: int | None = None,
     warps: int | None = None,
+    block_q: int | None = None,
 ) -> torch.Tensor:
-    """As `sparse_prefill_ref`; tiles from `AGENTKIT_KERNEL_TUNE` (spf_bh, spf_bk, spf_warps)."""
+    """As `sparse_prefill_ref`; tiles from `AGENTKIT_KERNEL_TUNE` (spf_bh, spf_bk, spf_warps, spf_bq)."""
     n, h, d = q.shape
     if n == 0:
         return q.new_empty(0, h, d)
@@ -206,12 +216,14 @@ def sparse_prefill(
     bh = block_h or tune("spf_bh", 16)
     bk = block_k or tune("spf_bk", 32)
     nw = warps or tune("spf_warps", 4)
-    _sparse_prefill[(n, triton.cdiv(h, bh))](
+    # queries per program: window / HCA rows shared by consecutive queries; CSA's rows are each query's own
+    bq = 1 if mode == 2 else (block_q or tune("spf_bq", 1))
+    _sparse_prefill[(triton.cdiv(n, bq), triton.cdiv(h, bh))](
         q, keys_win, comp_t, ord_t, sink.contiguous(), out,
-        h, d, w_old, pos, window, max(ratio, 1), n_comp, ord_t.shape[1], scale,
+        n, h, d, w_old, pos, window, max(ratio, 1), n_comp, ord_t.shape[1], scale,
         q.stride(0), q.stride(1), keys_win.stride(0), comp_t.stride(0), ord_t.stride(0), out.stride(0),
         out.stride(1),
-        MODE=mode, BH=bh, BK=bk, BD=max(16, triton.next_power_of_2(d)),
+        MODE=mode, BQ=bq, BH=bh, BK=bk, BD=max(16, triton.next_power_of_2(d)),
         PREC="ieee" if dtype == torch.float32 else "tf32", UPCAST=os.environ.get("TRITON_INTERPRET") == "1",
         num_warps=nw,
     )  # fmt: skip
