@@ -18,9 +18,11 @@ credentials, server), and every expected failure is a `CliError` with one line f
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -41,6 +43,17 @@ EXIT_OUT_OF_SCOPE = 3
 def model_spec(model: Any) -> Any:
     """The model to use: the one given, else $AGENTKIT_MODEL, else the shipped agentkit-tiny."""
     return model if model is not None else os.environ.get("AGENTKIT_MODEL") or DEFAULT_MODEL
+
+
+def _tiny_dir() -> Path | None:
+    """The shipped agentkit-tiny folder, found without importing the runtime (and torch): the scope
+    check answers before anything heavy loads."""
+    found = importlib.util.find_spec("agentkit.runtime")
+    for root in (found.submodule_search_locations or []) if found else []:
+        d = Path(root) / "weights" / "agentkit-tiny"
+        if d.is_dir():
+            return d
+    return None
 
 
 def _check_spec(spec: Any) -> None:
@@ -201,9 +214,13 @@ async def run_one(console: Console, opts: RunOptions) -> int:
     tiny = isinstance(spec, str) and spec in TINY_MODELS
     scope_note = None
     if tiny and opts.scope_check:  # first: the check needs no torch, so a refusal comes at once
-        from agentkit.tiny.scope import check_scope
+        from agentkit.tiny.scope import check_scope, trained_on_paraphrases
 
-        verdict = check_scope(opts.task, [n for n in names if n != "browser"] if names else None)
+        # a checkpoint trained on tasks in people's wording (its training.json says so) is also given
+        # the tasks the intent matcher places in a shape; the model's own trained refusal covers the rest
+        wording = trained_on_paraphrases(_tiny_dir())
+        tools = [n for n in names if n != "browser"] if names else None
+        verdict = check_scope(opts.task, tools, paraphrases=wording)
         if not verdict.in_scope:
             raise _scope_refusal(opts.task, verdict.reason)
         names = list(verdict.tools)

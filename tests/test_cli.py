@@ -121,8 +121,8 @@ CASES = [
     ("no command", [], {}, 2, ["usage: agentkit"]),
     ("out of scope", ["run", "summarize README.md"], {}, 3,
      [r"not trained for this task \(it matches none", "--model deepseek:", "shapes agentkit-tiny was"]),
-    ("out of scope, near miss", ["run", "what is 17*23?"], {}, 3,
-     [r'Did you mean "What is 17 \* 23\?" \(the spelling it was trained on\)']),
+    ("out of scope, in other words", ["run", "what's the weather in Paris?"], {}, 3,
+     [r"not trained for this task \(it matches none"]),
     ("tools not trained with", ["run", "What is 417 * 36?", "--tools", "shell"], {}, 3,
      ["learned that shape with the tools calculator"]),
     ("unknown tool", ["run", "x", "--tools", "calculator,teleport", "--model", "scripted"], {}, 2,
@@ -198,6 +198,10 @@ def test_tiny_answers_the_issues_task_in_its_shape_and_says_answered() -> None:
     assert 'call calculator(expression="417 * 36")' in r.stdout
     assert re.search(r"^answered  \d+ steps", r.stdout, re.M)  # no expected answer: no verdict
     assert "The answer is 15012." in r.stdout
+    # a near miss of a template, for a checkpoint trained on people's wording, runs (no "did you mean")
+    near = agentkit("run", "what is 17*23?", "--sandbox", "bwrap")
+    assert near.returncode == 0, near.stdout + near.stderr
+    assert "scope: a calc task (in other words)" in near.stdout and "391" in near.stdout
     # "ok" against an expected answer is the demo's verdict (test_cli_demo); here, a wrong one
     wrong = agentkit("run", "What is 417 * 36?", "--sandbox", "bwrap", "--expect", "15013")
     assert wrong.returncode == 1 and re.search(r"^wrong \(expected 15013\)", wrong.stdout, re.M), wrong.stdout

@@ -99,6 +99,33 @@ def to_json(reports: dict[str, Report], model: str, n: int, seconds: float) -> d
     return doc
 
 
+def cli_rates(reports: dict[str, Report], n: int) -> dict[str, dict[str, float]]:
+    """What `agentkit run` makes of each set: its scope check (templates only, and with the intent
+    matcher a checkpoint trained on people's wording gets) decides first, then the model. For the
+    in-scope sets `via_cli` is accepted and solved; for the refusal set it is refused by either."""
+    from agentkit.tiny.scope import check_scope
+
+    out: dict[str, dict[str, float]] = {}
+    for name, rep in reports.items():
+        tasks = {e.id: e.task for e in anyio.run(episodes, name, n)}
+        rows = [(r, tasks[r.id]) for r in rep.rows]
+        if not rows:
+            continue
+        acc = [check_scope(t, paraphrases=True).in_scope for _, t in rows]
+        tmpl = [check_scope(t).in_scope for _, t in rows]
+        if name == "refusal":
+            via = [not a or r.ok for (r, _), a in zip(rows, acc, strict=True)]
+        else:
+            via = [a and r.ok for (r, _), a in zip(rows, acc, strict=True)]
+        k = len(rows)
+        out[name] = {
+            "accepted": sum(acc) / k,
+            "templates_only_accepted": sum(tmpl) / k,
+            "via_cli": sum(via) / k,
+        }
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="runtime/weights/agentkit-tiny")
@@ -119,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, rep in reports.items():
         print(f"\n## {name} ({len(rep.rows)} tasks)\n\n{rep.table()}")
     doc = to_json(reports, args.model, args.n, seconds)
+    doc["cli"] = cli_rates(reports, args.n)
+    for name, c in doc["cli"].items():
+        print(f"agentkit run, {name}: scope check accepts {c['accepted']:.1%} (templates only "
+              f"{c['templates_only_accepted']:.1%}); {'refused' if name == 'refusal' else 'solved'} "
+              f"through the CLI {c['via_cli']:.1%}")  # fmt: skip
     print(f"\nin-scope runs that refused: {doc['in_scope_refusal_rate']}; {seconds:.0f} s")
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
