@@ -26,22 +26,19 @@ from agentkit.runtime.kernels.sparse_prefill import candidates, sparse_prefill, 
 
 DEFAULT_SPECS = ";".join(
     [
-        "spf_bh=16,spf_bk=32,spf_warps=4",
-        "spf_bh=16,spf_bk=64,spf_warps=4",
-        "spf_bh=16,spf_bk=32,spf_warps=8",
-        "spf_bh=32,spf_bk=32,spf_warps=8",
-        "spf_bh=64,spf_bk=16,spf_warps=8",
-        "spf_bh=16,spf_bk=32,spf_warps=4,spf_bq=2",
-        "spf_bh=16,spf_bk=32,spf_warps=8,spf_bq=4",
-        "spf_bh=32,spf_bk=32,spf_warps=8,spf_bq=2",
-        "spf_bh=8,spf_bk=32,spf_warps=4,spf_bq=8",
+        "",  # the defaults
+        "spf_bq=1,spf_bh=16,spf_bk=32,spf_warps=4,spf_csa_bh=16,spf_csa_bk=32,spf_csa_warps=4",
+        "spf_bq=2,spf_warps=4,spf_csa_bh=32,spf_csa_bk=16",
+        "spf_bq=2,spf_bh=32,spf_csa_bh=32,spf_csa_bk=32",
+        "spf_bq=8,spf_bh=8,spf_bk=16,spf_csa_warps=4",
+        "spf_bq=4,spf_bh=16,spf_bk=16,spf_csa_bk=32",
     ]
 )
 
 
 def best_spec(rows: list[dict[str, Any]]) -> str:
     ok = [r for r in rows if "ms" in r and r["max_rel_diff"] < 2e-2]
-    return str(min(ok, key=lambda r: r["ms"])["spec"]) if ok else ""
+    return str(min(ok, key=lambda r: r["ms"])["spec"]) if ok else ""  # "" = the defaults
 
 
 def timed(fn: Any, reps: int = 5) -> float:
@@ -99,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     s0 = max(0, n - 256)  # the reference on the last 256 queries: shift the window and positions to them
     for spec in args.specs.split(";"):
         row: dict[str, Any] = {"spec": spec}
-        os.environ["AGENTKIT_KERNEL_TUNE"] = spec
+        os.environ["AGENTKIT_KERNEL_TUNE"] = spec  # applied over the defaults
         try:
             diff = 0.0
             for kind, (comp, ordr, ratio) in kinds.items():

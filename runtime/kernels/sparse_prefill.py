@@ -199,7 +199,8 @@ def sparse_prefill(
     warps: int | None = None,
     block_q: int | None = None,
 ) -> torch.Tensor:
-    """As `sparse_prefill_ref`; tiles from `AGENTKIT_KERNEL_TUNE` (spf_bh, spf_bk, spf_warps, spf_bq)."""
+    """As `sparse_prefill_ref`; tiles from `AGENTKIT_KERNEL_TUNE`: spf_bq / spf_bh / spf_bk / spf_warps for
+    window and HCA layers, spf_csa_bh / spf_csa_bk / spf_csa_warps for CSA layers."""
     n, h, d = q.shape
     if n == 0:
         return q.new_empty(0, h, d)
@@ -213,11 +214,18 @@ def sparse_prefill(
     if mode == 2 and order is not None:
         ord_t = order.contiguous()
     out = torch.empty(n, h, d, dtype=dtype, device=q.device)
-    bh = block_h or tune("spf_bh", 16)
-    bk = block_k or tune("spf_bk", 32)
-    nw = warps or tune("spf_warps", 4)
-    # queries per program: window / HCA rows shared by consecutive queries; CSA's rows are each query's own
-    bq = 1 if mode == 2 else (block_q or tune("spf_bq", 1))
+    # queries per program: window / HCA rows shared by consecutive queries; CSA's rows are each query's own,
+    # so CSA has its own tile (measured on an H200, bench/sparse_prefill.py: all 64 heads in one program)
+    if mode == 2:
+        bq = 1
+        bh = block_h or tune("spf_csa_bh", 64)
+        bk = block_k or tune("spf_csa_bk", 16)
+        nw = warps or tune("spf_csa_warps", 8)
+    else:
+        bq = block_q or tune("spf_bq", 4)
+        bh = block_h or tune("spf_bh", 16)
+        bk = block_k or tune("spf_bk", 32)
+        nw = warps or tune("spf_warps", 8)
     _sparse_prefill[(triton.cdiv(n, bq), triton.cdiv(h, bh))](
         q, keys_win, comp_t, ord_t, sink.contiguous(), out,
         n, h, d, w_old, pos, window, max(ratio, 1), n_comp, ord_t.shape[1], scale,
