@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from agentkit.runtime.kernels.indexer import index_scores_ref, prefill_scores
 from agentkit.runtime.layers.topk import stable_topk
+from sweep import timed, tuned  # bench/sweep.py (this folder is on sys.path when run)
 
 DEFAULT_SPECS = ";".join(
     [
@@ -40,20 +41,6 @@ DEFAULT_SPECS = ";".join(
 def best_spec(rows: list[dict[str, Any]]) -> str:
     ok = [r for r in rows if "ms" in r and r["max_rel_diff"] < 1e-4 and r["same_inf"]]
     return str(min(ok, key=lambda r: r["ms"])["spec"]) if ok else ""
-
-
-def timed(fn: Any, reps: int = 5) -> float:
-    fn()
-    torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        best = min(best, a.elapsed_time(b))
-    return best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,19 +66,17 @@ def main(argv: list[str] | None = None) -> int:
     scores = ref
     for spec in args.specs.split(";"):
         row: dict[str, Any] = {"spec": spec}
-        os.environ["AGENTKIT_KERNEL_TUNE"] = spec
         try:
-            got = prefill_scores(q, w, keys, count)
-            fin = ref.isfinite()
-            row["max_rel_diff"] = ((got - ref)[fin].abs().max() / ref[fin].abs().max()).item()
-            row["same_inf"] = bool(torch.equal(got.isinf(), ref.isinf()))
-            ms = timed(lambda: prefill_scores(q, w, keys, count))
-            row |= {"ms": ms, "tflop_s": flop / ms / 1e9}
-            scores = got
+            with tuned(spec):  # over the kernels' defaults
+                got = prefill_scores(q, w, keys, count)
+                fin = ref.isfinite()
+                row["max_rel_diff"] = ((got - ref)[fin].abs().max() / ref[fin].abs().max()).item()
+                row["same_inf"] = bool(torch.equal(got.isinf(), ref.isinf()))
+                ms = timed(lambda: prefill_scores(q, w, keys, count))
+                row |= {"ms": ms, "tflop_s": flop / ms / 1e9}
+                scores = got
         except Exception as exc:  # a setting that does not compile is a row, not the end of the sweep
             row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
-        finally:
-            del os.environ["AGENTKIT_KERNEL_TUNE"]
         rows.append(row)
         print(
             f"{spec:50s} {row.get('ms', float('nan')):8.3f} ms {row.get('tflop_s', 0):7.1f} TFLOP/s "

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from typing import Any
 
 import torch
 from agentkit.runtime.kernels.moe import fused_moe
+from sweep import timed, tuned  # bench/sweep.py (this folder is on sys.path when run)
 
 DEFAULT_SPECS = ";".join(
     [
@@ -34,20 +34,6 @@ DEFAULT_SPECS = ";".join(
         "moe_bm=128,moe_bn=32,moe_big_warps=4,moe_big_stages=3",
     ]
 )
-
-
-def timed(fn: Any, reps: int = 5) -> float:
-    fn()
-    torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        best = min(best, a.elapsed_time(b))
-    return best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,16 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for spec in args.specs.split(";"):
         row: dict[str, Any] = {"spec": spec}
-        os.environ["AGENTKIT_KERNEL_TUNE"] = spec
         try:
-            got = call()
-            row["max_rel_diff"] = ((got - ref).abs().max() / ref.abs().max()).item()
-            ms = timed(call)
-            row |= {"ms": ms, "tflop_s": flop / ms / 1e9}
+            with tuned(spec):  # over the kernels' defaults
+                got = call()
+                row["max_rel_diff"] = ((got - ref).abs().max() / ref.abs().max()).item()
+                ms = timed(call)
+                row |= {"ms": ms, "tflop_s": flop / ms / 1e9}
         except Exception as exc:  # a setting that does not compile is a row, not the end of the sweep
             row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
-        finally:
-            del os.environ["AGENTKIT_KERNEL_TUNE"]
         rows.append(row)
         print(
             f"{spec:58s} {row.get('ms', float('nan')):8.3f} ms {row.get('tflop_s', 0):7.1f} TFLOP/s "

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from typing import Any
 
 import torch
 from agentkit.runtime.kernels.sparse_prefill import candidates, sparse_prefill, sparse_prefill_ref
+from sweep import timed, tuned  # bench/sweep.py (this folder is on sys.path when run)
 
 DEFAULT_SPECS = ";".join(
     [
@@ -39,24 +39,6 @@ DEFAULT_SPECS = ";".join(
 def best_spec(rows: list[dict[str, Any]]) -> str:
     ok = [r for r in rows if "ms" in r and r["max_rel_diff"] < 2e-2]
     return str(min(ok, key=lambda r: r["ms"])["spec"]) if ok else ""  # "" = the defaults
-
-
-def timed(fn: Any, reps: int = 5) -> float:
-    if not torch.cuda.is_available():  # a CPU dry run of the script (TRITON_INTERPRET=1): wall time
-        t0 = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t0) * 1e3
-    fn()
-    torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        best = min(best, a.elapsed_time(b))
-    return best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,30 +78,28 @@ def main(argv: list[str] | None = None) -> int:
     s0 = max(0, n - 256)  # the reference on the last 256 queries: shift the window and positions to them
     for spec in args.specs.split(";"):
         row: dict[str, Any] = {"spec": spec}
-        os.environ["AGENTKIT_KERNEL_TUNE"] = spec  # applied over the defaults
         try:
-            diff = 0.0
-            for kind, (comp, ordr, ratio) in kinds.items():
+            with tuned(spec):  # over the kernels' defaults
+                diff = 0.0
+                for kind, (comp, ordr, ratio) in kinds.items():
 
-                def run(comp: Any = comp, ordr: Any = ordr, ratio: int = ratio) -> torch.Tensor:
-                    return sparse_prefill(q, kw, w_old, pos, w, comp, ordr, ratio, sink, scale)
+                    def run(comp: Any = comp, ordr: Any = ordr, ratio: int = ratio) -> torch.Tensor:
+                        return sparse_prefill(q, kw, w_old, pos, w, comp, ordr, ratio, sink, scale)
 
-                got = run()[s0:].float()
-                ref = sparse_prefill_ref(
-                    q[s0:], kw[s0:], w_old, pos + s0, w, comp, None if ordr is None else ordr[s0:], ratio,
-                    sink, scale,
-                ).float()  # fmt: skip
-                diff = max(diff, ((got - ref).abs().max() / ref.abs().max()).item())
-                ms = timed(run)
-                row[f"{kind}_ms"] = ms
-                row[f"{kind}_tflop_s"] = flop[kind] / ms / 1e9
-            row["ms"] = sum(row[f"{k}_ms"] for k in kinds)
-            row["tflop_s"] = sum(flop.values()) / row["ms"] / 1e9
-            row["max_rel_diff"] = diff
+                    got = run()[s0:].float()
+                    ref = sparse_prefill_ref(
+                        q[s0:], kw[s0:], w_old, pos + s0, w, comp, None if ordr is None else ordr[s0:], ratio,
+                        sink, scale,
+                    ).float()  # fmt: skip
+                    diff = max(diff, ((got - ref).abs().max() / ref.abs().max()).item())
+                    ms = timed(run)
+                    row[f"{kind}_ms"] = ms
+                    row[f"{kind}_tflop_s"] = flop[kind] / ms / 1e9
+                row["ms"] = sum(row[f"{k}_ms"] for k in kinds)
+                row["tflop_s"] = sum(flop.values()) / row["ms"] / 1e9
+                row["max_rel_diff"] = diff
         except Exception as exc:  # a setting that does not compile is a row, not the end of the sweep
             row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
-        finally:
-            del os.environ["AGENTKIT_KERNEL_TUNE"]
         rows.append(row)
         print(
             f"{spec:36s} " + " ".join(f"{k} {row.get(f'{k}_ms', float('nan')):7.3f} ms" for k in kinds)
