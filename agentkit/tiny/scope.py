@@ -326,8 +326,8 @@ _OP = (
 )
 _EXPR_ANY = re.compile(rf"(?<![\w.-])\(?{_NUM_ANY}\)?\s*{_OP}\s*\(?{_NUM_ANY}\b")
 _CALC_VERB = re.compile(
-    r"\b(?:add|sum|subtract|deduct|take|multiply|divide|share|split|combine|increase|reduce|product|"
-    r"difference|total)\b"
+    r"\b(?:add|added|adding|sum|subtract\w*|deduct\w*|take|multipl\w*|divid\w*|share|split|combin\w*|"
+    r"increase|reduce|product|difference|total|together|remov\w*|knock|fit|fits)\b"
 )
 _PRICE = re.compile(r"\b(?:each|apiece|a piece|per|unit price|costs?|price[ds]?|spend|bill|pay)\b")
 _NUMBER = re.compile(rf"(?<![\w.-]){_NUM_ANY}(?![\w-])")
@@ -354,20 +354,26 @@ _UNIT_ANY = "(?:" + "|".join(_UNIT_WORDS.values()) + ")"
 _CONVERT = re.compile(
     rf"\b\d+(?:\.\d+)?\s*{_UNIT_ANY}\b.*\b(?:to|in|into|as)\s+{_UNIT_ANY}\b"
     rf"|\b(?:how many|how much)\s+{_UNIT_ANY}\b.*\b\d+(?:\.\d+)?\s*{_UNIT_ANY}\b"
+    rf"|\b\d+(?:\.\d+)?\s*{_UNIT_ANY}\b.*\b(?:how many|how much)\s+{_UNIT_ANY}\b"
 )
 _UNSUPPORTED = re.compile(
-    r"\b(?:square|cube|root|power|percent|average|mean|median|max|maximum|min|minimum|biggest|largest|"
-    r"smallest|bigger|smaller|prime|even|odd|round|weekday|week|delete|erase|remove|rename|create|"
-    r"append|move|duplicate|sort|alphabeti[sz]e|reverse|translate|weather|email|poem|song|joke|lines|"
+    r"\b(?:square|cube|(?:square|cube) root|root of|power|percent|average|mean|median|max|maximum|minimum|"
+    r"biggest|largest|smallest|bigger|smaller|prime|even|odd|round|weekday|week|delete|erase|remove|rename|"
+    r"create|append|move|duplicate|sort|alphabeti[sz]e|reverse|translate|weather|email|poem|song|joke|lines|"
     r"characters|miles?|pounds?|ounces?|inch(?:es)?|feet|foot|yards?|fahrenheit|celsius|gallons?|"
-    r"summar(?:y|ize|ise)|before|after)\b|%|\*\*|\^"
+    r"summari[sz]e|a summary of|before|after)\b|%|\*\*|\^"
 )
 _COUNT_ASK = re.compile(
     r"\b(?:how many|count|number of|tally|total|sum|add up|altogether|overall|combined)\b"
 )
-_LIST_ITEMS = re.compile(r"\b(?:first|last)\b.*\b[a-z]+\s*[,;/]\s*[a-z]+\s*[,;/]\s*[a-z]+")
-_NAME_INTRO = re.compile(r"\b(?:my name is|my name's|i am|i'm|call me|this is|people call me)\s+[A-Z][a-z]+")
-_ECHO = re.compile(r"\b(?:repeat|say|echo|copy|type|write|reply|return|back)\b")
+_LIST_POSITION = re.compile(r"\b(?:first|last|final|start(?:s)? with|begins? with|ends? with)\b")
+_LIST_ITEMS = re.compile(r"\b[a-z]+\s*[,;/]\s*[a-z]+\s*[,;/]\s*[a-z]+")
+# intro words in any case, the name capitalized ("Hello, I'm Bruno", "it's Vera", "you're talking to Sam")
+_NAME_INTRO = re.compile(
+    r"(?i:\b(?:my name is|my name's|i am|i'm|call me|this is|people call me|it's|you're talking to|"
+    r"introduced myself as))\s+[A-Z][a-z]+"
+)
+_ECHO = re.compile(r"\b(?:repeat|say|echo|copy|type|write|reply|return|back|output|verbatim|mirror|parrot)\b")
 
 _TOOLS_CSV_CALC = ("python", "read_file", "calculator")
 
@@ -391,8 +397,10 @@ def intent(task: str) -> tuple[str, tuple[str, ...]] | None:
         return "direct", _toolbox("direct")
     if _NAME_INTRO.search(raw) and re.search(r"\b(?:name|who)\b", t):
         return "direct", _toolbox("direct")
-    if _LIST_ITEMS.search(t) and not _FILE_ANY.search(t):
+    if _LIST_POSITION.search(t) and _LIST_ITEMS.search(t) and not _FILE_ANY.search(t):
         return "direct", _toolbox("direct")
+    if len(_DATE_ANY.findall(t)) == 2:  # before the unsupported words: "how many days after A is B"
+        return "choose", _toolbox("choose")
     if _UNSUPPORTED.search(t):
         return None
     files = _FILE_ANY.findall(t)
@@ -422,14 +430,12 @@ def intent(task: str) -> tuple[str, tuple[str, ...]] | None:
         return "file_read", _toolbox("file_read")
     if _NEEDLE_ANY.search(t) and re.search(r"\bfiles?\b|\bwhere\b|\bgrep\b|\bsearch\b|\blocate\b", t):
         return "file_grep", _toolbox("file_grep")
-    if re.search(r"\bfiles\b", t) and re.search(r"\b(?:how many|count|number|tally)\b", t):
+    if re.search(r"\bfiles\b|\bfile count\b", t) and re.search(r"\b(?:how many|count|number|tally)\b", t):
         return "file_list", _toolbox("file_list")
-    if len(_DATE_ANY.findall(t)) == 2:
-        return "choose", _toolbox("choose")
     if _CONVERT.search(t):
         return "choose", _toolbox("choose")
     if (
-        re.search(r"\bwords?\b", t)
+        re.search(r"\bwords?\b|\bword count\b", t)
         and re.search(r"\b(?:how many|count|number of|tally)\b|\bhas how many\b", t)
         and re.search(r"[\"'“`:]", raw)
     ):
