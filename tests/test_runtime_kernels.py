@@ -552,28 +552,28 @@ _TUNE_CHILD = textwrap.dedent(
                     tol = 1e-6 * ref.abs().max().item()
                     assert torch.allclose(got, ref, rtol=1e-6, atol=tol), (dtype, t, partial, spec)
     # a prefill's expert blocks (> 512 pairs): every tile (rows, width, warps, stages) gives the same sums,
-    # FP4 and bf16 experts
-    for dtype in (torch.float32, torch.bfloat16):
+    # FP4 experts (fp32 activations) and bf16 ones (bf16 rows and weights straight to the dot)
+    for dtype, fmt in ((torch.float32, "fp4"), (torch.bfloat16, "float")):
         moe = V4Model(cfg, dtype=dtype).init_random_(1).layers[3].ffn
         st, first = moe.stacked(), next(iter(moe.experts))
         w, s = (st["w1"], st["w3"], st["w2"]), (st["s1"], st["s3"], st["s2"])
-        t = 190
+        t = 172  # 516 pairs: the prefill blocks
         x = (torch.randn(t, cfg.dim, generator=g) * 2).to(dtype)
         weights = torch.rand(t, 3, generator=g)
         idx = torch.stack([torch.randperm(8, generator=g)[:3] for _ in range(t)])
         wf = tuple(m.to(dtype) for m in (torch.randn(8, 192, 256, generator=g) * 0.05,
                                          torch.randn(8, 192, 256, generator=g) * 0.05,
                                          torch.randn(8, 256, 192, generator=g) * 0.05))
-        for fmt, ww, ss in (("fp4", w, s), ("float", wf, None)):
-            def run():
-                return MK.fused_moe(x, weights, idx, ww, ss, fmt, act_quant=fmt == "fp4", limit=first.limit)
-            ref = tuned("", run)
-            for spec in ("moe_bm=128,moe_bn=32,moe_big_warps=8", "moe_bm=32,moe_bn=128,moe_big_stages=2"):
-                got = tuned(spec, run)
-                # bf16: a tile's summation order may flip a hidden value's bf16 rounding (one ulp of it)
-                rel = 1e-6 if dtype == torch.float32 else 1e-3
-                err = (got - ref).abs().max().item() / ref.abs().max().item()
-                assert err < rel, (dtype, fmt, spec, err)
+        ww, ss = (w, s) if fmt == "fp4" else (wf, None)
+        def run():
+            return MK.fused_moe(x, weights, idx, ww, ss, fmt, act_quant=fmt == "fp4", limit=first.limit)
+        ref = tuned("", run)
+        for spec in ("moe_bm=128,moe_bn=32,moe_big_warps=8", "moe_bm=32,moe_bn=128,moe_big_stages=2"):
+            got = tuned(spec, run)
+            # bf16: a tile's summation order flips some hidden values' rounding (an ulp each; a bad tile ~1)
+            rel = 1e-6 if dtype == torch.float32 else 1e-2
+            err = (got - ref).abs().max().item() / ref.abs().max().item()
+            assert err < rel, (dtype, fmt, spec, err)
     # FP8 linears: every launch setting (tile width, the hardware-conversion path or the bit decode, warps,
     # stages) gives the reference's product
     lin = Linear(384, 200, "fp8")

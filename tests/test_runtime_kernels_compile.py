@@ -70,14 +70,16 @@ _RECORD = textwrap.dedent(
             st = model.new_state()
             model.extend(st, list(range(3, 23)))  # a prefill (> KERNEL_ROWS rows): the multi-row kernels
             model.extend(st, [5])  # a general-path decode
-            # past 128 tokens: HCA entries too (the prefill kernel's window / HCA / CSA variants)
-            model.extend(model.new_state(), list(range(3, 140)))
             dec = StaticDecoder(model, max_batch=2, max_len=96, graphs=False)
             a, b = dec.new_state(), dec.new_state()
             a.restore(st)
             b.restore(st)
             dec.step([a], [6])  # batch 1
             dec.step([a, b], [7, 8])  # batch 2
+    # the prefill attention kernel's HCA variant (the prefill above has no HCA entry yet: 20 < 128 tokens)
+    from agentkit.runtime.kernels.sparse_prefill import sparse_prefill
+    q, kw = torch.randn(20, 4, 32).bfloat16(), torch.randn(35, 32).bfloat16()
+    sparse_prefill(q, kw, 15, 300, 16, torch.randn(3, 32).bfloat16(), None, 128, torch.randn(4), 0.2)
     json.dump([list(k) for k in seen], sys.stdout)
     """
 )
