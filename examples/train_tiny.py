@@ -98,9 +98,10 @@ def prepare(args: argparse.Namespace) -> None:
 
 def _recipe(args: argparse.Namespace) -> dict[str, object]:
     """Issue 21's phrasing knobs (`episodes.draft_episode`); empty for the template-worded data."""
+    small = {"small": args.small_numbers} if args.small_numbers else {}
     if not args.phrasing:
-        return {}
-    return {"phrasing": args.phrasing, "keep": args.keep, "extra": args.extra}
+        return small
+    return {"phrasing": args.phrasing, "keep": args.keep, "extra": args.extra} | small
 
 
 def _generate_chunk(
@@ -299,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument(
         "--extra", type=float, default=0.22, help="with --phrasing: share of combined/refusal tasks"
     )
+    g.add_argument(
+        "--small-numbers", type=float, default=0.0,
+        help="share of numbers drawn log-uniformly (one- and two-digit operands; data v12)",
+    )  # fmt: skip
     g = p.add_argument_group("train")
     g.add_argument("--micro", action="store_true", help="the CPU-test config instead of agentkit-tiny")
     g.add_argument(

@@ -249,3 +249,24 @@ def test_error_family_questions_also_have_trained_first_turns() -> None:
     for e in direct:
         call = next(m for m in e.messages if m["role"] == "assistant")["tool_calls"][0]
         assert " * " in call["function"]["arguments"] and " x " not in call["function"]["arguments"]
+
+
+def test_small_numbers_spread_operands_over_their_digit_counts() -> None:
+    """`small` (data v12) draws a share of numbers log-uniformly: calc tasks then hold one- and two-digit
+    operands, which the uniform draw all but never gives; without it the draws are unchanged, and every
+    episode still matches its ground truth (generate checks the scripted answer against the tools)."""
+    import re
+
+    from agentkit.train.episodes import draft_episode, generate
+
+    def small_operands(eps: list) -> int:
+        return sum(any(int(n) < 100 for n in re.findall(r"\d+", e.task)) for e in eps)
+
+    plain = generate(60, split="train", seed=3, family="calc")
+    spread = generate(60, split="train", seed=3, family="calc", small=0.5)
+    assert small_operands(spread) >= small_operands(plain) + 10
+    assert {e.answer for e in spread} != {e.answer for e in plain}
+    for index in range(20):  # the knob off is the old generator, draw for draw
+        a, _ = draft_episode(3, "train", index)
+        b, _ = draft_episode(3, "train", index, small=0.0)
+        assert (a.family, a.answer, a.files) == (b.family, b.answer, b.files)

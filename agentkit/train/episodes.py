@@ -247,13 +247,16 @@ def draft_episode(
     phrasing: str | None = None,
     keep: float = 0.0,
     extra: float = 0.0,
+    small: float = 0.0,
 ) -> tuple[Draft, random.Random]:
     """The plan for episode `index` of a split; the family is drawn by weight unless given.
 
     Issue 21's knobs, all drawn from the episode's phrasing generator (so without them, and for every
     episode they leave alone, the draws are the ones data v8 made): `phrasing` names the bank
     (`train` / `heldout`) that rewords the task, except with probability `keep`; `extra` is the share of
-    episodes drawn from `EXTRA_FAMILIES` (combined tasks, refusals) instead of `FAMILIES`.
+    episodes drawn from `EXTRA_FAMILIES` (combined tasks, refusals) instead of `FAMILIES`. `small` (data
+    v12) is `Pools.small_numbers`: drawn from the episode's own generator, since it changes the values, so
+    with it an episode's numbers differ from the same index without it.
     """
     rng = episode_rng(seed, split, index)
     prng = phrasing_rng(seed, split, index)
@@ -265,6 +268,8 @@ def draft_episode(
     if chosen not in ALL_FAMILIES:
         raise ValueError(f"unknown family {chosen!r}; known: {list(ALL_FAMILIES)}")
     p = episode_pools(seed, split, index)
+    if small > 0:
+        p = replace(p, small_numbers=small)
     if phrasing is not None:
         p = replace(p, phrasing=Phrasing(bank(phrasing), prng, keep=keep))
     return ALL_FAMILIES[chosen][0](rng, p), rng
@@ -282,10 +287,11 @@ async def generate_async(
     phrasing: str | None = None,
     keep: float = 0.0,
     extra: float = 0.0,
+    small: float = 0.0,
     id_prefix: str = "",
 ) -> list[Episode]:
     """Episodes `start .. start+n-1` of (seed, split); the same arguments always give the same list.
-    `phrasing`, `keep` and `extra` as in `draft_episode`; `id_prefix` goes before every id."""
+    `phrasing`, `keep`, `extra` and `small` as in `draft_episode`; `id_prefix` goes before every id."""
     if family is not None and family not in ALL_FAMILIES:
         raise ValueError(f"unknown family {family!r}; known: {sorted(ALL_FAMILIES)}")
     pools(split)  # refuses an unknown split before any work starts
@@ -298,7 +304,9 @@ async def generate_async(
 
     async def build(k: int) -> None:
         index = start + k
-        draft, rng = draft_episode(seed, split, index, family, phrasing=phrasing, keep=keep, extra=extra)
+        draft, rng = draft_episode(
+            seed, split, index, family, phrasing=phrasing, keep=keep, extra=extra, small=small
+        )
         async with limiter:
             messages, trained = await run_draft(draft, tools, rng)
         out[k] = Episode(

@@ -191,6 +191,12 @@ class Pools:
     dir: tuple[str, ...]
     phrasing: Any = None
     """An `agentkit.train.phrasing.Phrasing` when tasks are to be reworded (issue 21), else None."""
+    small_numbers: float = 0.0
+    """Share of drawn numbers taken log-uniformly (a uniform count of digits, then a uniform value of that
+    length) instead of uniformly over the family's range. People's tasks are full of one- and two-digit
+    operands, which a uniform draw over 10-99999 almost never gives (0.1%); agentkit-tiny trained on
+    such draws squared or multiplied small sums ("what is 15 + 27?" -> 630). 0 (the default) draws
+    exactly what earlier data versions drew."""
 
     def owns(self, n: int) -> bool:
         return split_of_number(n) == self.split
@@ -199,14 +205,21 @@ class Pools:
         """A uniform integer in [lo, hi] that belongs to this split (rejection sampling)."""
         if hi - lo < 20:
             raise ValueError(f"range [{lo}, {hi}] too small to hold values of both splits reliably")
+        spread = self.small_numbers > 0 and rng.random() < self.small_numbers
         while True:
-            n = rng.randint(lo, hi)
+            n = _log_uniform(rng, lo, hi) if spread else rng.randint(lo, hi)
             if self.owns(n):
                 return n
 
     def filename(self, rng: random.Random, ext: str | None = None) -> str:
         stem = f"{rng.choice(self.adj)}_{rng.choice(self.noun)}"
         return f"{stem}.{ext or rng.choice(self.ext)}"
+
+
+def _log_uniform(rng: random.Random, lo: int, hi: int) -> int:
+    """A number in [lo, hi] with a uniformly drawn count of digits, then uniform among those."""
+    digits = rng.randint(len(str(lo)), len(str(hi)))
+    return rng.randint(max(lo, 10 ** (digits - 1)), min(hi, 10**digits - 1))
 
 
 def split_of_number(n: int) -> Split:
