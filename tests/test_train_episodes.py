@@ -270,3 +270,27 @@ def test_small_numbers_spread_operands_over_their_digit_counts() -> None:
         a, _ = draft_episode(3, "train", index)
         b, _ = draft_episode(3, "train", index, small=0.0)
         assert (a.family, a.answer, a.files) == (b.family, b.answer, b.files)
+
+
+def test_handwritten_tasks_parse_and_run_as_the_cli_runs_them() -> None:
+    """The hand-written set (`agentkit.train.handwritten_eval`): every line a task and an answer, the
+    refusal spelled as the model's sentence, no task twice; one of them through the CLI's path (scope
+    check's toolbox, the real loop, a local sandbox) with the shipped model."""
+    import anyio
+
+    from agentkit.backends.embedded import EmbeddedModel
+    from agentkit.tiny.scope import check_scope
+    from agentkit.tiny.tasks import REFUSAL
+    from agentkit.train.handwritten_eval import answer_as_cli, tasks
+
+    rows = tasks()
+    assert len(rows) >= 40 and len({t for t, _ in rows}) == len(rows)
+    assert all(t.strip() and a.strip() and "\t" not in t for t, a in rows)
+    assert sum(a == REFUSAL for _, a in rows) >= 5
+    task = "Repeat this exactly: blue-fox-77"
+    assert (task, "blue-fox-77") in rows
+    verdict = check_scope(task, paraphrases=True)
+    assert verdict.in_scope
+    backend = EmbeddedModel("tiny", temperature=0.0, max_tokens=256)
+    status, answer = anyio.run(answer_as_cli, backend, task, verdict.tools)
+    assert (status, answer) == ("completed", "blue-fox-77")
