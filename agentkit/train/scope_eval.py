@@ -89,16 +89,10 @@ def _expected(task: str) -> str:
 
 
 async def _near_misses() -> dict[str, Any]:
-    from agentkit.agent import Agent
     from agentkit.backends import resolve
-    from agentkit.demo import RUN_INSTRUCTIONS
-    from agentkit.limits import Limits
     from agentkit.tiny.scope import suggest
-    from agentkit.tiny.tasks import MAX_STEPS, extract_answer
-    from agentkit.tiny.tools import all_tools
-    from agentkit.tools.sandbox import LocalSandbox
+    from agentkit.train.handwritten_eval import answer_as_cli
 
-    tools = all_tools()
     backend = resolve("embedded:tiny")
     rows = []
     for task in out_of_shape_tasks():
@@ -108,17 +102,8 @@ async def _near_misses() -> dict[str, Any]:
         toolbox = check_scope(spelling).tools
         row: dict[str, Any] = {"task": task, "suggested": spelling, "expected": _expected(task)}
         for key, text in (("as_written", task), ("as_suggested", spelling)):
-            async with LocalSandbox() as sandbox:  # the number tools never touch it
-                agent: Agent[None, str] = Agent(
-                    backend,
-                    tools=[tools[n] for n in toolbox],
-                    instructions=RUN_INSTRUCTIONS,
-                    sandbox=sandbox,
-                    limits=Limits(max_steps=MAX_STEPS),
-                )
-                result = await agent.run(text)
-            answer = extract_answer(result.text or "") if result.status == "completed" else None
-            row[key] = {"status": result.status, "answer": answer, "right": answer == row["expected"]}
+            status, answer = await answer_as_cli(backend, text, toolbox)
+            row[key] = {"status": status, "answer": answer, "right": answer == row["expected"]}
         rows.append(row)
     n = len(rows)
     return {
