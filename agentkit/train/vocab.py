@@ -233,7 +233,7 @@ def pools(split: Split) -> Pools:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     i = SPLITS.index(split)
-    fields = {kind: tuple(words[i].split()) for kind, words in _WORDS.items()}
+    fields: dict[str, Any] = {kind: tuple(words[i].split()) for kind, words in _WORDS.items()}
     return Pools(split=split, **fields)
 
 
