@@ -202,7 +202,8 @@ class Pools:
         return split_of_number(n) == self.split
 
     def number(self, rng: random.Random, lo: int, hi: int) -> int:
-        """A uniform integer in [lo, hi] that belongs to this split (rejection sampling)."""
+        """An integer in [lo, hi] that belongs to this split (rejection sampling): uniform, or with
+        probability `small_numbers` log-uniform over its digit count."""
         if hi - lo < 20:
             raise ValueError(f"range [{lo}, {hi}] too small to hold values of both splits reliably")
         spread = self.small_numbers > 0 and rng.random() < self.small_numbers
