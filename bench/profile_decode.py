@@ -47,14 +47,14 @@ def main() -> None:
             max_batch=1, max_len=a.prompt + a.steps + 8, graphs=a.path == "graphs"
         ).new_state()
     with torch.no_grad():
-        tok = int(model.extend(st, prompt, last_only=True)[-1].argmax())
+        tok = int(model.extend(st, prompt, last_only=True).argmax())
         for _ in range(3):  # warm-up (Triton compiles, allocator settles)
-            tok = int(model.extend(st, [tok], last_only=True)[-1].argmax())
+            tok = int(model.extend(st, [tok], last_only=True).argmax())
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for _ in range(a.steps):
-                tok = int(model.extend(st, [tok], last_only=True)[-1].argmax())
+                tok = int(model.extend(st, [tok], last_only=True).argmax())
             torch.cuda.synchronize()
         wall = (time.perf_counter() - t0) / a.steps
     events = prof.events()

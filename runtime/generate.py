@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from agentkit.runtime.decode import GreedyStep
 from agentkit.runtime.model import V4Model
 from agentkit.runtime.speculative import DraftState, speculative_loop
 from agentkit.runtime.state import SequenceState
@@ -112,6 +113,8 @@ def _run(
     a sequence whose own `speculative` is 0 gets no drafts in a speculative batch."""
     _validate(states, prompts, seqs)
     k, adaptive = draft_length(model, [s.params for s in seqs])
+    if k == 0 and _pipelined(model, states, seqs):
+        return _greedy_loop(model, states, prompts, seqs)
     if k == 0:
         return _loop(model, states, prompts, seqs)
     return speculative_loop(model, states, prompts, seqs, k, drafts, sample=sample, adaptive=adaptive)
@@ -240,6 +243,73 @@ def _loop(
         )
         assert isinstance(out, list)
         logits, active = out[: len(going)], going
+
+
+def _pipelined(model: V4Model, states: Sequence[SequenceState], seqs: Sequence[_Seq]) -> bool:
+    """Greedy requests that feed their last token, all in one static decoder: `_greedy_loop` applies."""
+    dec = model._decoder
+    return (
+        dec is not None
+        and len(states) <= dec.max_batch
+        and all(dec.owns(s) for s in states)
+        and all((s.params.temperature == 0 or s.params.top_k == 1) and s.params.feed_last for s in seqs)
+    )
+
+
+def _greedy_loop(
+    model: V4Model,
+    states: Sequence[SequenceState],
+    prompts: Sequence[Sequence[int] | torch.Tensor],
+    seqs: Sequence[_Seq],
+) -> Iterator[tuple[int, int]]:
+    """`_loop` for greedy requests in a static decoder, pipelined: the step that feeds token n is launched
+    with token n still on the device (`StaticDecoder.step_greedy`), and only then does the host read token n,
+    apply the stop rules and yield it, while the GPU runs that step.
+
+    The same tokens, steps and final states as `_loop`: with `feed_last` every chosen token is fed whether
+    or not it ends its sequence, so launching the feed before the stop check never feeds a token `_loop`
+    would not; whether there is room (max_seq_len) depends only on positions the host knows. The one
+    difference: a caller that abandons the stream after token n finds token n already fed. When a sequence
+    ends, the rest continue after one synchronous read (their rows of the device ids no longer line up)."""
+    dec = model._decoder
+    assert dec is not None
+    limit = model.config.max_seq_len
+    logits = model.extend(list(states), list(prompts), last_only=True)
+    assert isinstance(logits, list)
+    rows = list(range(len(states)))
+    chosen: dict[int, int] | None = {
+        i: sample(lg, seqs[i].params, None) for i, lg in zip(rows, logits, strict=True)
+    }
+    last: GreedyStep | None = None  # the launched step whose argmax rows are `rows`, while chosen is None
+    while rows:
+        feed = [i for i in rows if states[i].pos < limit]
+        if chosen is None and feed != rows:
+            assert last is not None
+            chosen = dict(zip(rows, last.tolist(), strict=True))
+        launched: GreedyStep | None = None
+        if feed:
+            sts = [states[i] for i in feed]
+            launched = dec.step_greedy(sts, last if chosen is None else [chosen[i] for i in feed])  # type: ignore[arg-type]
+            for i in feed:
+                seqs[i].result.steps += 1
+        if chosen is None:
+            assert last is not None
+            chosen = dict(zip(rows, last.tolist(), strict=True))
+        going = []
+        for i in rows:
+            seq, tok = seqs[i], chosen[i]
+            seq.push(tok)
+            yield i, tok
+            if i not in feed:  # at max_seq_len: nothing fed
+                seq.done, seq.result.pending = True, [tok]
+            elif not seq.done:
+                going.append(i)
+        last, rows = launched, going
+        if going and going != feed:  # a sequence ended: the rest continue from host ids
+            assert last is not None
+            chosen = dict(zip(feed, last.tolist(), strict=True))
+        else:
+            chosen = None
 
 
 class TokenStream:

@@ -336,7 +336,14 @@ def test_extend_and_generate_route_decoder_states_through_the_static_step(model:
         calls.append(len(states))
         return step(states, tokens)
 
+    greedy = dec.step_greedy
+
+    def counting_greedy(states, tokens):  # type: ignore[no-untyped-def]
+        calls.append(len(states))
+        return greedy(states, tokens)
+
     dec.step = counting  # type: ignore[method-assign]
+    dec.step_greedy = counting_greedy  # type: ignore[method-assign]
     prompts = [[3, 4, 5, 6, 7], list(range(40, 60)), [9]]
     params = SamplingParams(temperature=0.0, max_tokens=30)
     owned = [dec.new_state() for _ in prompts]
@@ -375,3 +382,125 @@ def test_stable_topk_equals_the_stable_sort_prefix(seed: int) -> None:
         got = stable_topk(scores, k)
         assert torch.equal(got, want), (seed, k)
         assert all(len(set(r.tolist())) == k for r in got)  # k distinct entries
+
+
+def _twin(model: V4Model) -> V4Model:
+    twin = V4Model(model.config).eval()
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
+@pytest.mark.parametrize("case", ["stops", "lengths", "max_seq_len", "one"])
+def test_pipelined_greedy_generation_equals_the_plain_loop(model: V4Model, case: str) -> None:
+    """Differential: greedy generate_batch over a static decoder (the pipelined loop, `step_greedy` feeding
+    the device's argmax) == the plain loop over general-path states: tokens, finish reasons, pending tokens,
+    step counts and the states' final positions, when sequences end at different steps (stop tokens, their
+    own max_tokens, max_seq_len) and the rest go on."""
+    from agentkit.runtime.generate import SamplingParams, generate_batch
+
+    prompts = [[3, 4, 5, 6, 7], list(range(40, 60)), [9], [11, 12]]
+    if case == "one":
+        prompts = prompts[1:2]
+    probe = generate_batch(
+        model, [model.new_state() for _ in prompts], prompts, SamplingParams(temperature=0.0, max_tokens=24)
+    )
+    seen = [t for r in probe for t in r.token_ids]
+    if case == "stops":  # a token one sequence emits mid-way stops it (and maybe others) early
+        stop = max(set(seen[3:]), key=seen.count)
+        params = [SamplingParams(temperature=0.0, max_tokens=24, stop_token_ids=(stop,), speculative=0)] * 4
+    elif case == "lengths":
+        lengths = (5, 17, 1, 24)
+        params = [SamplingParams(top_k=1, max_tokens=n, stop_token_ids=(), speculative=0) for n in lengths]
+    else:
+        params = [SamplingParams(temperature=0.0, max_tokens=24, stop_token_ids=(), speculative=0)] * 4
+    params = params[: len(prompts)]  # plain decoding on both sides, so the step counts compare
+    if case == "max_seq_len":  # the longest prompt hits the model's limit after a few tokens
+        cfg = ModelConfig.preset("tiny-test", window_size=16, max_seq_len=30)
+        model = V4Model(cfg).init_random_(3).eval()
+    twin = _twin(model)
+    room = min(200, model.config.max_seq_len)
+    dec = twin.static_decoder(max_batch=len(prompts) + 1, max_len=room, graphs=False)
+    greedy_steps: list[int] = []
+    real = dec.step_greedy
+
+    def counting(states, tokens):  # type: ignore[no-untyped-def]
+        greedy_steps.append(len(states))
+        return real(states, tokens)
+
+    dec.step_greedy = counting  # type: ignore[method-assign]
+    fast = [dec.new_state() for _ in prompts]
+    plain = [model.new_state() for _ in prompts]
+    got = generate_batch(twin, fast, prompts, params)
+    want = generate_batch(model, plain, prompts, params)
+    assert greedy_steps  # the pipelined loop ran
+    for g, w in zip(got, want, strict=True):
+        assert (g.token_ids, g.finish_reason, g.stop, g.pending, g.steps) == (
+            w.token_ids, w.finish_reason, w.stop, w.pending, w.steps,
+        )  # fmt: skip
+    assert [s.pos for s in fast] == [s.pos for s in plain]
+    if case == "stops":
+        assert any(r.finish_reason == "stop_token" for r in want)
+    if case == "max_seq_len":
+        assert any(r.pending for r in want)
+    # the next turn extends both states alike: the slabs hold what the general states hold
+    if case == "max_seq_len":
+        return
+    nxt = [[5, 6] for _ in prompts]
+    a = twin.extend(fast, nxt, last_only=True)
+    b = model.extend(plain, nxt, last_only=True)
+    for x, y in zip(a, b, strict=True):
+        assert torch.allclose(x, y, atol=1e-4, rtol=1e-4)
+
+
+def test_pipelined_greedy_launches_the_next_step_before_reading_a_token(model: V4Model) -> None:
+    """The point of the pipelined loop: the step that feeds token n is launched before the host reads token
+    n, so the GPU never waits for the host's stop checks. Order of events, recorded on CPU."""
+    from agentkit.runtime import decode
+    from agentkit.runtime.generate import SamplingParams, TokenStream
+
+    twin = _twin(model)
+    dec = twin.static_decoder(max_batch=2, max_len=200, graphs=False)
+    events: list[str] = []
+    real_step, real_read = dec.step_greedy, decode.GreedyStep.tolist
+
+    def step(states, tokens):  # type: ignore[no-untyped-def]
+        events.append("launch-device" if isinstance(tokens, decode.GreedyStep) else "launch-host")
+        return real_step(states, tokens)
+
+    def read(self):  # type: ignore[no-untyped-def]
+        events.append("read")
+        return real_read(self)
+
+    dec.step_greedy = step  # type: ignore[method-assign]
+    decode.GreedyStep.tolist = read  # type: ignore[method-assign]
+    try:
+        st = dec.new_state()
+        params = SamplingParams(temperature=0.0, max_tokens=6, stop_token_ids=())
+        for _ in TokenStream(twin, st, [3, 4, 5], params):
+            events.append("yield")
+    finally:
+        decode.GreedyStep.tolist = real_read  # type: ignore[method-assign]
+    # token 1 comes from the prompt's logits; every later token is read only after the step feeding it
+    assert events == ["launch-host", "yield"] + ["launch-device", "read", "yield"] * 5
+    assert st.pos == 3 + 6  # feed_last: all six tokens are in the state
+
+
+def test_step_greedy_refuses_a_foreign_or_stale_previous_step(model: V4Model) -> None:
+    dec = StaticDecoder(model, max_batch=3, max_len=100, graphs=False)
+    a, b = dec.new_state(), dec.new_state()
+    model.extend([a, b], [[1, 2, 3], [4, 5]])
+    g = dec.step_greedy([a, b], [7, 8])
+    assert len(g.tolist()) == 2
+    with pytest.raises(DecodeError, match="right after it"):
+        dec.step_greedy([b, a], g)  # other order: the ids would go to the wrong rows
+    dec.step([a, b], [1, 1])
+    with pytest.raises(DecodeError, match="right after it"):
+        dec.step_greedy([a, b], g)  # stale: the states moved on since
+    pos = (a.pos, b.pos)
+    with pytest.raises(DecodeError, match="out of range"):
+        dec.step_greedy([a, b], [1, 10**9])
+    assert (a.pos, b.pos) == pos  # refused before anything ran
+    g2 = dec.step_greedy([a, b], [2, 2])
+    g3 = dec.step_greedy([a, b], g2)
+    ref = StaticDecoder(model, max_batch=3, max_len=100, graphs=False)
+    assert g3.pos == (a.pos, b.pos) and ref is not None
