@@ -7,6 +7,9 @@ at the config's real shapes; then, on one random-weight model, a greedy decode o
 kernels, and with the kernels through the static decoder's CUDA graphs: tokens compared position by
 position with the reference, per-position logits' max relative difference, and decode tok/s each way
 (plus the FP8/FP4 stored format with and without the activation rounding of `sim_fp8_act`, to price it).
+Then teacher-forced: each path fed the reference's tokens, so every position is compared (argmax agreement,
+relative logit difference), and for bf16 all paths against the same weights in fp32 (the noise floor: a
+kernel path is as exact as the reference when its distance to fp32 is the reference's own).
 Prints a table, writes JSON.
 """
 
@@ -76,6 +79,26 @@ def decode(model: V4Model, state: Any, first: int, steps: int) -> tuple[list[int
     return toks[1:], torch.stack(logits), steps / (time.perf_counter() - t0)
 
 
+def forced(model: V4Model, state: Any, tokens: list[int]) -> torch.Tensor:
+    """Logits [n, V] after feeding each of `tokens` in turn (one-token steps, as decoding runs)."""
+    out = []
+    with torch.no_grad():
+        for t in tokens:
+            out.append(model.extend(state, [t], last_only=True).float())  # type: ignore[union-attr]
+    return torch.stack(out)
+
+
+def compare(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    """Per-position agreement of logits `a` with reference `b` ([n, V] each)."""
+    rel = (a - b).norm(dim=-1) / b.norm(dim=-1)
+    return {
+        "positions": a.shape[0],
+        "argmax_agreement": (a.argmax(-1) == b.argmax(-1)).float().mean().item(),
+        "rel_logit_diff_max": rel.max().item(),
+        "rel_logit_diff_mean": rel.mean().item(),
+    }
+
+
 def ab(cfg: ModelConfig, dtype: torch.dtype, prompt_len: int, steps: int, label: str) -> dict[str, Any]:
     """Greedy decode from one saved state three ways: the torch reference (`AGENTKIT_KERNELS=0`, general
     extend), the general extend with the kernels, and the static decoder with kernels and CUDA graphs."""
@@ -116,6 +139,31 @@ def ab(cfg: ModelConfig, dtype: torch.dtype, prompt_len: int, steps: int, label:
     tp = steps / (time.perf_counter() - tp)
     model._decoder = None
     t0, l0, s0 = runs["torch"]
+    # teacher-forced: every path fed the reference's own tokens, so each position compares like with like
+    # (a free-running A/B stops comparing at its first flipped near-tie: after it the inputs differ)
+    fed = [first, *t0[:-1]]
+    forced_rows: dict[str, torch.Tensor] = {"torch": l0}
+    for name, kernels, state in (("kernels", "1", st), ("graphs", "1", fast)):
+        os.environ["AGENTKIT_KERNELS"] = kernels
+        model._decoder = dec if state is fast else None
+        state.restore(snap)
+        forced_rows[name] = forced(model, state, fed)
+    model._decoder = None
+    os.environ["AGENTKIT_KERNELS"] = "0"
+    result["teacher_forced"] = {n: compare(forced_rows[n], l0) for n in ("kernels", "graphs")}
+    # the noise floor: the same weights in fp32 on the torch path, against which both bf16 paths are judged
+    if dtype == torch.bfloat16:
+        try:
+            ref = V4Model(cfg, dtype=torch.float32, device=DEV).eval()
+            ref.load_state_dict(model.state_dict())
+            rst = ref.new_state()
+            with torch.no_grad():
+                ref.extend(rst, prompt.to(DEV), last_only=True)
+            exact = forced(ref, rst, fed)
+            del ref, rst
+            result["vs_fp32"] = {n: compare(forced_rows[n], exact) for n in ("torch", "kernels", "graphs")}
+        except Exception as e:  # e.g. out of memory: say so, keep the rest
+            result["vs_fp32"] = {"error": f"{type(e).__name__}: {e}"}
     result["pipelined"] = {
         "identical_tokens": sum(a == b for a, b in zip(t0, piped, strict=True)),
         "first_difference": next((i for i, (a, b) in enumerate(zip(t0, piped, strict=True)) if a != b), None),

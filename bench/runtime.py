@@ -243,8 +243,8 @@ def decode_rate(
 
     pipelined=False: a step, then the host reads the argmax, then the next step (`model.extend` per token).
     pipelined=True: greedy `generate_batch` over the static decoder, which launches step n+1 from token n's
-    device copy before the host reads token n (runtime/generate.py `_greedy_loop`); its count includes the
-    prompt's one-token step, so the rate is slightly understated."""
+    device copy before the host reads token n (runtime/generate.py `_greedy_loop`); timed from its first
+    token to its end, i.e. `steps` pipelined forwards per sequence."""
     steps = b.a.steps
     model._decoder = None
     dec = None
@@ -268,15 +268,21 @@ def decode_rate(
     if pipelined:
         from agentkit.runtime.generate import SamplingParams, generate_batch
 
-        def run(n: int) -> None:
+        def run(n: int) -> float:
+            """Seconds from the first token (the prompt's one-token step is synchronous) to the end: n
+            forwards per sequence, n - 1 decode steps and the last token's feed, all pipelined."""
             p = SamplingParams(
                 temperature=0.0, max_tokens=n, stop_token_ids=(), stop_strings=(), speculative=0
             )
-            res = generate_batch(model, states, [[first]] * batch, p)
+            t0: list[float] = []
+            stamp = lambda i, t: t0 or t0.append(time.perf_counter())  # noqa: E731
+            res = generate_batch(model, states, [[first]] * batch, p, on_token=stamp)
+            b.sync()
             assert all(len(r.token_ids) == n for r in res)
+            return time.perf_counter() - t0[0]
 
         run(3)  # warm-up: compiles, graph capture
-        dt = b.timed(lambda: run(steps))
+        dt = run(steps)
     else:
         greedy(model, states, [first] * batch, 3)  # warm-up: compiles, graph capture
         dt = b.timed(lambda: greedy(model, states, [first] * batch, steps))
