@@ -213,6 +213,7 @@ def main() -> None:
     ap.add_argument(
         "--quantized-only", action="store_true", help="only the FP8/FP4 decode A/B (a short device call)"
     )
+    ap.add_argument("--bf16-only", action="store_true", help="only the bf16 decode A/B (with its fp32 floor)")
     ap.add_argument("--device", default="cuda", help="cpu only to check this script (TRITON_INTERPRET=1)")
     a = ap.parse_args()
     global DEV
@@ -223,7 +224,8 @@ def main() -> None:
         "torch": torch.__version__,
         "triton": __import__("triton").__version__,
         "command": f"python bench/kernel_ab.py --config {a.config} --prompt {a.prompt} --decode {a.decode}"
-        + (" --quantized-only" if a.quantized_only else ""),
+        + (" --quantized-only" if a.quantized_only else "")
+        + (" --bf16-only" if a.bf16_only else ""),
     }
 
     def save() -> None:  # after every stage: a run cut short by its time limit still reports
@@ -240,6 +242,9 @@ def main() -> None:
         report["decode_ab"].append(ab(cfg, torch.bfloat16, a.prompt, a.decode, f"{a.config} bf16"))
         save()
     print(f"decode A/B done ({time.perf_counter() - t0:.0f} s)", flush=True)
+    if a.bf16_only:
+        print(json.dumps(report, indent=1))
+        return
     qcfg = ModelConfig.preset(a.config, weight_format="quantized", max_seq_len=1 << 20)
     if qcfg.expert_dtype is None:
         qcfg = qcfg.with_(dtype="fp8", expert_dtype="fp4")
