@@ -206,7 +206,7 @@ class StaticDecoder:
         with torch.inference_mode():
             logits = self._launch(states, [0] * len(states) if prev else tokens, ids, keep=False)  # type: ignore[arg-type]
             top = logits.argmax(-1)
-        return GreedyStep(slots, tuple(s.pos for s in states), top)
+        return GreedyStep(slots, tuple(s.pos for s in states), top, list(states))
 
     def _check(self, states: Sequence[SequenceState], tokens: Sequence[int] | None) -> None:
         if not states or (tokens is not None and len(states) != len(tokens)):
@@ -476,10 +476,18 @@ class _Graphs:
 
 class GreedyStep:
     """The argmax ids of one launched greedy step (`StaticDecoder.step_greedy`): on the device for the next
-    step to feed, and copied to pinned host memory behind the step, so `tolist()` waits for this step only."""
+    step to feed, and copied to pinned host memory behind the step, so `tolist()` waits for this step only.
+    A failure that surfaces only there (an asynchronous device error) marks the step's states broken, as a
+    failed launch does: their slabs were being written, so they must be restored from a snapshot."""
 
-    def __init__(self, slots: tuple[int | None, ...], pos: tuple[int, ...], ids: torch.Tensor) -> None:
-        self.slots, self.pos, self.ids = slots, pos, ids
+    def __init__(
+        self,
+        slots: tuple[int | None, ...],
+        pos: tuple[int, ...],
+        ids: torch.Tensor,
+        states: list[SequenceState] | None = None,
+    ) -> None:
+        self.slots, self.pos, self.ids, self._states = slots, pos, ids, states or []
         self._event: torch.cuda.Event | None = None
         if ids.device.type == "cuda":
             self._host = torch.empty(ids.shape, dtype=ids.dtype, pin_memory=True)
@@ -490,9 +498,14 @@ class GreedyStep:
             self._host = ids
 
     def tolist(self) -> list[int]:
-        if self._event is not None:
-            self._event.synchronize()
-        return [int(i) for i in self._host.tolist()]
+        try:
+            if self._event is not None:
+                self._event.synchronize()
+            return [int(i) for i in self._host.tolist()]
+        except BaseException as e:
+            for s, p in zip(self._states, self.pos, strict=False):
+                s.broken = f"decode step failed at position {p - 1}: {type(e).__name__}: {e}"
+            raise
 
 
 __all__ = ["GRAPH_BATCHES", "DecodeError", "GreedyStep", "LayerSlab", "StaticDecoder"]

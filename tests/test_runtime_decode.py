@@ -504,3 +504,23 @@ def test_step_greedy_refuses_a_foreign_or_stale_previous_step(model: V4Model) ->
     g3 = dec.step_greedy([a, b], g2)
     ref = StaticDecoder(model, max_batch=3, max_len=100, graphs=False)
     assert g3.pos == (a.pos, b.pos) and ref is not None
+
+
+def test_a_step_that_fails_when_read_marks_its_states_broken(model: V4Model) -> None:
+    """An error that surfaces only when the host reads a greedy step (an asynchronous device fault) leaves
+    its states marked broken, as a failed launch does, instead of letting the next step extend them."""
+    dec = StaticDecoder(model, max_batch=2, max_len=100, graphs=False)
+    a, b = dec.new_state(), dec.new_state()
+    model.extend([a, b], [[1, 2, 3], [4, 5]])
+    g = dec.step_greedy([a, b], [7, 8])
+
+    class Fault:
+        def synchronize(self) -> None:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    g._event = Fault()  # type: ignore[assignment]
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        g.tolist()
+    assert a.broken and b.broken and "position 3" in a.broken
+    with pytest.raises(StateError, match="broken"):
+        dec.step_greedy([a, b], [1, 1])
